@@ -1,0 +1,513 @@
+//! The connection table: (protocol, client, virtual) → destination, state and expiry, plus the
+//! NAT reply index (protocol, real server, client) → connection.
+//!
+//! Layout: a fixed number of shards, each a mutex around two `hashbrown` maps allocated once at
+//! start with their final capacity, so an insert never grows or rehashes a map (hashbrown may
+//! still rehash *one shard* in place to clear tombstones, which costs O(shard), never O(table)).
+//! A connection and its NAT reply entry live in the same shard because the shard is chosen by
+//! (protocol, client address, client port), which both directions carry. So a reply that arrives
+//! on another NIC queue than its request finds its connection with one lock. Templates live in
+//! the same table; a connection refers to its template by key and the two are never locked at
+//! the same time (no lock ordering to get wrong).
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hashbrown::HashMap;
+
+use crate::dest::{ConnForward, DestState};
+use crate::service::ServiceLive;
+use crate::types::{ForwardMethod, Time};
+
+/// Connection flag: the connection counts in InActConn.
+pub const CONN_F_INACTIVE: u16 = 0x100;
+/// Connection flag: no reply seen by the director yet (DR/TUN always).
+pub const CONN_F_NOOUTPUT: u16 = 0x80;
+/// Connection flag: a persistence template.
+pub const CONN_F_TEMPLATE: u16 = 0x1000;
+/// Connection flag: one-packet scheduling.
+pub const CONN_F_ONE_PACKET: u16 = 0x2000;
+
+/// Template state: not yet assured.
+pub const TPL_S_NONE: u8 = 0;
+/// Template state: a controlled connection was established.
+pub const TPL_S_ASSURED: u8 = 1;
+
+/// Seconds a template that still controls connections lives on when its timer fires.
+const TEMPLATE_REARM_SECS: u32 = 60;
+
+/// Key of a connection or template, in the incoming direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// IP protocol number (0 for fwmark templates).
+    pub proto: u8,
+    /// Client address (masked for templates).
+    pub caddr: IpAddr,
+    /// Client port (0 for templates).
+    pub cport: u16,
+    /// Virtual address (the fwmark as an IPv4 address for fwmark templates).
+    pub vaddr: IpAddr,
+    /// Virtual port.
+    pub vport: u16,
+}
+
+/// Key of a NAT reply: (protocol, real server, client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReplyKey {
+    /// IP protocol number.
+    pub proto: u8,
+    /// Real-server address.
+    pub daddr: IpAddr,
+    /// Real-server port.
+    pub dport: u16,
+    /// Client address.
+    pub caddr: IpAddr,
+    /// Client port.
+    pub cport: u16,
+}
+
+/// One connection or template.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// Real-server address.
+    pub daddr: IpAddr,
+    /// Real-server port.
+    pub dport: u16,
+    /// The destination it is bound to.
+    pub dest: Arc<DestState>,
+    /// The service, for its counters.
+    pub svc: Arc<ServiceLive>,
+    /// Forwarding method and tunnel settings, copied at bind time.
+    pub fwd: ConnForward,
+    /// Protocol state (TCP state number, 0 for UDP, template state).
+    pub state: u8,
+    /// CONN_F_* flags.
+    pub flags: u16,
+    /// Timeout of the current state, seconds.
+    pub timeout: u32,
+    /// When the entry expires.
+    pub expires: Time,
+    /// The template that controls this connection.
+    pub template: Option<ConnKey>,
+    /// For templates: how many connections it controls.
+    pub controlled: u32,
+    /// Incoming packets seen.
+    pub in_pkts: u32,
+}
+
+impl Conn {
+    /// Whether this entry is a persistence template.
+    pub fn is_template(&self) -> bool {
+        self.flags & CONN_F_TEMPLATE != 0
+    }
+
+    /// Whether it counts in InActConn.
+    pub fn is_inactive(&self) -> bool {
+        self.flags & CONN_F_INACTIVE != 0
+    }
+
+    /// Re-arm the timer with `secs`.
+    pub fn rearm(&mut self, now: Time, secs: u32) {
+        self.timeout = secs;
+        self.expires = now.plus_secs(secs);
+    }
+
+    fn reply_key(&self, key: &ConnKey) -> Option<ReplyKey> {
+        (self.fwd.method == ForwardMethod::Masq && !self.is_template()).then_some(ReplyKey {
+            proto: key.proto,
+            daddr: self.daddr,
+            dport: self.dport,
+            caddr: key.caddr,
+            cport: key.cport,
+        })
+    }
+
+    fn unbind(&self) {
+        self.dest.unbind(self.is_template(), self.is_inactive());
+    }
+}
+
+/// Why an insert failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// The shard reached its share of the table's capacity.
+    Full,
+    /// An entry with this key exists.
+    Exists,
+}
+
+#[derive(Debug)]
+struct Shard {
+    conns: HashMap<ConnKey, Conn, ahash::RandomState>,
+    replies: HashMap<ReplyKey, ConnKey, ahash::RandomState>,
+}
+
+/// Counters of the table itself.
+#[derive(Debug, Default)]
+pub struct TableCounters {
+    /// New connections refused because the table was full.
+    pub full: AtomicU64,
+    /// Entries removed by expiry.
+    pub expired: AtomicU64,
+}
+
+/// The sharded connection table.
+#[derive(Debug)]
+pub struct ConnTable {
+    shards: Box<[Mutex<Shard>]>,
+    per_shard: usize,
+    hasher: ahash::RandomState,
+    rover: AtomicUsize,
+    /// Drops and expiries.
+    pub counters: TableCounters,
+}
+
+/// Result of removing an entry: the template it was controlled by, if any.
+type Removed = Option<ConnKey>;
+
+impl ConnTable {
+    /// A table for `capacity` entries (connections plus templates). `seed` keys the hash so that
+    /// clients cannot aim at one shard.
+    pub fn new(capacity: usize, seed: u64) -> ConnTable {
+        let capacity = capacity.max(1);
+        // About 1,024 entries per shard keeps an expiry sweep of one shard short.
+        let shards = (capacity / 1024).next_power_of_two().clamp(16, 4096);
+        let per_shard = capacity.div_ceil(shards);
+        let hasher = ahash::RandomState::with_seeds(seed, seed ^ 0x9E37_79B9_7F4A_7C15, 0x243F_6A88, 0x85A3_08D3);
+        let shards = (0..shards)
+            .map(|_| {
+                Mutex::new(Shard {
+                    conns: HashMap::with_capacity_and_hasher(per_shard, hasher.clone()),
+                    replies: HashMap::with_capacity_and_hasher(per_shard, hasher.clone()),
+                })
+            })
+            .collect();
+        ConnTable { shards, per_shard, hasher, rover: AtomicUsize::new(0), counters: TableCounters::default() }
+    }
+
+    /// Total capacity.
+    pub fn capacity(&self) -> usize {
+        self.per_shard * self.shards.len()
+    }
+
+    fn shard_index(&self, proto: u8, caddr: &IpAddr, cport: u16) -> usize {
+        (self.hasher.hash_one((proto, caddr, cport)) as usize) & (self.shards.len() - 1)
+    }
+
+    fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
+        // A panic while holding a shard would be a bug; the maps themselves stay consistent.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_for(&self, key: &ConnKey) -> MutexGuard<'_, Shard> {
+        self.lock(self.shard_index(key.proto, &key.caddr, key.cport))
+    }
+
+    /// Run `f` on the live entry for `key`. An expired entry is removed first and counts as
+    /// missing (lazy expiry), so the data path never acts on a dead connection.
+    pub fn with_conn<R>(&self, key: &ConnKey, now: Time, f: impl FnOnce(&mut Conn) -> R) -> Option<R> {
+        let mut shard = self.lock_for(key);
+        let expired = match shard.conns.get_mut(key) {
+            None => return None,
+            Some(c) if c.expires > now => return Some(f(c)),
+            Some(c) => {
+                if c.controlled > 0 {
+                    c.rearm(now, TEMPLATE_REARM_SECS);
+                    return Some(f(c));
+                }
+                true
+            }
+        };
+        debug_assert!(expired);
+        let tpl = Self::remove_locked(&mut shard, key);
+        drop(shard);
+        self.counters.expired.fetch_add(1, Relaxed);
+        self.release_template(tpl.flatten());
+        None
+    }
+
+    /// Run `f` on the connection a NAT reply belongs to.
+    pub fn with_reply<R>(&self, rk: &ReplyKey, now: Time, f: impl FnOnce(&ConnKey, &mut Conn) -> R) -> Option<R> {
+        let mut shard = self.lock(self.shard_index(rk.proto, &rk.caddr, rk.cport));
+        let key = *shard.replies.get(rk)?;
+        let live = shard.conns.get(&key).is_some_and(|c| c.expires > now);
+        if live {
+            let c = shard.conns.get_mut(&key)?;
+            return Some(f(&key, c));
+        }
+        let tpl = Self::remove_locked(&mut shard, &key);
+        drop(shard);
+        self.counters.expired.fetch_add(1, Relaxed);
+        self.release_template(tpl.flatten());
+        None
+    }
+
+    /// Insert a new entry. The caller has bound it to its destination; on error it must unbind.
+    pub fn insert(&self, key: ConnKey, conn: Conn) -> Result<(), (InsertError, Conn)> {
+        let mut shard = self.lock_for(&key);
+        if shard.conns.contains_key(&key) {
+            return Err((InsertError::Exists, conn));
+        }
+        if shard.conns.len() >= self.per_shard {
+            self.counters.full.fetch_add(1, Relaxed);
+            return Err((InsertError::Full, conn));
+        }
+        if let Some(rk) = conn.reply_key(&key) {
+            shard.replies.insert(rk, key);
+        }
+        shard.conns.insert(key, conn);
+        Ok(())
+    }
+
+    /// Remove an entry now (expire it), unbinding it from its destination and template.
+    pub fn remove(&self, key: &ConnKey) -> bool {
+        let mut shard = self.lock_for(key);
+        let tpl = Self::remove_locked(&mut shard, key);
+        drop(shard);
+        let found = tpl.is_some();
+        self.release_template(tpl.flatten());
+        found
+    }
+
+    /// Returns None if absent, Some(template key) if removed.
+    fn remove_locked(shard: &mut Shard, key: &ConnKey) -> Option<Removed> {
+        let c = shard.conns.remove(key)?;
+        if let Some(rk) = c.reply_key(key) {
+            if shard.replies.get(&rk) == Some(key) {
+                shard.replies.remove(&rk);
+            }
+        }
+        c.unbind();
+        Some(c.template)
+    }
+
+    fn release_template(&self, tpl: Option<ConnKey>) {
+        if let Some(t) = tpl {
+            let mut shard = self.lock_for(&t);
+            if let Some(tc) = shard.conns.get_mut(&t) {
+                tc.controlled = tc.controlled.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Look up a template and, if `usable` accepts it, count one more controlled connection and
+    /// re-arm it; an unusable template is removed. Returns the template's destination and port.
+    pub fn use_template(
+        &self,
+        key: &ConnKey,
+        now: Time,
+        usable: impl FnOnce(&Conn) -> bool,
+    ) -> Option<(Arc<DestState>, u16)> {
+        let mut shard = self.lock_for(key);
+        let t = shard.conns.get_mut(key)?;
+        if (t.expires > now || t.controlled > 0) && usable(t) {
+            t.controlled += 1;
+            let secs = t.timeout;
+            t.rearm(now, secs);
+            return Some((t.dest.clone(), t.dport));
+        }
+        let tpl = Self::remove_locked(&mut shard, key);
+        drop(shard);
+        self.release_template(tpl.flatten());
+        None
+    }
+
+    /// Mark a template ASSURED (a controlled connection was established).
+    pub fn assure_template(&self, key: &ConnKey) {
+        let mut shard = self.lock_for(key);
+        if let Some(t) = shard.conns.get_mut(key) {
+            t.state = TPL_S_ASSURED;
+        }
+    }
+
+    /// Expire the entries of the next shard whose time has come. Call it regularly: each call
+    /// costs one shard (about capacity / shards entries), never the whole table.
+    pub fn expire_step(&self, now: Time) -> usize {
+        let i = self.rover.fetch_add(1, Relaxed) & (self.shards.len() - 1);
+        let mut released = Vec::new();
+        let mut n = 0;
+        {
+            let mut shard = self.lock(i);
+            let due: Vec<ConnKey> = shard
+                .conns
+                .iter_mut()
+                .filter_map(|(k, c)| {
+                    if c.expires > now {
+                        None
+                    } else if c.controlled > 0 {
+                        c.rearm(now, TEMPLATE_REARM_SECS);
+                        None
+                    } else {
+                        Some(*k)
+                    }
+                })
+                .collect();
+            for k in due {
+                if let Some(t) = Self::remove_locked(&mut shard, &k) {
+                    n += 1;
+                    released.extend(t);
+                }
+            }
+        }
+        for t in released {
+            self.release_template(Some(t));
+        }
+        self.counters.expired.fetch_add(n as u64, Relaxed);
+        n
+    }
+
+    /// Number of shards (an expiry sweep of the whole table takes this many steps).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Entries in the table (connections and templates).
+    pub fn len(&self) -> usize {
+        (0..self.shards.len()).map(|i| self.lock(i).conns.len()).sum()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Visit every entry (for `-L -c`); one shard is locked at a time.
+    pub fn for_each(&self, mut f: impl FnMut(&ConnKey, &Conn)) {
+        for i in 0..self.shards.len() {
+            let shard = self.lock(i);
+            for (k, c) in shard.conns.iter() {
+                f(k, c);
+            }
+        }
+    }
+
+    /// Remove every entry (unbinding each).
+    pub fn flush(&self) {
+        for i in 0..self.shards.len() {
+            let mut shard = self.lock(i);
+            for (_, c) in shard.conns.drain() {
+                c.unbind();
+            }
+            shard.replies.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dest::DestConfig;
+    use crate::sched::new_scheduler;
+
+    fn dest() -> Arc<DestState> {
+        let mut cfg = DestConfig::new("192.168.1.1".parse().unwrap(), 80);
+        cfg.method = ForwardMethod::Masq;
+        Arc::new(DestState::new(1, &cfg))
+    }
+
+    fn conn(d: &Arc<DestState>, now: Time, secs: u32) -> Conn {
+        d.bind(false, true);
+        Conn {
+            daddr: d.addr,
+            dport: d.port,
+            dest: d.clone(),
+            svc: Arc::new(ServiceLive::new(new_scheduler("rr", &[]).unwrap())),
+            fwd: d.forward(),
+            state: 0,
+            flags: CONN_F_INACTIVE,
+            timeout: secs,
+            expires: now.plus_secs(secs),
+            template: None,
+            controlled: 0,
+            in_pkts: 0,
+        }
+    }
+
+    fn key(cport: u16) -> ConnKey {
+        ConnKey {
+            proto: 6,
+            caddr: "10.0.0.9".parse().unwrap(),
+            cport,
+            vaddr: "10.0.0.1".parse().unwrap(),
+            vport: 80,
+        }
+    }
+
+    #[test]
+    fn insert_lookup_reply_expire() {
+        let t = ConnTable::new(1000, 7);
+        let d = dest();
+        t.insert(key(1000), conn(&d, Time(0), 10)).unwrap();
+        assert_eq!(d.inactive(), 1);
+        assert_eq!(t.with_conn(&key(1000), Time(5000), |c| c.dport), Some(80));
+        let rk = ReplyKey { proto: 6, daddr: d.addr, dport: 80, caddr: key(1000).caddr, cport: 1000 };
+        assert_eq!(t.with_reply(&rk, Time(5000), |k, _| k.cport), Some(1000));
+        // Lazy expiry on lookup.
+        assert_eq!(t.with_conn(&key(1000), Time(10_000), |_| ()), None);
+        assert_eq!(d.inactive(), 0);
+        assert!(t.is_empty());
+        assert_eq!(t.with_reply(&rk, Time(10_000), |_, _| ()), None);
+    }
+
+    #[test]
+    fn capacity_is_enforced() {
+        let t = ConnTable::new(16, 1);
+        let d = dest();
+        let mut full = 0;
+        for p in 0..200 {
+            if let Err((e, c)) = t.insert(key(p), conn(&d, Time(0), 10)) {
+                assert_eq!(e, InsertError::Full);
+                c.unbind();
+                full += 1;
+            }
+        }
+        assert!(t.len() <= t.capacity());
+        assert_eq!(full, 200 - t.len());
+        assert_eq!(d.inactive() as usize, t.len());
+    }
+
+    #[test]
+    fn sweep_expires_shard_by_shard() {
+        let t = ConnTable::new(100_000, 3);
+        let d = dest();
+        for p in 0..5000 {
+            t.insert(key(p), conn(&d, Time(0), 1)).unwrap();
+        }
+        let mut removed = 0;
+        for _ in 0..t.shard_count() {
+            let n = t.expire_step(Time(2000));
+            assert!(n < 5000);
+            removed += n;
+        }
+        assert_eq!(removed, 5000);
+        assert_eq!(d.inactive(), 0);
+    }
+
+    #[test]
+    fn template_outlives_its_timer_while_controlling() {
+        let t = ConnTable::new(100, 3);
+        let d = dest();
+        let tk = ConnKey { cport: 0, ..key(0) };
+        let mut tpl = conn(&d, Time(0), 5);
+        tpl.flags = CONN_F_TEMPLATE;
+        d.unbind(false, true);
+        d.bind(true, false);
+        t.insert(tk, tpl).unwrap();
+        assert!(t.use_template(&tk, Time(1000), |_| true).is_some());
+        let mut c = conn(&d, Time(1000), 100);
+        c.template = Some(tk);
+        t.insert(key(5), c).unwrap();
+        // At 7 s the template's own timer (5 s from 1 s) has fired but it still controls key(5).
+        for _ in 0..t.shard_count() {
+            t.expire_step(Time(7000));
+        }
+        assert_eq!(d.persist(), 1);
+        t.remove(&key(5));
+        for _ in 0..t.shard_count() {
+            t.expire_step(Time(200_000));
+        }
+        assert_eq!(d.persist(), 0);
+        assert!(t.is_empty());
+    }
+}

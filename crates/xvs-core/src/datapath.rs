@@ -1,0 +1,659 @@
+//! The data path: one function from (tables, frames, now) to a verdict per frame, rewriting each
+//! frame in place. The AF_XDP workers and the offline pcap replay both call [`Engine::process`].
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crate::conn::{
+    Conn, ConnKey, ConnTable, InsertError, ReplyKey, CONN_F_INACTIVE, CONN_F_NOOUTPUT, CONN_F_ONE_PACKET,
+    CONN_F_TEMPLATE, TPL_S_NONE,
+};
+use crate::dest::{ConnForward, DestState};
+use crate::proto::{tcp_next_state, Direction, TcpFlags, TcpState, Timeouts};
+use crate::sched::SchedInput;
+use crate::service::{Service, Tables};
+use crate::types::{ForwardMethod, Protocol, ServiceKey, Time};
+use crate::wire::{
+    self, dec_ttl, encapsulate, icmp_error_in_place, is_icmp_error, nat_icmp, nat_rewrite, parse, parse_quoted,
+    set_macs, tunnel_overhead, Frame, IcmpError, NatSide, NextHop, Packet, ParseError,
+};
+
+/// Next-hop resolution, provided by the caller (netlink cache, static neighbours).
+pub trait Routes {
+    /// How to reach `dst`: egress, MACs, MTU and the local source address of that family.
+    fn next_hop(&self, dst: IpAddr) -> Option<NextHop>;
+}
+
+/// Why a frame was dropped. Every drop is counted under its reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Truncated or inconsistent headers.
+    Malformed = 0,
+    /// IP fragment (xvs does not reassemble).
+    Fragment,
+    /// IPv6 extension headers.
+    Ipv6Extension,
+    /// TCP packet without SYN and without a connection.
+    NonSynNoConn,
+    /// The connection's destination was deleted.
+    DestUnavailable,
+    /// The connection table is full.
+    TableFull,
+    /// No next hop known for the destination.
+    NoRoute,
+    /// TTL / hop limit exhausted and no room for the ICMP error.
+    TtlExceeded,
+    /// Too big for the path and not allowed to send frag-needed (IPv4 without DF).
+    TooBig,
+    /// A packet from a NAT real server that belongs to no connection.
+    NatReplyNoConn,
+    /// Not enough headroom for encapsulation or an ICMP error.
+    NoHeadroom,
+    /// No local address of the tunnel's outer family.
+    NoTunnelSource,
+    /// No destination available and the ICMP error could not be built.
+    NoDest,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 13] = [
+        DropReason::Malformed,
+        DropReason::Fragment,
+        DropReason::Ipv6Extension,
+        DropReason::NonSynNoConn,
+        DropReason::DestUnavailable,
+        DropReason::TableFull,
+        DropReason::NoRoute,
+        DropReason::TtlExceeded,
+        DropReason::TooBig,
+        DropReason::NatReplyNoConn,
+        DropReason::NoHeadroom,
+        DropReason::NoTunnelSource,
+        DropReason::NoDest,
+    ];
+
+    /// A stable name for counters and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Fragment => "fragment",
+            DropReason::Ipv6Extension => "ipv6_extension_header",
+            DropReason::NonSynNoConn => "tcp_non_syn_no_conn",
+            DropReason::DestUnavailable => "dest_unavailable",
+            DropReason::TableFull => "conn_table_full",
+            DropReason::NoRoute => "no_route",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::TooBig => "too_big_no_df",
+            DropReason::NatReplyNoConn => "nat_reply_no_conn",
+            DropReason::NoHeadroom => "no_headroom",
+            DropReason::NoTunnelSource => "no_tunnel_source",
+            DropReason::NoDest => "no_dest",
+        }
+    }
+}
+
+/// What to do with a frame after [`Engine::process`] rewrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit the rewritten frame on `ifindex`. `real` is the real server a client packet
+    /// was sent to (None for NAT replies going back to the client).
+    Forward {
+        /// Egress interface.
+        ifindex: u32,
+        /// Chosen real server.
+        real: Option<(IpAddr, u16)>,
+    },
+    /// The frame was replaced by an ICMP error from xvs; send it back out of the ingress.
+    Reply(IcmpError),
+    /// Not the balancer's: hand to the kernel.
+    Pass,
+    /// Dropped and counted.
+    Drop(DropReason),
+}
+
+/// Data-path counters beyond the per-service statistics.
+#[derive(Debug, Default)]
+pub struct EngineCounters {
+    drops: [AtomicU64; DropReason::ALL.len()],
+    /// Frames forwarded.
+    pub forwarded: AtomicU64,
+    /// ICMP errors xvs generated.
+    pub icmp_sent: AtomicU64,
+    /// Frames passed to the kernel.
+    pub passed: AtomicU64,
+    /// New connections with no destination available.
+    pub no_dest: AtomicU64,
+}
+
+impl EngineCounters {
+    /// Drops for one reason.
+    pub fn drops(&self, r: DropReason) -> u64 {
+        self.drops[r as usize].load(Relaxed)
+    }
+
+    /// All drop counters by name.
+    pub fn drop_counts(&self) -> Vec<(&'static str, u64)> {
+        DropReason::ALL.iter().map(|r| (r.name(), self.drops(*r))).collect()
+    }
+}
+
+/// The connection table and counters shared by every worker.
+#[derive(Debug)]
+pub struct Engine {
+    /// Connections and templates.
+    pub conns: ConnTable,
+    /// Counters.
+    pub counters: EngineCounters,
+}
+
+/// What a packet of an existing connection needs, copied out of the table under its lock.
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    daddr: IpAddr,
+    dport: u16,
+    fwd: ConnForward,
+}
+
+enum InResult {
+    Hit(Hit, Option<ConnKey>),
+    Drop(DropReason),
+    Reschedule,
+}
+
+fn fwmark_addr(af_v6: bool, mark: u32) -> IpAddr {
+    if af_v6 {
+        let b = mark.to_be_bytes();
+        IpAddr::V6(Ipv6Addr::from([b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(mark))
+    }
+}
+
+/// Apply a packet to a connection's state and timer (`ip_vs_set_state` + timer re-arm). Returns
+/// true when a TCP connection just became ESTABLISHED (its template becomes ASSURED).
+fn transition(c: &mut Conn, proto: Protocol, dir: Direction, flags: TcpFlags, t: &Timeouts, now: Time) -> bool {
+    match proto {
+        Protocol::Udp => {
+            if dir == Direction::Output {
+                c.flags &= !CONN_F_NOOUTPUT;
+            }
+            c.rearm(now, t.udp);
+            dir == Direction::Output && c.template.is_some()
+        }
+        Protocol::Tcp => {
+            let cur = TcpState::from_u8(c.state).unwrap_or(TcpState::None);
+            let no_output = c.flags & CONN_F_NOOUTPUT != 0;
+            if dir == Direction::Output {
+                c.flags &= !CONN_F_NOOUTPUT;
+            }
+            let new = tcp_next_state(cur, dir, no_output, flags);
+            let mut established = false;
+            if new != cur {
+                let inactive = c.flags & CONN_F_INACTIVE != 0;
+                if !inactive && new != TcpState::Established {
+                    c.dest.move_conn(true);
+                    c.flags |= CONN_F_INACTIVE;
+                } else if inactive && new == TcpState::Established {
+                    c.dest.move_conn(false);
+                    c.flags &= !CONN_F_INACTIVE;
+                    established = true;
+                }
+                c.state = new as u8;
+            }
+            c.rearm(now, t.tcp[new as usize]);
+            established && c.template.is_some()
+        }
+    }
+}
+
+impl Engine {
+    /// An engine whose connection table holds `capacity` entries.
+    pub fn new(capacity: usize, seed: u64) -> Engine {
+        Engine { conns: ConnTable::new(capacity, seed), counters: EngineCounters::default() }
+    }
+
+    fn drop(&self, r: DropReason) -> Verdict {
+        self.counters.drops[r as usize].fetch_add(1, Relaxed);
+        Verdict::Drop(r)
+    }
+
+    /// Process a batch of frames received on one interface. `verdicts` must be as long as
+    /// `frames`. Each frame is rewritten in place according to its verdict.
+    pub fn process(
+        &self,
+        tables: &Tables,
+        routes: &dyn Routes,
+        frames: &mut [Frame<'_>],
+        now: Time,
+        verdicts: &mut [Verdict],
+    ) {
+        for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
+            *v = self.process_frame(tables, routes, f, now);
+        }
+    }
+
+    /// Process one frame.
+    pub fn process_frame(&self, t: &Tables, routes: &dyn Routes, frame: &mut Frame<'_>, now: Time) -> Verdict {
+        let v = self.classify(t, routes, frame, now);
+        match v {
+            Verdict::Forward { .. } => self.counters.forwarded.fetch_add(1, Relaxed),
+            Verdict::Reply(_) => self.counters.icmp_sent.fetch_add(1, Relaxed),
+            Verdict::Pass => self.counters.passed.fetch_add(1, Relaxed),
+            Verdict::Drop(_) => 0,
+        };
+        v
+    }
+
+    fn classify(&self, t: &Tables, routes: &dyn Routes, frame: &mut Frame<'_>, now: Time) -> Verdict {
+        let p = match parse(frame.data()) {
+            Ok(p) => p,
+            Err(ParseError::NotIp) => return Verdict::Pass,
+            Err(ParseError::Malformed) => return self.drop(DropReason::Malformed),
+            Err(ParseError::Fragment) => return self.drop(DropReason::Fragment),
+            Err(ParseError::Ipv6Extension) => return self.drop(DropReason::Ipv6Extension),
+        };
+        let proto = match Protocol::from_number(p.proto) {
+            Some(proto) => proto,
+            None if is_icmp_error(&p) => return self.icmp(t, routes, frame, &p, now),
+            None => return Verdict::Pass,
+        };
+        let from_nat = t.is_nat_source(proto, p.saddr, p.sport);
+        if from_nat {
+            if let Some(v) = self.reply(t, routes, frame, &p, proto, now) {
+                return v;
+            }
+        }
+        let key = ConnKey { proto: p.proto, caddr: p.saddr, cport: p.sport, vaddr: p.daddr, vport: p.dport };
+        match self.existing(t, &key, &p, proto, now) {
+            Some(InResult::Hit(hit, tpl)) => {
+                if let Some(tk) = tpl {
+                    self.conns.assure_template(&tk);
+                }
+                return self.forward_in(routes, frame, &p, hit);
+            }
+            Some(InResult::Drop(r)) => return self.drop(r),
+            Some(InResult::Reschedule) => {
+                self.conns.remove(&key);
+            }
+            None => {}
+        }
+        if from_nat {
+            return self.drop(DropReason::NatReplyNoConn);
+        }
+        match t.lookup(proto, p.daddr, p.dport, 0) {
+            Some(svc) => self.new_conn(t, routes, frame, &p, proto, key, svc, now),
+            None => Verdict::Pass,
+        }
+    }
+
+    /// A packet of a known connection, client → server.
+    fn existing(&self, t: &Tables, key: &ConnKey, p: &Packet, proto: Protocol, now: Time) -> Option<InResult> {
+        self.conns.with_conn(key, now, |c| {
+            if proto == Protocol::Tcp && p.tcp.syn && c.template.is_none() && t.settings.conn_reuse_mode != 0 {
+                let s = TcpState::from_u8(c.state);
+                let reuse = matches!(s, Some(TcpState::TimeWait | TcpState::Close))
+                    || (t.settings.conn_reuse_mode & 2 != 0
+                        && s == Some(TcpState::FinWait)
+                        && c.flags & CONN_F_NOOUTPUT != 0);
+                if reuse {
+                    return InResult::Reschedule;
+                }
+            }
+            if !c.dest.is_available() {
+                return if t.settings.expire_nodest_conn {
+                    InResult::Reschedule
+                } else {
+                    InResult::Drop(DropReason::DestUnavailable)
+                };
+            }
+            c.in_pkts = c.in_pkts.wrapping_add(1);
+            let assure = transition(c, proto, Direction::Input, p.tcp, &t.timeouts, now);
+            c.dest.stats.add_in(p.ip_len);
+            c.svc.stats.add_in(p.ip_len);
+            t.totals.add_in(p.ip_len);
+            InResult::Hit(Hit { daddr: c.daddr, dport: c.dport, fwd: c.fwd }, if assure { c.template } else { None })
+        })
+    }
+
+    /// A NAT reply, server → client. None when it belongs to no connection.
+    fn reply(
+        &self,
+        t: &Tables,
+        routes: &dyn Routes,
+        frame: &mut Frame<'_>,
+        p: &Packet,
+        proto: Protocol,
+        now: Time,
+    ) -> Option<Verdict> {
+        let rk = ReplyKey { proto: p.proto, daddr: p.saddr, dport: p.sport, caddr: p.daddr, cport: p.dport };
+        let (vaddr, vport, tpl) = self.conns.with_reply(&rk, now, |key, c| {
+            let assure = transition(c, proto, Direction::Output, p.tcp, &t.timeouts, now);
+            if c.dest.is_available() {
+                c.dest.stats.add_out(p.ip_len);
+                c.svc.stats.add_out(p.ip_len);
+                t.totals.add_out(p.ip_len);
+            }
+            (key.vaddr, key.vport, if assure { c.template } else { None })
+        })?;
+        if let Some(tk) = tpl {
+            self.conns.assure_template(&tk);
+        }
+        let Some(hop) = routes.next_hop(p.daddr) else {
+            return Some(self.drop(DropReason::NoRoute));
+        };
+        if let Some(v) = self.check_size_and_ttl(frame, p, usize::from(hop.mtu)) {
+            return Some(v);
+        }
+        let d = frame.data_mut();
+        nat_rewrite(d, p, NatSide::Src, vaddr, vport);
+        dec_ttl(d, p);
+        set_macs(d, &hop);
+        Some(Verdict::Forward { ifindex: hop.ifindex, real: None })
+    }
+
+    /// MTU and TTL checks before forwarding; Some(verdict) when the packet cannot go on.
+    fn check_size_and_ttl(&self, frame: &mut Frame<'_>, p: &Packet, mtu: usize) -> Option<Verdict> {
+        if p.ip_len > mtu {
+            if p.df {
+                let mtu = mtu.min(usize::from(u16::MAX)) as u16;
+                return Some(self.icmp_reply(frame, p, IcmpError::TooBig(mtu)));
+            }
+            return Some(self.drop(DropReason::TooBig));
+        }
+        if p.ttl <= 1 {
+            return Some(self.icmp_reply(frame, p, IcmpError::TimeExceeded));
+        }
+        None
+    }
+
+    fn icmp_reply(&self, frame: &mut Frame<'_>, p: &Packet, kind: IcmpError) -> Verdict {
+        // Never answer an ICMP error with an ICMP error.
+        if is_icmp_error(p) {
+            return self.drop(match kind {
+                IcmpError::TimeExceeded => DropReason::TtlExceeded,
+                IcmpError::TooBig(_) => DropReason::TooBig,
+                IcmpError::PortUnreachable => DropReason::NoDest,
+            });
+        }
+        match icmp_error_in_place(frame, p, kind) {
+            Ok(()) => Verdict::Reply(kind),
+            Err(_) => self.drop(DropReason::NoHeadroom),
+        }
+    }
+
+    /// Send a client packet to its real server by the connection's forwarding method.
+    fn forward_in(&self, routes: &dyn Routes, frame: &mut Frame<'_>, p: &Packet, hit: Hit) -> Verdict {
+        let Some(hop) = routes.next_hop(hit.daddr) else {
+            return self.drop(DropReason::NoRoute);
+        };
+        let real = Some((hit.daddr, hit.dport));
+        match hit.fwd.method {
+            ForwardMethod::Route | ForwardMethod::Masq => {
+                if let Some(v) = self.check_size_and_ttl(frame, p, usize::from(hop.mtu)) {
+                    return v;
+                }
+                let d = frame.data_mut();
+                if hit.fwd.method == ForwardMethod::Masq {
+                    nat_rewrite(d, p, NatSide::Dst, hit.daddr, hit.dport);
+                }
+                dec_ttl(d, p);
+                set_macs(d, &hop);
+            }
+            ForwardMethod::Tunnel => {
+                let over = tunnel_overhead(hit.daddr.is_ipv6(), &hit.fwd.tunnel);
+                let mtu = usize::from(hop.mtu).saturating_sub(over);
+                let min = if p.v6 { 1280 } else { 68 };
+                if mtu < min {
+                    return self.drop(DropReason::TooBig);
+                }
+                if let Some(v) = self.check_size_and_ttl(frame, p, mtu) {
+                    return v;
+                }
+                dec_ttl(frame.data_mut(), p);
+                match encapsulate(frame, p, hop.src_ip, hit.daddr, &hit.fwd.tunnel) {
+                    Ok(()) => {}
+                    Err(wire::EncapError::NoHeadroom) => return self.drop(DropReason::NoHeadroom),
+                    Err(wire::EncapError::NoSource) => return self.drop(DropReason::NoTunnelSource),
+                }
+                set_macs(frame.data_mut(), &hop);
+            }
+        }
+        Verdict::Forward { ifindex: hop.ifindex, real }
+    }
+
+    /// The persistence template key for a packet of a persistent service (reference §4.4).
+    fn template_key(svc: &Service, p: &Packet) -> ConnKey {
+        let caddr = svc.cfg.netmask.apply(p.saddr);
+        match svc.cfg.key {
+            ServiceKey::Fwmark { mark, .. } => {
+                ConnKey { proto: 0, caddr, cport: 0, vaddr: fwmark_addr(p.v6, mark), vport: 0 }
+            }
+            ServiceKey::Addr { port, .. } => {
+                let vport = if port != 0 && p.dport == port && port != 21 { port } else { 0 };
+                ConnKey { proto: p.proto, caddr, cport: 0, vaddr: p.daddr, vport }
+            }
+        }
+    }
+
+    /// Pick a destination through a persistence template (`ip_vs_sched_persist`). Returns the
+    /// destination and the template key, which then controls one more connection.
+    fn persist(&self, t: &Tables, svc: &Service, p: &Packet, now: Time) -> Result<Option<(Arc<DestState>, ConnKey)>, DropReason> {
+        let tkey = Self::template_key(svc, p);
+        let eqt = t.settings.expire_quiescent_template;
+        for _ in 0..2 {
+            let found = self.conns.use_template(&tkey, now, |tc| {
+                tc.dest.is_available() && !(eqt && tc.dest.weight() == 0)
+            });
+            if let Some((dest, _)) = found {
+                return Ok(Some((dest, tkey)));
+            }
+            let Some(dest) = self.schedule(svc, p, now) else {
+                return Ok(None);
+            };
+            let tdport = if svc.cfg.key.port() != 0 && p.dport == svc.cfg.key.port() { dest.port } else { 0 };
+            dest.bind(true, false);
+            let tpl = Conn {
+                daddr: dest.addr,
+                dport: tdport,
+                dest: dest.clone(),
+                svc: svc.live.clone(),
+                fwd: dest.forward(),
+                state: TPL_S_NONE,
+                flags: CONN_F_TEMPLATE,
+                timeout: svc.cfg.timeout,
+                expires: now.plus_secs(svc.cfg.timeout),
+                template: None,
+                controlled: 1,
+                in_pkts: 0,
+            };
+            match self.conns.insert(tkey, tpl) {
+                Ok(()) => return Ok(Some((dest, tkey))),
+                Err((InsertError::Full, tpl)) => {
+                    tpl.dest.unbind(true, false);
+                    return Err(DropReason::TableFull);
+                }
+                // Another worker created it first: use that one.
+                Err((InsertError::Exists, tpl)) => tpl.dest.unbind(true, false),
+            }
+        }
+        Err(DropReason::TableFull)
+    }
+
+    fn schedule(&self, svc: &Service, p: &Packet, now: Time) -> Option<Arc<DestState>> {
+        svc.live.schedule(&SchedInput {
+            svc: &svc.cfg,
+            dests: &svc.dests,
+            saddr: p.saddr,
+            sport: p.sport,
+            daddr: p.daddr,
+            dport: p.dport,
+            now,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_conn(
+        &self,
+        t: &Tables,
+        routes: &dyn Routes,
+        frame: &mut Frame<'_>,
+        p: &Packet,
+        proto: Protocol,
+        key: ConnKey,
+        svc: &Arc<Service>,
+        now: Time,
+    ) -> Verdict {
+        if proto == Protocol::Tcp && !t.settings.sloppy_tcp && (!p.tcp.syn || p.tcp.rst) {
+            return self.drop(DropReason::NonSynNoConn);
+        }
+        let (dest, tpl) = if svc.cfg.is_persistent() {
+            match self.persist(t, svc, p, now) {
+                Ok(Some((d, k))) => (d, Some(k)),
+                Ok(None) => return self.no_dest(frame, p),
+                Err(r) => return self.drop(r),
+            }
+        } else {
+            match self.schedule(svc, p, now) {
+                Some(d) => (d, None),
+                None => return self.no_dest(frame, p),
+            }
+        };
+        let dport = if svc.cfg.is_persistent() {
+            if p.dport == svc.cfg.key.port() && dest.port != 0 {
+                dest.port
+            } else {
+                p.dport
+            }
+        } else if dest.port != 0 {
+            dest.port
+        } else {
+            p.dport
+        };
+        let fwd = dest.forward();
+        let one_packet = svc.cfg.is_one_packet() && proto == Protocol::Udp;
+        let mut flags = CONN_F_INACTIVE;
+        if fwd.method != ForwardMethod::Masq {
+            flags |= CONN_F_NOOUTPUT;
+        }
+        if one_packet {
+            flags |= CONN_F_ONE_PACKET;
+        }
+        dest.bind(false, true);
+        let mut c = Conn {
+            daddr: dest.addr,
+            dport,
+            dest: dest.clone(),
+            svc: svc.live.clone(),
+            fwd,
+            state: 0,
+            flags,
+            timeout: t.timeouts.tcp[0],
+            expires: now.plus_secs(t.timeouts.tcp[0]),
+            template: tpl,
+            controlled: 0,
+            in_pkts: 1,
+        };
+        if dest.is_available() {
+            dest.stats.add_conn();
+            svc.live.stats.add_conn();
+            t.totals.add_conn();
+            dest.stats.add_in(p.ip_len);
+            svc.live.stats.add_in(p.ip_len);
+            t.totals.add_in(p.ip_len);
+        }
+        transition(&mut c, proto, Direction::Input, p.tcp, &t.timeouts, now);
+        let hit = Hit { daddr: c.daddr, dport: c.dport, fwd };
+        if one_packet {
+            // Not inserted: every datagram is scheduled on its own.
+            c.dest.unbind(false, c.is_inactive());
+            self.release_template(tpl);
+        } else if let Err((e, c)) = self.conns.insert(key, c) {
+            c.dest.unbind(false, c.is_inactive());
+            self.release_template(tpl);
+            // `Exists`: another worker inserted the same connection first; this packet is
+            // still forwarded to the destination it was scheduled to.
+            if e == InsertError::Full {
+                return self.drop(DropReason::TableFull);
+            }
+        }
+        self.forward_in(routes, frame, p, hit)
+    }
+
+    fn release_template(&self, tpl: Option<ConnKey>) {
+        if let Some(tk) = tpl {
+            // Decrement the template's controlled count by removing a phantom reference.
+            self.conns.with_conn(&tk, Time(0), |tc| tc.controlled = tc.controlled.saturating_sub(1));
+        }
+    }
+
+    fn no_dest(&self, frame: &mut Frame<'_>, p: &Packet) -> Verdict {
+        self.counters.no_dest.fetch_add(1, Relaxed);
+        self.icmp_reply(frame, p, IcmpError::PortUnreachable)
+    }
+
+    /// ICMP errors about existing connections (reference §4.8).
+    fn icmp(&self, t: &Tables, routes: &dyn Routes, frame: &mut Frame<'_>, p: &Packet, now: Time) -> Verdict {
+        let Some(q) = parse_quoted(frame.data(), p) else {
+            return Verdict::Pass;
+        };
+        if Protocol::from_number(q.proto).is_none() {
+            return Verdict::Pass;
+        }
+        // From outside: the quoted packet went VIP → client.
+        let key = ConnKey { proto: q.proto, caddr: q.daddr, cport: q.dport, vaddr: q.saddr, vport: q.sport };
+        let hit = self.conns.with_conn(&key, now, |c| {
+            if c.dest.is_available() {
+                c.dest.stats.add_in(p.ip_len);
+                c.svc.stats.add_in(p.ip_len);
+                t.totals.add_in(p.ip_len);
+            }
+            Hit { daddr: c.daddr, dport: c.dport, fwd: c.fwd }
+        });
+        if let Some(hit) = hit {
+            let Some(hop) = routes.next_hop(hit.daddr) else {
+                return self.drop(DropReason::NoRoute);
+            };
+            match hit.fwd.method {
+                ForwardMethod::Masq => {
+                    let d = frame.data_mut();
+                    nat_icmp(d, p, &q, NatSide::Src, hit.daddr, hit.dport);
+                    set_macs(d, &hop);
+                }
+                ForwardMethod::Route => set_macs(frame.data_mut(), &hop),
+                ForwardMethod::Tunnel => {
+                    if let Err(e) = encapsulate(frame, p, hop.src_ip, hit.daddr, &hit.fwd.tunnel) {
+                        return self.drop(match e {
+                            wire::EncapError::NoHeadroom => DropReason::NoHeadroom,
+                            wire::EncapError::NoSource => DropReason::NoTunnelSource,
+                        });
+                    }
+                    set_macs(frame.data_mut(), &hop);
+                }
+            }
+            return Verdict::Forward { ifindex: hop.ifindex, real: Some((hit.daddr, hit.dport)) };
+        }
+        // From a NAT real server: the quoted packet went client → real server.
+        let rk = ReplyKey { proto: q.proto, daddr: q.daddr, dport: q.dport, caddr: q.saddr, cport: q.sport };
+        let back = self.conns.with_reply(&rk, now, |k, c| {
+            if c.dest.is_available() {
+                c.dest.stats.add_out(p.ip_len);
+                c.svc.stats.add_out(p.ip_len);
+                t.totals.add_out(p.ip_len);
+            }
+            (k.vaddr, k.vport)
+        });
+        if let Some((vaddr, vport)) = back {
+            let Some(hop) = routes.next_hop(p.daddr) else {
+                return self.drop(DropReason::NoRoute);
+            };
+            let d = frame.data_mut();
+            nat_icmp(d, p, &q, NatSide::Dst, vaddr, vport);
+            set_macs(d, &hop);
+            return Verdict::Forward { ifindex: hop.ifindex, real: None };
+        }
+        Verdict::Pass
+    }
+}

@@ -1,0 +1,26 @@
+//! xvs-core: the sans-IO heart of the XDP Virtual Server.
+//!
+//! No IO, no clock (time is an argument), no `unsafe`. The control side ([`director`]) edits
+//! services and destinations and publishes immutable [`service::Tables`]; the data path
+//! ([`datapath::Engine`]) turns frames into verdicts, rewriting them in place.
+
+#![forbid(unsafe_code)]
+
+pub mod conn;
+pub mod datapath;
+pub mod dest;
+pub mod director;
+pub mod hash;
+pub mod proto;
+pub mod sched;
+pub mod service;
+pub mod stats;
+pub mod types;
+pub mod wire;
+
+pub use datapath::{DropReason, Engine, Routes, Verdict};
+pub use dest::{DestConfig, DestState};
+pub use director::{CtlError, Director};
+pub use service::{ServiceConfig, Tables};
+pub use types::{Af, ForwardMethod, Netmask, Protocol, ServiceKey, Time};
+pub use wire::{Frame, NextHop};

@@ -1,0 +1,230 @@
+//! Connection states, their timeouts and the TCP transition tables (`ip_vs_proto_tcp.c`,
+//! `ip_vs_proto_udp.c`).
+
+/// TCP connection states in the kernel's numbering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum TcpState {
+    /// No packet seen yet.
+    None = 0,
+    /// Established.
+    Established = 1,
+    /// SYN seen from the server.
+    SynSent = 2,
+    /// SYN seen from the client.
+    SynRecv = 3,
+    /// FIN seen.
+    FinWait = 4,
+    /// Both FINs seen.
+    TimeWait = 5,
+    /// Closed (RST, or a packet with no flags).
+    Close = 6,
+    /// Close wait.
+    CloseWait = 7,
+    /// Last ACK.
+    LastAck = 8,
+    /// Listen.
+    Listen = 9,
+    /// SYN+ACK (secure TCP).
+    Synack = 10,
+}
+
+/// Number of TCP states.
+pub const TCP_STATES: usize = 11;
+
+const NAMES: [&str; TCP_STATES] = [
+    "NONE",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "SYNACK",
+];
+
+impl TcpState {
+    /// From the kernel's number.
+    pub fn from_u8(v: u8) -> Option<TcpState> {
+        use TcpState::*;
+        Some(match v {
+            0 => None,
+            1 => Established,
+            2 => SynSent,
+            3 => SynRecv,
+            4 => FinWait,
+            5 => TimeWait,
+            6 => Close,
+            7 => CloseWait,
+            8 => LastAck,
+            9 => Listen,
+            10 => Synack,
+            _ => return Option::None,
+        })
+    }
+
+    /// Name as `ipvsadm -L -c` prints it.
+    pub fn name(self) -> &'static str {
+        NAMES[self as usize]
+    }
+}
+
+/// Which way a packet travels relative to the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client → real server.
+    Input,
+    /// Real server → client, seen by the director (NAT).
+    Output,
+}
+
+/// The TCP flags that drive transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpFlags {
+    /// SYN.
+    pub syn: bool,
+    /// FIN.
+    pub fin: bool,
+    /// ACK.
+    pub ack: bool,
+    /// RST.
+    pub rst: bool,
+}
+
+use TcpState::{
+    Close as CL, CloseWait as CW, Established as ES, FinWait as FW, LastAck as LA, Listen as LI, SynRecv as SR,
+    SynSent as SS, TimeWait as TW,
+};
+
+type Row = [TcpState; TCP_STATES];
+
+// Rows: SYN, FIN, ACK, RST. Columns: current state NO ES SS SR FW TW CL CW LA LI SA.
+const INPUT: [Row; 4] = [
+    [SR, ES, ES, SR, SR, SR, SR, SR, SR, SR, SR],
+    [CL, CW, SS, TW, TW, TW, CL, CW, LA, LI, TW],
+    [ES, ES, SS, ES, FW, TW, CL, CW, CL, LI, ES],
+    [CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, SR],
+];
+const OUTPUT: [Row; 4] = [
+    [SS, ES, SS, SR, SS, SS, SS, SS, SS, LI, SR],
+    [TW, FW, SS, TW, FW, TW, CL, TW, LA, LI, TW],
+    [ES, ES, SS, ES, FW, TW, CL, CW, LA, ES, ES],
+    [CL, CL, SS, CL, CL, TW, CL, CL, CL, CL, CL],
+];
+const INPUT_ONLY: [Row; 4] = [
+    [SR, ES, ES, SR, SR, SR, SR, SR, SR, SR, SR],
+    [CL, FW, SS, TW, FW, TW, CL, CW, LA, LI, TW],
+    [ES, ES, SS, ES, FW, TW, CL, CW, CL, LI, ES],
+    [CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, CL],
+];
+
+/// The next TCP state (`set_tcp_state`). `no_output` is the connection's NOOUTPUT flag (DR and
+/// tunnel connections, or NAT before the first reply). Flag precedence RST, SYN, FIN, ACK; a
+/// packet with none of them closes the connection.
+pub fn tcp_next_state(cur: TcpState, dir: Direction, no_output: bool, f: TcpFlags) -> TcpState {
+    let row = if f.rst {
+        3
+    } else if f.syn {
+        0
+    } else if f.fin {
+        1
+    } else if f.ack {
+        2
+    } else {
+        return CL;
+    };
+    let table = match (dir, no_output) {
+        (Direction::Output, _) => &OUTPUT,
+        (Direction::Input, true) => &INPUT_ONLY,
+        (Direction::Input, false) => &INPUT,
+    };
+    table[row][cur as usize]
+}
+
+/// Whether a state counts in ActiveConn: the kernel moves a connection to ActiveConn only when
+/// it enters ESTABLISHED and back to InActConn when it leaves it.
+pub fn tcp_state_active(s: TcpState) -> bool {
+    s == ES
+}
+
+/// Per-state timeouts in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Indexed by [`TcpState`].
+    pub tcp: [u32; TCP_STATES],
+    /// The single UDP state.
+    pub udp: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { tcp: [2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120], udp: 300 }
+    }
+}
+
+impl Timeouts {
+    /// `--set tcp tcpfin udp`; 0 leaves a value unchanged.
+    pub fn set(&mut self, tcp: u32, tcpfin: u32, udp: u32) {
+        if tcp != 0 {
+            self.tcp[ES as usize] = tcp;
+        }
+        if tcpfin != 0 {
+            self.tcp[FW as usize] = tcpfin;
+        }
+        if udp != 0 {
+            self.udp = udp;
+        }
+    }
+
+    /// What `--timeout` shows: (tcp, tcpfin, udp).
+    pub fn shown(&self) -> (u32, u32, u32) {
+        (self.tcp[ES as usize], self.tcp[FW as usize], self.udp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TcpState::{None as NO, Synack as SA};
+
+    const SYN: TcpFlags = TcpFlags { syn: true, fin: false, ack: false, rst: false };
+    const ACK: TcpFlags = TcpFlags { syn: false, fin: false, ack: true, rst: false };
+    const FIN: TcpFlags = TcpFlags { syn: false, fin: true, ack: true, rst: false };
+    const SYNACK: TcpFlags = TcpFlags { syn: true, fin: false, ack: true, rst: false };
+
+    #[test]
+    fn nat_handshake_and_close() {
+        let mut s = NO;
+        s = tcp_next_state(s, Direction::Input, true, SYN);
+        assert_eq!(s, SR);
+        s = tcp_next_state(s, Direction::Output, true, SYNACK); // SYN wins over ACK
+        assert_eq!(s, SR);
+        s = tcp_next_state(s, Direction::Input, false, ACK);
+        assert_eq!(s, ES);
+        s = tcp_next_state(s, Direction::Input, false, FIN);
+        assert_eq!(s, CW);
+        s = tcp_next_state(s, Direction::Output, false, FIN);
+        assert_eq!(s, TW);
+    }
+
+    #[test]
+    fn dr_input_only_fin_goes_fin_wait() {
+        let s = tcp_next_state(ES, Direction::Input, true, FIN);
+        assert_eq!(s, FW);
+        assert_eq!(tcp_next_state(ES, Direction::Input, true, TcpFlags::default()), CL);
+        let rst = TcpFlags { rst: true, ..Default::default() };
+        assert_eq!(tcp_next_state(SA, Direction::Input, true, rst), CL);
+        assert_eq!(tcp_next_state(SA, Direction::Input, false, rst), SR);
+    }
+
+    #[test]
+    fn set_timeouts() {
+        let mut t = Timeouts::default();
+        assert_eq!(t.shown(), (900, 120, 300));
+        t.set(0, 30, 0);
+        assert_eq!(t.shown(), (900, 30, 300));
+    }
+}

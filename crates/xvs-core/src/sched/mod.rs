@@ -1,0 +1,167 @@
+//! Schedulers: one module per algorithm behind one trait, as in the kernel
+//! (`net/netfilter/ipvs/ip_vs_*.c`). Every scheduler walks the destination list in the kernel's
+//! order (newest first) and breaks ties the same way, so that for the same configuration and the
+//! same sequence of new connections it picks the same destinations.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::dest::DestState;
+use crate::service::ServiceConfig;
+use crate::types::Time;
+
+mod dh;
+mod fo;
+mod lblc;
+mod lblcr;
+mod lc;
+pub(crate) mod mh;
+mod nq;
+mod ovf;
+mod rr;
+mod sed;
+mod sh;
+mod twos;
+mod wlc;
+mod wrr;
+
+#[cfg(test)]
+mod tests;
+
+/// Service flag: scheduler flag 1 (`sh-fallback` / `mh-fallback` / `flag-1`).
+pub const SVC_F_SCHED1: u32 = 0x8;
+/// Service flag: scheduler flag 2 (`sh-port` / `mh-port` / `flag-2`).
+pub const SVC_F_SCHED2: u32 = 0x10;
+/// Service flag: scheduler flag 3 (`flag-3`).
+pub const SVC_F_SCHED3: u32 = 0x20;
+
+/// What changed in a service's destination list; the list passed alongside is the new one.
+#[derive(Debug, Clone, Copy)]
+pub enum DestEvent<'a> {
+    /// A destination was linked at the head of the list.
+    Add(&'a Arc<DestState>),
+    /// A destination was unlinked; `index` was its position in the old list.
+    Del(&'a Arc<DestState>, usize),
+    /// A destination's settings were edited in place.
+    Edit(&'a Arc<DestState>),
+}
+
+/// What a scheduler may look at for one new connection.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedInput<'a> {
+    /// The service's configuration (flags such as `sh-port`).
+    pub svc: &'a ServiceConfig,
+    /// Destinations in list order, newest first.
+    pub dests: &'a [Arc<DestState>],
+    /// Client address.
+    pub saddr: IpAddr,
+    /// Client port.
+    pub sport: u16,
+    /// Destination (virtual) address of the packet.
+    pub daddr: IpAddr,
+    /// Destination port of the packet.
+    pub dport: u16,
+    /// The caller's clock.
+    pub now: Time,
+}
+
+/// One scheduling algorithm's state for one service.
+pub trait Scheduler: Send + fmt::Debug {
+    /// The name ipvsadm uses (`rr`, `wlc`, ...).
+    fn name(&self) -> &'static str;
+
+    /// The destination list changed (the kernel's `add_dest`, `del_dest`, `upd_dest`).
+    fn update(&mut self, _dests: &[Arc<DestState>], _event: DestEvent<'_>) {}
+
+    /// Pick a destination for a new connection, or none.
+    fn schedule(&mut self, input: &SchedInput<'_>) -> Option<Arc<DestState>>;
+
+    /// Periodic housekeeping (lblc/lblcr garbage collection).
+    fn tick(&mut self, _now: Time) {}
+}
+
+/// Names of every scheduler xvs implements, as `-s` accepts them.
+pub const SCHEDULERS: &[&str] = &[
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos", "none",
+];
+
+/// A fresh scheduler for `name`, initialised for `dests` (the kernel's `init_service`).
+pub fn new_scheduler(name: &str, dests: &[Arc<DestState>]) -> Option<Box<dyn Scheduler>> {
+    let s: Box<dyn Scheduler> = match name {
+        "rr" => Box::new(rr::RoundRobin::default()),
+        "wrr" => Box::new(wrr::WeightedRoundRobin::new(dests)),
+        "lc" => Box::new(lc::LeastConn),
+        "wlc" => Box::new(wlc::WeightedLeastConn),
+        "sed" => Box::new(sed::ShortestExpectedDelay),
+        "nq" => Box::new(nq::NeverQueue),
+        "fo" => Box::new(fo::WeightedFailover),
+        "ovf" => Box::new(ovf::WeightedOverflow),
+        "twos" => Box::new(twos::TwoChoices::new(0x5eed_1234_abcd_ef01)),
+        "lblc" => Box::new(lblc::Lblc::default()),
+        "lblcr" => Box::new(lblcr::Lblcr::default()),
+        "dh" => Box::new(dh::DestHash::new(dests)),
+        "sh" => Box::new(sh::SourceHash::new(dests)),
+        "mh" => Box::new(mh::Maglev::new(dests)),
+        "none" => Box::new(NoScheduler),
+        _ => return None,
+    };
+    Some(s)
+}
+
+/// The kernel accepts the scheduler name `none`: a service whose new connections all fail.
+#[derive(Debug)]
+struct NoScheduler;
+
+impl Scheduler for NoScheduler {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn schedule(&mut self, _input: &SchedInput<'_>) -> Option<Arc<DestState>> {
+        None
+    }
+}
+
+/// Eligible for a new connection by the common rule: not OVERLOAD and weight > 0.
+pub(crate) fn eligible(d: &DestState) -> bool {
+    !d.is_overloaded() && d.weight() > 0
+}
+
+/// The weighted-least-connection selection shared by wlc, lblc and lblcr
+/// (`ip_vs_wlc_schedule`): first eligible destination, then a strict weighted comparison.
+pub(crate) fn weighted_least(
+    dests: &[Arc<DestState>],
+    overhead: impl Fn(&DestState) -> u64,
+) -> Option<Arc<DestState>> {
+    let first = dests.iter().position(|d| eligible(d))?;
+    let mut least = &dests[first];
+    let mut loh = overhead(least);
+    for d in &dests[first + 1..] {
+        if d.is_overloaded() {
+            continue;
+        }
+        let doh = overhead(d);
+        if i128::from(loh) * i128::from(d.weight()) > i128::from(doh) * i128::from(least.weight()) {
+            least = d;
+            loh = doh;
+        }
+    }
+    Some(least.clone())
+}
+
+/// `is_overloaded()` of lblc/lblcr: more active connections than weight while some destination of
+/// the service is below half its weight.
+pub(crate) fn locality_overloaded(d: &DestState, dests: &[Arc<DestState>]) -> bool {
+    i64::from(d.active()) > i64::from(d.weight())
+        && dests.iter().any(|o| i64::from(o.active()) * 2 < i64::from(o.weight()))
+}
+
+/// Greatest common divisor.
+pub(crate) fn gcd(mut a: i32, mut b: i32) -> i32 {
+    while b != 0 {
+        let t = a % b;
+        a = b;
+        b = t;
+    }
+    a
+}

@@ -1,0 +1,38 @@
+//! Never queue (`ip_vs_nq.c`): an idle destination at once, else shortest expected delay.
+
+use std::sync::Arc;
+
+use super::sed::sed_overhead;
+use super::{SchedInput, Scheduler};
+use crate::dest::DestState;
+
+/// Stateless.
+#[derive(Debug)]
+pub struct NeverQueue;
+
+impl Scheduler for NeverQueue {
+    fn name(&self) -> &'static str {
+        "nq"
+    }
+
+    fn schedule(&mut self, input: &SchedInput<'_>) -> Option<Arc<DestState>> {
+        let mut least: Option<(&Arc<DestState>, u64)> = None;
+        for d in input.dests {
+            if d.is_overloaded() || d.weight() == 0 {
+                continue;
+            }
+            let doh = sed_overhead(d);
+            if d.active() == 0 {
+                return Some(d.clone());
+            }
+            let better = match least {
+                None => true,
+                Some((l, loh)) => i128::from(loh) * i128::from(d.weight()) > i128::from(doh) * i128::from(l.weight()),
+            };
+            if better {
+                least = Some((d, doh));
+            }
+        }
+        least.map(|(d, _)| d.clone())
+    }
+}

@@ -1,0 +1,248 @@
+//! Virtual services and the immutable snapshot of all tables that the data path reads.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use hashbrown::{HashMap, HashSet};
+
+use crate::dest::DestState;
+use crate::proto::Timeouts;
+use crate::sched::{SchedInput, Scheduler};
+use crate::stats::Stats;
+use crate::types::{Af, ForwardMethod, Netmask, Protocol, ServiceKey};
+
+/// Service flag: persistent (`-p`).
+pub const SVC_F_PERSISTENT: u32 = 0x1;
+/// Service flag: one-packet scheduling (`-o`).
+pub const SVC_F_ONEPACKET: u32 = 0x4;
+
+/// Configuration of a virtual service as `-A`/`-E` give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Identity.
+    pub key: ServiceKey,
+    /// Scheduler name.
+    pub scheduler: String,
+    /// PERSISTENT, ONEPACKET and SCHED1..3 bits.
+    pub flags: u32,
+    /// Persistence timeout in seconds (meaningful with PERSISTENT).
+    pub timeout: u32,
+    /// Persistence netmask.
+    pub netmask: Netmask,
+    /// Persistence engine name (xvs supports none; kept for display of refused input).
+    pub pe: Option<String>,
+}
+
+impl ServiceConfig {
+    /// A service with ipvsadm's defaults (wlc, not persistent, full mask).
+    pub fn new(key: ServiceKey) -> ServiceConfig {
+        ServiceConfig {
+            key,
+            scheduler: "wlc".into(),
+            flags: 0,
+            timeout: 0,
+            netmask: Netmask::full(key.af()),
+            pe: None,
+        }
+    }
+
+    /// `-p`.
+    pub fn is_persistent(&self) -> bool {
+        self.flags & SVC_F_PERSISTENT != 0
+    }
+
+    /// `-o`.
+    pub fn is_one_packet(&self) -> bool {
+        self.flags & SVC_F_ONEPACKET != 0
+    }
+}
+
+/// State of a service that outlives configuration snapshots: counters and the scheduler.
+#[derive(Debug)]
+pub struct ServiceLive {
+    /// Traffic counters.
+    pub stats: Stats,
+    sched: Mutex<Box<dyn Scheduler>>,
+}
+
+impl ServiceLive {
+    pub(crate) fn new(sched: Box<dyn Scheduler>) -> ServiceLive {
+        ServiceLive { stats: Stats::default(), sched: Mutex::new(sched) }
+    }
+
+    /// The scheduler, locked (the kernel's `svc->sched_lock`).
+    pub(crate) fn scheduler(&self) -> MutexGuard<'_, Box<dyn Scheduler>> {
+        // A panic while scheduling would be a bug; the state itself stays usable.
+        self.sched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn replace_scheduler(&self, s: Box<dyn Scheduler>) {
+        *self.scheduler() = s;
+    }
+
+    /// Run the scheduler for one new connection.
+    pub fn schedule(&self, input: &SchedInput<'_>) -> Option<Arc<DestState>> {
+        self.scheduler().schedule(input)
+    }
+}
+
+/// One service in a snapshot: its configuration, its destinations in list order (newest
+/// first) and its live state.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Configuration.
+    pub cfg: ServiceConfig,
+    /// Destinations, newest first (the kernel's list order).
+    pub dests: Vec<Arc<DestState>>,
+    /// Counters and scheduler.
+    pub live: Arc<ServiceLive>,
+}
+
+/// Behaviour switches that the kernel keeps in sysctls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Schedule TCP packets without SYN too (`sloppy_tcp`).
+    pub sloppy_tcp: bool,
+    /// Expire connections whose destination was deleted, on their next packet (`expire_nodest_conn`).
+    pub expire_nodest_conn: bool,
+    /// Do not reuse templates pointing at weight-0 destinations (`expire_quiescent_template`).
+    pub expire_quiescent_template: bool,
+    /// `conn_reuse_mode` bits: 1 = a SYN on TIME_WAIT/CLOSE reschedules, 2 = also FIN_WAIT with NOOUTPUT.
+    pub conn_reuse_mode: u8,
+    /// Verify full TCP/UDP checksums of incoming packets before rewriting (costly, off by default).
+    pub verify_checksums: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            sloppy_tcp: false,
+            expire_nodest_conn: false,
+            expire_quiescent_template: false,
+            conn_reuse_mode: 1,
+            verify_checksums: false,
+        }
+    }
+}
+
+/// What the XDP program must redirect to xvs (everything else goes to the kernel).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Steering {
+    /// (VIP, protocol, port) of every address service; port 0 = every port of that VIP.
+    pub services: Vec<(IpAddr, Protocol, u16)>,
+    /// Whether fwmark services exist (marks are set by the kernel, so XDP cannot match them).
+    pub has_fwmark: bool,
+    /// (real-server address, protocol, port) of NAT destinations: their replies come back through xvs.
+    pub nat_sources: Vec<(IpAddr, Protocol, u16)>,
+}
+
+/// An immutable snapshot of every table the data path reads. The control plane builds a new one
+/// per change and publishes it; live state (counters, scheduler state) is shared between snapshots.
+#[derive(Debug)]
+pub struct Tables {
+    pub(crate) by_addr: HashMap<(Protocol, IpAddr, u16), Arc<Service>, ahash::RandomState>,
+    pub(crate) by_mark: HashMap<(Af, u32), Arc<Service>, ahash::RandomState>,
+    pub(crate) port0_vips: HashSet<(Protocol, IpAddr), ahash::RandomState>,
+    pub(crate) nat_sources: HashSet<(Protocol, IpAddr, u16), ahash::RandomState>,
+    pub(crate) nat_sources_any_port: HashSet<(Protocol, IpAddr), ahash::RandomState>,
+    /// Services in configuration order.
+    pub services: Vec<Arc<Service>>,
+    /// State timeouts.
+    pub timeouts: Timeouts,
+    /// Behaviour switches.
+    pub settings: Settings,
+    /// Totals over all services.
+    pub totals: Arc<Stats>,
+}
+
+impl Tables {
+    pub(crate) fn build(services: Vec<Arc<Service>>, timeouts: Timeouts, settings: Settings, totals: Arc<Stats>) -> Tables {
+        let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+        let mut t = Tables {
+            by_addr: HashMap::with_hasher(hasher.clone()),
+            by_mark: HashMap::with_hasher(hasher.clone()),
+            port0_vips: HashSet::with_hasher(hasher.clone()),
+            nat_sources: HashSet::with_hasher(hasher.clone()),
+            nat_sources_any_port: HashSet::with_hasher(hasher),
+            services: Vec::new(),
+            timeouts,
+            settings,
+            totals,
+        };
+        for s in &services {
+            match s.cfg.key {
+                ServiceKey::Addr { proto, addr, port } => {
+                    t.by_addr.insert((proto, addr, port), s.clone());
+                    if port == 0 {
+                        t.port0_vips.insert((proto, addr));
+                    }
+                }
+                ServiceKey::Fwmark { af, mark } => {
+                    t.by_mark.insert((af, mark), s.clone());
+                }
+            }
+            let protos: &[Protocol] = match s.cfg.key {
+                ServiceKey::Addr { proto, .. } => match proto {
+                    Protocol::Tcp => &[Protocol::Tcp],
+                    Protocol::Udp => &[Protocol::Udp],
+                },
+                ServiceKey::Fwmark { .. } => &[Protocol::Tcp, Protocol::Udp],
+            };
+            for d in &s.dests {
+                if d.forward().method == ForwardMethod::Masq {
+                    for &p in protos {
+                        if d.port == 0 {
+                            t.nat_sources_any_port.insert((p, d.addr));
+                        } else {
+                            t.nat_sources.insert((p, d.addr, d.port));
+                        }
+                    }
+                }
+            }
+        }
+        t.services = services;
+        t
+    }
+
+    /// An empty table set.
+    pub fn empty() -> Tables {
+        Tables::build(Vec::new(), Timeouts::default(), Settings::default(), Arc::new(Stats::default()))
+    }
+
+    /// Service lookup for a packet (kernel order: fwmark, exact, then port 0).
+    pub fn lookup(&self, proto: Protocol, vaddr: IpAddr, vport: u16, fwmark: u32) -> Option<&Arc<Service>> {
+        if fwmark != 0 {
+            if let Some(s) = self.by_mark.get(&(Af::of(&vaddr), fwmark)) {
+                return Some(s);
+            }
+        }
+        if let Some(s) = self.by_addr.get(&(proto, vaddr, vport)) {
+            return Some(s);
+        }
+        if self.port0_vips.contains(&(proto, vaddr)) {
+            return self.by_addr.get(&(proto, vaddr, 0));
+        }
+        None
+    }
+
+    /// Whether (proto, addr, port) is the source of a NAT destination's replies.
+    pub fn is_nat_source(&self, proto: Protocol, addr: IpAddr, port: u16) -> bool {
+        self.nat_sources.contains(&(proto, addr, port)) || self.nat_sources_any_port.contains(&(proto, addr))
+    }
+
+    /// What the XDP program must redirect.
+    pub fn steering(&self) -> Steering {
+        let mut st = Steering::default();
+        for s in &self.services {
+            match s.cfg.key {
+                ServiceKey::Addr { proto, addr, port } => st.services.push((addr, proto, port)),
+                ServiceKey::Fwmark { .. } => st.has_fwmark = true,
+            }
+        }
+        st.nat_sources = self.nat_sources.iter().map(|&(p, a, port)| (a, p, port)).collect();
+        st.nat_sources.extend(self.nat_sources_any_port.iter().map(|&(p, a)| (a, p, 0)));
+        st.services.sort();
+        st.nat_sources.sort();
+        st
+    }
+}

@@ -1,0 +1,765 @@
+//! Frames, header parsing (etherparse) and the in-place rewrites: MAC and TTL, NAT with
+//! incremental checksums (RFC 1624), tunnel encapsulation into the headroom, and ICMP errors
+//! built in place. No allocation, no copy of the payload.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6HeaderSlice, TcpHeaderSlice, UdpHeaderSlice};
+
+use crate::proto::TcpFlags;
+use crate::types::{TunnelConfig, TunnelCsum, TunnelType};
+
+/// Ethernet header length.
+pub const ETH_LEN: usize = 14;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+/// IP protocol numbers.
+pub const IPPROTO_ICMP: u8 = 1;
+/// IPv4-in-IP.
+pub const IPPROTO_IPIP: u8 = 4;
+/// TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// IPv6-in-IP.
+pub const IPPROTO_IPV6: u8 = 41;
+/// GRE.
+pub const IPPROTO_GRE: u8 = 47;
+/// ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// A frame in a buffer the caller owns: `buf[start..start + len]` is the Ethernet frame and
+/// `buf[..start]` is headroom that encapsulation may use.
+#[derive(Debug)]
+pub struct Frame<'a> {
+    buf: &'a mut [u8],
+    start: usize,
+    len: usize,
+}
+
+impl<'a> Frame<'a> {
+    /// A frame of `len` bytes at `start` in `buf`. Out-of-range values are clamped.
+    pub fn new(buf: &'a mut [u8], start: usize, len: usize) -> Frame<'a> {
+        let start = start.min(buf.len());
+        let len = len.min(buf.len() - start);
+        Frame { buf, start, len }
+    }
+
+    /// The frame's bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    /// The frame's bytes, writable.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+
+    /// Offset of the frame in the buffer (after a push, smaller than at the start).
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    /// Frame length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the frame is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Grow the frame at the front by `n` bytes of headroom; false if there is not enough.
+    fn push(&mut self, n: usize) -> bool {
+        if self.start < n {
+            return false;
+        }
+        self.start -= n;
+        self.len += n;
+        true
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+/// Addresses of the next hop and the egress, resolved by the caller (netlink, static table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NextHop {
+    /// Egress interface index.
+    pub ifindex: u32,
+    /// MAC of the egress interface.
+    pub src_mac: [u8; 6],
+    /// MAC of the next hop.
+    pub dst_mac: [u8; 6],
+    /// MTU of the route.
+    pub mtu: u16,
+    /// The box's own address of the destination's family, used as tunnel source.
+    pub src_ip: Option<IpAddr>,
+}
+
+/// Why a frame could not be parsed as a packet xvs handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not IPv4 or IPv6 (ARP, VLAN, ...): the kernel's business.
+    NotIp,
+    /// Truncated or inconsistent headers.
+    Malformed,
+    /// An IPv4 fragment or an IPv6 packet with a fragment header.
+    Fragment,
+    /// IPv6 extension headers other than fragments.
+    Ipv6Extension,
+}
+
+/// The header fields the data path needs, with offsets into the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    /// IPv6?
+    pub v6: bool,
+    /// Offset of the L4 header.
+    pub l4: usize,
+    /// IP protocol of the L4 header.
+    pub proto: u8,
+    /// Source address.
+    pub saddr: IpAddr,
+    /// Destination address.
+    pub daddr: IpAddr,
+    /// Source port (TCP/UDP; ICMP: 0).
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// TCP flags.
+    pub tcp: TcpFlags,
+    /// TTL / hop limit.
+    pub ttl: u8,
+    /// IP length (header + payload), the byte count for statistics.
+    pub ip_len: usize,
+    /// IPv4 DF (always true for IPv6: routers never fragment).
+    pub df: bool,
+    /// ICMP type and code when proto is ICMP/ICMPv6.
+    pub icmp: Option<(u8, u8)>,
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Parse an Ethernet frame.
+pub fn parse(frame: &[u8]) -> Result<Packet, ParseError> {
+    let eth = Ethernet2HeaderSlice::from_slice(frame).map_err(|_| ParseError::NotIp)?;
+    let l3 = ETH_LEN;
+    match eth.ether_type().0 {
+        ETH_P_IPV4 => {
+            let ip = Ipv4HeaderSlice::from_slice(&frame[l3..]).map_err(|_| ParseError::Malformed)?;
+            let hlen = usize::from(ip.ihl()) * 4;
+            let total = usize::from(ip.total_len());
+            if total < hlen || l3 + total > frame.len() {
+                return Err(ParseError::Malformed);
+            }
+            if ip.more_fragments() || ip.fragments_offset().value() != 0 {
+                return Err(ParseError::Fragment);
+            }
+            let ip_end = l3 + total;
+            finish(
+                frame,
+                ip_end,
+                l3 + hlen,
+                ip.protocol().0,
+                IpAddr::V4(ip.source_addr()),
+                IpAddr::V4(ip.destination_addr()),
+                ip.ttl(),
+                total,
+                ip.dont_fragment(),
+                false,
+            )
+        }
+        ETH_P_IPV6 => {
+            let ip = Ipv6HeaderSlice::from_slice(&frame[l3..]).map_err(|_| ParseError::Malformed)?;
+            let total = 40 + usize::from(ip.payload_length());
+            if l3 + total > frame.len() {
+                return Err(ParseError::Malformed);
+            }
+            let nh = ip.next_header().0;
+            match nh {
+                IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {}
+                44 => return Err(ParseError::Fragment),
+                0 | 43 | 60 | 51 | 135 | 139 | 140 => return Err(ParseError::Ipv6Extension),
+                _ => {}
+            }
+            finish(
+                frame,
+                l3 + total,
+                l3 + 40,
+                nh,
+                IpAddr::V6(ip.source_addr()),
+                IpAddr::V6(ip.destination_addr()),
+                ip.hop_limit(),
+                total,
+                true,
+                true,
+            )
+        }
+        _ => Err(ParseError::NotIp),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    frame: &[u8],
+    ip_end: usize,
+    l4: usize,
+    proto: u8,
+    saddr: IpAddr,
+    daddr: IpAddr,
+    ttl: u8,
+    ip_len: usize,
+    df: bool,
+    v6: bool,
+) -> Result<Packet, ParseError> {
+    let seg = &frame[l4..ip_end];
+    let mut p = Packet {
+        v6,
+        l4,
+        proto,
+        saddr,
+        daddr,
+        sport: 0,
+        dport: 0,
+        tcp: TcpFlags::default(),
+        ttl,
+        ip_len,
+        df,
+        icmp: None,
+    };
+    match proto {
+        IPPROTO_TCP => {
+            let t = TcpHeaderSlice::from_slice(seg).map_err(|_| ParseError::Malformed)?;
+            p.sport = t.source_port();
+            p.dport = t.destination_port();
+            p.tcp = TcpFlags { syn: t.syn(), fin: t.fin(), ack: t.ack(), rst: t.rst() };
+        }
+        IPPROTO_UDP => {
+            let u = UdpHeaderSlice::from_slice(seg).map_err(|_| ParseError::Malformed)?;
+            if usize::from(u.length()) < 8 || usize::from(u.length()) > seg.len() {
+                return Err(ParseError::Malformed);
+            }
+            p.sport = u.source_port();
+            p.dport = u.destination_port();
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            if seg.len() < 8 {
+                return Err(ParseError::Malformed);
+            }
+            p.icmp = Some((seg[0], seg[1]));
+        }
+        _ => {}
+    }
+    Ok(p)
+}
+
+/// The packet an ICMP error quotes: its addresses and ports, and where they sit in the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quoted {
+    /// Offset of the quoted IP header in the frame.
+    pub ip: usize,
+    /// Offset of the quoted L4 header.
+    pub l4: usize,
+    /// Quoted protocol.
+    pub proto: u8,
+    /// Quoted source.
+    pub saddr: IpAddr,
+    /// Quoted destination.
+    pub daddr: IpAddr,
+    /// Quoted ports (first 4 bytes of the L4 header).
+    pub sport: u16,
+    /// Quoted destination port.
+    pub dport: u16,
+}
+
+/// Whether an ICMP message is an error that refers to a connection (IPv4: unreachable, source
+/// quench, time exceeded; IPv6: every error type).
+pub fn is_icmp_error(p: &Packet) -> bool {
+    match p.icmp {
+        Some((t, _)) if p.v6 => t < 128,
+        Some((t, _)) => matches!(t, 3 | 4 | 11),
+        None => false,
+    }
+}
+
+/// Parse the packet quoted by an ICMP error.
+pub fn parse_quoted(frame: &[u8], p: &Packet) -> Option<Quoted> {
+    let ip = p.l4 + 8;
+    let end = ETH_LEN + p.ip_len;
+    let q = frame.get(ip..end)?;
+    let (hlen, proto, saddr, daddr) = if p.v6 {
+        if q.len() < 40 || q[0] >> 4 != 6 {
+            return None;
+        }
+        let s: [u8; 16] = q[8..24].try_into().ok()?;
+        let d: [u8; 16] = q[24..40].try_into().ok()?;
+        (40, q[6], IpAddr::V6(s.into()), IpAddr::V6(d.into()))
+    } else {
+        if q.len() < 20 || q[0] >> 4 != 4 {
+            return None;
+        }
+        let hlen = usize::from(q[0] & 0xf) * 4;
+        if hlen < 20 {
+            return None;
+        }
+        let s: [u8; 4] = q[12..16].try_into().ok()?;
+        let d: [u8; 4] = q[16..20].try_into().ok()?;
+        (hlen, q[9], IpAddr::V4(s.into()), IpAddr::V4(d.into()))
+    };
+    let ports = q.get(hlen..hlen + 4)?;
+    Some(Quoted {
+        ip,
+        l4: ip + hlen,
+        proto,
+        saddr,
+        daddr,
+        sport: be16(ports, 0),
+        dport: be16(ports, 2),
+    })
+}
+
+// ---- checksums -------------------------------------------------------------------------------
+
+/// One's-complement sum of 16-bit big-endian words (odd trailing byte padded with zero).
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc = acc.wrapping_add(u32::from(u16::from_be_bytes([c[0], c[1]])));
+    }
+    if let [b] = chunks.remainder() {
+        acc = acc.wrapping_add(u32::from(*b) << 8);
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// Internet checksum of `data` (RFC 1071).
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum16(data, 0))
+}
+
+/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for a field changing from `old` to `new` (even length).
+pub fn csum_replace(hc: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut acc = u32::from(!hc);
+    for c in old.chunks_exact(2) {
+        acc = acc.wrapping_add(u32::from(!u16::from_be_bytes([c[0], c[1]])));
+    }
+    acc = sum16(new, acc);
+    !fold(acc)
+}
+
+fn addr_bytes(a: &IpAddr) -> ([u8; 16], usize) {
+    let mut b = [0u8; 16];
+    match a {
+        IpAddr::V4(v) => {
+            b[..4].copy_from_slice(&v.octets());
+            (b, 4)
+        }
+        IpAddr::V6(v) => (v.octets(), 16),
+    }
+}
+
+/// Full L4 checksum with the pseudo-header (TCP, UDP, ICMPv6).
+pub fn l4_checksum(saddr: &IpAddr, daddr: &IpAddr, proto: u8, seg: &[u8]) -> u16 {
+    let (s, sl) = addr_bytes(saddr);
+    let (d, dl) = addr_bytes(daddr);
+    let mut acc = sum16(&s[..sl], 0);
+    acc = sum16(&d[..dl], acc);
+    acc = acc.wrapping_add(u32::from(proto));
+    acc = acc.wrapping_add(seg.len() as u32);
+    !fold(sum16(seg, acc))
+}
+
+fn ipv4_fix_checksum(ip: &mut [u8]) {
+    let hlen = usize::from(ip[0] & 0xf) * 4;
+    ip[10] = 0;
+    ip[11] = 0;
+    let c = checksum(&ip[..hlen]);
+    put16(ip, 10, c);
+}
+
+/// Offset of the L4 checksum field for TCP/UDP, relative to the L4 header.
+fn l4_csum_off(proto: u8) -> Option<usize> {
+    match proto {
+        IPPROTO_TCP => Some(16),
+        IPPROTO_UDP => Some(6),
+        _ => None,
+    }
+}
+
+// ---- rewrites --------------------------------------------------------------------------------
+
+/// Set the Ethernet addresses for the next hop.
+pub fn set_macs(frame: &mut [u8], hop: &NextHop) {
+    frame[0..6].copy_from_slice(&hop.dst_mac);
+    frame[6..12].copy_from_slice(&hop.src_mac);
+}
+
+/// Decrement TTL / hop limit (the caller checked it is > 1).
+pub fn dec_ttl(frame: &mut [u8], p: &Packet) {
+    let ip = &mut frame[ETH_LEN..];
+    if p.v6 {
+        ip[7] = ip[7].saturating_sub(1);
+    } else {
+        // TTL and protocol share a 16-bit word.
+        let old = [ip[8], ip[9]];
+        ip[8] = ip[8].saturating_sub(1);
+        let c = csum_replace(be16(ip, 10), &old, &[ip[8], ip[9]]);
+        put16(ip, 10, c);
+    }
+}
+
+/// Which side of the packet a NAT rewrite changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatSide {
+    /// Destination address and port (client → real server).
+    Dst,
+    /// Source address and port (real server → client).
+    Src,
+}
+
+/// Rewrite one address and port, patching the IP and L4 checksums incrementally. A UDP
+/// checksum of 0 (none, IPv4) stays 0; a computed 0 becomes 0xFFFF.
+pub fn nat_rewrite(frame: &mut [u8], p: &Packet, side: NatSide, addr: IpAddr, port: u16) {
+    let (new, n) = addr_bytes(&addr);
+    let new = &new[..n];
+    let (aoff, poff) = match (p.v6, side) {
+        (false, NatSide::Src) => (ETH_LEN + 12, 0),
+        (false, NatSide::Dst) => (ETH_LEN + 16, 2),
+        (true, NatSide::Src) => (ETH_LEN + 8, 0),
+        (true, NatSide::Dst) => (ETH_LEN + 24, 2),
+    };
+    let mut old = [0u8; 16];
+    old[..n].copy_from_slice(&frame[aoff..aoff + n]);
+    let old = &old[..n];
+    let old_port = [frame[p.l4 + poff], frame[p.l4 + poff + 1]];
+    let new_port = port.to_be_bytes();
+    if let Some(co) = l4_csum_off(p.proto) {
+        let at = p.l4 + co;
+        let hc = be16(frame, at);
+        if !(p.proto == IPPROTO_UDP && hc == 0 && !p.v6) {
+            let mut c = csum_replace(hc, old, new);
+            c = csum_replace(c, &old_port, &new_port);
+            if p.proto == IPPROTO_UDP && c == 0 {
+                c = 0xffff;
+            }
+            put16(frame, at, c);
+        }
+    }
+    frame[aoff..aoff + n].copy_from_slice(new);
+    if matches!(p.proto, IPPROTO_TCP | IPPROTO_UDP) {
+        frame[p.l4 + poff..p.l4 + poff + 2].copy_from_slice(&new_port);
+    }
+    if !p.v6 {
+        let ip = &mut frame[ETH_LEN..];
+        let c = csum_replace(be16(ip, 10), old, new);
+        put16(ip, 10, c);
+    }
+}
+
+/// Rewrite the packet quoted by an ICMP error and the outer address for NAT (`ip_vs_nat_icmp`):
+/// `side` says which quoted address/port change; the outer address on the opposite side takes
+/// the same new address. The quoted L4 checksum is left as the kernel leaves it; the quoted
+/// and outer IP checksums and the ICMP checksum are recomputed.
+pub fn nat_icmp(frame: &mut [u8], p: &Packet, q: &Quoted, side: NatSide, addr: IpAddr, port: u16) {
+    let (new, n) = addr_bytes(&addr);
+    let new = &new[..n];
+    // Outer: an error about a packet *from* the VIP goes *to* the real server and vice versa.
+    let outer = match (p.v6, side) {
+        (false, NatSide::Src) => ETH_LEN + 16,
+        (false, NatSide::Dst) => ETH_LEN + 12,
+        (true, NatSide::Src) => ETH_LEN + 24,
+        (true, NatSide::Dst) => ETH_LEN + 8,
+    };
+    frame[outer..outer + n].copy_from_slice(new);
+    let inner = match (p.v6, side) {
+        (false, NatSide::Src) => q.ip + 12,
+        (false, NatSide::Dst) => q.ip + 16,
+        (true, NatSide::Src) => q.ip + 8,
+        (true, NatSide::Dst) => q.ip + 24,
+    };
+    frame[inner..inner + n].copy_from_slice(new);
+    if matches!(q.proto, IPPROTO_TCP | IPPROTO_UDP) && frame.len() >= q.l4 + 4 {
+        let po = if side == NatSide::Src { 0 } else { 2 };
+        frame[q.l4 + po..q.l4 + po + 2].copy_from_slice(&port.to_be_bytes());
+    }
+    if !p.v6 {
+        ipv4_fix_checksum(&mut frame[q.ip..]);
+        ipv4_fix_checksum(&mut frame[ETH_LEN..]);
+    }
+    finish_icmp_checksum(frame, p);
+}
+
+fn finish_icmp_checksum(frame: &mut [u8], p: &Packet) {
+    let end = ETH_LEN + p.ip_len;
+    frame[p.l4 + 2] = 0;
+    frame[p.l4 + 3] = 0;
+    let c = if p.v6 {
+        let (s, d) = (ipv6_at(frame, ETH_LEN + 8), ipv6_at(frame, ETH_LEN + 24));
+        l4_checksum(&IpAddr::V6(s), &IpAddr::V6(d), IPPROTO_ICMPV6, &frame[p.l4..end])
+    } else {
+        checksum(&frame[p.l4..end])
+    };
+    put16(frame, p.l4 + 2, c);
+}
+
+fn ipv6_at(frame: &[u8], at: usize) -> Ipv6Addr {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&frame[at..at + 16]);
+    b.into()
+}
+
+/// Bytes an encapsulation adds in front of the inner IP packet.
+pub fn tunnel_overhead(outer_v6: bool, t: &TunnelConfig) -> usize {
+    let ip = if outer_v6 { 40 } else { 20 };
+    ip + match t.kind {
+        TunnelType::Ipip => 0,
+        TunnelType::Gue => 8 + 4,
+        TunnelType::Gre => {
+            if t.csum == TunnelCsum::Csum {
+                8
+            } else {
+                4
+            }
+        }
+    }
+}
+
+/// A small flow hash for the GUE source port (so the receiver can spread flows).
+fn flow_port(p: &Packet) -> u16 {
+    let h = crate::hash::fold_addr(&p.saddr)
+        ^ crate::hash::fold_addr(&p.daddr).rotate_left(7)
+        ^ (u32::from(p.sport) << 16 | u32::from(p.dport))
+        ^ u32::from(p.proto);
+    let h = crate::hash::hash_32(h, 16) as u16;
+    // Ephemeral range 49152..65535 as Linux does for tunnel source ports.
+    49152 | (h & 0x3fff)
+}
+
+/// Errors of [`encapsulate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncapError {
+    /// Not enough headroom in the buffer.
+    NoHeadroom,
+    /// No local address of the outer family to use as source.
+    NoSource,
+}
+
+/// Encapsulate the (already TTL-decremented) IP packet for a tunnel to `outer_dst`: the
+/// Ethernet header moves into the headroom and the outer headers are written behind it.
+pub fn encapsulate(
+    frame: &mut Frame<'_>,
+    p: &Packet,
+    outer_src: Option<IpAddr>,
+    outer_dst: IpAddr,
+    t: &TunnelConfig,
+) -> Result<(), EncapError> {
+    let outer_v6 = outer_dst.is_ipv6();
+    let src = match (outer_src, outer_v6) {
+        (Some(s @ IpAddr::V4(_)), false) | (Some(s @ IpAddr::V6(_)), true) => s,
+        _ => return Err(EncapError::NoSource),
+    };
+    let over = tunnel_overhead(outer_v6, t);
+    let inner_len = p.ip_len;
+    // Drop anything after the IP packet (Ethernet padding) before prepending.
+    frame.truncate(ETH_LEN + inner_len);
+    if !frame.push(over) {
+        return Err(EncapError::NoHeadroom);
+    }
+    let d = frame.data_mut();
+    d.copy_within(over..over + 12, 0);
+    put16(d, 12, if outer_v6 { ETH_P_IPV6 } else { ETH_P_IPV4 });
+    let inner = ETH_LEN + over;
+    let (inner_tos, inner_ttl, inner_df) = if p.v6 {
+        let tc = (d[inner] & 0x0f) << 4 | d[inner + 1] >> 4;
+        (tc, d[inner + 7], true)
+    } else {
+        (d[inner + 1], d[inner + 8], d[inner + 6] & 0x40 != 0)
+    };
+    let inner_proto = if p.v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+    let (outer_proto, l4_len) = match t.kind {
+        TunnelType::Ipip => (inner_proto, 0),
+        TunnelType::Gue => (IPPROTO_UDP, 12),
+        TunnelType::Gre => (IPPROTO_GRE, over - if outer_v6 { 40 } else { 20 }),
+    };
+    // ECN encapsulation (RFC 6040 normal mode): copy ECT, a CE inner becomes ECT(0) outside.
+    let ecn = inner_tos & 3;
+    let tos = (inner_tos & !3) | if ecn == 3 { 2 } else { ecn };
+    let ip_hlen = if outer_v6 { 40 } else { 20 };
+    let payload_len = l4_len + inner_len;
+    {
+        let o = &mut d[ETH_LEN..ETH_LEN + ip_hlen];
+        if outer_v6 {
+            o[0] = 0x60 | tos >> 4;
+            o[1] = (tos & 0x0f) << 4;
+            o[2] = 0;
+            o[3] = 0;
+            put16(o, 4, payload_len as u16);
+            o[6] = outer_proto;
+            o[7] = inner_ttl;
+            if let (IpAddr::V6(s), IpAddr::V6(dst)) = (src, outer_dst) {
+                o[8..24].copy_from_slice(&s.octets());
+                o[24..40].copy_from_slice(&dst.octets());
+            }
+        } else {
+            o[0] = 0x45;
+            o[1] = tos;
+            put16(o, 2, (ip_hlen + payload_len) as u16);
+            // With DF set the ID carries no meaning (RFC 6864); without it, reuse the inner ID.
+            let id = if inner_df || p.v6 { 0 } else { be16(d, inner + 4) };
+            let o = &mut d[ETH_LEN..ETH_LEN + ip_hlen];
+            put16(o, 4, id);
+            put16(o, 6, if inner_df { 0x4000 } else { 0 });
+            o[8] = inner_ttl;
+            o[9] = outer_proto;
+            if let (IpAddr::V4(s), IpAddr::V4(dst)) = (src, outer_dst) {
+                o[12..16].copy_from_slice(&s.octets());
+                o[16..20].copy_from_slice(&dst.octets());
+            }
+            ipv4_fix_checksum(o);
+        }
+    }
+    let l4 = ETH_LEN + ip_hlen;
+    match t.kind {
+        TunnelType::Ipip => {}
+        TunnelType::Gue => {
+            put16(d, l4, flow_port(p));
+            put16(d, l4 + 2, t.port);
+            put16(d, l4 + 4, (8 + 4 + inner_len) as u16);
+            put16(d, l4 + 6, 0);
+            // GUE version 0, no options, protocol of the inner packet.
+            d[l4 + 8] = 0;
+            d[l4 + 9] = inner_proto;
+            d[l4 + 10] = 0;
+            d[l4 + 11] = 0;
+            if t.csum != TunnelCsum::NoCsum || outer_v6 {
+                let end = l4 + 12 + inner_len;
+                let mut c = l4_checksum(&src, &outer_dst, IPPROTO_UDP, &d[l4..end]);
+                if c == 0 {
+                    c = 0xffff;
+                }
+                put16(d, l4 + 6, c);
+            }
+        }
+        TunnelType::Gre => {
+            let csum = t.csum == TunnelCsum::Csum;
+            put16(d, l4, if csum { 0x8000 } else { 0 });
+            put16(d, l4 + 2, if p.v6 { ETH_P_IPV6 } else { ETH_P_IPV4 });
+            if csum {
+                put16(d, l4 + 4, 0);
+                put16(d, l4 + 6, 0);
+                let end = l4 + 8 + inner_len;
+                let c = checksum(&d[l4..end]);
+                put16(d, l4 + 4, c);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// ICMP error kinds xvs sends itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpError {
+    /// No destination for a new connection: port unreachable.
+    PortUnreachable,
+    /// Too big for the path: fragmentation needed (IPv4) / packet too big (IPv6), with the MTU.
+    TooBig(u16),
+    /// TTL / hop limit exhausted.
+    TimeExceeded,
+}
+
+/// Replace the frame with an ICMP error about it, addressed back to the packet's source and sent
+/// from its destination (the VIP), quoting as much of the original as RFC 792 / 4443 allow.
+/// The Ethernet addresses are swapped; the caller may overwrite them for a routed reply.
+pub fn icmp_error_in_place(frame: &mut Frame<'_>, p: &Packet, kind: IcmpError) -> Result<(), EncapError> {
+    let (hdr, max_total) = if p.v6 { (48usize, 1280usize) } else { (28, 576) };
+    let quoted = p.ip_len.min(max_total - hdr);
+    frame.truncate(ETH_LEN + quoted);
+    if !frame.push(hdr) {
+        return Err(EncapError::NoHeadroom);
+    }
+    let d = frame.data_mut();
+    // Ethernet: back to where it came from.
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&d[hdr + 6..hdr + 12]);
+    macs[6..].copy_from_slice(&d[hdr..hdr + 6]);
+    d[..12].copy_from_slice(&macs);
+    put16(d, 12, if p.v6 { ETH_P_IPV6 } else { ETH_P_IPV4 });
+    let icmp_at = ETH_LEN + if p.v6 { 40 } else { 20 };
+    let icmp_len = 8 + quoted;
+    let (ty, code, rest): (u8, u8, u32) = match (p.v6, kind) {
+        (false, IcmpError::PortUnreachable) => (3, 3, 0),
+        (false, IcmpError::TooBig(mtu)) => (3, 4, u32::from(mtu)),
+        (false, IcmpError::TimeExceeded) => (11, 0, 0),
+        (true, IcmpError::PortUnreachable) => (1, 4, 0),
+        (true, IcmpError::TooBig(mtu)) => (2, 0, u32::from(mtu)),
+        (true, IcmpError::TimeExceeded) => (3, 0, 0),
+    };
+    {
+        let o = &mut d[ETH_LEN..icmp_at];
+        if p.v6 {
+            o[0] = 0x60;
+            o[1] = 0;
+            o[2] = 0;
+            o[3] = 0;
+            put16(o, 4, icmp_len as u16);
+            o[6] = IPPROTO_ICMPV6;
+            o[7] = 64;
+            if let (IpAddr::V6(s), IpAddr::V6(dst)) = (p.daddr, p.saddr) {
+                o[8..24].copy_from_slice(&s.octets());
+                o[24..40].copy_from_slice(&dst.octets());
+            }
+        } else {
+            o[0] = 0x45;
+            o[1] = 0xc0; // network control, as the kernel's icmp_send uses
+            put16(o, 2, (20 + icmp_len) as u16);
+            put16(o, 4, 0);
+            put16(o, 6, 0x4000);
+            o[8] = 64;
+            o[9] = IPPROTO_ICMP;
+            if let (IpAddr::V4(s), IpAddr::V4(dst)) = (p.daddr, p.saddr) {
+                o[12..16].copy_from_slice(&s.octets());
+                o[16..20].copy_from_slice(&dst.octets());
+            }
+            ipv4_fix_checksum(o);
+        }
+    }
+    d[icmp_at] = ty;
+    d[icmp_at + 1] = code;
+    d[icmp_at + 2..icmp_at + 4].fill(0);
+    if !p.v6 && matches!(kind, IcmpError::TooBig(_)) {
+        put16(d, icmp_at + 4, 0);
+        put16(d, icmp_at + 6, rest as u16);
+    } else {
+        d[icmp_at + 4..icmp_at + 8].copy_from_slice(&rest.to_be_bytes());
+    }
+    let end = icmp_at + icmp_len;
+    let c = if p.v6 {
+        l4_checksum(&p.daddr, &p.saddr, IPPROTO_ICMPV6, &d[icmp_at..end])
+    } else {
+        checksum(&d[icmp_at..end])
+    };
+    put16(d, icmp_at + 2, c);
+    Ok(())
+}
+
+/// Whether an IPv4 header's checksum verifies.
+pub fn is_valid_ipv4_header(ip: &[u8]) -> bool {
+    ip.len() >= 20 && checksum(&ip[..usize::from(ip[0] & 0xf) * 4]) == 0
+}
