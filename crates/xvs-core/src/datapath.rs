@@ -657,3 +657,7 @@ impl Engine {
         Verdict::Pass
     }
 }
+
+#[cfg(test)]
+#[path = "datapath_tests.rs"]
+mod tests;

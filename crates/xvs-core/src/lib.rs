@@ -12,6 +12,7 @@ pub mod dest;
 pub mod director;
 pub mod hash;
 pub mod proto;
+pub mod routes;
 pub mod sched;
 pub mod service;
 pub mod stats;

@@ -1,0 +1,556 @@
+//! Packet fixtures for every forwarding method, both NAT directions, IPv4 and IPv6, TCP and UDP;
+//! ICMP handling; and property tests (random frames never panic, NAT in then out restores the
+//! original addresses with valid checksums).
+
+use std::net::IpAddr;
+
+use etherparse::{PacketBuilder, TcpHeaderSlice};
+use proptest::prelude::*;
+
+use super::*;
+use crate::dest::DestConfig;
+use crate::director::Director;
+use crate::routes::StaticRoutes;
+use crate::service::ServiceConfig;
+use crate::types::{TunnelConfig, TunnelType};
+use crate::wire::{checksum, l4_checksum, parse, ETH_LEN};
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
+const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x1b];
+const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
+const HEADROOM: usize = 256;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn rs_mac(n: u8) -> [u8; 6] {
+    [2, 0, 0, 0, 0xaa, n]
+}
+
+fn routes() -> StaticRoutes {
+    let mut r = StaticRoutes::new(7, LB_MAC, vec![ip("10.0.0.254"), ip("fd00::fe")], 1500);
+    for n in 1..=3u8 {
+        r.neigh.insert(IpAddr::from([192, 168, 1, n]), rs_mac(n));
+        r.neigh.insert(format!("fd01::{n}").parse().unwrap(), rs_mac(n));
+    }
+    r.gateway = Some(GW_MAC);
+    r
+}
+
+struct Lb {
+    dir: Director,
+    engine: Engine,
+    tables: Tables,
+    routes: StaticRoutes,
+}
+
+impl Lb {
+    fn new(svc: ServiceKey, sched: &str, dests: &[DestConfig]) -> Lb {
+        let mut dir = Director::new();
+        let mut cfg = ServiceConfig::new(svc);
+        cfg.scheduler = sched.into();
+        dir.add_service(cfg).unwrap();
+        for d in dests {
+            dir.add_dest(&svc, *d).unwrap();
+        }
+        let tables = dir.snapshot();
+        Lb { dir, engine: Engine::new(10_000, 1), tables, routes: routes() }
+    }
+
+    fn republish(&mut self) {
+        self.tables = self.dir.snapshot();
+    }
+
+    /// Run one frame; returns the verdict and the output frame bytes.
+    fn run(&self, frame: &[u8], now: u64) -> (Verdict, Vec<u8>) {
+        let mut buf = vec![0u8; HEADROOM + frame.len() + 64];
+        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        let mut f = Frame::new(&mut buf, HEADROOM, frame.len());
+        let v = self.engine.process_frame(&self.tables, &self.routes, &mut f, Time(now));
+        (v, f.data().to_vec())
+    }
+}
+
+fn tcp_key(vip: &str, port: u16) -> ServiceKey {
+    ServiceKey::Addr { proto: Protocol::Tcp, addr: ip(vip), port }
+}
+
+fn udp_key(vip: &str, port: u16) -> ServiceKey {
+    ServiceKey::Addr { proto: Protocol::Udp, addr: ip(vip), port }
+}
+
+fn dest(addr: &str, port: u16, method: ForwardMethod) -> DestConfig {
+    let mut d = DestConfig::new(ip(addr), port);
+    d.method = method;
+    d
+}
+
+fn octets4(a: &str) -> [u8; 4] {
+    match ip(a) {
+        IpAddr::V4(v) => v.octets(),
+        IpAddr::V6(_) => unreachable!(),
+    }
+}
+
+fn octets6(a: &str) -> [u8; 16] {
+    match ip(a) {
+        IpAddr::V6(v) => v.octets(),
+        IpAddr::V4(_) => unreachable!(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Flags {
+    Syn,
+    SynAck,
+    Ack,
+    Fin,
+}
+
+fn tcp4(src: &str, sport: u16, dst: &str, dport: u16, flags: Flags, ttl: u8, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(octets4(src), octets4(dst), ttl).tcp(sport, dport, 1000, 64240);
+    let b = match flags {
+        Flags::Syn => b.syn(),
+        Flags::SynAck => b.syn().ack(1),
+        Flags::Ack => b.ack(1),
+        Flags::Fin => b.fin().ack(1),
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn tcp6(src: &str, sport: u16, dst: &str, dport: u16, flags: Flags, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(octets6(src), octets6(dst), 64).tcp(sport, dport, 1000, 64240);
+    let b = match flags {
+        Flags::Syn => b.syn(),
+        Flags::SynAck => b.syn().ack(1),
+        Flags::Ack => b.ack(1),
+        Flags::Fin => b.fin().ack(1),
+    };
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn udp4(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(octets4(src), octets4(dst), 64).udp(sport, dport).write(&mut v, payload).unwrap();
+    v
+}
+
+fn udp6(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(octets6(src), octets6(dst), 64).udp(sport, dport).write(&mut v, payload).unwrap();
+    v
+}
+
+/// Every checksum in the frame verifies (IPv4 header, TCP/UDP with pseudo-header, ICMP).
+fn assert_checksums(frame: &[u8]) {
+    let p = parse(frame).expect("output parses");
+    let end = ETH_LEN + p.ip_len;
+    if !p.v6 {
+        let hl = usize::from(frame[ETH_LEN] & 0xf) * 4;
+        assert_eq!(checksum(&frame[ETH_LEN..ETH_LEN + hl]), 0, "IPv4 header checksum");
+    }
+    match p.proto {
+        6 | 17 | 58 => {
+            if !(p.proto == 17 && !p.v6 && frame[p.l4 + 6] == 0 && frame[p.l4 + 7] == 0) {
+                assert_eq!(l4_checksum(&p.saddr, &p.daddr, p.proto, &frame[p.l4..end]), 0, "L4 checksum");
+            }
+        }
+        1 => assert_eq!(checksum(&frame[p.l4..end]), 0, "ICMP checksum"),
+        _ => {}
+    }
+}
+
+#[test]
+fn direct_routing_v4_rewrites_only_macs_and_ttl() {
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
+    let input = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b"");
+    let (v, out) = lb.run(&input, 0);
+    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("192.168.1.1"), 80)) });
+    assert_eq!(&out[0..6], &rs_mac(1));
+    assert_eq!(&out[6..12], &LB_MAC);
+    assert_eq!(out[ETH_LEN + 8], 63, "TTL decremented");
+    // Everything from the IP header on is unchanged except TTL and header checksum.
+    let mut expect = input.clone();
+    expect[0..12].copy_from_slice(&out[0..12]);
+    expect[ETH_LEN + 8] = 63;
+    expect[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&out[ETH_LEN + 10..ETH_LEN + 12]);
+    assert_eq!(out, expect);
+    assert_checksums(&out);
+    let st = &lb.tables.services[0];
+    assert_eq!(st.live.stats.counters().conns, 1);
+    assert_eq!(st.dests[0].inactive(), 1);
+}
+
+#[test]
+fn direct_routing_v6() {
+    let lb = Lb::new(tcp_key("fd00::1", 80), "rr", &[dest("fd01::1", 80, ForwardMethod::Route)]);
+    let input = tcp6("fd09::5", 40000, "fd00::1", 80, Flags::Syn, b"");
+    let (v, out) = lb.run(&input, 0);
+    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("fd01::1"), 80)) });
+    assert_eq!(out[ETH_LEN + 7], 63, "hop limit decremented");
+    assert_eq!(&out[0..6], &rs_mac(1));
+    assert_eq!(&out[ETH_LEN + 8..], &input[ETH_LEN + 8..]);
+}
+
+#[test]
+fn nat_v4_tcp_both_directions_and_states() {
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.2", 8080, ForwardMethod::Masq)]);
+    let (v, out) = lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""), 0);
+    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("192.168.1.2"), 8080)) });
+    let p = parse(&out).unwrap();
+    assert_eq!((p.saddr, p.sport, p.daddr, p.dport), (ip("10.9.0.5"), 40000, ip("192.168.1.2"), 8080));
+    assert_checksums(&out);
+
+    // The reply from the real server goes back to the client from the VIP, via the gateway.
+    let reply = tcp4("192.168.1.2", 8080, "10.9.0.5", 40000, Flags::SynAck, 64, b"");
+    let (v, out) = lb.run(&reply, 10);
+    assert_eq!(v, Verdict::Forward { ifindex: 7, real: None });
+    let p = parse(&out).unwrap();
+    assert_eq!((p.saddr, p.sport, p.daddr, p.dport), (ip("10.0.0.1"), 80, ip("10.9.0.5"), 40000));
+    assert_eq!(&out[0..6], &GW_MAC);
+    assert_checksums(&out);
+
+    let d = &lb.tables.services[0].dests[0];
+    assert_eq!((d.active(), d.inactive()), (0, 1), "SYN_RECV is not active");
+    let (v, _) = lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"hello"), 20);
+    assert!(matches!(v, Verdict::Forward { .. }));
+    assert_eq!((d.active(), d.inactive()), (1, 0), "ESTABLISHED is active");
+    let c = lb.tables.services[0].live.stats.counters();
+    assert_eq!((c.conns, c.inpkts, c.outpkts), (1, 2, 1));
+    lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Fin, 64, b""), 30);
+    assert_eq!((d.active(), d.inactive()), (0, 1));
+}
+
+#[test]
+fn nat_v6_udp_both_directions() {
+    let lb = Lb::new(udp_key("fd00::1", 53), "rr", &[dest("fd01::3", 5353, ForwardMethod::Masq)]);
+    let (v, out) = lb.run(&udp6("fd09::5", 5000, "fd00::1", 53, b"query"), 0);
+    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("fd01::3"), 5353)) });
+    let p = parse(&out).unwrap();
+    assert_eq!((p.daddr, p.dport), (ip("fd01::3"), 5353));
+    assert_checksums(&out);
+    let (v, out) = lb.run(&udp6("fd01::3", 5353, "fd09::5", 5000, b"answer"), 5);
+    assert_eq!(v, Verdict::Forward { ifindex: 7, real: None });
+    let p = parse(&out).unwrap();
+    assert_eq!((p.saddr, p.sport), (ip("fd00::1"), 53));
+    assert_checksums(&out);
+}
+
+#[test]
+fn nat_v4_udp_zero_checksum_stays_zero() {
+    let lb = Lb::new(udp_key("10.0.0.1", 53), "rr", &[dest("192.168.1.1", 53, ForwardMethod::Masq)]);
+    let mut input = udp4("10.9.0.5", 5000, "10.0.0.1", 53, b"query");
+    let l4 = ETH_LEN + 20;
+    input[l4 + 6] = 0;
+    input[l4 + 7] = 0;
+    let (_, out) = lb.run(&input, 0);
+    assert_eq!(&out[l4 + 6..l4 + 8], &[0, 0]);
+    assert_checksums(&out);
+}
+
+#[test]
+fn tunnel_v4_in_v4_outer_header() {
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.3", 80, ForwardMethod::Tunnel)]);
+    let input = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b"");
+    let (v, out) = lb.run(&input, 0);
+    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("192.168.1.3"), 80)) });
+    assert_eq!(out.len(), input.len() + 20);
+    assert_eq!(&out[12..14], &[0x08, 0x00]);
+    let o = &out[ETH_LEN..ETH_LEN + 20];
+    assert_eq!(o[0], 0x45);
+    assert_eq!(u16::from_be_bytes([o[2], o[3]]) as usize, input.len() - ETH_LEN + 20);
+    assert_eq!(o[9], 4, "IPIP");
+    assert_eq!(o[8], 63, "outer TTL = inner TTL after decrement");
+    assert_eq!(&o[12..16], &[10, 0, 0, 254]);
+    assert_eq!(&o[16..20], &[192, 168, 1, 3]);
+    assert_eq!(o[6] & 0x40, input[ETH_LEN + 6] & 0x40, "DF copied from the inner header");
+    assert_eq!(checksum(o), 0);
+    // The inner packet is the original with TTL − 1.
+    let inner = &out[ETH_LEN + 20..];
+    assert_eq!(inner[8], 63);
+    assert_eq!(&inner[12..], &input[ETH_LEN + 12..]);
+    assert_eq!(checksum(&inner[..20]), 0);
+}
+
+#[test]
+fn tunnel_v6_in_v6_and_mixed() {
+    let lb = Lb::new(tcp_key("fd00::1", 80), "rr", &[dest("fd01::2", 80, ForwardMethod::Tunnel)]);
+    let input = tcp6("fd09::5", 40000, "fd00::1", 80, Flags::Syn, b"");
+    let (_, out) = lb.run(&input, 0);
+    assert_eq!(out.len(), input.len() + 40);
+    assert_eq!(&out[12..14], &[0x86, 0xdd]);
+    let o = &out[ETH_LEN..ETH_LEN + 40];
+    assert_eq!(o[6], 41, "IPv6-in-IPv6");
+    assert_eq!(o[7], 63);
+    assert_eq!(&o[8..24], &octets6("fd00::fe"));
+    assert_eq!(&o[24..40], &octets6("fd01::2"));
+    assert_eq!(u16::from_be_bytes([o[4], o[5]]) as usize, input.len() - ETH_LEN);
+
+    // IPv4 service, IPv6 real server: IPv4-in-IPv6.
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("fd01::2", 80, ForwardMethod::Tunnel)]);
+    let input = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b"");
+    let (v, out) = lb.run(&input, 0);
+    assert!(matches!(v, Verdict::Forward { .. }));
+    assert_eq!(out[ETH_LEN + 6], 4, "next header IPIP");
+    assert_eq!(out.len(), input.len() + 40);
+}
+
+#[test]
+fn tunnel_gue_and_gre() {
+    let mut gue = dest("192.168.1.3", 80, ForwardMethod::Tunnel);
+    gue.tunnel = TunnelConfig { kind: TunnelType::Gue, port: 6080, csum: crate::types::TunnelCsum::Csum };
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[gue]);
+    let input = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b"");
+    let (_, out) = lb.run(&input, 0);
+    assert_eq!(out.len(), input.len() + 20 + 8 + 4);
+    assert_eq!(out[ETH_LEN + 9], 17);
+    let udp = ETH_LEN + 20;
+    assert_eq!(u16::from_be_bytes([out[udp + 2], out[udp + 3]]), 6080);
+    assert_eq!(out[udp + 9], 4, "GUE proto field = IPIP");
+    assert_eq!(l4_checksum(&ip("10.0.0.254"), &ip("192.168.1.3"), 17, &out[udp..]), 0);
+
+    let mut gre = dest("192.168.1.3", 80, ForwardMethod::Tunnel);
+    gre.tunnel = TunnelConfig { kind: TunnelType::Gre, port: 0, csum: crate::types::TunnelCsum::NoCsum };
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[gre]);
+    let (_, out) = lb.run(&input, 0);
+    assert_eq!(out.len(), input.len() + 24);
+    assert_eq!(out[ETH_LEN + 9], 47);
+    assert_eq!(&out[ETH_LEN + 20..ETH_LEN + 24], &[0, 0, 0x08, 0x00]);
+}
+
+#[test]
+fn non_syn_without_connection_is_dropped_and_counted() {
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
+    let (v, _) = lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"x"), 0);
+    assert_eq!(v, Verdict::Drop(DropReason::NonSynNoConn));
+    assert_eq!(lb.engine.counters.drops(DropReason::NonSynNoConn), 1);
+}
+
+#[test]
+fn sloppy_tcp_schedules_mid_stream_packets() {
+    let mut lb = Lb::new(tcp_key("10.0.0.1", 80), "sh", &[dest("192.168.1.1", 80, ForwardMethod::Route), dest("192.168.1.2", 80, ForwardMethod::Route)]);
+    let mut s = lb.dir.settings();
+    s.sloppy_tcp = true;
+    lb.dir.set_settings(s);
+    lb.republish();
+    let pkt = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"x");
+    let (v1, _) = lb.run(&pkt, 0);
+    // A restarted balancer (fresh table) with sh sends the flow to the same server.
+    let lb2 = Lb { engine: Engine::new(100, 9), ..lb };
+    let (v2, _) = lb2.run(&pkt, 0);
+    assert!(matches!(v1, Verdict::Forward { .. }));
+    assert_eq!(v1, v2);
+}
+
+#[test]
+fn no_destination_answers_port_unreachable() {
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[]);
+    let input = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b"");
+    let (v, out) = lb.run(&input, 0);
+    assert_eq!(v, Verdict::Reply(IcmpError::PortUnreachable));
+    let p = parse(&out).unwrap();
+    assert_eq!((p.saddr, p.daddr, p.proto, p.icmp), (ip("10.0.0.1"), ip("10.9.0.5"), 1, Some((3, 3))));
+    assert_eq!(&out[0..6], &CLIENT_MAC);
+    // The quoted original IP header follows the ICMP header.
+    assert_eq!(&out[ETH_LEN + 28..ETH_LEN + 48], &input[ETH_LEN..ETH_LEN + 20]);
+    assert_checksums(&out);
+
+    let lb6 = Lb::new(tcp_key("fd00::1", 80), "rr", &[]);
+    let (v, out) = lb6.run(&tcp6("fd09::5", 40000, "fd00::1", 80, Flags::Syn, b""), 0);
+    assert_eq!(v, Verdict::Reply(IcmpError::PortUnreachable));
+    let p = parse(&out).unwrap();
+    assert_eq!(p.icmp, Some((1, 4)));
+    assert_checksums(&out);
+}
+
+#[test]
+fn ttl_exhausted_gets_time_exceeded() {
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
+    let (v, out) = lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 1, b""), 0);
+    assert_eq!(v, Verdict::Reply(IcmpError::TimeExceeded));
+    assert_eq!(parse(&out).unwrap().icmp, Some((11, 0)));
+    assert_checksums(&out);
+}
+
+#[test]
+fn too_big_with_df_gets_frag_needed_with_tunnel_mtu() {
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.3", 80, ForwardMethod::Tunnel)]);
+    let payload = vec![7u8; 1500 - 40];
+    let input = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, &payload);
+    assert_eq!(input[ETH_LEN + 6] & 0x40, 0x40, "builder sets DF");
+    let (v, out) = lb.run(&input, 0);
+    assert_eq!(v, Verdict::Reply(IcmpError::TooBig(1480)));
+    let p = parse(&out).unwrap();
+    assert_eq!(p.icmp, Some((3, 4)));
+    assert_eq!(u16::from_be_bytes([out[p.l4 + 6], out[p.l4 + 7]]), 1480);
+    assert_eq!(p.ip_len, 576, "quotes up to 576 bytes in all");
+    assert_checksums(&out);
+}
+
+#[test]
+fn icmp_from_outside_reaches_nat_real_server_rewritten() {
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.2", 8080, ForwardMethod::Masq)]);
+    lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""), 0);
+    // A router near the client says the VIP's reply was too big: quoted VIP:80 → client.
+    let quoted = tcp4("10.0.0.1", 80, "10.9.0.5", 40000, Flags::Ack, 64, b"");
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(GW_MAC, LB_MAC)
+        .ipv4([10, 8, 0, 1], [10, 0, 0, 1], 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }))
+        .write(&mut icmp, &quoted[ETH_LEN..])
+        .unwrap();
+    let (v, out) = lb.run(&icmp, 5);
+    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("192.168.1.2"), 8080)) });
+    let p = parse(&out).unwrap();
+    assert_eq!(p.daddr, ip("192.168.1.2"));
+    let q = crate::wire::parse_quoted(&out, &p).unwrap();
+    assert_eq!((q.saddr, q.sport, q.daddr, q.dport), (ip("192.168.1.2"), 8080, ip("10.9.0.5"), 40000));
+    assert_checksums(&out);
+    assert_eq!(checksum(&out[q.ip..q.l4]), 0, "quoted IP header checksum");
+}
+
+#[test]
+fn arp_and_foreign_traffic_pass() {
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
+    let mut arp = vec![0xffu8; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    assert_eq!(lb.run(&arp, 0).0, Verdict::Pass);
+    assert_eq!(lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.2", 22, Flags::Syn, 64, b""), 0).0, Verdict::Pass);
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4([10, 9, 0, 5], [10, 0, 0, 1], 64).icmpv4_echo_request(1, 1).write(&mut echo, b"ping").unwrap();
+    assert_eq!(lb.run(&echo, 0).0, Verdict::Pass, "echo requests to the VIP are the kernel's");
+}
+
+#[test]
+fn persistence_keeps_a_client_on_one_server() {
+    let key = tcp_key("10.0.0.1", 80);
+    let mut dir = Director::new();
+    let mut cfg = ServiceConfig::new(key);
+    cfg.scheduler = "rr".into();
+    cfg.flags = crate::service::SVC_F_PERSISTENT;
+    cfg.timeout = 300;
+    cfg.netmask = crate::types::Netmask::V4("255.255.255.0".parse().unwrap());
+    dir.add_service(cfg).unwrap();
+    for n in 1..=3 {
+        dir.add_dest(&key, dest(&format!("192.168.1.{n}"), 80, ForwardMethod::Route)).unwrap();
+    }
+    let lb = Lb { tables: dir.snapshot(), dir, engine: Engine::new(1000, 1), routes: routes() };
+    let real = |src: &str, port: u16| match lb.run(&tcp4(src, port, "10.0.0.1", 80, Flags::Syn, 64, b""), 0).0 {
+        Verdict::Forward { real, .. } => real.unwrap().0,
+        v => panic!("{v:?}"),
+    };
+    let first = real("10.9.0.5", 1000);
+    assert_eq!(real("10.9.0.5", 1001), first);
+    assert_eq!(real("10.9.0.77", 1002), first, "same /24");
+    assert_ne!(real("10.9.1.5", 1003), first, "another /24 is scheduled (rr moves on)");
+    assert_eq!(lb.tables.services[0].dests.iter().map(|d| d.persist()).sum::<u32>(), 2);
+}
+
+#[test]
+fn quiesced_server_keeps_existing_connections() {
+    let mut lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route), dest("192.168.1.2", 80, ForwardMethod::Route)]);
+    let (v, _) = lb.run(&tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Syn, 64, b""), 0);
+    let Verdict::Forward { real: Some((first, _)), .. } = v else { panic!() };
+    let mut c = DestConfig::new(first, 80);
+    c.weight = 0;
+    lb.dir.edit_dest(&tcp_key("10.0.0.1", 80), c).unwrap();
+    lb.republish();
+    assert_eq!(lb.run(&tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Ack, 64, b"x"), 1).0, Verdict::Forward { ifindex: 7, real: Some((first, 80)) });
+    for port in 2000..2010 {
+        let (v, _) = lb.run(&tcp4("10.9.0.5", port, "10.0.0.1", 80, Flags::Syn, 64, b""), 1);
+        assert!(matches!(v, Verdict::Forward { real: Some((r, _)), .. } if r != first));
+    }
+    // Deleting the server: its connections' packets are dropped (expire_nodest_conn = 0).
+    lb.dir.del_dest(&tcp_key("10.0.0.1", 80), first, 80).unwrap();
+    lb.republish();
+    assert_eq!(lb.run(&tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Ack, 64, b"x"), 2).0, Verdict::Drop(DropReason::DestUnavailable));
+}
+
+#[test]
+fn syn_on_time_wait_reschedules() {
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route), dest("192.168.1.2", 80, ForwardMethod::Route)]);
+    let syn = tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Syn, 64, b"");
+    let first = lb.run(&syn, 0).0;
+    // In-only FIN from SYN_RECV → TIME_WAIT (an RST would leave SYN_RECV as it is).
+    lb.run(&tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Fin, 64, b""), 1);
+    let again = lb.run(&syn, 2).0;
+    assert_ne!(first, again, "rescheduled to the next rr destination");
+    assert_eq!(lb.tables.services[0].live.stats.counters().conns, 2);
+}
+
+#[test]
+fn one_packet_scheduling_schedules_every_datagram() {
+    let key = udp_key("10.0.0.1", 53);
+    let mut dir = Director::new();
+    let mut cfg = ServiceConfig::new(key);
+    cfg.scheduler = "rr".into();
+    cfg.flags = crate::service::SVC_F_ONEPACKET;
+    dir.add_service(cfg).unwrap();
+    dir.add_dest(&key, dest("192.168.1.1", 53, ForwardMethod::Route)).unwrap();
+    dir.add_dest(&key, dest("192.168.1.2", 53, ForwardMethod::Route)).unwrap();
+    let lb = Lb { tables: dir.snapshot(), dir, engine: Engine::new(100, 1), routes: routes() };
+    let pkt = udp4("10.9.0.5", 5000, "10.0.0.1", 53, b"q");
+    let a = lb.run(&pkt, 0).0;
+    let b = lb.run(&pkt, 1).0;
+    assert_ne!(a, b);
+    assert!(lb.engine.conns.is_empty());
+    assert_eq!(lb.tables.services[0].dests.iter().map(|d| d.inactive()).sum::<u32>(), 0);
+}
+
+#[test]
+fn fragments_and_malformed_frames_are_counted() {
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
+    let mut frag = tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Syn, 64, b"");
+    frag[ETH_LEN + 6] = 0x20; // MF
+    assert_eq!(lb.run(&frag, 0).0, Verdict::Drop(DropReason::Fragment));
+    let good = tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Syn, 64, b"");
+    assert_eq!(lb.run(&good[..40], 0).0, Verdict::Drop(DropReason::Malformed));
+    assert_eq!(lb.engine.counters.drops(DropReason::Fragment), 1);
+    assert_eq!(lb.engine.counters.drops(DropReason::Malformed), 1);
+}
+
+fn nat_lb() -> Lb {
+    Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.2", 8080, ForwardMethod::Masq)])
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200), tweak in any::<bool>()) {
+        let lb = nat_lb();
+        let mut f = bytes.clone();
+        if tweak && f.len() > 14 {
+            // Make it look like IPv4 or IPv6 more often.
+            f[12] = if f[13] & 1 == 0 { 0x08 } else { 0x86 };
+            f[13] = if f[12] == 0x08 { 0x00 } else { 0xdd };
+            f[14] = if f[12] == 0x08 { 0x45 } else { 0x60 };
+        }
+        let _ = lb.run(&f, 0);
+    }
+
+    #[test]
+    fn nat_in_then_out_restores_addresses(sport in 1024u16..65535, a in 1u8..250, b in 1u8..250, payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let lb = nat_lb();
+        let client = format!("10.{a}.{b}.9");
+        let syn = tcp4(&client, sport, "10.0.0.1", 80, Flags::Syn, 64, &payload);
+        let (_, fwd) = lb.run(&syn, 0);
+        assert_checksums(&fwd);
+        // The server answers by swapping addresses and ports of what it received.
+        let p = parse(&fwd).unwrap();
+        let reply = tcp4("192.168.1.2", p.dport, &client, p.sport, Flags::SynAck, 64, &payload);
+        let (_, back) = lb.run(&reply, 1);
+        assert_checksums(&back);
+        let q = parse(&back).unwrap();
+        prop_assert_eq!((q.saddr, q.sport, q.daddr, q.dport), (ip("10.0.0.1"), 80, ip(&client), sport));
+        let t = TcpHeaderSlice::from_slice(&back[q.l4..]).unwrap();
+        prop_assert!(t.syn() && t.ack());
+    }
+}
