@@ -142,7 +142,7 @@ fn error_table() {
         ("-L -c --stats", "options conflicts in the list command", 2),
         ("-L --timeout --persistent-conn", "options conflicts in the list command", 2),
         ("-L extra", "unexpected argument extra", 2),
-        ("-C -n", "Illegal 'numeric' option with the 'clear' command", 2),
+        ("-C -n", "Illegal 'numeric' option with the 'flush' command", 2),
         ("-A -t 10.0.0.1:80 -s sh -b mh-port", "incompatible scheduler flag", 2),
         ("-A -t 10.0.0.1:80 -b sh-port", "incompatible scheduler flag", 2),
         ("-A -t 10.0.0.1:80 -b bogus", "invalid scheduler flag", 2),
