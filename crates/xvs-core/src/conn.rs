@@ -174,7 +174,12 @@ impl ConnTable {
         // About 1,024 entries per shard keeps an expiry sweep of one shard short.
         let shards = (capacity / 1024).next_power_of_two().clamp(16, 4096);
         let per_shard = capacity.div_ceil(shards);
-        let hasher = ahash::RandomState::with_seeds(seed, seed ^ 0x9E37_79B9_7F4A_7C15, 0x243F_6A88, 0x85A3_08D3);
+        let hasher = ahash::RandomState::with_seeds(
+            seed,
+            seed ^ 0x9E37_79B9_7F4A_7C15,
+            0x243F_6A88,
+            0x85A3_08D3,
+        );
         let shards = (0..shards)
             .map(|_| {
                 Mutex::new(Shard {
@@ -183,7 +188,13 @@ impl ConnTable {
                 })
             })
             .collect();
-        ConnTable { shards, per_shard, hasher, rover: AtomicUsize::new(0), counters: TableCounters::default() }
+        ConnTable {
+            shards,
+            per_shard,
+            hasher,
+            rover: AtomicUsize::new(0),
+            counters: TableCounters::default(),
+        }
     }
 
     /// Total capacity.
@@ -206,7 +217,12 @@ impl ConnTable {
 
     /// Run `f` on the live entry for `key`. An expired entry is removed first and counts as
     /// missing (lazy expiry), so the data path never acts on a dead connection.
-    pub fn with_conn<R>(&self, key: &ConnKey, now: Time, f: impl FnOnce(&mut Conn) -> R) -> Option<R> {
+    pub fn with_conn<R>(
+        &self,
+        key: &ConnKey,
+        now: Time,
+        f: impl FnOnce(&mut Conn) -> R,
+    ) -> Option<R> {
         let mut shard = self.lock_for(key);
         let expired = match shard.conns.get_mut(key) {
             None => return None,
@@ -228,7 +244,12 @@ impl ConnTable {
     }
 
     /// Run `f` on the connection a NAT reply belongs to.
-    pub fn with_reply<R>(&self, rk: &ReplyKey, now: Time, f: impl FnOnce(&ConnKey, &mut Conn) -> R) -> Option<R> {
+    pub fn with_reply<R>(
+        &self,
+        rk: &ReplyKey,
+        now: Time,
+        f: impl FnOnce(&ConnKey, &mut Conn) -> R,
+    ) -> Option<R> {
         let mut shard = self.lock(self.shard_index(rk.proto, &rk.caddr, rk.cport));
         let key = *shard.replies.get(rk)?;
         let live = shard.conns.get(&key).is_some_and(|c| c.expires > now);
@@ -364,7 +385,9 @@ impl ConnTable {
 
     /// Entries in the table (connections and templates).
     pub fn len(&self) -> usize {
-        (0..self.shards.len()).map(|i| self.lock(i).conns.len()).sum()
+        (0..self.shards.len())
+            .map(|i| self.lock(i).conns.len())
+            .sum()
     }
 
     /// Whether the table is empty.
@@ -441,7 +464,13 @@ mod tests {
         t.insert(key(1000), conn(&d, Time(0), 10)).unwrap();
         assert_eq!(d.inactive(), 1);
         assert_eq!(t.with_conn(&key(1000), Time(5000), |c| c.dport), Some(80));
-        let rk = ReplyKey { proto: 6, daddr: d.addr, dport: 80, caddr: key(1000).caddr, cport: 1000 };
+        let rk = ReplyKey {
+            proto: 6,
+            daddr: d.addr,
+            dport: 80,
+            caddr: key(1000).caddr,
+            cport: 1000,
+        };
         assert_eq!(t.with_reply(&rk, Time(5000), |k, _| k.cport), Some(1000));
         // Lazy expiry on lookup.
         assert_eq!(t.with_conn(&key(1000), Time(10_000), |_| ()), None);

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::conn::{
-    Conn, ConnKey, ConnTable, InsertError, ReplyKey, CONN_F_INACTIVE, CONN_F_NOOUTPUT, CONN_F_ONE_PACKET,
-    CONN_F_TEMPLATE, TPL_S_NONE,
+    Conn, ConnKey, ConnTable, InsertError, ReplyKey, CONN_F_INACTIVE, CONN_F_NOOUTPUT,
+    CONN_F_ONE_PACKET, CONN_F_TEMPLATE, TPL_S_NONE,
 };
 use crate::dest::{ConnForward, DestState};
 use crate::proto::{tcp_next_state, Direction, TcpFlags, TcpState, Timeouts};
@@ -15,8 +15,9 @@ use crate::sched::SchedInput;
 use crate::service::{Service, Tables};
 use crate::types::{ForwardMethod, Protocol, ServiceKey, Time};
 use crate::wire::{
-    self, dec_ttl, encapsulate, icmp_error_in_place, is_icmp_error, nat_icmp, nat_rewrite, parse, parse_quoted,
-    set_macs, tunnel_overhead, Frame, IcmpError, NatSide, NextHop, Packet, ParseError,
+    self, dec_ttl, encapsulate, icmp_error_in_place, is_icmp_error, nat_icmp, nat_rewrite, parse,
+    parse_quoted, set_macs, tunnel_overhead, Frame, IcmpError, NatSide, NextHop, Packet,
+    ParseError,
 };
 
 /// Next-hop resolution, provided by the caller (netlink cache, static neighbours).
@@ -136,7 +137,10 @@ impl EngineCounters {
 
     /// All drop counters by name.
     pub fn drop_counts(&self) -> Vec<(&'static str, u64)> {
-        DropReason::ALL.iter().map(|r| (r.name(), self.drops(*r))).collect()
+        DropReason::ALL
+            .iter()
+            .map(|r| (r.name(), self.drops(*r)))
+            .collect()
     }
 }
 
@@ -166,7 +170,9 @@ enum InResult {
 fn fwmark_addr(af_v6: bool, mark: u32) -> IpAddr {
     if af_v6 {
         let b = mark.to_be_bytes();
-        IpAddr::V6(Ipv6Addr::from([b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+        IpAddr::V6(Ipv6Addr::from([
+            b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]))
     } else {
         IpAddr::V4(Ipv4Addr::from(mark))
     }
@@ -174,7 +180,14 @@ fn fwmark_addr(af_v6: bool, mark: u32) -> IpAddr {
 
 /// Apply a packet to a connection's state and timer (`ip_vs_set_state` + timer re-arm). Returns
 /// true when a TCP connection just became ESTABLISHED (its template becomes ASSURED).
-fn transition(c: &mut Conn, proto: Protocol, dir: Direction, flags: TcpFlags, t: &Timeouts, now: Time) -> bool {
+fn transition(
+    c: &mut Conn,
+    proto: Protocol,
+    dir: Direction,
+    flags: TcpFlags,
+    t: &Timeouts,
+    now: Time,
+) -> bool {
     match proto {
         Protocol::Udp => {
             if dir == Direction::Output {
@@ -212,7 +225,10 @@ fn transition(c: &mut Conn, proto: Protocol, dir: Direction, flags: TcpFlags, t:
 impl Engine {
     /// An engine whose connection table holds `capacity` entries.
     pub fn new(capacity: usize, seed: u64) -> Engine {
-        Engine { conns: ConnTable::new(capacity, seed), counters: EngineCounters::default() }
+        Engine {
+            conns: ConnTable::new(capacity, seed),
+            counters: EngineCounters::default(),
+        }
     }
 
     fn drop(&self, r: DropReason) -> Verdict {
@@ -236,7 +252,13 @@ impl Engine {
     }
 
     /// Process one frame.
-    pub fn process_frame(&self, t: &Tables, routes: &dyn Routes, frame: &mut Frame<'_>, now: Time) -> Verdict {
+    pub fn process_frame(
+        &self,
+        t: &Tables,
+        routes: &dyn Routes,
+        frame: &mut Frame<'_>,
+        now: Time,
+    ) -> Verdict {
         let v = self.classify(t, routes, frame, now);
         match v {
             Verdict::Forward { .. } => self.counters.forwarded.fetch_add(1, Relaxed),
@@ -247,7 +269,13 @@ impl Engine {
         v
     }
 
-    fn classify(&self, t: &Tables, routes: &dyn Routes, frame: &mut Frame<'_>, now: Time) -> Verdict {
+    fn classify(
+        &self,
+        t: &Tables,
+        routes: &dyn Routes,
+        frame: &mut Frame<'_>,
+        now: Time,
+    ) -> Verdict {
         let p = match parse(frame.data()) {
             Ok(p) => p,
             Err(ParseError::NotIp) => return Verdict::Pass,
@@ -266,7 +294,13 @@ impl Engine {
                 return v;
             }
         }
-        let key = ConnKey { proto: p.proto, caddr: p.saddr, cport: p.sport, vaddr: p.daddr, vport: p.dport };
+        let key = ConnKey {
+            proto: p.proto,
+            caddr: p.saddr,
+            cport: p.sport,
+            vaddr: p.daddr,
+            vport: p.dport,
+        };
         match self.existing(t, &key, &p, proto, now) {
             Some(InResult::Hit(hit, tpl)) => {
                 if let Some(tk) = tpl {
@@ -290,9 +324,20 @@ impl Engine {
     }
 
     /// A packet of a known connection, client → server.
-    fn existing(&self, t: &Tables, key: &ConnKey, p: &Packet, proto: Protocol, now: Time) -> Option<InResult> {
+    fn existing(
+        &self,
+        t: &Tables,
+        key: &ConnKey,
+        p: &Packet,
+        proto: Protocol,
+        now: Time,
+    ) -> Option<InResult> {
         self.conns.with_conn(key, now, |c| {
-            if proto == Protocol::Tcp && p.tcp.syn && c.template.is_none() && t.settings.conn_reuse_mode != 0 {
+            if proto == Protocol::Tcp
+                && p.tcp.syn
+                && c.template.is_none()
+                && t.settings.conn_reuse_mode != 0
+            {
                 let s = TcpState::from_u8(c.state);
                 let reuse = matches!(s, Some(TcpState::TimeWait | TcpState::Close))
                     || (t.settings.conn_reuse_mode & 2 != 0
@@ -314,7 +359,14 @@ impl Engine {
             c.dest.stats.add_in(p.ip_len);
             c.svc.stats.add_in(p.ip_len);
             t.totals.add_in(p.ip_len);
-            InResult::Hit(Hit { daddr: c.daddr, dport: c.dport, fwd: c.fwd }, if assure { c.template } else { None })
+            InResult::Hit(
+                Hit {
+                    daddr: c.daddr,
+                    dport: c.dport,
+                    fwd: c.fwd,
+                },
+                if assure { c.template } else { None },
+            )
         })
     }
 
@@ -328,7 +380,13 @@ impl Engine {
         proto: Protocol,
         now: Time,
     ) -> Option<Verdict> {
-        let rk = ReplyKey { proto: p.proto, daddr: p.saddr, dport: p.sport, caddr: p.daddr, cport: p.dport };
+        let rk = ReplyKey {
+            proto: p.proto,
+            daddr: p.saddr,
+            dport: p.sport,
+            caddr: p.daddr,
+            cport: p.dport,
+        };
         let (vaddr, vport, tpl) = self.conns.with_reply(&rk, now, |key, c| {
             let assure = transition(c, proto, Direction::Output, p.tcp, &t.timeouts, now);
             if c.dest.is_available() {
@@ -351,7 +409,10 @@ impl Engine {
         nat_rewrite(d, p, NatSide::Src, vaddr, vport);
         dec_ttl(d, p);
         set_macs(d, &hop);
-        Some(Verdict::Forward { ifindex: hop.ifindex, real: None })
+        Some(Verdict::Forward {
+            ifindex: hop.ifindex,
+            real: None,
+        })
     }
 
     /// MTU and TTL checks before forwarding; Some(verdict) when the packet cannot go on.
@@ -385,7 +446,13 @@ impl Engine {
     }
 
     /// Send a client packet to its real server by the connection's forwarding method.
-    fn forward_in(&self, routes: &dyn Routes, frame: &mut Frame<'_>, p: &Packet, hit: Hit) -> Verdict {
+    fn forward_in(
+        &self,
+        routes: &dyn Routes,
+        frame: &mut Frame<'_>,
+        p: &Packet,
+        hit: Hit,
+    ) -> Verdict {
         let Some(hop) = routes.next_hop(hit.daddr) else {
             return self.drop(DropReason::NoRoute);
         };
@@ -416,31 +483,56 @@ impl Engine {
                 match encapsulate(frame, p, hop.src_ip, hit.daddr, &hit.fwd.tunnel) {
                     Ok(()) => {}
                     Err(wire::EncapError::NoHeadroom) => return self.drop(DropReason::NoHeadroom),
-                    Err(wire::EncapError::NoSource) => return self.drop(DropReason::NoTunnelSource),
+                    Err(wire::EncapError::NoSource) => {
+                        return self.drop(DropReason::NoTunnelSource)
+                    }
                 }
                 set_macs(frame.data_mut(), &hop);
             }
         }
-        Verdict::Forward { ifindex: hop.ifindex, real }
+        Verdict::Forward {
+            ifindex: hop.ifindex,
+            real,
+        }
     }
 
     /// The persistence template key for a packet of a persistent service (reference §4.4).
     fn template_key(svc: &Service, p: &Packet) -> ConnKey {
         let caddr = svc.cfg.netmask.apply(p.saddr);
         match svc.cfg.key {
-            ServiceKey::Fwmark { mark, .. } => {
-                ConnKey { proto: 0, caddr, cport: 0, vaddr: fwmark_addr(p.v6, mark), vport: 0 }
-            }
+            ServiceKey::Fwmark { mark, .. } => ConnKey {
+                proto: 0,
+                caddr,
+                cport: 0,
+                vaddr: fwmark_addr(p.v6, mark),
+                vport: 0,
+            },
             ServiceKey::Addr { port, .. } => {
-                let vport = if port != 0 && p.dport == port && port != 21 { port } else { 0 };
-                ConnKey { proto: p.proto, caddr, cport: 0, vaddr: p.daddr, vport }
+                let vport = if port != 0 && p.dport == port && port != 21 {
+                    port
+                } else {
+                    0
+                };
+                ConnKey {
+                    proto: p.proto,
+                    caddr,
+                    cport: 0,
+                    vaddr: p.daddr,
+                    vport,
+                }
             }
         }
     }
 
     /// Pick a destination through a persistence template (`ip_vs_sched_persist`). Returns the
     /// destination and the template key, which then controls one more connection.
-    fn persist(&self, t: &Tables, svc: &Service, p: &Packet, now: Time) -> Result<Option<(Arc<DestState>, ConnKey)>, DropReason> {
+    fn persist(
+        &self,
+        t: &Tables,
+        svc: &Service,
+        p: &Packet,
+        now: Time,
+    ) -> Result<Option<(Arc<DestState>, ConnKey)>, DropReason> {
         let tkey = Self::template_key(svc, p);
         let eqt = t.settings.expire_quiescent_template;
         for _ in 0..2 {
@@ -453,7 +545,11 @@ impl Engine {
             let Some(dest) = self.schedule(svc, p, now) else {
                 return Ok(None);
             };
-            let tdport = if svc.cfg.key.port() != 0 && p.dport == svc.cfg.key.port() { dest.port } else { 0 };
+            let tdport = if svc.cfg.key.port() != 0 && p.dport == svc.cfg.key.port() {
+                dest.port
+            } else {
+                0
+            };
             dest.bind(true, false);
             let tpl = Conn {
                 daddr: dest.addr,
@@ -565,7 +661,11 @@ impl Engine {
             t.totals.add_in(p.ip_len);
         }
         transition(&mut c, proto, Direction::Input, p.tcp, &t.timeouts, now);
-        let hit = Hit { daddr: c.daddr, dport: c.dport, fwd };
+        let hit = Hit {
+            daddr: c.daddr,
+            dport: c.dport,
+            fwd,
+        };
         if one_packet {
             // Not inserted: every datagram is scheduled on its own.
             c.dest.unbind(false, c.is_inactive());
@@ -585,7 +685,9 @@ impl Engine {
     fn release_template(&self, tpl: Option<ConnKey>) {
         if let Some(tk) = tpl {
             // Decrement the template's controlled count by removing a phantom reference.
-            self.conns.with_conn(&tk, Time(0), |tc| tc.controlled = tc.controlled.saturating_sub(1));
+            self.conns.with_conn(&tk, Time(0), |tc| {
+                tc.controlled = tc.controlled.saturating_sub(1)
+            });
         }
     }
 
@@ -595,7 +697,14 @@ impl Engine {
     }
 
     /// ICMP errors about existing connections (reference §4.8).
-    fn icmp(&self, t: &Tables, routes: &dyn Routes, frame: &mut Frame<'_>, p: &Packet, now: Time) -> Verdict {
+    fn icmp(
+        &self,
+        t: &Tables,
+        routes: &dyn Routes,
+        frame: &mut Frame<'_>,
+        p: &Packet,
+        now: Time,
+    ) -> Verdict {
         let Some(q) = parse_quoted(frame.data(), p) else {
             return Verdict::Pass;
         };
@@ -603,14 +712,24 @@ impl Engine {
             return Verdict::Pass;
         }
         // From outside: the quoted packet went VIP → client.
-        let key = ConnKey { proto: q.proto, caddr: q.daddr, cport: q.dport, vaddr: q.saddr, vport: q.sport };
+        let key = ConnKey {
+            proto: q.proto,
+            caddr: q.daddr,
+            cport: q.dport,
+            vaddr: q.saddr,
+            vport: q.sport,
+        };
         let hit = self.conns.with_conn(&key, now, |c| {
             if c.dest.is_available() {
                 c.dest.stats.add_in(p.ip_len);
                 c.svc.stats.add_in(p.ip_len);
                 t.totals.add_in(p.ip_len);
             }
-            Hit { daddr: c.daddr, dport: c.dport, fwd: c.fwd }
+            Hit {
+                daddr: c.daddr,
+                dport: c.dport,
+                fwd: c.fwd,
+            }
         });
         if let Some(hit) = hit {
             let Some(hop) = routes.next_hop(hit.daddr) else {
@@ -633,10 +752,19 @@ impl Engine {
                     set_macs(frame.data_mut(), &hop);
                 }
             }
-            return Verdict::Forward { ifindex: hop.ifindex, real: Some((hit.daddr, hit.dport)) };
+            return Verdict::Forward {
+                ifindex: hop.ifindex,
+                real: Some((hit.daddr, hit.dport)),
+            };
         }
         // From a NAT real server: the quoted packet went client → real server.
-        let rk = ReplyKey { proto: q.proto, daddr: q.daddr, dport: q.dport, caddr: q.saddr, cport: q.sport };
+        let rk = ReplyKey {
+            proto: q.proto,
+            daddr: q.daddr,
+            dport: q.dport,
+            caddr: q.saddr,
+            cport: q.sport,
+        };
         let back = self.conns.with_reply(&rk, now, |k, c| {
             if c.dest.is_available() {
                 c.dest.stats.add_out(p.ip_len);
@@ -652,7 +780,10 @@ impl Engine {
             let d = frame.data_mut();
             nat_icmp(d, p, &q, NatSide::Dst, vaddr, vport);
             set_macs(d, &hop);
-            return Verdict::Forward { ifindex: hop.ifindex, real: None };
+            return Verdict::Forward {
+                ifindex: hop.ifindex,
+                real: None,
+            };
         }
         Verdict::Pass
     }

@@ -32,7 +32,8 @@ fn routes() -> StaticRoutes {
     let mut r = StaticRoutes::new(7, LB_MAC, vec![ip("10.0.0.254"), ip("fd00::fe")], 1500);
     for n in 1..=3u8 {
         r.neigh.insert(IpAddr::from([192, 168, 1, n]), rs_mac(n));
-        r.neigh.insert(format!("fd01::{n}").parse().unwrap(), rs_mac(n));
+        r.neigh
+            .insert(format!("fd01::{n}").parse().unwrap(), rs_mac(n));
     }
     r.gateway = Some(GW_MAC);
     r
@@ -55,7 +56,12 @@ impl Lb {
             dir.add_dest(&svc, *d).unwrap();
         }
         let tables = dir.snapshot();
-        Lb { dir, engine: Engine::new(10_000, 1), tables, routes: routes() }
+        Lb {
+            dir,
+            engine: Engine::new(10_000, 1),
+            tables,
+            routes: routes(),
+        }
     }
 
     fn republish(&mut self) {
@@ -67,17 +73,27 @@ impl Lb {
         let mut buf = vec![0u8; HEADROOM + frame.len() + 64];
         buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
         let mut f = Frame::new(&mut buf, HEADROOM, frame.len());
-        let v = self.engine.process_frame(&self.tables, &self.routes, &mut f, Time(now));
+        let v = self
+            .engine
+            .process_frame(&self.tables, &self.routes, &mut f, Time(now));
         (v, f.data().to_vec())
     }
 }
 
 fn tcp_key(vip: &str, port: u16) -> ServiceKey {
-    ServiceKey::Addr { proto: Protocol::Tcp, addr: ip(vip), port }
+    ServiceKey::Addr {
+        proto: Protocol::Tcp,
+        addr: ip(vip),
+        port,
+    }
 }
 
 fn udp_key(vip: &str, port: u16) -> ServiceKey {
-    ServiceKey::Addr { proto: Protocol::Udp, addr: ip(vip), port }
+    ServiceKey::Addr {
+        proto: Protocol::Udp,
+        addr: ip(vip),
+        port,
+    }
 }
 
 fn dest(addr: &str, port: u16, method: ForwardMethod) -> DestConfig {
@@ -108,8 +124,18 @@ enum Flags {
     Fin,
 }
 
-fn tcp4(src: &str, sport: u16, dst: &str, dport: u16, flags: Flags, ttl: u8, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(octets4(src), octets4(dst), ttl).tcp(sport, dport, 1000, 64240);
+fn tcp4(
+    src: &str,
+    sport: u16,
+    dst: &str,
+    dport: u16,
+    flags: Flags,
+    ttl: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4(octets4(src), octets4(dst), ttl)
+        .tcp(sport, dport, 1000, 64240);
     let b = match flags {
         Flags::Syn => b.syn(),
         Flags::SynAck => b.syn().ack(1),
@@ -122,7 +148,9 @@ fn tcp4(src: &str, sport: u16, dst: &str, dport: u16, flags: Flags, ttl: u8, pay
 }
 
 fn tcp6(src: &str, sport: u16, dst: &str, dport: u16, flags: Flags, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(octets6(src), octets6(dst), 64).tcp(sport, dport, 1000, 64240);
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv6(octets6(src), octets6(dst), 64)
+        .tcp(sport, dport, 1000, 64240);
     let b = match flags {
         Flags::Syn => b.syn(),
         Flags::SynAck => b.syn().ack(1),
@@ -136,13 +164,21 @@ fn tcp6(src: &str, sport: u16, dst: &str, dport: u16, flags: Flags, payload: &[u
 
 fn udp4(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(octets4(src), octets4(dst), 64).udp(sport, dport).write(&mut v, payload).unwrap();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4(octets4(src), octets4(dst), 64)
+        .udp(sport, dport)
+        .write(&mut v, payload)
+        .unwrap();
     v
 }
 
 fn udp6(src: &str, sport: u16, dst: &str, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(octets6(src), octets6(dst), 64).udp(sport, dport).write(&mut v, payload).unwrap();
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv6(octets6(src), octets6(dst), 64)
+        .udp(sport, dport)
+        .write(&mut v, payload)
+        .unwrap();
     v
 }
 
@@ -152,13 +188,21 @@ fn assert_checksums(frame: &[u8]) {
     let end = ETH_LEN + p.ip_len;
     if !p.v6 {
         let hl = usize::from(frame[ETH_LEN] & 0xf) * 4;
-        assert_eq!(checksum(&frame[ETH_LEN..ETH_LEN + hl]), 0, "IPv4 header checksum");
+        assert_eq!(
+            checksum(&frame[ETH_LEN..ETH_LEN + hl]),
+            0,
+            "IPv4 header checksum"
+        );
     }
     match p.proto {
-        6 | 17 | 58 => {
-            if !(p.proto == 17 && !p.v6 && frame[p.l4 + 6] == 0 && frame[p.l4 + 7] == 0) {
-                assert_eq!(l4_checksum(&p.saddr, &p.daddr, p.proto, &frame[p.l4..end]), 0, "L4 checksum");
-            }
+        6 | 17 | 58
+            if !(p.proto == 17 && !p.v6 && frame[p.l4 + 6] == 0 && frame[p.l4 + 7] == 0) =>
+        {
+            assert_eq!(
+                l4_checksum(&p.saddr, &p.daddr, p.proto, &frame[p.l4..end]),
+                0,
+                "L4 checksum"
+            );
         }
         1 => assert_eq!(checksum(&frame[p.l4..end]), 0, "ICMP checksum"),
         _ => {}
@@ -167,10 +211,20 @@ fn assert_checksums(frame: &[u8]) {
 
 #[test]
 fn direct_routing_v4_rewrites_only_macs_and_ttl() {
-    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.1", 80, ForwardMethod::Route)],
+    );
     let input = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b"");
     let (v, out) = lb.run(&input, 0);
-    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("192.168.1.1"), 80)) });
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            ifindex: 7,
+            real: Some((ip("192.168.1.1"), 80))
+        }
+    );
     assert_eq!(&out[0..6], &rs_mac(1));
     assert_eq!(&out[6..12], &LB_MAC);
     assert_eq!(out[ETH_LEN + 8], 63, "TTL decremented");
@@ -188,10 +242,20 @@ fn direct_routing_v4_rewrites_only_macs_and_ttl() {
 
 #[test]
 fn direct_routing_v6() {
-    let lb = Lb::new(tcp_key("fd00::1", 80), "rr", &[dest("fd01::1", 80, ForwardMethod::Route)]);
+    let lb = Lb::new(
+        tcp_key("fd00::1", 80),
+        "rr",
+        &[dest("fd01::1", 80, ForwardMethod::Route)],
+    );
     let input = tcp6("fd09::5", 40000, "fd00::1", 80, Flags::Syn, b"");
     let (v, out) = lb.run(&input, 0);
-    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("fd01::1"), 80)) });
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            ifindex: 7,
+            real: Some((ip("fd01::1"), 80))
+        }
+    );
     assert_eq!(out[ETH_LEN + 7], 63, "hop limit decremented");
     assert_eq!(&out[0..6], &rs_mac(1));
     assert_eq!(&out[ETH_LEN + 8..], &input[ETH_LEN + 8..]);
@@ -199,43 +263,98 @@ fn direct_routing_v6() {
 
 #[test]
 fn nat_v4_tcp_both_directions_and_states() {
-    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.2", 8080, ForwardMethod::Masq)]);
-    let (v, out) = lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""), 0);
-    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("192.168.1.2"), 8080)) });
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.2", 8080, ForwardMethod::Masq)],
+    );
+    let (v, out) = lb.run(
+        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""),
+        0,
+    );
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            ifindex: 7,
+            real: Some((ip("192.168.1.2"), 8080))
+        }
+    );
     let p = parse(&out).unwrap();
-    assert_eq!((p.saddr, p.sport, p.daddr, p.dport), (ip("10.9.0.5"), 40000, ip("192.168.1.2"), 8080));
+    assert_eq!(
+        (p.saddr, p.sport, p.daddr, p.dport),
+        (ip("10.9.0.5"), 40000, ip("192.168.1.2"), 8080)
+    );
     assert_checksums(&out);
 
     // The reply from the real server goes back to the client from the VIP, via the gateway.
-    let reply = tcp4("192.168.1.2", 8080, "10.9.0.5", 40000, Flags::SynAck, 64, b"");
+    let reply = tcp4(
+        "192.168.1.2",
+        8080,
+        "10.9.0.5",
+        40000,
+        Flags::SynAck,
+        64,
+        b"",
+    );
     let (v, out) = lb.run(&reply, 10);
-    assert_eq!(v, Verdict::Forward { ifindex: 7, real: None });
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            ifindex: 7,
+            real: None
+        }
+    );
     let p = parse(&out).unwrap();
-    assert_eq!((p.saddr, p.sport, p.daddr, p.dport), (ip("10.0.0.1"), 80, ip("10.9.0.5"), 40000));
+    assert_eq!(
+        (p.saddr, p.sport, p.daddr, p.dport),
+        (ip("10.0.0.1"), 80, ip("10.9.0.5"), 40000)
+    );
     assert_eq!(&out[0..6], &GW_MAC);
     assert_checksums(&out);
 
     let d = &lb.tables.services[0].dests[0];
     assert_eq!((d.active(), d.inactive()), (0, 1), "SYN_RECV is not active");
-    let (v, _) = lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"hello"), 20);
+    let (v, _) = lb.run(
+        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"hello"),
+        20,
+    );
     assert!(matches!(v, Verdict::Forward { .. }));
     assert_eq!((d.active(), d.inactive()), (1, 0), "ESTABLISHED is active");
     let c = lb.tables.services[0].live.stats.counters();
     assert_eq!((c.conns, c.inpkts, c.outpkts), (1, 2, 1));
-    lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Fin, 64, b""), 30);
+    lb.run(
+        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Fin, 64, b""),
+        30,
+    );
     assert_eq!((d.active(), d.inactive()), (0, 1));
 }
 
 #[test]
 fn nat_v6_udp_both_directions() {
-    let lb = Lb::new(udp_key("fd00::1", 53), "rr", &[dest("fd01::3", 5353, ForwardMethod::Masq)]);
+    let lb = Lb::new(
+        udp_key("fd00::1", 53),
+        "rr",
+        &[dest("fd01::3", 5353, ForwardMethod::Masq)],
+    );
     let (v, out) = lb.run(&udp6("fd09::5", 5000, "fd00::1", 53, b"query"), 0);
-    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("fd01::3"), 5353)) });
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            ifindex: 7,
+            real: Some((ip("fd01::3"), 5353))
+        }
+    );
     let p = parse(&out).unwrap();
     assert_eq!((p.daddr, p.dport), (ip("fd01::3"), 5353));
     assert_checksums(&out);
     let (v, out) = lb.run(&udp6("fd01::3", 5353, "fd09::5", 5000, b"answer"), 5);
-    assert_eq!(v, Verdict::Forward { ifindex: 7, real: None });
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            ifindex: 7,
+            real: None
+        }
+    );
     let p = parse(&out).unwrap();
     assert_eq!((p.saddr, p.sport), (ip("fd00::1"), 53));
     assert_checksums(&out);
@@ -243,7 +362,11 @@ fn nat_v6_udp_both_directions() {
 
 #[test]
 fn nat_v4_udp_zero_checksum_stays_zero() {
-    let lb = Lb::new(udp_key("10.0.0.1", 53), "rr", &[dest("192.168.1.1", 53, ForwardMethod::Masq)]);
+    let lb = Lb::new(
+        udp_key("10.0.0.1", 53),
+        "rr",
+        &[dest("192.168.1.1", 53, ForwardMethod::Masq)],
+    );
     let mut input = udp4("10.9.0.5", 5000, "10.0.0.1", 53, b"query");
     let l4 = ETH_LEN + 20;
     input[l4 + 6] = 0;
@@ -255,20 +378,37 @@ fn nat_v4_udp_zero_checksum_stays_zero() {
 
 #[test]
 fn tunnel_v4_in_v4_outer_header() {
-    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.3", 80, ForwardMethod::Tunnel)]);
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.3", 80, ForwardMethod::Tunnel)],
+    );
     let input = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b"");
     let (v, out) = lb.run(&input, 0);
-    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("192.168.1.3"), 80)) });
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            ifindex: 7,
+            real: Some((ip("192.168.1.3"), 80))
+        }
+    );
     assert_eq!(out.len(), input.len() + 20);
     assert_eq!(&out[12..14], &[0x08, 0x00]);
     let o = &out[ETH_LEN..ETH_LEN + 20];
     assert_eq!(o[0], 0x45);
-    assert_eq!(u16::from_be_bytes([o[2], o[3]]) as usize, input.len() - ETH_LEN + 20);
+    assert_eq!(
+        u16::from_be_bytes([o[2], o[3]]) as usize,
+        input.len() - ETH_LEN + 20
+    );
     assert_eq!(o[9], 4, "IPIP");
     assert_eq!(o[8], 63, "outer TTL = inner TTL after decrement");
     assert_eq!(&o[12..16], &[10, 0, 0, 254]);
     assert_eq!(&o[16..20], &[192, 168, 1, 3]);
-    assert_eq!(o[6] & 0x40, input[ETH_LEN + 6] & 0x40, "DF copied from the inner header");
+    assert_eq!(
+        o[6] & 0x40,
+        input[ETH_LEN + 6] & 0x40,
+        "DF copied from the inner header"
+    );
     assert_eq!(checksum(o), 0);
     // The inner packet is the original with TTL − 1.
     let inner = &out[ETH_LEN + 20..];
@@ -279,7 +419,11 @@ fn tunnel_v4_in_v4_outer_header() {
 
 #[test]
 fn tunnel_v6_in_v6_and_mixed() {
-    let lb = Lb::new(tcp_key("fd00::1", 80), "rr", &[dest("fd01::2", 80, ForwardMethod::Tunnel)]);
+    let lb = Lb::new(
+        tcp_key("fd00::1", 80),
+        "rr",
+        &[dest("fd01::2", 80, ForwardMethod::Tunnel)],
+    );
     let input = tcp6("fd09::5", 40000, "fd00::1", 80, Flags::Syn, b"");
     let (_, out) = lb.run(&input, 0);
     assert_eq!(out.len(), input.len() + 40);
@@ -289,10 +433,17 @@ fn tunnel_v6_in_v6_and_mixed() {
     assert_eq!(o[7], 63);
     assert_eq!(&o[8..24], &octets6("fd00::fe"));
     assert_eq!(&o[24..40], &octets6("fd01::2"));
-    assert_eq!(u16::from_be_bytes([o[4], o[5]]) as usize, input.len() - ETH_LEN);
+    assert_eq!(
+        u16::from_be_bytes([o[4], o[5]]) as usize,
+        input.len() - ETH_LEN
+    );
 
     // IPv4 service, IPv6 real server: IPv4-in-IPv6.
-    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("fd01::2", 80, ForwardMethod::Tunnel)]);
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("fd01::2", 80, ForwardMethod::Tunnel)],
+    );
     let input = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b"");
     let (v, out) = lb.run(&input, 0);
     assert!(matches!(v, Verdict::Forward { .. }));
@@ -303,7 +454,11 @@ fn tunnel_v6_in_v6_and_mixed() {
 #[test]
 fn tunnel_gue_and_gre() {
     let mut gue = dest("192.168.1.3", 80, ForwardMethod::Tunnel);
-    gue.tunnel = TunnelConfig { kind: TunnelType::Gue, port: 6080, csum: crate::types::TunnelCsum::Csum };
+    gue.tunnel = TunnelConfig {
+        kind: TunnelType::Gue,
+        port: 6080,
+        csum: crate::types::TunnelCsum::Csum,
+    };
     let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[gue]);
     let input = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b"");
     let (_, out) = lb.run(&input, 0);
@@ -312,10 +467,17 @@ fn tunnel_gue_and_gre() {
     let udp = ETH_LEN + 20;
     assert_eq!(u16::from_be_bytes([out[udp + 2], out[udp + 3]]), 6080);
     assert_eq!(out[udp + 9], 4, "GUE proto field = IPIP");
-    assert_eq!(l4_checksum(&ip("10.0.0.254"), &ip("192.168.1.3"), 17, &out[udp..]), 0);
+    assert_eq!(
+        l4_checksum(&ip("10.0.0.254"), &ip("192.168.1.3"), 17, &out[udp..]),
+        0
+    );
 
     let mut gre = dest("192.168.1.3", 80, ForwardMethod::Tunnel);
-    gre.tunnel = TunnelConfig { kind: TunnelType::Gre, port: 0, csum: crate::types::TunnelCsum::NoCsum };
+    gre.tunnel = TunnelConfig {
+        kind: TunnelType::Gre,
+        port: 0,
+        csum: crate::types::TunnelCsum::NoCsum,
+    };
     let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[gre]);
     let (_, out) = lb.run(&input, 0);
     assert_eq!(out.len(), input.len() + 24);
@@ -325,15 +487,29 @@ fn tunnel_gue_and_gre() {
 
 #[test]
 fn non_syn_without_connection_is_dropped_and_counted() {
-    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
-    let (v, _) = lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"x"), 0);
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.1", 80, ForwardMethod::Route)],
+    );
+    let (v, _) = lb.run(
+        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"x"),
+        0,
+    );
     assert_eq!(v, Verdict::Drop(DropReason::NonSynNoConn));
     assert_eq!(lb.engine.counters.drops(DropReason::NonSynNoConn), 1);
 }
 
 #[test]
 fn sloppy_tcp_schedules_mid_stream_packets() {
-    let mut lb = Lb::new(tcp_key("10.0.0.1", 80), "sh", &[dest("192.168.1.1", 80, ForwardMethod::Route), dest("192.168.1.2", 80, ForwardMethod::Route)]);
+    let mut lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "sh",
+        &[
+            dest("192.168.1.1", 80, ForwardMethod::Route),
+            dest("192.168.1.2", 80, ForwardMethod::Route),
+        ],
+    );
     let mut s = lb.dir.settings();
     s.sloppy_tcp = true;
     lb.dir.set_settings(s);
@@ -341,7 +517,10 @@ fn sloppy_tcp_schedules_mid_stream_packets() {
     let pkt = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"x");
     let (v1, _) = lb.run(&pkt, 0);
     // A restarted balancer (fresh table) with sh sends the flow to the same server.
-    let lb2 = Lb { engine: Engine::new(100, 9), ..lb };
+    let lb2 = Lb {
+        engine: Engine::new(100, 9),
+        ..lb
+    };
     let (v2, _) = lb2.run(&pkt, 0);
     assert!(matches!(v1, Verdict::Forward { .. }));
     assert_eq!(v1, v2);
@@ -354,10 +533,16 @@ fn no_destination_answers_port_unreachable() {
     let (v, out) = lb.run(&input, 0);
     assert_eq!(v, Verdict::Reply(IcmpError::PortUnreachable));
     let p = parse(&out).unwrap();
-    assert_eq!((p.saddr, p.daddr, p.proto, p.icmp), (ip("10.0.0.1"), ip("10.9.0.5"), 1, Some((3, 3))));
+    assert_eq!(
+        (p.saddr, p.daddr, p.proto, p.icmp),
+        (ip("10.0.0.1"), ip("10.9.0.5"), 1, Some((3, 3)))
+    );
     assert_eq!(&out[0..6], &CLIENT_MAC);
     // The quoted original IP header follows the ICMP header.
-    assert_eq!(&out[ETH_LEN + 28..ETH_LEN + 48], &input[ETH_LEN..ETH_LEN + 20]);
+    assert_eq!(
+        &out[ETH_LEN + 28..ETH_LEN + 48],
+        &input[ETH_LEN..ETH_LEN + 20]
+    );
     assert_checksums(&out);
 
     let lb6 = Lb::new(tcp_key("fd00::1", 80), "rr", &[]);
@@ -370,8 +555,15 @@ fn no_destination_answers_port_unreachable() {
 
 #[test]
 fn ttl_exhausted_gets_time_exceeded() {
-    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
-    let (v, out) = lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 1, b""), 0);
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.1", 80, ForwardMethod::Route)],
+    );
+    let (v, out) = lb.run(
+        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 1, b""),
+        0,
+    );
     assert_eq!(v, Verdict::Reply(IcmpError::TimeExceeded));
     assert_eq!(parse(&out).unwrap().icmp, Some((11, 0)));
     assert_checksums(&out);
@@ -379,7 +571,11 @@ fn ttl_exhausted_gets_time_exceeded() {
 
 #[test]
 fn too_big_with_df_gets_frag_needed_with_tunnel_mtu() {
-    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.3", 80, ForwardMethod::Tunnel)]);
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.3", 80, ForwardMethod::Tunnel)],
+    );
     let payload = vec![7u8; 1500 - 40];
     let input = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, &payload);
     assert_eq!(input[ETH_LEN + 6] & 0x40, 0x40, "builder sets DF");
@@ -394,38 +590,75 @@ fn too_big_with_df_gets_frag_needed_with_tunnel_mtu() {
 
 #[test]
 fn icmp_from_outside_reaches_nat_real_server_rewritten() {
-    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.2", 8080, ForwardMethod::Masq)]);
-    lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""), 0);
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.2", 8080, ForwardMethod::Masq)],
+    );
+    lb.run(
+        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""),
+        0,
+    );
     // A router near the client says the VIP's reply was too big: quoted VIP:80 → client.
     let quoted = tcp4("10.0.0.1", 80, "10.9.0.5", 40000, Flags::Ack, 64, b"");
     let mut icmp = Vec::new();
     PacketBuilder::ethernet2(GW_MAC, LB_MAC)
         .ipv4([10, 8, 0, 1], [10, 0, 0, 1], 64)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 }))
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
         .write(&mut icmp, &quoted[ETH_LEN..])
         .unwrap();
     let (v, out) = lb.run(&icmp, 5);
-    assert_eq!(v, Verdict::Forward { ifindex: 7, real: Some((ip("192.168.1.2"), 8080)) });
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            ifindex: 7,
+            real: Some((ip("192.168.1.2"), 8080))
+        }
+    );
     let p = parse(&out).unwrap();
     assert_eq!(p.daddr, ip("192.168.1.2"));
     let q = crate::wire::parse_quoted(&out, &p).unwrap();
-    assert_eq!((q.saddr, q.sport, q.daddr, q.dport), (ip("192.168.1.2"), 8080, ip("10.9.0.5"), 40000));
+    assert_eq!(
+        (q.saddr, q.sport, q.daddr, q.dport),
+        (ip("192.168.1.2"), 8080, ip("10.9.0.5"), 40000)
+    );
     assert_checksums(&out);
     assert_eq!(checksum(&out[q.ip..q.l4]), 0, "quoted IP header checksum");
 }
 
 #[test]
 fn arp_and_foreign_traffic_pass() {
-    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.1", 80, ForwardMethod::Route)],
+    );
     let mut arp = vec![0xffu8; 6];
     arp.extend_from_slice(&CLIENT_MAC);
     arp.extend_from_slice(&[0x08, 0x06]);
     arp.extend_from_slice(&[0u8; 28]);
     assert_eq!(lb.run(&arp, 0).0, Verdict::Pass);
-    assert_eq!(lb.run(&tcp4("10.9.0.5", 40000, "10.0.0.2", 22, Flags::Syn, 64, b""), 0).0, Verdict::Pass);
+    assert_eq!(
+        lb.run(
+            &tcp4("10.9.0.5", 40000, "10.0.0.2", 22, Flags::Syn, 64, b""),
+            0
+        )
+        .0,
+        Verdict::Pass
+    );
     let mut echo = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4([10, 9, 0, 5], [10, 0, 0, 1], 64).icmpv4_echo_request(1, 1).write(&mut echo, b"ping").unwrap();
-    assert_eq!(lb.run(&echo, 0).0, Verdict::Pass, "echo requests to the VIP are the kernel's");
+    PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4([10, 9, 0, 5], [10, 0, 0, 1], 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
+    assert_eq!(
+        lb.run(&echo, 0).0,
+        Verdict::Pass,
+        "echo requests to the VIP are the kernel's"
+    );
 }
 
 #[test]
@@ -439,47 +672,118 @@ fn persistence_keeps_a_client_on_one_server() {
     cfg.netmask = crate::types::Netmask::V4("255.255.255.0".parse().unwrap());
     dir.add_service(cfg).unwrap();
     for n in 1..=3 {
-        dir.add_dest(&key, dest(&format!("192.168.1.{n}"), 80, ForwardMethod::Route)).unwrap();
+        dir.add_dest(
+            &key,
+            dest(&format!("192.168.1.{n}"), 80, ForwardMethod::Route),
+        )
+        .unwrap();
     }
-    let lb = Lb { tables: dir.snapshot(), dir, engine: Engine::new(1000, 1), routes: routes() };
-    let real = |src: &str, port: u16| match lb.run(&tcp4(src, port, "10.0.0.1", 80, Flags::Syn, 64, b""), 0).0 {
+    let lb = Lb {
+        tables: dir.snapshot(),
+        dir,
+        engine: Engine::new(1000, 1),
+        routes: routes(),
+    };
+    let real = |src: &str, port: u16| match lb
+        .run(&tcp4(src, port, "10.0.0.1", 80, Flags::Syn, 64, b""), 0)
+        .0
+    {
         Verdict::Forward { real, .. } => real.unwrap().0,
         v => panic!("{v:?}"),
     };
     let first = real("10.9.0.5", 1000);
     assert_eq!(real("10.9.0.5", 1001), first);
     assert_eq!(real("10.9.0.77", 1002), first, "same /24");
-    assert_ne!(real("10.9.1.5", 1003), first, "another /24 is scheduled (rr moves on)");
-    assert_eq!(lb.tables.services[0].dests.iter().map(|d| d.persist()).sum::<u32>(), 2);
+    assert_ne!(
+        real("10.9.1.5", 1003),
+        first,
+        "another /24 is scheduled (rr moves on)"
+    );
+    assert_eq!(
+        lb.tables.services[0]
+            .dests
+            .iter()
+            .map(|d| d.persist())
+            .sum::<u32>(),
+        2
+    );
 }
 
 #[test]
 fn quiesced_server_keeps_existing_connections() {
-    let mut lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route), dest("192.168.1.2", 80, ForwardMethod::Route)]);
-    let (v, _) = lb.run(&tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Syn, 64, b""), 0);
-    let Verdict::Forward { real: Some((first, _)), .. } = v else { panic!() };
+    let mut lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[
+            dest("192.168.1.1", 80, ForwardMethod::Route),
+            dest("192.168.1.2", 80, ForwardMethod::Route),
+        ],
+    );
+    let (v, _) = lb.run(
+        &tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Syn, 64, b""),
+        0,
+    );
+    let Verdict::Forward {
+        real: Some((first, _)),
+        ..
+    } = v
+    else {
+        panic!()
+    };
     let mut c = DestConfig::new(first, 80);
     c.weight = 0;
     lb.dir.edit_dest(&tcp_key("10.0.0.1", 80), c).unwrap();
     lb.republish();
-    assert_eq!(lb.run(&tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Ack, 64, b"x"), 1).0, Verdict::Forward { ifindex: 7, real: Some((first, 80)) });
+    assert_eq!(
+        lb.run(
+            &tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Ack, 64, b"x"),
+            1
+        )
+        .0,
+        Verdict::Forward {
+            ifindex: 7,
+            real: Some((first, 80))
+        }
+    );
     for port in 2000..2010 {
-        let (v, _) = lb.run(&tcp4("10.9.0.5", port, "10.0.0.1", 80, Flags::Syn, 64, b""), 1);
+        let (v, _) = lb.run(
+            &tcp4("10.9.0.5", port, "10.0.0.1", 80, Flags::Syn, 64, b""),
+            1,
+        );
         assert!(matches!(v, Verdict::Forward { real: Some((r, _)), .. } if r != first));
     }
     // Deleting the server: its connections' packets are dropped (expire_nodest_conn = 0).
-    lb.dir.del_dest(&tcp_key("10.0.0.1", 80), first, 80).unwrap();
+    lb.dir
+        .del_dest(&tcp_key("10.0.0.1", 80), first, 80)
+        .unwrap();
     lb.republish();
-    assert_eq!(lb.run(&tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Ack, 64, b"x"), 2).0, Verdict::Drop(DropReason::DestUnavailable));
+    assert_eq!(
+        lb.run(
+            &tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Ack, 64, b"x"),
+            2
+        )
+        .0,
+        Verdict::Drop(DropReason::DestUnavailable)
+    );
 }
 
 #[test]
 fn syn_on_time_wait_reschedules() {
-    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route), dest("192.168.1.2", 80, ForwardMethod::Route)]);
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[
+            dest("192.168.1.1", 80, ForwardMethod::Route),
+            dest("192.168.1.2", 80, ForwardMethod::Route),
+        ],
+    );
     let syn = tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Syn, 64, b"");
     let first = lb.run(&syn, 0).0;
     // In-only FIN from SYN_RECV → TIME_WAIT (an RST would leave SYN_RECV as it is).
-    lb.run(&tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Fin, 64, b""), 1);
+    lb.run(
+        &tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Fin, 64, b""),
+        1,
+    );
     let again = lb.run(&syn, 2).0;
     assert_ne!(first, again, "rescheduled to the next rr destination");
     assert_eq!(lb.tables.services[0].live.stats.counters().conns, 2);
@@ -493,31 +797,56 @@ fn one_packet_scheduling_schedules_every_datagram() {
     cfg.scheduler = "rr".into();
     cfg.flags = crate::service::SVC_F_ONEPACKET;
     dir.add_service(cfg).unwrap();
-    dir.add_dest(&key, dest("192.168.1.1", 53, ForwardMethod::Route)).unwrap();
-    dir.add_dest(&key, dest("192.168.1.2", 53, ForwardMethod::Route)).unwrap();
-    let lb = Lb { tables: dir.snapshot(), dir, engine: Engine::new(100, 1), routes: routes() };
+    dir.add_dest(&key, dest("192.168.1.1", 53, ForwardMethod::Route))
+        .unwrap();
+    dir.add_dest(&key, dest("192.168.1.2", 53, ForwardMethod::Route))
+        .unwrap();
+    let lb = Lb {
+        tables: dir.snapshot(),
+        dir,
+        engine: Engine::new(100, 1),
+        routes: routes(),
+    };
     let pkt = udp4("10.9.0.5", 5000, "10.0.0.1", 53, b"q");
     let a = lb.run(&pkt, 0).0;
     let b = lb.run(&pkt, 1).0;
     assert_ne!(a, b);
     assert!(lb.engine.conns.is_empty());
-    assert_eq!(lb.tables.services[0].dests.iter().map(|d| d.inactive()).sum::<u32>(), 0);
+    assert_eq!(
+        lb.tables.services[0]
+            .dests
+            .iter()
+            .map(|d| d.inactive())
+            .sum::<u32>(),
+        0
+    );
 }
 
 #[test]
 fn fragments_and_malformed_frames_are_counted() {
-    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.1", 80, ForwardMethod::Route)],
+    );
     let mut frag = tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Syn, 64, b"");
     frag[ETH_LEN + 6] = 0x20; // MF
     assert_eq!(lb.run(&frag, 0).0, Verdict::Drop(DropReason::Fragment));
     let good = tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Syn, 64, b"");
-    assert_eq!(lb.run(&good[..40], 0).0, Verdict::Drop(DropReason::Malformed));
+    assert_eq!(
+        lb.run(&good[..40], 0).0,
+        Verdict::Drop(DropReason::Malformed)
+    );
     assert_eq!(lb.engine.counters.drops(DropReason::Fragment), 1);
     assert_eq!(lb.engine.counters.drops(DropReason::Malformed), 1);
 }
 
 fn nat_lb() -> Lb {
-    Lb::new(tcp_key("10.0.0.1", 80), "rr", &[dest("192.168.1.2", 8080, ForwardMethod::Masq)])
+    Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.2", 8080, ForwardMethod::Masq)],
+    )
 }
 
 proptest! {

@@ -92,7 +92,14 @@ impl ConnForward {
             2 => TunnelCsum::RemCsum,
             _ => TunnelCsum::NoCsum,
         };
-        ConnForward { method, tunnel: TunnelConfig { kind, port: (v >> 16) as u16, csum } }
+        ConnForward {
+            method,
+            tunnel: TunnelConfig {
+                kind,
+                port: (v >> 16) as u16,
+                csum,
+            },
+        }
     }
 }
 
@@ -144,7 +151,14 @@ impl DestState {
     /// Apply `-a`/`-e` settings (`__ip_vs_update_dest`).
     pub fn configure(&self, cfg: &DestConfig) {
         let old_u = self.u_threshold.load(Relaxed);
-        self.forward.store(ConnForward { method: cfg.method, tunnel: cfg.tunnel }.pack(), Relaxed);
+        self.forward.store(
+            ConnForward {
+                method: cfg.method,
+                tunnel: cfg.tunnel,
+            }
+            .pack(),
+            Relaxed,
+        );
         self.weight.store(cfg.weight, Relaxed);
         if cfg.weight > 0 {
             self.last_weight.store(cfg.weight, Relaxed);
@@ -356,7 +370,11 @@ mod tests {
     fn forward_roundtrip() {
         let f = ConnForward {
             method: ForwardMethod::Tunnel,
-            tunnel: TunnelConfig { kind: TunnelType::Gue, port: 6080, csum: TunnelCsum::RemCsum },
+            tunnel: TunnelConfig {
+                kind: TunnelType::Gue,
+                port: 6080,
+                csum: TunnelCsum::RemCsum,
+            },
         };
         assert_eq!(ConnForward::unpack(f.pack()), f);
     }

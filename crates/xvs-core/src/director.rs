@@ -138,7 +138,11 @@ impl Director {
         }
         let sched = new_scheduler(&cfg.scheduler, &[]).ok_or(CtlError::SchedulerNotFound)?;
         Self::check_service(&cfg)?;
-        self.services.push(Service { cfg, dests: Vec::new(), live: Arc::new(ServiceLive::new(sched)) });
+        self.services.push(Service {
+            cfg,
+            dests: Vec::new(),
+            live: Arc::new(ServiceLive::new(sched)),
+        });
         Ok(())
     }
 
@@ -147,7 +151,8 @@ impl Director {
         let i = self.index(&cfg.key).ok_or(CtlError::NoService)?;
         let svc = &mut self.services[i];
         if cfg.scheduler != svc.cfg.scheduler {
-            let sched = new_scheduler(&cfg.scheduler, &svc.dests).ok_or(CtlError::SchedulerNotFound)?;
+            let sched =
+                new_scheduler(&cfg.scheduler, &svc.dests).ok_or(CtlError::SchedulerNotFound)?;
             Self::check_service(&cfg)?;
             svc.live.replace_scheduler(sched);
         } else {
@@ -189,7 +194,10 @@ impl Director {
         if Af::of(&d.addr) != svc.key.af() && d.method != ForwardMethod::Tunnel {
             return Err(CtlError::Invalid);
         }
-        if d.method == ForwardMethod::Tunnel && d.tunnel.kind == crate::types::TunnelType::Gue && d.tunnel.port == 0 {
+        if d.method == ForwardMethod::Tunnel
+            && d.tunnel.kind == crate::types::TunnelType::Gue
+            && d.tunnel.port == 0
+        {
             return Err(CtlError::Invalid);
         }
         Ok(())
@@ -200,13 +208,20 @@ impl Director {
         let i = self.index(key).ok_or(CtlError::ServiceNotDefined)?;
         Self::check_dest(&self.services[i].cfg, &d)?;
         let svc = &self.services[i];
-        if svc.dests.iter().any(|x| x.addr == d.addr && x.port == d.port) {
+        if svc
+            .dests
+            .iter()
+            .any(|x| x.addr == d.addr && x.port == d.port)
+        {
             return Err(CtlError::DestExists);
         }
         if svc.cfg.scheduler == "mh" && svc.dests.len() + 1 > mh::TAB_SIZE {
             return Err(CtlError::Invalid);
         }
-        let revived = self.trash.iter().position(|(k, x)| k == key && x.addr == d.addr && x.port == d.port);
+        let revived = self
+            .trash
+            .iter()
+            .position(|(k, x)| k == key && x.addr == d.addr && x.port == d.port);
         let state = match revived {
             Some(t) => {
                 let (_, s) = self.trash.remove(t);
@@ -222,7 +237,9 @@ impl Director {
         state.set_available(true);
         let svc = &mut self.services[i];
         svc.dests.insert(0, state.clone());
-        svc.live.scheduler().update(&svc.dests, DestEvent::Add(&state));
+        svc.live
+            .scheduler()
+            .update(&svc.dests, DestEvent::Add(&state));
         Ok(())
     }
 
@@ -231,9 +248,16 @@ impl Director {
         let i = self.index(key).ok_or(CtlError::ServiceNotDefined)?;
         Self::check_dest(&self.services[i].cfg, &d)?;
         let svc = &self.services[i];
-        let state = svc.dests.iter().find(|x| x.addr == d.addr && x.port == d.port).ok_or(CtlError::NoDest)?.clone();
+        let state = svc
+            .dests
+            .iter()
+            .find(|x| x.addr == d.addr && x.port == d.port)
+            .ok_or(CtlError::NoDest)?
+            .clone();
         state.configure(&d);
-        svc.live.scheduler().update(&svc.dests, DestEvent::Edit(&state));
+        svc.live
+            .scheduler()
+            .update(&svc.dests, DestEvent::Edit(&state));
         Ok(())
     }
 
@@ -241,10 +265,16 @@ impl Director {
     pub fn del_dest(&mut self, key: &ServiceKey, addr: IpAddr, port: u16) -> Result<(), CtlError> {
         let i = self.index(key).ok_or(CtlError::ServiceNotDefined)?;
         let svc = &mut self.services[i];
-        let pos = svc.dests.iter().position(|x| x.addr == addr && x.port == port).ok_or(CtlError::NoDest)?;
+        let pos = svc
+            .dests
+            .iter()
+            .position(|x| x.addr == addr && x.port == port)
+            .ok_or(CtlError::NoDest)?;
         let state = svc.dests.remove(pos);
         state.set_available(false);
-        svc.live.scheduler().update(&svc.dests, DestEvent::Del(&state, pos));
+        svc.live
+            .scheduler()
+            .update(&svc.dests, DestEvent::Del(&state, pos));
         self.trash.push((*key, state));
         self.collect_trash();
         Ok(())
@@ -317,7 +347,11 @@ mod tests {
     use crate::types::Protocol;
 
     fn key() -> ServiceKey {
-        ServiceKey::Addr { proto: Protocol::Tcp, addr: "10.0.0.1".parse().unwrap(), port: 80 }
+        ServiceKey::Addr {
+            proto: Protocol::Tcp,
+            addr: "10.0.0.1".parse().unwrap(),
+            port: 80,
+        }
     }
 
     #[test]
@@ -327,14 +361,30 @@ mod tests {
         d.add_service(cfg.clone()).unwrap();
         assert_eq!(d.add_service(cfg.clone()), Err(CtlError::ServiceExists));
         cfg.scheduler = "bogus".into();
-        assert_eq!(d.edit_service(cfg).unwrap_err().to_string(), "Scheduler or persistence engine not found");
+        assert_eq!(
+            d.edit_service(cfg).unwrap_err().to_string(),
+            "Scheduler or persistence engine not found"
+        );
         let rs = DestConfig::new("192.168.0.2".parse().unwrap(), 80);
         d.add_dest(&key(), rs).unwrap();
         assert_eq!(d.add_dest(&key(), rs), Err(CtlError::DestExists));
-        let other = ServiceKey::Addr { proto: Protocol::Udp, addr: "10.0.0.1".parse().unwrap(), port: 80 };
-        assert_eq!(d.add_dest(&other, rs).unwrap_err().to_string(), "Service not defined");
-        assert_eq!(d.del_service(&other).unwrap_err().to_string(), "No such service");
-        assert_eq!(d.del_dest(&key(), "192.168.0.3".parse().unwrap(), 80), Err(CtlError::NoDest));
+        let other = ServiceKey::Addr {
+            proto: Protocol::Udp,
+            addr: "10.0.0.1".parse().unwrap(),
+            port: 80,
+        };
+        assert_eq!(
+            d.add_dest(&other, rs).unwrap_err().to_string(),
+            "Service not defined"
+        );
+        assert_eq!(
+            d.del_service(&other).unwrap_err().to_string(),
+            "No such service"
+        );
+        assert_eq!(
+            d.del_dest(&key(), "192.168.0.3".parse().unwrap(), 80),
+            Err(CtlError::NoDest)
+        );
         let mut bad = rs;
         bad.l_threshold = 5;
         assert_eq!(d.edit_dest(&key(), bad), Err(CtlError::OutOfRange));
@@ -344,7 +394,10 @@ mod tests {
         d.add_dest(&key(), mixed).unwrap();
         let mut pe = ServiceConfig::new(other);
         pe.pe = Some("sip".into());
-        assert_eq!(d.add_service(pe).unwrap_err().to_string(), "persistence engine 'sip' is not supported by xvs");
+        assert_eq!(
+            d.add_service(pe).unwrap_err().to_string(),
+            "persistence engine 'sip' is not supported by xvs"
+        );
     }
 
     #[test]

@@ -68,7 +68,8 @@ mod tests {
         assert_eq!(empty, reference_siphash13(0, 0, &[]));
         assert_eq!(
             u64::from(hsiphash_u32(0x0102_0304, HsipKey(0x9E37_79B1, 0x9E37_79B1))),
-            reference_siphash13(0x9E37_79B1, 0x9E37_79B1, &0x0102_0304u32.to_le_bytes()) & 0xffff_ffff
+            reference_siphash13(0x9E37_79B1, 0x9E37_79B1, &0x0102_0304u32.to_le_bytes())
+                & 0xffff_ffff
         );
     }
 

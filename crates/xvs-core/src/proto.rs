@@ -95,8 +95,8 @@ pub struct TcpFlags {
 }
 
 use TcpState::{
-    Close as CL, CloseWait as CW, Established as ES, FinWait as FW, LastAck as LA, Listen as LI, SynRecv as SR,
-    SynSent as SS, TimeWait as TW,
+    Close as CL, CloseWait as CW, Established as ES, FinWait as FW, LastAck as LA, Listen as LI,
+    SynRecv as SR, SynSent as SS, TimeWait as TW,
 };
 
 type Row = [TcpState; TCP_STATES];
@@ -161,7 +161,10 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { tcp: [2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120], udp: 300 }
+        Timeouts {
+            tcp: [2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120],
+            udp: 300,
+        }
     }
 }
 
@@ -190,10 +193,30 @@ mod tests {
     use super::*;
     use TcpState::{None as NO, Synack as SA};
 
-    const SYN: TcpFlags = TcpFlags { syn: true, fin: false, ack: false, rst: false };
-    const ACK: TcpFlags = TcpFlags { syn: false, fin: false, ack: true, rst: false };
-    const FIN: TcpFlags = TcpFlags { syn: false, fin: true, ack: true, rst: false };
-    const SYNACK: TcpFlags = TcpFlags { syn: true, fin: false, ack: true, rst: false };
+    const SYN: TcpFlags = TcpFlags {
+        syn: true,
+        fin: false,
+        ack: false,
+        rst: false,
+    };
+    const ACK: TcpFlags = TcpFlags {
+        syn: false,
+        fin: false,
+        ack: true,
+        rst: false,
+    };
+    const FIN: TcpFlags = TcpFlags {
+        syn: false,
+        fin: true,
+        ack: true,
+        rst: false,
+    };
+    const SYNACK: TcpFlags = TcpFlags {
+        syn: true,
+        fin: false,
+        ack: true,
+        rst: false,
+    };
 
     #[test]
     fn nat_handshake_and_close() {
@@ -214,8 +237,14 @@ mod tests {
     fn dr_input_only_fin_goes_fin_wait() {
         let s = tcp_next_state(ES, Direction::Input, true, FIN);
         assert_eq!(s, FW);
-        assert_eq!(tcp_next_state(ES, Direction::Input, true, TcpFlags::default()), CL);
-        let rst = TcpFlags { rst: true, ..Default::default() };
+        assert_eq!(
+            tcp_next_state(ES, Direction::Input, true, TcpFlags::default()),
+            CL
+        );
+        let rst = TcpFlags {
+            rst: true,
+            ..Default::default()
+        };
         assert_eq!(tcp_next_state(SA, Direction::Input, true, rst), CL);
         assert_eq!(tcp_next_state(SA, Direction::Input, false, rst), SR);
     }

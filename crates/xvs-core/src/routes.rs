@@ -28,15 +28,32 @@ pub struct StaticRoutes {
 impl StaticRoutes {
     /// An interface with no neighbours yet.
     pub fn new(ifindex: u32, local_mac: [u8; 6], local_ips: Vec<IpAddr>, mtu: u16) -> StaticRoutes {
-        StaticRoutes { ifindex, local_mac, local_ips, mtu, neigh: HashMap::new(), gateway: None }
+        StaticRoutes {
+            ifindex,
+            local_mac,
+            local_ips,
+            mtu,
+            neigh: HashMap::new(),
+            gateway: None,
+        }
     }
 }
 
 impl Routes for StaticRoutes {
     fn next_hop(&self, dst: IpAddr) -> Option<NextHop> {
         let dst_mac = self.neigh.get(&dst).copied().or(self.gateway)?;
-        let src_ip = self.local_ips.iter().find(|a| a.is_ipv6() == dst.is_ipv6()).copied();
-        Some(NextHop { ifindex: self.ifindex, src_mac: self.local_mac, dst_mac, mtu: self.mtu, src_ip })
+        let src_ip = self
+            .local_ips
+            .iter()
+            .find(|a| a.is_ipv6() == dst.is_ipv6())
+            .copied();
+        Some(NextHop {
+            ifindex: self.ifindex,
+            src_mac: self.local_mac,
+            dst_mac,
+            mtu: self.mtu,
+            src_ip,
+        })
     }
 }
 

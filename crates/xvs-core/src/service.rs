@@ -67,7 +67,10 @@ pub struct ServiceLive {
 
 impl ServiceLive {
     pub(crate) fn new(sched: Box<dyn Scheduler>) -> ServiceLive {
-        ServiceLive { stats: Stats::default(), sched: Mutex::new(sched) }
+        ServiceLive {
+            stats: Stats::default(),
+            sched: Mutex::new(sched),
+        }
     }
 
     /// The scheduler, locked (the kernel's `svc->sched_lock`).
@@ -156,7 +159,12 @@ pub struct Tables {
 }
 
 impl Tables {
-    pub(crate) fn build(services: Vec<Arc<Service>>, timeouts: Timeouts, settings: Settings, totals: Arc<Stats>) -> Tables {
+    pub(crate) fn build(
+        services: Vec<Arc<Service>>,
+        timeouts: Timeouts,
+        settings: Settings,
+        totals: Arc<Stats>,
+    ) -> Tables {
         let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
         let mut t = Tables {
             by_addr: HashMap::with_hasher(hasher.clone()),
@@ -206,11 +214,22 @@ impl Tables {
 
     /// An empty table set.
     pub fn empty() -> Tables {
-        Tables::build(Vec::new(), Timeouts::default(), Settings::default(), Arc::new(Stats::default()))
+        Tables::build(
+            Vec::new(),
+            Timeouts::default(),
+            Settings::default(),
+            Arc::new(Stats::default()),
+        )
     }
 
     /// Service lookup for a packet (kernel order: fwmark, exact, then port 0).
-    pub fn lookup(&self, proto: Protocol, vaddr: IpAddr, vport: u16, fwmark: u32) -> Option<&Arc<Service>> {
+    pub fn lookup(
+        &self,
+        proto: Protocol,
+        vaddr: IpAddr,
+        vport: u16,
+        fwmark: u32,
+    ) -> Option<&Arc<Service>> {
         if fwmark != 0 {
             if let Some(s) = self.by_mark.get(&(Af::of(&vaddr), fwmark)) {
                 return Some(s);
@@ -227,7 +246,8 @@ impl Tables {
 
     /// Whether (proto, addr, port) is the source of a NAT destination's replies.
     pub fn is_nat_source(&self, proto: Protocol, addr: IpAddr, port: u16) -> bool {
-        self.nat_sources.contains(&(proto, addr, port)) || self.nat_sources_any_port.contains(&(proto, addr))
+        self.nat_sources.contains(&(proto, addr, port))
+            || self.nat_sources_any_port.contains(&(proto, addr))
     }
 
     /// What the XDP program must redirect.
@@ -239,8 +259,13 @@ impl Tables {
                 ServiceKey::Fwmark { .. } => st.has_fwmark = true,
             }
         }
-        st.nat_sources = self.nat_sources.iter().map(|&(p, a, port)| (a, p, port)).collect();
-        st.nat_sources.extend(self.nat_sources_any_port.iter().map(|&(p, a)| (a, p, 0)));
+        st.nat_sources = self
+            .nat_sources
+            .iter()
+            .map(|&(p, a, port)| (a, p, port))
+            .collect();
+        st.nat_sources
+            .extend(self.nat_sources_any_port.iter().map(|&(p, a)| (a, p, 0)));
         st.services.sort();
         st.nat_sources.sort();
         st

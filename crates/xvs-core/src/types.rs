@@ -241,10 +241,18 @@ impl Netmask {
     /// Apply the mask to an address of the same family; other families are returned unchanged.
     pub fn apply(&self, addr: IpAddr) -> IpAddr {
         match (self, addr) {
-            (Netmask::V4(m), IpAddr::V4(a)) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & u32::from(*m))),
+            (Netmask::V4(m), IpAddr::V4(a)) => {
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & u32::from(*m)))
+            }
             (Netmask::V6(p), IpAddr::V6(a)) => {
                 let bits = u128::from(a);
-                let mask = if *p >= 128 { u128::MAX } else if *p == 0 { 0 } else { u128::MAX << (128 - u32::from(*p)) };
+                let mask = if *p >= 128 {
+                    u128::MAX
+                } else if *p == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(*p))
+                };
                 IpAddr::V6((bits & mask).into())
             }
             _ => addr,
@@ -289,7 +297,10 @@ mod tests {
     #[test]
     fn netmask_applies() {
         let m = Netmask::V4(Ipv4Addr::new(255, 255, 255, 0));
-        assert_eq!(m.apply("10.1.2.3".parse().unwrap()), "10.1.2.0".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            m.apply("10.1.2.3".parse().unwrap()),
+            "10.1.2.0".parse::<IpAddr>().unwrap()
+        );
         let m6 = Netmask::V6(64);
         assert_eq!(
             m6.apply("2001:db8:0:0:1:2:3:4".parse().unwrap()),
@@ -300,7 +311,13 @@ mod tests {
 
     #[test]
     fn sockaddr_display() {
-        assert_eq!(SockAddr("10.0.0.1".parse().unwrap(), 80).to_string(), "10.0.0.1:80");
-        assert_eq!(SockAddr("2001:db8::1".parse().unwrap(), 443).to_string(), "[2001:db8::1]:443");
+        assert_eq!(
+            SockAddr("10.0.0.1".parse().unwrap(), 80).to_string(),
+            "10.0.0.1:80"
+        );
+        assert_eq!(
+            SockAddr("2001:db8::1".parse().unwrap(), 443).to_string(),
+            "[2001:db8::1]:443"
+        );
     }
 }

@@ -4,7 +4,9 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use etherparse::{Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6HeaderSlice, TcpHeaderSlice, UdpHeaderSlice};
+use etherparse::{
+    Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6HeaderSlice, TcpHeaderSlice, UdpHeaderSlice,
+};
 
 use crate::proto::TcpFlags;
 use crate::types::{TunnelConfig, TunnelCsum, TunnelType};
@@ -156,7 +158,8 @@ pub fn parse(frame: &[u8]) -> Result<Packet, ParseError> {
     let l3 = ETH_LEN;
     match eth.ether_type().0 {
         ETH_P_IPV4 => {
-            let ip = Ipv4HeaderSlice::from_slice(&frame[l3..]).map_err(|_| ParseError::Malformed)?;
+            let ip =
+                Ipv4HeaderSlice::from_slice(&frame[l3..]).map_err(|_| ParseError::Malformed)?;
             let hlen = usize::from(ip.ihl()) * 4;
             let total = usize::from(ip.total_len());
             if total < hlen || l3 + total > frame.len() {
@@ -180,7 +183,8 @@ pub fn parse(frame: &[u8]) -> Result<Packet, ParseError> {
             )
         }
         ETH_P_IPV6 => {
-            let ip = Ipv6HeaderSlice::from_slice(&frame[l3..]).map_err(|_| ParseError::Malformed)?;
+            let ip =
+                Ipv6HeaderSlice::from_slice(&frame[l3..]).map_err(|_| ParseError::Malformed)?;
             let total = 40 + usize::from(ip.payload_length());
             if l3 + total > frame.len() {
                 return Err(ParseError::Malformed);
@@ -242,7 +246,12 @@ fn finish(
             let t = TcpHeaderSlice::from_slice(seg).map_err(|_| ParseError::Malformed)?;
             p.sport = t.source_port();
             p.dport = t.destination_port();
-            p.tcp = TcpFlags { syn: t.syn(), fin: t.fin(), ack: t.ack(), rst: t.rst() };
+            p.tcp = TcpFlags {
+                syn: t.syn(),
+                fin: t.fin(),
+                ack: t.ack(),
+                rst: t.rst(),
+            };
         }
         IPPROTO_UDP => {
             let u = UdpHeaderSlice::from_slice(seg).map_err(|_| ParseError::Malformed)?;
@@ -512,7 +521,12 @@ fn finish_icmp_checksum(frame: &mut [u8], p: &Packet) {
     frame[p.l4 + 3] = 0;
     let c = if p.v6 {
         let (s, d) = (ipv6_at(frame, ETH_LEN + 8), ipv6_at(frame, ETH_LEN + 24));
-        l4_checksum(&IpAddr::V6(s), &IpAddr::V6(d), IPPROTO_ICMPV6, &frame[p.l4..end])
+        l4_checksum(
+            &IpAddr::V6(s),
+            &IpAddr::V6(d),
+            IPPROTO_ICMPV6,
+            &frame[p.l4..end],
+        )
     } else {
         checksum(&frame[p.l4..end])
     };
@@ -622,7 +636,11 @@ pub fn encapsulate(
             o[1] = tos;
             put16(o, 2, (ip_hlen + payload_len) as u16);
             // With DF set the ID carries no meaning (RFC 6864); without it, reuse the inner ID.
-            let id = if inner_df || p.v6 { 0 } else { be16(d, inner + 4) };
+            let id = if inner_df || p.v6 {
+                0
+            } else {
+                be16(d, inner + 4)
+            };
             let o = &mut d[ETH_LEN..ETH_LEN + ip_hlen];
             put16(o, 4, id);
             put16(o, 6, if inner_df { 0x4000 } else { 0 });
@@ -687,8 +705,16 @@ pub enum IcmpError {
 /// Replace the frame with an ICMP error about it, addressed back to the packet's source and sent
 /// from its destination (the VIP), quoting as much of the original as RFC 792 / 4443 allow.
 /// The Ethernet addresses are swapped; the caller may overwrite them for a routed reply.
-pub fn icmp_error_in_place(frame: &mut Frame<'_>, p: &Packet, kind: IcmpError) -> Result<(), EncapError> {
-    let (hdr, max_total) = if p.v6 { (48usize, 1280usize) } else { (28, 576) };
+pub fn icmp_error_in_place(
+    frame: &mut Frame<'_>,
+    p: &Packet,
+    kind: IcmpError,
+) -> Result<(), EncapError> {
+    let (hdr, max_total) = if p.v6 {
+        (48usize, 1280usize)
+    } else {
+        (28, 576)
+    };
     let quoted = p.ip_len.min(max_total - hdr);
     frame.truncate(ETH_LEN + quoted);
     if !frame.push(hdr) {

@@ -39,7 +39,9 @@ fn aton_part(s: &str) -> Option<u64> {
         // "0x" alone is 0 for glibc.
         return (radix == 16).then_some(0);
     }
-    u64::from_str_radix(digits, radix).ok().filter(|v| *v <= u64::from(u32::MAX))
+    u64::from_str_radix(digits, radix)
+        .ok()
+        .filter(|v| *v <= u64::from(u32::MAX))
 }
 
 /// glibc `inet_aton`: `a`, `a.b`, `a.b.c`, `a.b.c.d`, each part in C notation.
@@ -96,7 +98,10 @@ pub fn parse_host_port(buf: &str, proto: Protocol) -> Option<HostPort> {
             Some(p) => Some(parse_port(p, proto)?),
             None => None,
         };
-        return Some(HostPort { addr: IpAddr::V6(a6), port });
+        return Some(HostPort {
+            addr: IpAddr::V6(a6),
+            port,
+        });
     }
     if port.is_some() {
         // A bracketed host must be IPv6.
@@ -111,7 +116,10 @@ pub fn parse_host_port(buf: &str, proto: Protocol) -> Option<HostPort> {
         Some(p) => Some(parse_port(p, proto)?),
         None => None,
     };
-    Some(HostPort { addr: IpAddr::V4(a4), port })
+    Some(HostPort {
+        addr: IpAddr::V4(a4),
+        port,
+    })
 }
 
 fn parse_port(p: &str, proto: Protocol) -> Option<u16> {
@@ -191,7 +199,10 @@ mod tests {
         assert_eq!(parse_host_port("10.0.0.1:80", t).unwrap().port, Some(80));
         assert_eq!(parse_host_port("10.0.0.1:http", t).unwrap().port, Some(80));
         assert_eq!(parse_host_port("10.0.0.1", t).unwrap().port, None);
-        assert_eq!(parse_host_port("[2001:db8::1]:443", t).unwrap().addr, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            parse_host_port("[2001:db8::1]:443", t).unwrap().addr,
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(parse_host_port("2001:db8::1", t).unwrap().port, None);
         assert_eq!(parse_host_port("[2001:db8::1]", t), None);
         assert_eq!(parse_host_port("[10.0.0.1]:80", t), None);

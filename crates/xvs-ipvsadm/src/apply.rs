@@ -58,9 +58,14 @@ pub fn restore(d: &mut Director, prog: &str, input: &str) -> RestoreReport {
     let mut rep = RestoreReport::default();
     for (n, line) in input.lines().enumerate() {
         let lineno = n + 1;
-        let Some(args) = restore_line(line) else { continue };
+        let Some(args) = restore_line(line) else {
+            continue;
+        };
         let cmd = match parse_command(prog, &args) {
-            Ok(Command::Restore) => Err(ParseError { message: crate::parse::try_help(prog), status: 255 }),
+            Ok(Command::Restore) => Err(ParseError {
+                message: crate::parse::try_help(prog),
+                status: 255,
+            }),
             other => other,
         };
         match cmd {

@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use xvs_core::dest::DestConfig;
 use xvs_core::sched::{SVC_F_SCHED1, SVC_F_SCHED2, SVC_F_SCHED3};
 use xvs_core::service::{ServiceConfig, SVC_F_ONEPACKET, SVC_F_PERSISTENT};
-use xvs_core::types::{Af, ForwardMethod, Netmask, Protocol, ServiceKey, TunnelConfig, TunnelCsum, TunnelType};
+use xvs_core::types::{
+    Af, ForwardMethod, Netmask, Protocol, ServiceKey, TunnelConfig, TunnelCsum, TunnelType,
+};
 
 use crate::addr::{inet_aton, parse_host_port, string_to_number};
 
@@ -35,7 +37,10 @@ impl std::fmt::Display for ParseError {
 impl std::error::Error for ParseError {}
 
 fn fail<T>(msg: impl Into<String>) -> Result<T, ParseError> {
-    Err(ParseError { message: msg.into(), status: 2 })
+    Err(ParseError {
+        message: msg.into(),
+        status: 2,
+    })
 }
 
 /// Sync daemon role.
@@ -265,9 +270,8 @@ fn allowed(cmd: Cmd, o: usize) -> u8 {
         Cmd::Flush | Cmd::Set | Cmd::Restore => b'x',
         Cmd::AddDest | Cmd::EditDest => match o {
             SERVICE | SERVER => b'+',
-            FORWARD | WEIGHT | UTHRESHOLD | LTHRESHOLD | TUN_TYPE | TUN_PORT | TUN_NOCSUM | TUN_CSUM | TUN_REMCSUM => {
-                b' '
-            }
+            FORWARD | WEIGHT | UTHRESHOLD | LTHRESHOLD | TUN_TYPE | TUN_PORT | TUN_NOCSUM
+            | TUN_CSUM | TUN_REMCSUM => b' ',
             _ => b'x',
         },
         Cmd::DelDest => match o {
@@ -275,7 +279,8 @@ fn allowed(cmd: Cmd, o: usize) -> u8 {
             _ => b'x',
         },
         Cmd::List => match o {
-            NUMERIC | STATS | RATE | THRESHOLDS | PERSISTENTCONN | NOSORT | EXACT | TUN_INFO | SYNCID => b' ',
+            NUMERIC | STATS | RATE | THRESHOLDS | PERSISTENTCONN | NOSORT | EXACT | TUN_INFO
+            | SYNCID => b' ',
             CONNECTION | SERVICE | TIMEOUT | DAEMON => b'1',
             _ => b'x',
         },
@@ -469,7 +474,10 @@ struct Item {
 /// popt-style tokenising: options anywhere, bundled short options, `--opt=value`, `--` ends
 /// options, everything else is a positional argument.
 fn tokenize(args: &[String]) -> Result<(Vec<Item>, Vec<String>), ParseError> {
-    let popt_err = |text: &str, what: &str| ParseError { message: format!("{text}: {what}"), status: 255 };
+    let popt_err = |text: &str, what: &str| ParseError {
+        message: format!("{text}: {what}"),
+        status: 255,
+    };
     let mut items = Vec::new();
     let mut positional = Vec::new();
     let mut i = 0;
@@ -490,11 +498,16 @@ fn tokenize(args: &[String]) -> Result<(Vec<Item>, Vec<String>), ParseError> {
             };
             let text = format!("--{name}");
             let arg = match (kind, inline) {
-                (Arg::None, Some(_)) => return Err(popt_err(&text, "option does not take an argument")),
+                (Arg::None, Some(_)) => {
+                    return Err(popt_err(&text, "option does not take an argument"))
+                }
                 (Arg::None, None) => None,
                 (_, Some(v)) => Some(v),
                 (Arg::Required, None) => {
-                    let v = args.get(i).cloned().ok_or_else(|| popt_err(&text, "missing argument"))?;
+                    let v = args
+                        .get(i)
+                        .cloned()
+                        .ok_or_else(|| popt_err(&text, "missing argument"))?;
                     i += 1;
                     Some(v)
                 }
@@ -525,7 +538,10 @@ fn tokenize(args: &[String]) -> Result<(Vec<Item>, Vec<String>), ParseError> {
                         Some(rest)
                     }
                     Arg::Required => {
-                        let v = args.get(i).cloned().ok_or_else(|| popt_err(&text, "missing argument"))?;
+                        let v = args
+                            .get(i)
+                            .cloned()
+                            .ok_or_else(|| popt_err(&text, "missing argument"))?;
                         i += 1;
                         Some(v)
                     }
@@ -584,7 +600,10 @@ pub fn parse_command(prog: &str, args: &[String]) -> Result<Command, ParseError>
     }
     let (items, positional) = tokenize(args)?;
     let mut it = items.into_iter();
-    let try_help_err = || ParseError { message: try_help(prog), status: 255 };
+    let try_help_err = || ParseError {
+        message: try_help(prog),
+        status: 255,
+    };
     let first = it.next().ok_or_else(try_help_err)?;
     let mut daemon_role = None;
     let cmd = match first.tok {
@@ -595,7 +614,9 @@ pub fn parse_command(prog: &str, args: &[String]) -> Result<Command, ParseError>
             let role = match first.arg.as_deref() {
                 Some("master") => DaemonRole::Master,
                 Some("backup") => DaemonRole::Backup,
-                _ if first.tok == Tok::StartDaemon => return fail("illegal start-daemon parameter specified"),
+                _ if first.tok == Tok::StartDaemon => {
+                    return fail("illegal start-daemon parameter specified")
+                }
                 _ => return fail("illegal start_daemon specified"),
             };
             daemon_role = Some(role);
@@ -690,9 +711,15 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         }
         Tcp | Udp => {
             set_option(ce, opt::SERVICE)?;
-            ce.proto = if item.tok == Tcp { Protocol::Tcp } else { Protocol::Udp };
-            let hp = parse_host_port(&arg, ce.proto)
-                .ok_or_else(|| ParseError { message: "illegal virtual server address[:port] specified".into(), status: 2 })?;
+            ce.proto = if item.tok == Tcp {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            };
+            let hp = parse_host_port(&arg, ce.proto).ok_or_else(|| ParseError {
+                message: "illegal virtual server address[:port] specified".into(),
+                status: 2,
+            })?;
             ce.addr = hp.addr;
             ce.af = Af::of(&hp.addr);
             if ce.af == Af::V6 {
@@ -707,7 +734,8 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
             set_option(ce, opt::SERVICE)?;
             ce.af = Af::V4;
             ce.proto = Protocol::Tcp;
-            let n = string_to_number(&arg, i64::MIN, i64::MAX).filter(|&v| v > 0 && v <= i64::from(u32::MAX));
+            let n = string_to_number(&arg, i64::MIN, i64::MAX)
+                .filter(|&v| v > 0 && v <= i64::from(u32::MAX));
             match n {
                 Some(v) => ce.fwmark = v as u32,
                 None => return fail(format!("invalid fwmark value `{arg}' specified")),
@@ -738,7 +766,11 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
                 }
             } else {
                 // atoi: leading digits, anything after ignored.
-                let digits: String = arg.trim_start().chars().take_while(|c| c.is_ascii_digit()).collect();
+                let digits: String = arg
+                    .trim_start()
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
                 let v: u32 = digits.parse().unwrap_or(0);
                 if !(1..=128).contains(&v) {
                     return fail("illegal ipv6 netmask specified");
@@ -748,8 +780,10 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         }
         Server => {
             set_option(ce, opt::SERVER)?;
-            let hp = parse_host_port(&arg, ce.proto)
-                .ok_or_else(|| ParseError { message: "illegal real server address[:port] specified".into(), status: 2 })?;
+            let hp = parse_host_port(&arg, ce.proto).ok_or_else(|| ParseError {
+                message: "illegal real server address[:port] specified".into(),
+                status: 2,
+            })?;
             ce.dest_af = Af::of(&hp.addr);
             ce.daddr = hp.addr;
             ce.dport = hp.port.unwrap_or(ce.port);
@@ -764,18 +798,26 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         }
         Weight => {
             set_option(ce, opt::WEIGHT)?;
-            ce.weight = string_to_number(&arg, 0, 65535)
-                .ok_or_else(|| ParseError { message: "illegal weight specified".into(), status: 2 })? as i32;
+            ce.weight = string_to_number(&arg, 0, 65535).ok_or_else(|| ParseError {
+                message: "illegal weight specified".into(),
+                status: 2,
+            })? as i32;
         }
         UThresh => {
             set_option(ce, opt::UTHRESHOLD)?;
-            ce.u_thresh = string_to_number(&arg, 0, i64::from(i32::MAX))
-                .ok_or_else(|| ParseError { message: "illegal u_threshold specified".into(), status: 2 })? as u32;
+            ce.u_thresh =
+                string_to_number(&arg, 0, i64::from(i32::MAX)).ok_or_else(|| ParseError {
+                    message: "illegal u_threshold specified".into(),
+                    status: 2,
+                })? as u32;
         }
         LThresh => {
             set_option(ce, opt::LTHRESHOLD)?;
-            ce.l_thresh = string_to_number(&arg, 0, i64::from(i32::MAX))
-                .ok_or_else(|| ParseError { message: "illegal l_threshold specified".into(), status: 2 })? as u32;
+            ce.l_thresh =
+                string_to_number(&arg, 0, i64::from(i32::MAX)).ok_or_else(|| ParseError {
+                    message: "illegal l_threshold specified".into(),
+                    status: 2,
+                })? as u32;
         }
         Numeric => {
             set_option(ce, opt::NUMERIC)?;
@@ -791,8 +833,10 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         }
         Syncid => {
             set_option(ce, opt::SYNCID)?;
-            ce.daemon.syncid = string_to_number(&arg, 0, 255)
-                .ok_or_else(|| ParseError { message: "illegal syncid specified".into(), status: 2 })? as u8;
+            ce.daemon.syncid = string_to_number(&arg, 0, 255).ok_or_else(|| ParseError {
+                message: "illegal syncid specified".into(),
+                status: 2,
+            })? as u8;
         }
         Timeout => {
             set_option(ce, opt::TIMEOUT)?;
@@ -863,8 +907,10 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         }
         TunPort => {
             set_option(ce, opt::TUN_PORT)?;
-            ce.tunnel.port = string_to_number(&arg, 1, 65535)
-                .ok_or_else(|| ParseError { message: "illegal tunnel port specified".into(), status: 2 })? as u16;
+            ce.tunnel.port = string_to_number(&arg, 1, 65535).ok_or_else(|| ParseError {
+                message: "illegal tunnel port specified".into(),
+                status: 2,
+            })? as u16;
         }
         TunNoCsum => {
             set_option(ce, opt::TUN_NOCSUM)?;
@@ -889,24 +935,24 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         }
         McastPort => {
             set_option(ce, opt::MCAST_PORT)?;
-            ce.daemon.port = Some(
-                string_to_number(&arg, 1, 65535)
-                    .ok_or_else(|| ParseError { message: "illegal mcast-port specified".into(), status: 2 })? as u16,
-            );
+            ce.daemon.port = Some(string_to_number(&arg, 1, 65535).ok_or_else(|| ParseError {
+                message: "illegal mcast-port specified".into(),
+                status: 2,
+            })? as u16);
         }
         McastTtl => {
             set_option(ce, opt::MCAST_TTL)?;
-            ce.daemon.ttl = Some(
-                string_to_number(&arg, 1, 255)
-                    .ok_or_else(|| ParseError { message: "illegal mcast-ttl specified".into(), status: 2 })? as u8,
-            );
+            ce.daemon.ttl = Some(string_to_number(&arg, 1, 255).ok_or_else(|| ParseError {
+                message: "illegal mcast-ttl specified".into(),
+                status: 2,
+            })? as u8);
         }
         SyncMaxlen => {
             set_option(ce, opt::SYNC_MAXLEN)?;
-            ce.daemon.maxlen = Some(
-                string_to_number(&arg, 1, 65507)
-                    .ok_or_else(|| ParseError { message: "illegal sync-maxlen specified".into(), status: 2 })? as u16,
-            );
+            ce.daemon.maxlen = Some(string_to_number(&arg, 1, 65507).ok_or_else(|| ParseError {
+                message: "illegal sync-maxlen specified".into(),
+                status: 2,
+            })? as u16);
         }
     }
     Ok(())
@@ -919,11 +965,17 @@ fn generic_opt_check(ce: &Entry) -> Result<(), ParseError> {
         let a = allowed(ce.cmd, j);
         if !has(ce, j) {
             if a == b'+' {
-                return fail(format!("You need to supply the '{name}' option for the '{}' command", ce.cmd.name()));
+                return fail(format!(
+                    "You need to supply the '{name}' option for the '{}' command",
+                    ce.cmd.name()
+                ));
             }
         } else {
             if a == b'x' {
-                return fail(format!("Illegal '{name}' option with the '{}' command", ce.cmd.name()));
+                return fail(format!(
+                    "Illegal '{name}' option with the '{}' command",
+                    ce.cmd.name()
+                ));
             }
             if a == b'1' {
                 if let Some(l) = last {
@@ -959,12 +1011,18 @@ fn tunnel_opt_check(ce: &Entry) -> Result<(), ParseError> {
         let r = rule(o);
         if !has(ce, o) {
             if r == b'+' {
-                return fail(format!("You need to supply the '{}' option for the '{name}' tunnel type", OPTNAMES[o]));
+                return fail(format!(
+                    "You need to supply the '{}' option for the '{name}' tunnel type",
+                    OPTNAMES[o]
+                ));
             }
             continue;
         }
         if r == b'x' {
-            return fail(format!("Illegal '{}' option with the '{name}' tunnel type", OPTNAMES[o]));
+            return fail(format!(
+                "Illegal '{}' option with the '{name}' tunnel type",
+                OPTNAMES[o]
+            ));
         }
         if r == b'1' && o != TUN_PORT {
             if let Some(l) = last {
@@ -981,9 +1039,16 @@ fn tunnel_opt_check(ce: &Entry) -> Result<(), ParseError> {
 
 fn service_key(ce: &Entry) -> ServiceKey {
     if ce.fwmark != 0 {
-        ServiceKey::Fwmark { af: ce.af, mark: ce.fwmark }
+        ServiceKey::Fwmark {
+            af: ce.af,
+            mark: ce.fwmark,
+        }
     } else {
-        ServiceKey::Addr { proto: ce.proto, addr: ce.addr, port: ce.port }
+        ServiceKey::Addr {
+            proto: ce.proto,
+            addr: ce.addr,
+            port: ce.port,
+        }
     }
 }
 
@@ -999,7 +1064,10 @@ fn finish(mut ce: Entry, positional: Vec<String>) -> Result<Command, ParseError>
         let t = |s: &str| {
             string_to_number(s, 0, MAX_TIMEOUT)
                 .map(|v| v as u32)
-                .ok_or_else(|| ParseError { message: format!("invalid timeout value `{s}' specified"), status: 2 })
+                .ok_or_else(|| ParseError {
+                    message: format!("invalid timeout value `{s}' specified"),
+                    status: 2,
+                })
         };
         timeouts = (t(&a)?, t(&b)?, t(&c)?);
     }
@@ -1027,12 +1095,18 @@ fn finish(mut ce: Entry, positional: Vec<String>) -> Result<Command, ParseError>
                 netmask: ce.netmask,
                 pe: ce.pe,
             };
-            Ok(if ce.cmd == Cmd::Add { Command::AddService(cfg) } else { Command::EditService(cfg) })
+            Ok(if ce.cmd == Cmd::Add {
+                Command::AddService(cfg)
+            } else {
+                Command::EditService(cfg)
+            })
         }
         Cmd::Del => Ok(Command::DelService(key)),
         Cmd::Flush => Ok(Command::Clear),
         Cmd::Restore => Ok(Command::Restore),
-        Cmd::Save => Ok(Command::Save { numeric: ce.list.numeric }),
+        Cmd::Save => Ok(Command::Save {
+            numeric: ce.list.numeric,
+        }),
         Cmd::Zero => Ok(Command::Zero(has(&ce, opt::SERVICE).then_some(key))),
         Cmd::Set => Ok(Command::SetTimeouts(timeouts.0, timeouts.1, timeouts.2)),
         Cmd::List => {
@@ -1040,7 +1114,9 @@ fn finish(mut ce: Entry, positional: Vec<String>) -> Result<Command, ParseError>
             let group1 = (1 << opt::CONNECTION) | (1 << opt::TIMEOUT) | (1 << opt::DAEMON);
             let fmt = (1 << opt::STATS) | (1 << opt::RATE) | (1 << opt::THRESHOLDS);
             let td = (1 << opt::TIMEOUT) | (1 << opt::DAEMON);
-            if (o & group1 != 0 && o & fmt != 0) || (o & td != 0 && o & (1 << opt::PERSISTENTCONN) != 0) {
+            if (o & group1 != 0 && o & fmt != 0)
+                || (o & td != 0 && o & (1 << opt::PERSISTENTCONN) != 0)
+            {
                 return fail("options conflicts in the list command");
             }
             let service = has(&ce, opt::SERVICE).then_some(key);
@@ -1057,13 +1133,21 @@ fn finish(mut ce: Entry, positional: Vec<String>) -> Result<Command, ParseError>
         Cmd::StopDaemon => Ok(Command::StopDaemon(ce.daemon.role)),
         Cmd::AddDest | Cmd::EditDest | Cmd::DelDest => {
             if ce.cmd != Cmd::DelDest {
-                if ce.fwmark == 0 && matches!(ce.method, ForwardMethod::Tunnel | ForwardMethod::Route) {
+                if ce.fwmark == 0
+                    && matches!(ce.method, ForwardMethod::Tunnel | ForwardMethod::Route)
+                {
                     ce.dport = ce.port;
                 }
                 if ce.dest_af != ce.af && ce.method != ForwardMethod::Tunnel {
                     return fail("Different address family is allowed only for tunneling servers");
                 }
-                let tun_opts = [opt::TUN_TYPE, opt::TUN_PORT, opt::TUN_NOCSUM, opt::TUN_CSUM, opt::TUN_REMCSUM];
+                let tun_opts = [
+                    opt::TUN_TYPE,
+                    opt::TUN_PORT,
+                    opt::TUN_NOCSUM,
+                    opt::TUN_CSUM,
+                    opt::TUN_REMCSUM,
+                ];
                 if tun_opts.iter().any(|&o| has(&ce, o)) && ce.method != ForwardMethod::Tunnel {
                     return fail("Tunnel options conflict with forward method");
                 }
@@ -1090,7 +1174,10 @@ fn finish(mut ce: Entry, positional: Vec<String>) -> Result<Command, ParseError>
 /// `-R` input: split a line on spaces, tabs and CR and drop every token that is `ipvsadm`.
 /// Returns None for a line with nothing left (skipped).
 pub fn restore_line(line: &str) -> Option<Vec<String>> {
-    let toks: Vec<String> =
-        line.split([' ', '\t', '\r', '\n']).filter(|t| !t.is_empty() && *t != "ipvsadm").map(str::to_string).collect();
+    let toks: Vec<String> = line
+        .split([' ', '\t', '\r', '\n'])
+        .filter(|t| !t.is_empty() && *t != "ipvsadm")
+        .map(str::to_string)
+        .collect();
     (!toks.is_empty()).then_some(toks)
 }

@@ -20,12 +20,21 @@ fn quirk_cmp(a: u32, b: u32) -> Ordering {
 fn addr_words(a: &IpAddr) -> Vec<u32> {
     match a {
         IpAddr::V4(v) => vec![u32::from(*v)],
-        IpAddr::V6(v) => v.octets().chunks(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        IpAddr::V6(v) => v
+            .octets()
+            .chunks(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
     }
 }
 
 fn addr_cmp(a: &IpAddr, b: &IpAddr) -> Ordering {
-    addr_words(a).iter().zip(addr_words(b).iter()).map(|(x, y)| quirk_cmp(*x, *y)).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
+    addr_words(a)
+        .iter()
+        .zip(addr_words(b).iter())
+        .map(|(x, y)| quirk_cmp(*x, *y))
+        .find(|o| o.is_ne())
+        .unwrap_or(Ordering::Equal)
 }
 
 fn proto_num(k: &ServiceKey) -> u32 {
@@ -54,7 +63,11 @@ pub fn dest_cmp(a: &DestConfig, b: &DestConfig) -> Ordering {
 
 /// `addr:port` for rules and listings; ports by name unless numeric.
 pub fn addr_port(addr: &IpAddr, port: u16, proto: Protocol, numeric: bool) -> String {
-    let p = if numeric { None } else { port_service(port, proto) };
+    let p = if numeric {
+        None
+    } else {
+        port_service(port, proto)
+    };
     let p = p.map_or_else(|| port.to_string(), str::to_string);
     match addr {
         IpAddr::V4(a) => format!("{a}:{p}"),
@@ -81,11 +94,28 @@ fn svc_arg(k: &ServiceKey, numeric: bool) -> String {
 /// The text of scheduler flags (`sh-fallback,sh-port`, ...); empty when none is set.
 pub fn sched_flags_text(sched: &str, flags: u32) -> String {
     let names: [(u32, &str); 3] = match sched {
-        "sh" => [(SVC_F_SCHED1, "sh-fallback"), (SVC_F_SCHED2, "sh-port"), (0, "")],
-        "mh" => [(SVC_F_SCHED1, "mh-fallback"), (SVC_F_SCHED2, "mh-port"), (0, "")],
-        _ => [(SVC_F_SCHED1, "flag-1"), (SVC_F_SCHED2, "flag-2"), (SVC_F_SCHED3, "flag-3")],
+        "sh" => [
+            (SVC_F_SCHED1, "sh-fallback"),
+            (SVC_F_SCHED2, "sh-port"),
+            (0, ""),
+        ],
+        "mh" => [
+            (SVC_F_SCHED1, "mh-fallback"),
+            (SVC_F_SCHED2, "mh-port"),
+            (0, ""),
+        ],
+        _ => [
+            (SVC_F_SCHED1, "flag-1"),
+            (SVC_F_SCHED2, "flag-2"),
+            (SVC_F_SCHED3, "flag-3"),
+        ],
     };
-    names.iter().filter(|(b, _)| *b != 0 && flags & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
+    names
+        .iter()
+        .filter(|(b, _)| *b != 0 && flags & b != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn method_switch(m: ForwardMethod) -> &'static str {
@@ -97,7 +127,7 @@ fn method_switch(m: ForwardMethod) -> &'static str {
 }
 
 /// Services sorted as ipvsadm lists them (or in table order with `nosort`).
-pub fn sorted<'a>(services: &'a [Service], nosort: bool) -> Vec<(&'a Service, Vec<DestConfig>)> {
+pub fn sorted(services: &[Service], nosort: bool) -> Vec<(&Service, Vec<DestConfig>)> {
     let mut v: Vec<(&Service, Vec<DestConfig>)> = services
         .iter()
         .map(|s| {

@@ -1,5 +1,7 @@
 //! Command lines with the expected command or ipvsadm's expected error text and exit status.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap freely
+
 use std::net::IpAddr;
 
 use xvs_core::director::Director;
@@ -25,90 +27,185 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn tcp(a: &str, port: u16) -> ServiceKey {
-    ServiceKey::Addr { proto: Protocol::Tcp, addr: ip(a), port }
+    ServiceKey::Addr {
+        proto: Protocol::Tcp,
+        addr: ip(a),
+        port,
+    }
 }
 
 #[test]
 fn add_service_defaults() {
-    let Command::AddService(c) = p("-A -t 207.175.44.110:80 -s rr").unwrap() else { panic!() };
+    let Command::AddService(c) = p("-A -t 207.175.44.110:80 -s rr").unwrap() else {
+        panic!()
+    };
     assert_eq!(c.key, tcp("207.175.44.110", 80));
     assert_eq!(c.scheduler, "rr");
     assert_eq!(c.flags, 0);
-    let Command::AddService(c) = p("-A -t 10.0.0.1:80").unwrap() else { panic!() };
+    let Command::AddService(c) = p("-A -t 10.0.0.1:80").unwrap() else {
+        panic!()
+    };
     assert_eq!(c.scheduler, "wlc", "default scheduler");
-    let Command::EditService(c) = p("--edit-service --tcp-service=10.0.0.1:http").unwrap() else { panic!() };
-    assert_eq!((c.key, c.scheduler.as_str()), (tcp("10.0.0.1", 80), "wlc"), "-E is a full replacement");
+    let Command::EditService(c) = p("--edit-service --tcp-service=10.0.0.1:http").unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (c.key, c.scheduler.as_str()),
+        (tcp("10.0.0.1", 80), "wlc"),
+        "-E is a full replacement"
+    );
 }
 
 #[test]
 fn persistence_forms() {
-    let Command::AddService(c) = p("-A -t 10.0.0.1:80 -p").unwrap() else { panic!() };
-    assert_eq!((c.flags & SVC_F_PERSISTENT, c.timeout), (SVC_F_PERSISTENT, 360), "ipvsadm's default is 360 s");
-    let Command::AddService(c) = p("-A -t 10.0.0.1:80 -p 600 -M 255.255.255.0").unwrap() else { panic!() };
+    let Command::AddService(c) = p("-A -t 10.0.0.1:80 -p").unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (c.flags & SVC_F_PERSISTENT, c.timeout),
+        (SVC_F_PERSISTENT, 360),
+        "ipvsadm's default is 360 s"
+    );
+    let Command::AddService(c) = p("-A -t 10.0.0.1:80 -p 600 -M 255.255.255.0").unwrap() else {
+        panic!()
+    };
     assert_eq!(c.timeout, 600);
     assert_eq!(c.netmask, Netmask::V4("255.255.255.0".parse().unwrap()));
-    let Command::AddService(c) = p("-A -t 10.0.0.1:0 --persistent=60").unwrap() else { panic!() };
+    let Command::AddService(c) = p("-A -t 10.0.0.1:0 --persistent=60").unwrap() else {
+        panic!()
+    };
     assert_eq!(c.timeout, 60);
-    let Command::AddService(c) = p("-A -t 10.0.0.1:80 -p -s rr").unwrap() else { panic!() };
-    assert_eq!((c.timeout, c.scheduler.as_str()), (360, "rr"), "-p does not eat an option");
-    let Command::AddService(c) = p("-A -t [2001:db8::1]:443 -s mh -p 600 -M 64").unwrap() else { panic!() };
+    let Command::AddService(c) = p("-A -t 10.0.0.1:80 -p -s rr").unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (c.timeout, c.scheduler.as_str()),
+        (360, "rr"),
+        "-p does not eat an option"
+    );
+    let Command::AddService(c) = p("-A -t [2001:db8::1]:443 -s mh -p 600 -M 64").unwrap() else {
+        panic!()
+    };
     assert_eq!(c.netmask, Netmask::V6(64));
-    assert_eq!(err("-A -t 10.0.0.1:80 -p 0"), ("invalid timeout value `0' specified".into(), 2));
-    assert_eq!(err("-A -t 10.0.0.1:80 -p 2678401"), ("invalid timeout value `2678401' specified".into(), 2));
+    assert_eq!(
+        err("-A -t 10.0.0.1:80 -p 0"),
+        ("invalid timeout value `0' specified".into(), 2)
+    );
+    assert_eq!(
+        err("-A -t 10.0.0.1:80 -p 2678401"),
+        ("invalid timeout value `2678401' specified".into(), 2)
+    );
 }
 
 #[test]
 fn fwmark_and_ipv6_flag() {
-    let Command::AddService(c) = p("-A -f 2 -6 -s wrr").unwrap() else { panic!() };
-    assert_eq!(c.key, ServiceKey::Fwmark { af: Af::V6, mark: 2 });
+    let Command::AddService(c) = p("-A -f 2 -6 -s wrr").unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        c.key,
+        ServiceKey::Fwmark {
+            af: Af::V6,
+            mark: 2
+        }
+    );
     assert_eq!(err("-A -6 -f 2"), ("-6 used before -f\n".into(), 2));
-    assert_eq!(err("-A -f 0"), ("invalid fwmark value `0' specified".into(), 2));
-    assert_eq!(err("-A -f 0x10"), ("invalid fwmark value `0x10' specified".into(), 2));
-    let Command::AddService(c) = p("-A -f 1 -s sh -b sh-fallback,sh-port").unwrap() else { panic!() };
+    assert_eq!(
+        err("-A -f 0"),
+        ("invalid fwmark value `0' specified".into(), 2)
+    );
+    assert_eq!(
+        err("-A -f 0x10"),
+        ("invalid fwmark value `0x10' specified".into(), 2)
+    );
+    let Command::AddService(c) = p("-A -f 1 -s sh -b sh-fallback,sh-port").unwrap() else {
+        panic!()
+    };
     assert_eq!(c.flags, 0x18);
 }
 
 #[test]
 fn bundled_short_options() {
-    let Command::List(l) = p("-Ln").unwrap() else { panic!() };
+    let Command::List(l) = p("-Ln").unwrap() else {
+        panic!()
+    };
     assert!(l.numeric);
-    let Command::AddService(c) = p("-At 10.0.0.1:80 -srr").unwrap() else { panic!() };
+    let Command::AddService(c) = p("-At 10.0.0.1:80 -srr").unwrap() else {
+        panic!()
+    };
     assert_eq!(c.scheduler, "rr");
-    let Command::List(l) = p("-L -n --stats --exact").unwrap() else { panic!() };
+    let Command::List(l) = p("-L -n --stats --exact").unwrap() else {
+        panic!()
+    };
     assert!(l.stats && l.exact);
     assert_eq!(p("").unwrap(), Command::List(Default::default()));
 }
 
 #[test]
 fn real_servers() {
-    let Command::AddDest(k, d) = p("-a -t 207.175.44.110:80 -r 192.168.10.1:80 -m").unwrap() else { panic!() };
-    assert_eq!(k, tcp("207.175.44.110", 80));
-    assert_eq!((d.addr, d.port, d.method, d.weight), (ip("192.168.10.1"), 80, ForwardMethod::Masq, 1));
-    // No port: the service port known at that moment is copied.
-    let Command::AddDest(_, d) = p("-a -t 10.0.0.1:80 -r 192.168.10.1 -m -w 3").unwrap() else { panic!() };
-    assert_eq!((d.port, d.weight), (80, 3));
-    // -r before -t copies port 0 (QUIRK), and NAT keeps it.
-    let Command::AddDest(_, d) = p("-a -r 192.168.10.1 -t 10.0.0.1:80 -m").unwrap() else { panic!() };
-    assert_eq!(d.port, 0);
-    // DR and tunnel force the service port.
-    let Command::AddDest(_, d) = p("-a -t 10.0.0.1:80 -r 192.168.10.1:8080 -g").unwrap() else { panic!() };
-    assert_eq!(d.port, 80);
-    let Command::AddDest(_, d) = p("-a -f 1 -r 192.168.10.5:0 -i --tun-type gue --tun-port 6080 --tun-csum").unwrap() else {
+    let Command::AddDest(k, d) = p("-a -t 207.175.44.110:80 -r 192.168.10.1:80 -m").unwrap() else {
         panic!()
     };
-    assert_eq!((d.tunnel.kind, d.tunnel.port, d.tunnel.csum), (TunnelType::Gue, 6080, TunnelCsum::Csum));
-    let Command::DelDest(k, a, port) = p("-d -t 10.0.0.1:80 -r 192.168.10.1").unwrap() else { panic!() };
+    assert_eq!(k, tcp("207.175.44.110", 80));
+    assert_eq!(
+        (d.addr, d.port, d.method, d.weight),
+        (ip("192.168.10.1"), 80, ForwardMethod::Masq, 1)
+    );
+    // No port: the service port known at that moment is copied.
+    let Command::AddDest(_, d) = p("-a -t 10.0.0.1:80 -r 192.168.10.1 -m -w 3").unwrap() else {
+        panic!()
+    };
+    assert_eq!((d.port, d.weight), (80, 3));
+    // -r before -t copies port 0 (QUIRK), and NAT keeps it.
+    let Command::AddDest(_, d) = p("-a -r 192.168.10.1 -t 10.0.0.1:80 -m").unwrap() else {
+        panic!()
+    };
+    assert_eq!(d.port, 0);
+    // DR and tunnel force the service port.
+    let Command::AddDest(_, d) = p("-a -t 10.0.0.1:80 -r 192.168.10.1:8080 -g").unwrap() else {
+        panic!()
+    };
+    assert_eq!(d.port, 80);
+    let Command::AddDest(_, d) =
+        p("-a -f 1 -r 192.168.10.5:0 -i --tun-type gue --tun-port 6080 --tun-csum").unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (d.tunnel.kind, d.tunnel.port, d.tunnel.csum),
+        (TunnelType::Gue, 6080, TunnelCsum::Csum)
+    );
+    let Command::DelDest(k, a, port) = p("-d -t 10.0.0.1:80 -r 192.168.10.1").unwrap() else {
+        panic!()
+    };
     assert_eq!((k, a, port), (tcp("10.0.0.1", 80), ip("192.168.10.1"), 80));
 }
 
 #[test]
 fn daemon_and_set() {
-    let Command::StartDaemon(d) = p("--start-daemon master --syncid 5").unwrap() else { panic!() };
-    assert_eq!((d.role, d.mcast_ifn.as_str(), d.syncid), (DaemonRole::Master, "eth0", 5));
-    assert_eq!(err("--start-daemon primary"), ("illegal start-daemon parameter specified".into(), 2));
-    assert_eq!(p("--set 900 120 300").unwrap(), Command::SetTimeouts(900, 120, 300));
-    assert_eq!(err("--set 900 120"), ("--set option requires 3 timeout values".into(), 2));
-    assert_eq!(err("--start-daemon master --mcast-group 10.0.0.1"), ("invalid IPv4 mcast-group".into(), 2));
+    let Command::StartDaemon(d) = p("--start-daemon master --syncid 5").unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (d.role, d.mcast_ifn.as_str(), d.syncid),
+        (DaemonRole::Master, "eth0", 5)
+    );
+    assert_eq!(
+        err("--start-daemon primary"),
+        ("illegal start-daemon parameter specified".into(), 2)
+    );
+    assert_eq!(
+        p("--set 900 120 300").unwrap(),
+        Command::SetTimeouts(900, 120, 300)
+    );
+    assert_eq!(
+        err("--set 900 120"),
+        ("--set option requires 3 timeout values".into(), 2)
+    );
+    assert_eq!(
+        err("--start-daemon master --mcast-group 10.0.0.1"),
+        ("invalid IPv4 mcast-group".into(), 2)
+    );
 }
 
 #[test]
@@ -160,9 +257,13 @@ fn error_table() {
 
 #[test]
 fn one_packet_udp_and_pe_parse() {
-    let Command::AddService(c) = p("-A -u 10.0.0.1:53 -s rr -o").unwrap() else { panic!() };
+    let Command::AddService(c) = p("-A -u 10.0.0.1:53 -s rr -o").unwrap() else {
+        panic!()
+    };
     assert_eq!(c.flags, SVC_F_ONEPACKET);
-    let Command::AddService(c) = p("-A -u 10.0.0.1:5060 -p 60 --pe sip").unwrap() else { panic!() };
+    let Command::AddService(c) = p("-A -u 10.0.0.1:5060 -p 60 --pe sip").unwrap() else {
+        panic!()
+    };
     assert_eq!(c.pe.as_deref(), Some("sip"));
 }
 
@@ -203,8 +304,19 @@ fn restore_rules() {
     let rep = restore(&mut d, "ipvsadm", input);
     assert_eq!(rep.errors, vec![(4, "Service already exists".to_string())]);
     let (line, e) = rep.stopped.clone().unwrap();
-    assert_eq!((line, e.message.as_str(), rep.status), (6, "Illegal 'u-threshold' option with the 'add-service' command", 2));
-    assert_eq!(d.services().len(), 1, "lines before the syntax error stay, none after");
+    assert_eq!(
+        (line, e.message.as_str(), rep.status),
+        (
+            6,
+            "Illegal 'u-threshold' option with the 'add-service' command",
+            2
+        )
+    );
+    assert_eq!(
+        d.services().len(),
+        1,
+        "lines before the syntax error stay, none after"
+    );
     assert_eq!(d.services()[0].dests.len(), 1);
     let rep = restore(&mut d, "ipvsadm", "-R\n");
     assert_eq!(rep.stopped.unwrap().1.status, 255, "-R inside -R");
@@ -213,8 +325,15 @@ fn restore_rules() {
 #[test]
 fn sort_order_keeps_ipvsadm_quirk() {
     let mut d = Director::new();
-    restore(&mut d, "ipvsadm", "-A -t 200.0.0.1:80\n-A -t 10.0.0.1:80\n-A -u 10.0.0.1:80\n-A -f 5\n-A -t 10.0.0.2:80\n");
-    let order: Vec<String> = save(d.services(), true).lines().map(str::to_string).collect();
+    restore(
+        &mut d,
+        "ipvsadm",
+        "-A -t 200.0.0.1:80\n-A -t 10.0.0.1:80\n-A -u 10.0.0.1:80\n-A -f 5\n-A -t 10.0.0.2:80\n",
+    );
+    let order: Vec<String> = save(d.services(), true)
+        .lines()
+        .map(str::to_string)
+        .collect();
     // 200.x vs 10.x differ by ≥ 2^31: the subtraction overflows and 200.x sorts first.
     assert_eq!(
         order,

@@ -9,10 +9,24 @@ use pcap_file::pcap::{PcapPacket, PcapWriter};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x1b];
-pub const RS_MACS: [[u8; 6]; 3] = [[0x02, 0, 0, 0, 0xaa, 1], [0x02, 0, 0, 0, 0xaa, 2], [0x02, 0, 0, 0, 0xaa, 3]];
+pub const RS_MACS: [[u8; 6]; 3] = [
+    [0x02, 0, 0, 0, 0xaa, 1],
+    [0x02, 0, 0, 0, 0xaa, 2],
+    [0x02, 0, 0, 0, 0xaa, 3],
+];
 
-fn tcp(src_mac: [u8; 6], src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: &str, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac, LB_MAC).ipv4(src, dst, 64).tcp(sport, dport, 1, 64240);
+fn tcp(
+    src_mac: [u8; 6],
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    flags: &str,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, LB_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1, 64240);
     let b = match flags {
         "S" => b.syn(),
         "SA" => b.syn().ack(2),
@@ -20,7 +34,8 @@ fn tcp(src_mac: [u8; 6], src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, fla
         _ => b.ack(2),
     };
     let mut v = Vec::new();
-    b.write(&mut v, payload).expect("writing to a Vec cannot fail");
+    b.write(&mut v, payload)
+        .expect("writing to a Vec cannot fail");
     v
 }
 
@@ -34,10 +49,37 @@ pub fn demo_frames() -> Vec<Vec<u8>> {
         let sport = 40000 + u16::from(c);
         let rs = [192, 168, 10, 3 - c]; // rr walks the newest-added server first
         frames.push(tcp(CLIENT_MAC, client, sport, vip, 80, "S", b""));
-        frames.push(tcp(RS_MACS[usize::from(2 - c)], rs, 80, client, sport, "SA", b""));
-        frames.push(tcp(CLIENT_MAC, client, sport, vip, 80, "A", b"GET / HTTP/1.0\r\n\r\n"));
-        let body = format!("HTTP/1.0 200 OK\r\n\r\nserved by {}.{}.{}.{}\n", rs[0], rs[1], rs[2], rs[3]);
-        frames.push(tcp(RS_MACS[usize::from(2 - c)], rs, 80, client, sport, "FA", body.as_bytes()));
+        frames.push(tcp(
+            RS_MACS[usize::from(2 - c)],
+            rs,
+            80,
+            client,
+            sport,
+            "SA",
+            b"",
+        ));
+        frames.push(tcp(
+            CLIENT_MAC,
+            client,
+            sport,
+            vip,
+            80,
+            "A",
+            b"GET / HTTP/1.0\r\n\r\n",
+        ));
+        let body = format!(
+            "HTTP/1.0 200 OK\r\n\r\nserved by {}.{}.{}.{}\n",
+            rs[0], rs[1], rs[2], rs[3]
+        );
+        frames.push(tcp(
+            RS_MACS[usize::from(2 - c)],
+            rs,
+            80,
+            client,
+            sport,
+            "FA",
+            body.as_bytes(),
+        ));
         frames.push(tcp(CLIENT_MAC, client, sport, vip, 80, "FA", b""));
     }
     // ARP who-has 10.0.0.1: the kernel's business.
@@ -56,7 +98,15 @@ pub fn demo_frames() -> Vec<Vec<u8>> {
         .expect("writing to a Vec cannot fail");
     frames.push(ping);
     // An ACK that belongs to no connection: dropped and counted.
-    frames.push(tcp(CLIENT_MAC, [10, 9, 0, 99], 41000, vip, 80, "A", b"stray"));
+    frames.push(tcp(
+        CLIENT_MAC,
+        [10, 9, 0, 99],
+        41000,
+        vip,
+        80,
+        "A",
+        b"stray",
+    ));
     frames
 }
 
@@ -66,13 +116,16 @@ pub fn write_pcap(path: &str, frames: &[Vec<u8>]) -> std::io::Result<()> {
     let mut w = PcapWriter::new(file).map_err(std::io::Error::other)?;
     for (i, f) in frames.iter().enumerate() {
         let ts = Duration::from_millis(1_700_000_000_000 + i as u64);
-        w.write_packet(&PcapPacket::new(ts, f.len() as u32, f)).map_err(std::io::Error::other)?;
+        w.write_packet(&PcapPacket::new(ts, f.len() as u32, f))
+            .map_err(std::io::Error::other)?;
     }
     Ok(())
 }
 
 #[allow(dead_code)]
 fn main() -> std::io::Result<()> {
-    let path = std::env::args().nth(1).unwrap_or_else(|| "tests/data/demo.pcap".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "tests/data/demo.pcap".into());
     write_pcap(&path, &demo_frames())
 }

@@ -73,15 +73,26 @@ fn mac(s: &str) -> Result<[u8; 6], ReplayError> {
 
 fn json_verdict(index: usize, v: &Verdict) -> String {
     match v {
-        Verdict::Forward { ifindex, real: Some((a, p)) } => {
+        Verdict::Forward {
+            ifindex,
+            real: Some((a, p)),
+        } => {
             format!("{{\"index\":{index},\"verdict\":\"forward\",\"ifindex\":{ifindex},\"real\":\"{}\"}}", sock(a, *p))
         }
-        Verdict::Forward { ifindex, real: None } => {
+        Verdict::Forward {
+            ifindex,
+            real: None,
+        } => {
             format!("{{\"index\":{index},\"verdict\":\"forward\",\"ifindex\":{ifindex},\"direction\":\"reply\"}}")
         }
-        Verdict::Reply(kind) => format!("{{\"index\":{index},\"verdict\":\"icmp\",\"icmp\":\"{kind:?}\"}}"),
+        Verdict::Reply(kind) => {
+            format!("{{\"index\":{index},\"verdict\":\"icmp\",\"icmp\":\"{kind:?}\"}}")
+        }
         Verdict::Pass => format!("{{\"index\":{index},\"verdict\":\"pass\"}}"),
-        Verdict::Drop(r) => format!("{{\"index\":{index},\"verdict\":\"drop\",\"reason\":\"{}\"}}", r.name()),
+        Verdict::Drop(r) => format!(
+            "{{\"index\":{index},\"verdict\":\"drop\",\"reason\":\"{}\"}}",
+            r.name()
+        ),
     }
 }
 
@@ -94,7 +105,10 @@ fn sock(a: &IpAddr, p: u16) -> String {
 
 /// Run a replay; returns a human-readable summary.
 pub fn run(args: &ReplayArgs) -> Result<String, ReplayError> {
-    let rules = io(&args.rules.display().to_string(), std::fs::read_to_string(&args.rules))?;
+    let rules = io(
+        &args.rules.display().to_string(),
+        std::fs::read_to_string(&args.rules),
+    )?;
     let mut director = xvs_core::Director::new();
     let rep = restore(&mut director, "xvsd", &rules);
     let mut summary = String::new();
@@ -102,14 +116,21 @@ pub fn run(args: &ReplayArgs) -> Result<String, ReplayError> {
         let _ = writeln!(summary, "rules line {line}: {msg}");
     }
     if let Some((line, e)) = &rep.stopped {
-        return Err(ReplayError::Usage(format!("rules line {line}: {}", e.message.trim_end())));
+        return Err(ReplayError::Usage(format!(
+            "rules line {line}: {}",
+            e.message.trim_end()
+        )));
     }
     let tables = director.snapshot();
 
     let mut routes = StaticRoutes::new(1, mac(&args.local_mac)?, args.local_ip.clone(), args.mtu);
     for n in &args.neigh {
-        let (ip, m) = n.split_once('=').ok_or_else(|| ReplayError::Usage(format!("--neigh wants IP=MAC, got `{n}'")))?;
-        let ip: IpAddr = ip.parse().map_err(|_| ReplayError::Usage(format!("invalid address `{ip}'")))?;
+        let (ip, m) = n
+            .split_once('=')
+            .ok_or_else(|| ReplayError::Usage(format!("--neigh wants IP=MAC, got `{n}'")))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| ReplayError::Usage(format!("invalid address `{ip}'")))?;
         routes.neigh.insert(ip, mac(m)?);
     }
     routes.gateway = args.gateway_mac.as_deref().map(mac).transpose()?;
@@ -117,7 +138,9 @@ pub fn run(args: &ReplayArgs) -> Result<String, ReplayError> {
     let engine = Engine::new(args.conn_capacity, 0x7876_7364);
     let mut reader = PcapReader::new(io("input", File::open(&args.input))?)?;
     if reader.header().datalink != DataLink::ETHERNET {
-        return Err(ReplayError::Usage("the input capture is not Ethernet".into()));
+        return Err(ReplayError::Usage(
+            "the input capture is not Ethernet".into(),
+        ));
     }
     let mut writer = PcapWriter::new(BufWriter::new(io("output", File::create(&args.output))?))?;
     let mut vout = match &args.verdicts {
@@ -140,7 +163,9 @@ pub fn run(args: &ReplayArgs) -> Result<String, ReplayError> {
             writer.write_packet(&PcapPacket::new(pkt.timestamp, data.len() as u32, data))?;
         }
         let key = match &v {
-            Verdict::Forward { real: Some((a, p)), .. } => format!("forward to {}", sock(a, *p)),
+            Verdict::Forward {
+                real: Some((a, p)), ..
+            } => format!("forward to {}", sock(a, *p)),
             Verdict::Forward { real: None, .. } => "forward reply to client".into(),
             Verdict::Reply(k) => format!("icmp {k:?}"),
             Verdict::Pass => "pass to kernel".into(),
@@ -150,7 +175,7 @@ pub fn run(args: &ReplayArgs) -> Result<String, ReplayError> {
         if let Some(w) = vout.as_mut() {
             io("verdicts", writeln!(w, "{}", json_verdict(index, &v)))?;
         }
-        if index % 64 == 0 {
+        if index.is_multiple_of(64) {
             engine.conns.expire_step(now);
         }
         index += 1;
@@ -171,10 +196,21 @@ pub fn run(args: &ReplayArgs) -> Result<String, ReplayError> {
     let _ = writeln!(summary, "per service and real server: conns inpkts outpkts");
     for svc in director.services() {
         let c = svc.live.stats.counters();
-        let _ = writeln!(summary, "  {}  {} {} {}", svc.cfg.key, c.conns, c.inpkts, c.outpkts);
+        let _ = writeln!(
+            summary,
+            "  {}  {} {} {}",
+            svc.cfg.key, c.conns, c.inpkts, c.outpkts
+        );
         for d in &svc.dests {
             let c = d.stats.counters();
-            let _ = writeln!(summary, "    -> {}  {} {} {}", sock(&d.addr, d.port), c.conns, c.inpkts, c.outpkts);
+            let _ = writeln!(
+                summary,
+                "    -> {}  {} {} {}",
+                sock(&d.addr, d.port),
+                c.conns,
+                c.inpkts,
+                c.outpkts
+            );
         }
     }
     let drops: Vec<String> = DropReason::ALL

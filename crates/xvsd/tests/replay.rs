@@ -1,5 +1,7 @@
 //! `xvsd replay` end to end: a capture in, a capture and verdicts out, checked frame by frame.
 
+#![allow(clippy::unwrap_used)] // test helpers unwrap freely
+
 use std::path::Path;
 use std::process::Command;
 
@@ -9,7 +11,12 @@ use pcap_file::pcap::PcapReader;
 #[path = "../examples/demo_capture.rs"]
 mod demo;
 
-fn replay(dir: &Path, rules: &str, frames: &[Vec<u8>], extra: &[&str]) -> (String, Vec<Vec<u8>>, Vec<String>) {
+fn replay(
+    dir: &Path,
+    rules: &str,
+    frames: &[Vec<u8>],
+    extra: &[&str],
+) -> (String, Vec<Vec<u8>>, Vec<String>) {
     let rules_p = dir.join("rules");
     std::fs::write(&rules_p, rules).unwrap();
     let in_p = dir.join("in.pcap");
@@ -25,19 +32,39 @@ fn replay(dir: &Path, rules: &str, frames: &[Vec<u8>], extra: &[&str]) -> (Strin
         .arg(&out_p)
         .arg("--verdicts")
         .arg(&v_p)
-        .args(["--local-mac", "02:00:00:00:00:1b", "--local-ip", "10.0.0.254", "--gateway-mac", "02:00:00:00:00:99"])
-        .args(["--neigh", "192.168.10.1=02:00:00:00:aa:01", "--neigh", "192.168.10.2=02:00:00:00:aa:02"])
+        .args([
+            "--local-mac",
+            "02:00:00:00:00:1b",
+            "--local-ip",
+            "10.0.0.254",
+            "--gateway-mac",
+            "02:00:00:00:00:99",
+        ])
+        .args([
+            "--neigh",
+            "192.168.10.1=02:00:00:00:aa:01",
+            "--neigh",
+            "192.168.10.2=02:00:00:00:aa:02",
+        ])
         .args(["--neigh", "192.168.10.3=02:00:00:00:aa:03"])
         .args(extra)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut r = PcapReader::new(std::fs::File::open(&out_p).unwrap()).unwrap();
     let mut frames = Vec::new();
     while let Some(p) = r.next_packet() {
         frames.push(p.unwrap().data.to_vec());
     }
-    let verdicts = std::fs::read_to_string(&v_p).unwrap().lines().map(str::to_string).collect();
+    let verdicts = std::fs::read_to_string(&v_p)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     (String::from_utf8(out.stdout).unwrap(), frames, verdicts)
 }
 
@@ -50,13 +77,26 @@ fn tmp(name: &str) -> std::path::PathBuf {
 #[test]
 fn demo_capture_balances_three_servers() {
     let dir = tmp("demo");
-    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/demo.rules")).unwrap();
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/data/demo.rules"
+    ))
+    .unwrap();
     let frames = demo::demo_frames();
     let (summary, out, verdicts) = replay(&dir, &rules, &frames, &[]);
     assert_eq!(verdicts.len(), frames.len());
     assert_eq!(out.len(), 15, "3 × (3 client packets + 2 replies)");
-    for (i, server) in ["192.168.10.3:80", "192.168.10.2:80", "192.168.10.1:80"].iter().enumerate() {
-        assert_eq!(verdicts[i * 5], format!("{{\"index\":{},\"verdict\":\"forward\",\"ifindex\":1,\"real\":\"{server}\"}}", i * 5));
+    for (i, server) in ["192.168.10.3:80", "192.168.10.2:80", "192.168.10.1:80"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(
+            verdicts[i * 5],
+            format!(
+                "{{\"index\":{},\"verdict\":\"forward\",\"ifindex\":1,\"real\":\"{server}\"}}",
+                i * 5
+            )
+        );
         // The client's SYN leaves towards the real server's MAC with the real server as destination.
         let f = &out[i * 5];
         assert_eq!(&f[0..6], &demo::RS_MACS[2 - i]);
@@ -77,7 +117,11 @@ fn demo_capture_balances_three_servers() {
 fn bad_rules_fail_with_the_line() {
     let dir = tmp("bad");
     let rules_p = dir.join("rules");
-    std::fs::write(&rules_p, "-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.2:80 -w 3\n").unwrap();
+    std::fs::write(
+        &rules_p,
+        "-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.2:80 -w 3\n",
+    )
+    .unwrap();
     let in_p = dir.join("in.pcap");
     demo::write_pcap(in_p.to_str().unwrap(), &[]).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_xvsd"))
@@ -87,7 +131,12 @@ fn bad_rules_fail_with_the_line() {
         .arg(&in_p)
         .arg("--out")
         .arg(dir.join("out.pcap"))
-        .args(["--local-mac", "02:00:00:00:00:1b", "--local-ip", "10.0.0.254"])
+        .args([
+            "--local-mac",
+            "02:00:00:00:00:1b",
+            "--local-ip",
+            "10.0.0.254",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -18,14 +18,20 @@ pub struct DestHash {
 impl DestHash {
     /// `ip_vs_dh_init_svc`.
     pub fn new(dests: &[Arc<DestState>]) -> Self {
-        let mut s = DestHash { buckets: vec![None; TAB_SIZE] };
+        let mut s = DestHash {
+            buckets: vec![None; TAB_SIZE],
+        };
         s.assign(dests);
         s
     }
 
     fn assign(&mut self, dests: &[Arc<DestState>]) {
         for (i, b) in self.buckets.iter_mut().enumerate() {
-            *b = if dests.is_empty() { None } else { Some(dests[i % dests.len()].clone()) };
+            *b = if dests.is_empty() {
+                None
+            } else {
+                Some(dests[i % dests.len()].clone())
+            };
         }
     }
 }

@@ -47,7 +47,13 @@ impl Scheduler for Lblc {
             }
         }
         let dest = weighted_least(input.dests, DestState::overhead)?;
-        self.table.insert(input.daddr, Entry { dest: dest.clone(), lastuse: input.now });
+        self.table.insert(
+            input.daddr,
+            Entry {
+                dest: dest.clone(),
+                lastuse: input.now,
+            },
+        );
         Some(dest)
     }
 
@@ -64,7 +70,12 @@ pub(crate) struct LocalityGc {
 }
 
 impl LocalityGc {
-    pub(crate) fn run<V>(&mut self, table: &mut HashMap<IpAddr, V>, lastuse: impl Fn(&V) -> Time, now: Time) {
+    pub(crate) fn run<V>(
+        &mut self,
+        table: &mut HashMap<IpAddr, V>,
+        lastuse: impl Fn(&V) -> Time,
+        now: Time,
+    ) {
         if now >= self.next_full_gc {
             if self.next_full_gc != Time(0) {
                 table.retain(|_, e| lastuse(e).until(now) <= EXPIRATION_MS);

@@ -30,7 +30,10 @@ impl Entry {
 
     /// `ip_vs_dest_set_min`.
     fn min(&self) -> Option<Arc<DestState>> {
-        let first = self.set.iter().position(|d| !d.is_overloaded() && d.weight() > 0 && d.is_available())?;
+        let first = self
+            .set
+            .iter()
+            .position(|d| !d.is_overloaded() && d.weight() > 0 && d.is_available())?;
         let mut least = &self.set[first];
         let mut loh = least.overhead();
         for d in &self.set[first + 1..] {
@@ -38,7 +41,8 @@ impl Entry {
                 continue;
             }
             let doh = d.overhead();
-            if i128::from(loh) * i128::from(d.weight()) > i128::from(doh) * i128::from(least.weight())
+            if i128::from(loh) * i128::from(d.weight())
+                > i128::from(doh) * i128::from(least.weight())
                 && d.is_available()
             {
                 least = d;
@@ -55,7 +59,8 @@ impl Entry {
         let mut moh = self.set[first].overhead();
         for (i, d) in self.set.iter().enumerate().skip(first + 1) {
             let doh = d.overhead();
-            if i128::from(moh) * i128::from(d.weight()) < i128::from(doh) * i128::from(self.set[most].weight())
+            if i128::from(moh) * i128::from(d.weight())
+                < i128::from(doh) * i128::from(self.set[most].weight())
                 && d.weight() > 0
             {
                 most = i;
@@ -99,7 +104,14 @@ impl Scheduler for Lblcr {
             return Some(d);
         }
         let d = weighted_least(input.dests, DestState::overhead)?;
-        self.table.insert(input.daddr, Entry { set: vec![d.clone()], lastmod: now, lastuse: now });
+        self.table.insert(
+            input.daddr,
+            Entry {
+                set: vec![d.clone()],
+                lastmod: now,
+                lastuse: now,
+            },
+        );
         Some(d)
     }
 

@@ -16,7 +16,9 @@ const KEY1: HsipKey = HsipKey(2_654_435_761, 2_654_435_761);
 const KEY2: HsipKey = HsipKey(2_654_446_892, 2_654_446_892);
 
 fn hashkey(addr: &IpAddr, port: u16, key: HsipKey, offset: u32) -> u32 {
-    let v = offset.wrapping_add(u32::from(port)).wrapping_add(fold_addr(addr));
+    let v = offset
+        .wrapping_add(u32::from(port))
+        .wrapping_add(fold_addr(addr));
     hsiphash_u32(v, key)
 }
 
@@ -33,7 +35,9 @@ pub struct Maglev {
 impl Maglev {
     /// `ip_vs_mh_init_svc`.
     pub fn new(dests: &[Arc<DestState>]) -> Self {
-        let mut s = Maglev { lookup: vec![None; TAB_SIZE] };
+        let mut s = Maglev {
+            lookup: vec![None; TAB_SIZE],
+        };
         s.reassign(dests);
         s
     }
@@ -43,7 +47,11 @@ impl Maglev {
             // The kernel refuses the change with EINVAL; the control plane checks this first.
             return;
         }
-        let g = dests.iter().map(|d| d.last_weight()).filter(|&w| w > 0).fold(0, |g, w| if g > 0 { gcd(w, g) } else { w });
+        let g = dests
+            .iter()
+            .map(|d| d.last_weight())
+            .filter(|&w| w > 0)
+            .fold(0, |g, w| if g > 0 { gcd(w, g) } else { w });
         if g < 1 {
             self.lookup.iter_mut().for_each(|b| *b = None);
             return;
@@ -64,7 +72,11 @@ impl Maglev {
                 let lw = d.last_weight();
                 let t = (lw / g) >> shift;
                 let turns = if t != 0 { t } else { i32::from(lw != 0) };
-                Setup { perm: offset, skip, turns }
+                Setup {
+                    perm: offset,
+                    skip,
+                    turns,
+                }
             })
             .collect();
         let mut taken = vec![false; TAB_SIZE];
@@ -136,7 +148,11 @@ impl Scheduler for Maglev {
     }
 
     fn schedule(&mut self, input: &SchedInput<'_>) -> Option<Arc<DestState>> {
-        let port = if input.svc.flags & SVC_F_SCHED2 != 0 { input.sport } else { 0 };
+        let port = if input.svc.flags & SVC_F_SCHED2 != 0 {
+            input.sport
+        } else {
+            0
+        };
         if input.svc.flags & SVC_F_SCHED1 != 0 {
             self.get_fallback(&input.saddr, port)
         } else {

@@ -83,7 +83,8 @@ pub trait Scheduler: Send + fmt::Debug {
 
 /// Names of every scheduler xvs implements, as `-s` accepts them.
 pub const SCHEDULERS: &[&str] = &[
-    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos", "none",
+    "rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos",
+    "none",
 ];
 
 /// A fresh scheduler for `name`, initialised for `dests` (the kernel's `init_service`).
@@ -153,7 +154,9 @@ pub(crate) fn weighted_least(
 /// the service is below half its weight.
 pub(crate) fn locality_overloaded(d: &DestState, dests: &[Arc<DestState>]) -> bool {
     i64::from(d.active()) > i64::from(d.weight())
-        && dests.iter().any(|o| i64::from(o.active()) * 2 < i64::from(o.weight()))
+        && dests
+            .iter()
+            .any(|o| i64::from(o.active()) * 2 < i64::from(o.weight()))
 }
 
 /// Greatest common divisor.

@@ -27,7 +27,10 @@ impl Scheduler for NeverQueue {
             }
             let better = match least {
                 None => true,
-                Some((l, loh)) => i128::from(loh) * i128::from(d.weight()) > i128::from(doh) * i128::from(l.weight()),
+                Some((l, loh)) => {
+                    i128::from(loh) * i128::from(d.weight())
+                        > i128::from(doh) * i128::from(l.weight())
+                }
             };
             if better {
                 least = Some((d, doh));

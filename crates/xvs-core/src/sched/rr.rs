@@ -20,7 +20,10 @@ impl Scheduler for RoundRobin {
         // When the cursor's destination is unlinked, the cursor moves to the element before it.
         if let DestEvent::Del(d, index) = event {
             if self.cursor == Some(d.id) {
-                self.cursor = index.checked_sub(1).and_then(|i| dests.get(i)).map(|p| p.id);
+                self.cursor = index
+                    .checked_sub(1)
+                    .and_then(|i| dests.get(i))
+                    .map(|p| p.id);
             }
         }
     }
@@ -34,7 +37,9 @@ impl Scheduler for RoundRobin {
         };
         // From the element after the cursor, wrapping, at most one full cycle (the cursor's own
         // destination is examined last).
-        let pick = (0..n).map(|k| (start + k) % n).find(|&i| eligible(&dests[i]))?;
+        let pick = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| eligible(&dests[i]))?;
         self.cursor = Some(dests[pick].id);
         Some(dests[pick].clone())
     }

@@ -22,13 +22,19 @@ fn unavailable(d: &DestState) -> bool {
 
 /// `ip_vs_sh_hashkey`.
 pub(crate) fn sh_hashkey(addr: &IpAddr, port: u16, offset: u32) -> usize {
-    (offset.wrapping_add(hash_32(u32::from(port).wrapping_add(fold_addr(addr)), TAB_BITS)) as usize) & (TAB_SIZE - 1)
+    (offset.wrapping_add(hash_32(
+        u32::from(port).wrapping_add(fold_addr(addr)),
+        TAB_BITS,
+    )) as usize)
+        & (TAB_SIZE - 1)
 }
 
 impl SourceHash {
     /// `ip_vs_sh_init_svc`.
     pub fn new(dests: &[Arc<DestState>]) -> Self {
-        let mut s = SourceHash { buckets: vec![None; TAB_SIZE] };
+        let mut s = SourceHash {
+            buckets: vec![None; TAB_SIZE],
+        };
         s.reassign(dests);
         s
     }
@@ -83,7 +89,11 @@ impl Scheduler for SourceHash {
     }
 
     fn schedule(&mut self, input: &SchedInput<'_>) -> Option<Arc<DestState>> {
-        let port = if input.svc.flags & SVC_F_SCHED2 != 0 { input.sport } else { 0 };
+        let port = if input.svc.flags & SVC_F_SCHED2 != 0 {
+            input.sport
+        } else {
+            0
+        };
         if input.svc.flags & SVC_F_SCHED1 != 0 {
             self.get_fallback(&input.saddr, port)
         } else {

@@ -17,7 +17,11 @@ struct Rig {
 }
 
 fn rig(sched: &str, flags: u32) -> Rig {
-    let key = ServiceKey::Addr { proto: Protocol::Tcp, addr: "10.0.0.1".parse().unwrap(), port: 80 };
+    let key = ServiceKey::Addr {
+        proto: Protocol::Tcp,
+        addr: "10.0.0.1".parse().unwrap(),
+        port: 80,
+    };
     let mut d = Director::new();
     let mut cfg = ServiceConfig::new(key);
     cfg.scheduler = sched.into();
@@ -49,7 +53,14 @@ impl Rig {
     }
 
     fn dest(&self, n: u8) -> Arc<DestState> {
-        self.d.service(&self.key).unwrap().dests.iter().find(|d| d.addr == rs(n)).unwrap().clone()
+        self.d
+            .service(&self.key)
+            .unwrap()
+            .dests
+            .iter()
+            .find(|d| d.addr == rs(n))
+            .unwrap()
+            .clone()
     }
 
     fn pick_from(&self, saddr: IpAddr, sport: u16, daddr: IpAddr) -> u8 {
@@ -73,7 +84,11 @@ impl Rig {
     }
 
     fn pick(&self) -> u8 {
-        self.pick_from("10.1.1.5".parse().unwrap(), 1234, "10.0.0.1".parse().unwrap())
+        self.pick_from(
+            "10.1.1.5".parse().unwrap(),
+            1234,
+            "10.0.0.1".parse().unwrap(),
+        )
     }
 
     fn picks(&self, n: usize) -> Vec<u8> {
@@ -224,7 +239,10 @@ fn dh_buckets_by_destination_address() {
     for host in 1..=20u8 {
         let daddr = IpAddr::from([10, 0, 0, host]);
         let b = hash_32(fold_addr(&daddr), 8) as usize;
-        assert_eq!(r.pick_from("10.9.9.9".parse().unwrap(), 1, daddr), list[b % 3]);
+        assert_eq!(
+            r.pick_from("10.9.9.9".parse().unwrap(), 1, daddr),
+            list[b % 3]
+        );
     }
     // No fallback: an unusable bucket owner means no destination.
     let daddr: IpAddr = "10.0.0.7".parse().unwrap();
@@ -262,7 +280,10 @@ fn sh_port_flag_hashes_the_source_port() {
     let saddr: IpAddr = "10.1.1.5".parse().unwrap();
     for port in [1000u16, 2000, 3000, 40000] {
         let b = hash_32(u32::from(port).wrapping_add(fold_addr(&saddr)), 8) as usize;
-        assert_eq!(r.pick_from(saddr, port, "10.0.0.1".parse().unwrap()), [3, 2, 1][b % 3]);
+        assert_eq!(
+            r.pick_from(saddr, port, "10.0.0.1".parse().unwrap()),
+            [3, 2, 1][b % 3]
+        );
     }
 }
 
@@ -286,7 +307,9 @@ fn mh_fills_the_table_by_weight_and_ignores_quiescing() {
     // Weight 2 gets about twice the slots of weight 1 (Maglev fills in turns).
     assert!(c[3] > c[1] * 3 / 2 && c[3] > c[2] * 3 / 2, "{c:?}");
     // Quiescing keys the table on last_weight: the layout does not move.
-    let before = (1..=40u8).map(|h| r.pick_from(IpAddr::from([10, 1, 2, h]), 0, "10.0.0.1".parse().unwrap())).collect::<Vec<_>>();
+    let before = (1..=40u8)
+        .map(|h| r.pick_from(IpAddr::from([10, 1, 2, h]), 0, "10.0.0.1".parse().unwrap()))
+        .collect::<Vec<_>>();
     r.edit(3, 0);
     assert_eq!(count(&r), c);
     for (h, b) in (1..=40u8).zip(before) {
@@ -305,7 +328,10 @@ fn mh_fallback_finds_another_destination() {
     r.add(1, 1).add(2, 1);
     r.edit(2, 0);
     for h in 1..=20u8 {
-        assert_eq!(r.pick_from(IpAddr::from([10, 1, 2, h]), 0, "10.0.0.1".parse().unwrap()), 1);
+        assert_eq!(
+            r.pick_from(IpAddr::from([10, 1, 2, h]), 0, "10.0.0.1".parse().unwrap()),
+            1
+        );
     }
 }
 
@@ -318,10 +344,18 @@ fn lblc_sticks_per_destination_address() {
     let b: IpAddr = "10.0.0.11".parse().unwrap();
     assert_eq!(r.pick_from(c, 1, a), 2);
     r.load(2, 0, 1);
-    assert_eq!(r.pick_from(c, 1, b), 1, "new address: wlc picks the less loaded");
+    assert_eq!(
+        r.pick_from(c, 1, b),
+        1,
+        "new address: wlc picks the less loaded"
+    );
     r.load(1, 0, 5);
     assert_eq!(r.pick_from(c, 1, a), 2, "cached");
-    assert_eq!(r.pick_from(c, 1, b), 1, "cached even though 2 is now less loaded");
+    assert_eq!(
+        r.pick_from(c, 1, b),
+        1,
+        "cached even though 2 is now less loaded"
+    );
     // The cached entry is ignored when its destination has more active conns than weight while
     // another is below half its weight.
     r.load(1, 2, 0);
@@ -357,7 +391,10 @@ fn twos_never_picks_ineligible() {
 
 #[test]
 fn thresholds_set_overload_for_every_scheduler() {
-    for s in SCHEDULERS.iter().filter(|s| !matches!(**s, "none" | "lblc" | "lblcr")) {
+    for s in SCHEDULERS
+        .iter()
+        .filter(|s| !matches!(**s, "none" | "lblc" | "lblcr"))
+    {
         let mut r = rig(s, 0);
         let mut c = DestConfig::new(rs(1), 80);
         c.u_threshold = 2;

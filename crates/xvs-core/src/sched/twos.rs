@@ -33,7 +33,12 @@ impl Scheduler for TwoChoices {
     }
 
     fn schedule(&mut self, input: &SchedInput<'_>) -> Option<Arc<DestState>> {
-        let total: i64 = input.dests.iter().filter(|d| eligible(d)).map(|d| i64::from(d.weight())).sum();
+        let total: i64 = input
+            .dests
+            .iter()
+            .filter(|d| eligible(d))
+            .map(|d| i64::from(d.weight()))
+            .sum();
         if total == 0 {
             return None;
         }

@@ -19,7 +19,11 @@ pub struct WeightedRoundRobin {
 }
 
 fn gcd_weight(dests: &[Arc<DestState>]) -> i32 {
-    let g = dests.iter().map(|d| d.weight()).filter(|&w| w > 0).fold(0, |g, w| if g > 0 { gcd(w, g) } else { w });
+    let g = dests
+        .iter()
+        .map(|d| d.weight())
+        .filter(|&w| w > 0)
+        .fold(0, |g, w| if g > 0 { gcd(w, g) } else { w });
     if g > 0 {
         g
     } else {
@@ -36,7 +40,12 @@ impl WeightedRoundRobin {
     pub fn new(dests: &[Arc<DestState>]) -> Self {
         let di = gcd_weight(dests);
         let mw = max_weight(dests) - (di - 1);
-        WeightedRoundRobin { cl: None, cw: mw, mw, di }
+        WeightedRoundRobin {
+            cl: None,
+            cw: mw,
+            mw,
+            di,
+        }
     }
 }
 
