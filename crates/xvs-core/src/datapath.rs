@@ -317,7 +317,7 @@ impl Engine {
         if from_nat {
             return self.drop(DropReason::NatReplyNoConn);
         }
-        match t.lookup(proto, p.daddr, p.dport, 0) {
+        match t.lookup(proto, p.daddr, p.dport, frame.mark()) {
             Some(svc) => self.new_conn(t, routes, frame, &p, proto, key, svc, now),
             None => Verdict::Pass,
         }

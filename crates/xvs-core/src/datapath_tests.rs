@@ -883,3 +883,82 @@ proptest! {
         prop_assert!(t.syn() && t.ack());
     }
 }
+
+#[test]
+fn fwmark_service_matches_marked_frames() {
+    let key = ServiceKey::Fwmark {
+        af: crate::types::Af::V4,
+        mark: 7,
+    };
+    let lb = Lb::new(key, "rr", &[dest("192.168.1.1", 0, ForwardMethod::Route)]);
+    let syn = tcp4("10.9.0.5", 1000, "10.0.0.9", 443, Flags::Syn, 64, b"");
+    assert_eq!(lb.run(&syn, 0).0, Verdict::Pass, "no mark: not ours");
+    let mut buf = vec![0u8; HEADROOM + syn.len()];
+    buf[HEADROOM..].copy_from_slice(&syn);
+    let mut f = Frame::new(&mut buf, HEADROOM, syn.len()).with_mark(7);
+    let v = lb
+        .engine
+        .process_frame(&lb.tables, &lb.routes, &mut f, Time(0));
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            ifindex: 7,
+            real: Some((ip("192.168.1.1"), 443))
+        },
+        "dest port 0 keeps the packet's port"
+    );
+}
+
+#[test]
+fn engine_is_shared_by_worker_threads() {
+    fn assert_sync<T: Send + Sync>() {}
+    assert_sync::<Engine>();
+    assert_sync::<Tables>();
+    let lb = nat_lb();
+    let ranges = [2000..2250u16, 2250..2500u16];
+    // Two workers receive requests at the same time; then each receives the replies of the
+    // other's connections (a reply arriving on another queue than its request).
+    std::thread::scope(|s| {
+        for r in ranges.clone() {
+            let lb = &lb;
+            s.spawn(move || {
+                for port in r {
+                    let (v, _) = lb.run(
+                        &tcp4("10.9.0.5", port, "10.0.0.1", 80, Flags::Syn, 64, b""),
+                        0,
+                    );
+                    assert!(matches!(v, Verdict::Forward { .. }));
+                }
+            });
+        }
+    });
+    std::thread::scope(|s| {
+        for r in ranges.iter().rev().cloned() {
+            let lb = &lb;
+            s.spawn(move || {
+                for port in r {
+                    let (v, _) = lb.run(
+                        &tcp4(
+                            "192.168.1.2",
+                            8080,
+                            "10.9.0.5",
+                            port,
+                            Flags::SynAck,
+                            64,
+                            b"",
+                        ),
+                        1,
+                    );
+                    assert_eq!(
+                        v,
+                        Verdict::Forward {
+                            ifindex: 7,
+                            real: None
+                        }
+                    );
+                }
+            });
+        }
+    });
+    assert_eq!(lb.tables.services[0].live.stats.counters().outpkts, 500);
+}

@@ -200,6 +200,9 @@ impl Director {
         {
             return Err(CtlError::Invalid);
         }
+        if d.method == ForwardMethod::Tunnel && d.tunnel.csum == crate::types::TunnelCsum::RemCsum {
+            return Err(CtlError::Unsupported("--tun-remcsum".into()));
+        }
         Ok(())
     }
 
@@ -397,6 +400,17 @@ mod tests {
         assert_eq!(
             d.add_service(pe).unwrap_err().to_string(),
             "persistence engine 'sip' is not supported by xvs"
+        );
+        let mut rem = DestConfig::new("192.168.0.9".parse().unwrap(), 80);
+        rem.method = ForwardMethod::Tunnel;
+        rem.tunnel = crate::types::TunnelConfig {
+            kind: crate::types::TunnelType::Gue,
+            port: 6080,
+            csum: crate::types::TunnelCsum::RemCsum,
+        };
+        assert_eq!(
+            d.add_dest(&key(), rem).unwrap_err().to_string(),
+            "--tun-remcsum is not supported by xvs"
         );
     }
 

@@ -37,6 +37,7 @@ pub struct Frame<'a> {
     buf: &'a mut [u8],
     start: usize,
     len: usize,
+    mark: u32,
 }
 
 impl<'a> Frame<'a> {
@@ -44,7 +45,23 @@ impl<'a> Frame<'a> {
     pub fn new(buf: &'a mut [u8], start: usize, len: usize) -> Frame<'a> {
         let start = start.min(buf.len());
         let len = len.min(buf.len() - start);
-        Frame { buf, start, len }
+        Frame {
+            buf,
+            start,
+            len,
+            mark: 0,
+        }
+    }
+
+    /// The same frame carrying a firewall mark (for fwmark services); 0 = none.
+    pub fn with_mark(mut self, mark: u32) -> Frame<'a> {
+        self.mark = mark;
+        self
+    }
+
+    /// The frame's firewall mark (0 = none).
+    pub fn mark(&self) -> u32 {
+        self.mark
     }
 
     /// The frame's bytes.
