@@ -540,3 +540,20 @@ mod tests {
         assert!(t.is_empty());
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Memory per entry as documented in docs/architecture.md: a connection entry is its key
+    /// and value plus hashbrown's control byte; a NAT connection also has a reply entry.
+    #[test]
+    fn entry_sizes_are_as_documented() {
+        let conn = std::mem::size_of::<(ConnKey, Conn)>();
+        let reply = std::mem::size_of::<(ReplyKey, ConnKey)>();
+        println!("conn entry {conn} B, reply entry {reply} B");
+        assert_eq!(std::mem::size_of::<ConnKey>(), 40);
+        assert!(conn <= 152, "conn entry grew to {conn} B: update docs/architecture.md");
+        assert!(reply <= 80, "reply entry grew to {reply} B: update docs/architecture.md");
+    }
+}

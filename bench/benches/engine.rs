@@ -1,0 +1,165 @@
+//! Engine benchmarks: established-flow packets (lookup + rewrite) and new connections (schedule
+//! + insert), at 10 K and 1 M entries, flows drawn uniformly at random.
+//! Run: `cargo bench -p xvs-bench --bench engine`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use xvs_bench::{balancer, client_frame, flow, Rng, HEADROOM, SLOT};
+use xvs_core::conn::ConnKey;
+use xvs_core::{ForwardMethod, Frame, Time, Verdict};
+
+const BATCH: usize = 256;
+
+/// Process `frames` (templates) through the engine in one batch; returns the elapsed time.
+fn run_batch(
+    engine: &xvs_core::Engine,
+    tables: &xvs_core::Tables,
+    routes: &xvs_core::routes::StaticRoutes,
+    templates: &[Vec<u8>],
+    buf: &mut [u8],
+    verdicts: &mut [Verdict],
+) -> Duration {
+    for (i, t) in templates.iter().enumerate() {
+        buf[i * SLOT + HEADROOM..i * SLOT + HEADROOM + t.len()].copy_from_slice(t);
+    }
+    let mut frames: Vec<Frame<'_>> = buf
+        .chunks_mut(SLOT)
+        .zip(templates)
+        .map(|(slot, t)| Frame::new(slot, HEADROOM, t.len()))
+        .collect();
+    let start = Instant::now();
+    engine.process(tables, routes, &mut frames, Time(1000), verdicts);
+    let e = start.elapsed();
+    black_box(&verdicts);
+    e
+}
+
+fn established(c: &mut Criterion) {
+    let mut g = c.benchmark_group("established");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    for (method, name) in [
+        (ForwardMethod::Route, "dr"),
+        (ForwardMethod::Masq, "nat"),
+        (ForwardMethod::Tunnel, "tun"),
+    ] {
+        for flows in [10_000u64, 1_000_000] {
+            let (_d, tables, engine, routes) = balancer("rr", method, 100, flows as usize * 2);
+            let mut buf = vec![0u8; BATCH * SLOT];
+            let mut verdicts = vec![Verdict::Pass; BATCH];
+            // Create the flows with SYNs.
+            for chunk in (0..flows).collect::<Vec<_>>().chunks(BATCH) {
+                let t: Vec<Vec<u8>> = chunk
+                    .iter()
+                    .map(|&i| {
+                        let (a, p) = flow(i);
+                        client_frame(a, p, true)
+                    })
+                    .collect();
+                run_batch(
+                    &engine,
+                    &tables,
+                    &routes,
+                    &t,
+                    &mut buf,
+                    &mut verdicts[..t.len()],
+                );
+            }
+            let mut rng = Rng::new(7);
+            g.bench_function(BenchmarkId::new(name, flows), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let t: Vec<Vec<u8>> = (0..BATCH)
+                            .map(|_| {
+                                let (a, p) = flow(rng.below(flows));
+                                client_frame(a, p, false)
+                            })
+                            .collect();
+                        total += run_batch(&engine, &tables, &routes, &t, &mut buf, &mut verdicts);
+                        debug_assert!(verdicts
+                            .iter()
+                            .all(|v| matches!(v, Verdict::Forward { .. })));
+                    }
+                    total
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn new_connections(c: &mut Criterion) {
+    let mut g = c.benchmark_group("new_conn");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    let scheds = [
+        "rr", "wrr", "lc", "wlc", "sed", "nq", "lblc", "lblcr", "dh", "sh", "mh", "fo", "ovf",
+        "twos",
+    ];
+    for flows in [10_000u64, 1_000_000] {
+        for sched in scheds {
+            let (_d, tables, engine, routes) =
+                balancer(sched, ForwardMethod::Route, 100, flows as usize * 2);
+            let mut buf = vec![0u8; BATCH * SLOT];
+            let mut verdicts = vec![Verdict::Pass; BATCH];
+            for chunk in (0..flows).collect::<Vec<_>>().chunks(BATCH) {
+                let t: Vec<Vec<u8>> = chunk
+                    .iter()
+                    .map(|&i| {
+                        let (a, p) = flow(i);
+                        client_frame(a, p, true)
+                    })
+                    .collect();
+                run_batch(
+                    &engine,
+                    &tables,
+                    &routes,
+                    &t,
+                    &mut buf,
+                    &mut verdicts[..t.len()],
+                );
+            }
+            let mut next = flows;
+            g.bench_function(BenchmarkId::new(sched, flows), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let ids: Vec<u64> = (0..BATCH as u64).map(|k| next + k).collect();
+                        next += BATCH as u64;
+                        let t: Vec<Vec<u8>> = ids
+                            .iter()
+                            .map(|&i| {
+                                let (a, p) = flow(i);
+                                client_frame(a, p, true)
+                            })
+                            .collect();
+                        total += run_batch(&engine, &tables, &routes, &t, &mut buf, &mut verdicts);
+                        // Keep the table at its size: remove what was inserted (not timed).
+                        for &i in &ids {
+                            let (a, p) = flow(i);
+                            engine.conns.remove(&ConnKey {
+                                proto: 6,
+                                caddr: a.into(),
+                                cport: p,
+                                vaddr: xvs_bench::VIP.into(),
+                                vport: 80,
+                            });
+                        }
+                    }
+                    total
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, established, new_connections);
+criterion_main!(benches);

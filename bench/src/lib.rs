@@ -1,0 +1,94 @@
+//! Shared pieces of the benchmarks: a balancer with one service and 100 real servers, frame
+//! builders, and a small deterministic random generator (flows drawn uniformly at random).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use etherparse::PacketBuilder;
+use xvs_core::dest::DestConfig;
+use xvs_core::routes::StaticRoutes;
+use xvs_core::service::ServiceConfig;
+use xvs_core::{Director, Engine, ForwardMethod, Protocol, ServiceKey, Tables};
+
+/// Headroom in front of each frame.
+pub const HEADROOM: usize = 128;
+/// Slot size per frame in a batch buffer.
+pub const SLOT: usize = 256;
+/// The VIP.
+pub const VIP: [u8; 4] = [10, 0, 0, 1];
+
+/// xorshift64*: uniform enough for drawing flows, and deterministic.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded generator.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    /// Next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in 0..n.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+/// A flow: client address and port.
+pub fn flow(i: u64) -> ([u8; 4], u16) {
+    // 2^16 ports per address, addresses from 11.0.0.0 up: every i is a distinct flow.
+    let a = 0x0b00_0000u32 + (i >> 14) as u32;
+    (a.to_be_bytes(), 1024 + (i & 0x3fff) as u16)
+}
+
+/// A TCP frame from a client to the VIP (SYN or ACK), 64 bytes on the wire.
+pub fn client_frame(client: [u8; 4], port: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc1], [2, 0, 0, 0, 0, 0x1b])
+        .ipv4(client, VIP, 64)
+        .tcp(port, 80, 1, 64240);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, &[0u8; 6])
+        .expect("writing to a Vec cannot fail");
+    v
+}
+
+/// One service on VIP:80 with `n` real servers using `sched` and `method`.
+pub fn balancer(
+    sched: &str,
+    method: ForwardMethod,
+    n: u8,
+    capacity: usize,
+) -> (Director, Tables, Engine, StaticRoutes) {
+    let key = ServiceKey::Addr {
+        proto: Protocol::Tcp,
+        addr: IpAddr::V4(Ipv4Addr::from(VIP)),
+        port: 80,
+    };
+    let mut d = Director::new();
+    let mut cfg = ServiceConfig::new(key);
+    cfg.scheduler = sched.into();
+    d.add_service(cfg).expect("valid service");
+    let mut routes = StaticRoutes::new(
+        1,
+        [2, 0, 0, 0, 0, 0x1b],
+        vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 254))],
+        1500,
+    );
+    for i in 0..n {
+        let addr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, i + 1));
+        let mut dc = DestConfig::new(addr, 80);
+        dc.method = method;
+        dc.weight = 1 + i32::from(i % 3);
+        d.add_dest(&key, dc).expect("valid destination");
+        routes.neigh.insert(addr, [2, 0, 0, 0, 0xaa, i]);
+    }
+    let tables = d.snapshot();
+    (d, tables, Engine::new(capacity, 42), routes)
+}

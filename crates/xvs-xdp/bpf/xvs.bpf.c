@@ -1,0 +1,219 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * xvs steering program: redirect to the AF_XDP socket of the receiving queue only the frames
+ * xvs must see, pass everything else to the kernel.
+ *
+ * Redirected:
+ *   - TCP/UDP to (VIP, proto, port) of a service, or to (VIP, proto, 0) of a port-0 service;
+ *   - ICMP/ICMPv6 errors addressed to a VIP;
+ *   - TCP/UDP from (real server, proto, port) of a NAT destination (or (rs, proto, 0)) that are
+ *     not addressed to one of the box's own addresses.
+ * Passed: ARP, ND and all other ICMPv6 informational messages, echo requests, the box's own
+ * traffic, fragments' later pieces, anything unparsable.
+ * A frame that matches but finds no socket on its queue is dropped and counted (passing it
+ * would make the kernel answer with a reset).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define MAX_QUEUES 64
+#define MAX_KEYS 65536
+
+/* An address (IPv4 in the first 4 bytes, zero padded), a protocol and a port (network order). */
+struct steer_key {
+	__u8 addr[16];
+	__u8 family;   /* 4 or 6 */
+	__u8 proto;    /* IPPROTO_TCP / IPPROTO_UDP / 0 = any (VIP for ICMP) */
+	__be16 port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+/* Destinations of services: (VIP, proto, port) and (VIP, proto, 0); (VIP, 0, 0) marks a VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_KEYS);
+	__type(key, struct steer_key);
+	__type(value, __u8);
+} services SEC(".maps");
+
+/* Sources of NAT replies: (real server, proto, port) and (real server, proto, 0). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_KEYS);
+	__type(key, struct steer_key);
+	__type(value, __u8);
+} nat_sources SEC(".maps");
+
+/* The box's own addresses (proto 0, port 0): traffic to them always goes to the kernel. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct steer_key);
+	__type(value, __u8);
+} local_addrs SEC(".maps");
+
+enum {
+	CNT_PASSED = 0,
+	CNT_REDIRECTED = 1,
+	CNT_NO_SOCKET = 2,
+	CNT_MAX = 3,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &which);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline int pass(void)
+{
+	count(CNT_PASSED);
+	return XDP_PASS;
+}
+
+static __always_inline int redirect(struct xdp_md *ctx)
+{
+	__u32 q = ctx->rx_queue_index;
+	if (bpf_map_lookup_elem(&xsks, &q)) {
+		count(CNT_REDIRECTED);
+		return bpf_redirect_map(&xsks, q, XDP_DROP);
+	}
+	count(CNT_NO_SOCKET);
+	return XDP_DROP;
+}
+
+static __always_inline int in_map(void *map, struct steer_key *k)
+{
+	return bpf_map_lookup_elem(map, k) != 0;
+}
+
+/* Is (addr, proto, port) a service, or (addr, proto, 0) a port-0 service? */
+static __always_inline int is_service(struct steer_key *k)
+{
+	if (in_map(&services, k))
+		return 1;
+	__be16 port = k->port;
+	k->port = 0;
+	int r = in_map(&services, k);
+	k->port = port;
+	return r;
+}
+
+static __always_inline int is_nat_source(struct steer_key *k)
+{
+	if (in_map(&nat_sources, k))
+		return 1;
+	__be16 port = k->port;
+	k->port = 0;
+	int r = in_map(&nat_sources, k);
+	k->port = port;
+	return r;
+}
+
+SEC("xdp")
+int xvs_steer(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	struct steer_key dst = {}, src = {};
+	__u8 proto;
+	void *l4;
+
+	if ((void *)(eth + 1) > end)
+		return pass();
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end || ip->ihl < 5)
+			return pass();
+		proto = ip->protocol;
+		__builtin_memcpy(dst.addr, &ip->daddr, 4);
+		__builtin_memcpy(src.addr, &ip->saddr, 4);
+		dst.family = src.family = 4;
+		l4 = (void *)ip + ip->ihl * 4;
+		/* Non-first fragments carry no ports: the kernel's. First fragments of a service go
+		 * to xvs, which counts and drops them. */
+		if (ip->frag_off & bpf_htons(0x1fff))
+			return pass();
+		if (proto == IPPROTO_ICMP) {
+			__u8 *type = l4;
+			if ((void *)(type + 1) > end)
+				return pass();
+			/* Errors (unreachable, source quench, time exceeded) to a VIP. */
+			if (*type == 3 || *type == 4 || *type == 11) {
+				if (in_map(&services, &dst))
+					return redirect(ctx);
+			}
+			return pass();
+		}
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end)
+			return pass();
+		proto = ip6->nexthdr;
+		__builtin_memcpy(dst.addr, &ip6->daddr, 16);
+		__builtin_memcpy(src.addr, &ip6->saddr, 16);
+		dst.family = src.family = 6;
+		l4 = ip6 + 1;
+		if (proto == IPPROTO_ICMPV6) {
+			__u8 *type = l4;
+			if ((void *)(type + 1) > end)
+				return pass();
+			/* Errors (type < 128) to a VIP; ND and echo stay with the kernel. */
+			if (*type < 128 && in_map(&services, &dst))
+				return redirect(ctx);
+			return pass();
+		}
+		/* Fragment header of a service's packet: xvs counts and drops it. */
+		if (proto == 44 && in_map(&services, &dst))
+			return redirect(ctx);
+	} else {
+		return pass();
+	}
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return pass();
+	__be16 *ports = l4;
+	if ((void *)(ports + 2) > end)
+		return pass();
+
+	dst.proto = proto;
+	dst.port = ports[1];
+	if (is_service(&dst))
+		return redirect(ctx);
+
+	src.proto = proto;
+	src.port = ports[0];
+	if (is_nat_source(&src)) {
+		struct steer_key local = dst;
+		local.proto = 0;
+		local.port = 0;
+		if (!in_map(&local_addrs, &local))
+			return redirect(ctx);
+	}
+	return pass();
+}
+
+char LICENSE[] SEC("license") = "GPL";
