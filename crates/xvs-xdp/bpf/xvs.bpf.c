@@ -24,6 +24,7 @@
 #include <bpf/bpf_endian.h>
 
 #define MAX_QUEUES 64
+#define MAX_IFACES 8
 #define MAX_KEYS 65536
 
 /* An address (IPv4 in the first 4 bytes, zero padded), a protocol and a port (network order). */
@@ -34,12 +35,21 @@ struct steer_key {
 	__be16 port;
 };
 
+/* Sockets, keyed by interface slot × MAX_QUEUES + queue. */
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, MAX_QUEUES);
+	__uint(max_entries, MAX_IFACES * MAX_QUEUES);
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");
+
+/* Interface index → slot (0..MAX_IFACES-1). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_IFACES);
+	__type(key, __u32);
+	__type(value, __u32);
+} if_slots SEC(".maps");
 
 /* Destinations of services: (VIP, proto, port) and (VIP, proto, 0); (VIP, 0, 0) marks a VIP. */
 struct {
@@ -94,10 +104,15 @@ static __always_inline int pass(void)
 
 static __always_inline int redirect(struct xdp_md *ctx)
 {
+	__u32 ifindex = ctx->ingress_ifindex;
 	__u32 q = ctx->rx_queue_index;
-	if (bpf_map_lookup_elem(&xsks, &q)) {
-		count(CNT_REDIRECTED);
-		return bpf_redirect_map(&xsks, q, XDP_DROP);
+	__u32 *slot = bpf_map_lookup_elem(&if_slots, &ifindex);
+	if (slot && q < MAX_QUEUES) {
+		__u32 key = *slot * MAX_QUEUES + q;
+		if (bpf_map_lookup_elem(&xsks, &key)) {
+			count(CNT_REDIRECTED);
+			return bpf_redirect_map(&xsks, key, XDP_DROP);
+		}
 	}
 	count(CNT_NO_SOCKET);
 	return XDP_DROP;

@@ -1,17 +1,20 @@
-//! `xvsd`: the xvs daemon. This build has one subcommand, `replay`, which feeds a pcap through
-//! the same data path the AF_XDP workers use and writes what xvs would transmit.
+//! `xvsd`: the xvs daemon. `xvsd --interface IF --rules FILE` balances live traffic on AF_XDP;
+//! `xvsd replay` feeds a pcap through the same data path offline.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod daemon;
 mod replay;
 
 #[derive(Debug, Parser)]
-#[command(name = "xvsd", version, about = "XDP Virtual Server daemon")]
+#[command(name = "xvsd", version, about = "XDP Virtual Server daemon", args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    daemon: daemon::DaemonArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -23,13 +26,20 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Replay(args) => match replay::run(&args) {
+        Some(Cmd::Replay(args)) => match replay::run(&args) {
             Ok(summary) => {
                 print!("{summary}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
                 eprintln!("xvsd replay: {e}");
+                ExitCode::from(1)
+            }
+        },
+        None => match daemon::run(&cli.daemon) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xvsd: {e}");
                 ExitCode::from(1)
             }
         },

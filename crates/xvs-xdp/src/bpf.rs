@@ -1,0 +1,306 @@
+//! The steering XDP program: loading, attaching through a bpf_link (a killed xvsd leaves no
+//! program behind: the link dies with its file descriptor), and its maps.
+
+use std::ffi::CString;
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+
+use libbpf_sys as bpf;
+use xvs_core::service::Steering;
+use xvs_core::Protocol;
+
+/// The compiled program (`bpf/xvs.bpf.c`), built by `build.rs`.
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xvs.bpf.o"));
+
+/// Queues per interface in the socket map (must match `MAX_QUEUES` in the program).
+pub const MAX_QUEUES: u32 = 64;
+/// Interfaces per program (must match `MAX_IFACES`).
+pub const MAX_IFACES: u32 = 8;
+
+/// How to attach (`--xdp-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Driver mode when the driver has it, else generic.
+    Auto,
+    /// Driver (native) mode only.
+    Drv,
+    /// Generic (SKB) mode.
+    Skb,
+}
+
+/// Errors of the loader, naming the call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    /// A libbpf or bpf() call failed.
+    #[error("{call}: {err}")]
+    Call {
+        /// What was called.
+        call: &'static str,
+        /// The OS error.
+        err: io::Error,
+    },
+    /// Attaching failed because a program is already attached.
+    #[error("interface {ifname} already has an XDP program attached (another xvsd, or another tool): detach it first (ip link set dev {ifname} xdp off) or stop that xvsd")]
+    Busy {
+        /// Interface.
+        ifname: String,
+    },
+    /// Too many interfaces.
+    #[error("at most {MAX_IFACES} interfaces")]
+    TooManyInterfaces,
+}
+
+fn last_err(call: &'static str) -> BpfError {
+    BpfError::Call { call, err: io::Error::last_os_error() }
+}
+
+fn neg_err(call: &'static str, rc: i32) -> BpfError {
+    BpfError::Call { call, err: io::Error::from_raw_os_error(-rc) }
+}
+
+/// The key of the steering maps (layout of `struct steer_key`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SteerKey {
+    addr: [u8; 16],
+    family: u8,
+    proto: u8,
+    port_be: u16,
+}
+
+impl SteerKey {
+    fn new(addr: IpAddr, proto: u8, port: u16) -> SteerKey {
+        let mut k = SteerKey { proto, port_be: port.to_be(), ..Default::default() };
+        match addr {
+            IpAddr::V4(a) => {
+                k.addr[..4].copy_from_slice(&a.octets());
+                k.family = 4;
+            }
+            IpAddr::V6(a) => {
+                k.addr = a.octets();
+                k.family = 6;
+            }
+        }
+        k
+    }
+}
+
+/// Counters of the XDP program, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XdpCounters {
+    /// Frames passed to the kernel.
+    pub passed: u64,
+    /// Frames redirected to an xvs socket.
+    pub redirected: u64,
+    /// Frames that matched but found no socket on their queue (dropped).
+    pub no_socket: u64,
+}
+
+/// The loaded program and its maps; attachments are bpf_links owned by this value.
+#[derive(Debug)]
+pub struct XdpProgram {
+    obj: *mut bpf::bpf_object,
+    prog_fd: RawFd,
+    xsks: RawFd,
+    if_slots: RawFd,
+    services: RawFd,
+    nat_sources: RawFd,
+    local_addrs: RawFd,
+    counters: RawFd,
+    links: Vec<(u32, RawFd)>,
+}
+
+// Safety: the libbpf object is only touched through &mut self (attach, drop) or through map
+// file descriptors, which the kernel synchronises; the raw pointer is never shared.
+unsafe impl Send for XdpProgram {}
+// Safety: shared access only reads file descriptors and calls bpf() map syscalls, which are
+// thread-safe in the kernel.
+unsafe impl Sync for XdpProgram {}
+
+impl XdpProgram {
+    /// Load the embedded object into the kernel.
+    pub fn load() -> Result<XdpProgram, BpfError> {
+        // Safety: OBJECT is a valid byte slice for its whole length; a null options pointer is
+        // allowed by libbpf.
+        let obj = unsafe { bpf::bpf_object__open_mem(OBJECT.as_ptr().cast(), OBJECT.len() as _, std::ptr::null()) };
+        if obj.is_null() {
+            return Err(last_err("bpf_object__open_mem"));
+        }
+        let mut p = XdpProgram {
+            obj,
+            prog_fd: -1,
+            xsks: -1,
+            if_slots: -1,
+            services: -1,
+            nat_sources: -1,
+            local_addrs: -1,
+            counters: -1,
+            links: Vec::new(),
+        };
+        // Safety: obj is a valid, opened object (checked above).
+        let rc = unsafe { bpf::bpf_object__load(obj) };
+        if rc != 0 {
+            return Err(neg_err("bpf_object__load", rc));
+        }
+        let name = CString::new("xvs_steer").expect("no NUL in a literal");
+        // Safety: obj is loaded; name is a valid C string.
+        let prog = unsafe { bpf::bpf_object__find_program_by_name(obj, name.as_ptr()) };
+        if prog.is_null() {
+            return Err(last_err("bpf_object__find_program_by_name(xvs_steer)"));
+        }
+        // Safety: prog was returned non-null by libbpf for this object.
+        p.prog_fd = unsafe { bpf::bpf_program__fd(prog) };
+        p.xsks = p.map_fd("xsks")?;
+        p.if_slots = p.map_fd("if_slots")?;
+        p.services = p.map_fd("services")?;
+        p.nat_sources = p.map_fd("nat_sources")?;
+        p.local_addrs = p.map_fd("local_addrs")?;
+        p.counters = p.map_fd("counters")?;
+        Ok(p)
+    }
+
+    fn map_fd(&self, name: &'static str) -> Result<RawFd, BpfError> {
+        let c = CString::new(name).expect("no NUL in map names");
+        // Safety: self.obj is a loaded object; c is a valid C string.
+        let map = unsafe { bpf::bpf_object__find_map_by_name(self.obj, c.as_ptr()) };
+        if map.is_null() {
+            return Err(last_err("bpf_object__find_map_by_name"));
+        }
+        // Safety: map is non-null and belongs to self.obj.
+        let fd = unsafe { bpf::bpf_map__fd(map) };
+        if fd < 0 {
+            return Err(neg_err("bpf_map__fd", fd));
+        }
+        Ok(fd)
+    }
+
+    fn update<K, V>(&self, fd: RawFd, key: &K, value: &V, call: &'static str) -> Result<(), BpfError> {
+        // Safety: key and value point to initialised values of the map's key and value sizes
+        // (the callers pass the types declared in the program).
+        let rc = unsafe {
+            bpf::bpf_map_update_elem(fd, (key as *const K).cast(), (value as *const V).cast(), bpf::BPF_ANY as u64)
+        };
+        if rc != 0 {
+            return Err(neg_err(call, rc));
+        }
+        Ok(())
+    }
+
+    /// Attach to an interface through a bpf_link; returns the interface's slot.
+    pub fn attach(&mut self, ifindex: u32, ifname: &str, mode: XdpMode) -> Result<u32, BpfError> {
+        let slot = self.links.len() as u32;
+        if slot >= MAX_IFACES {
+            return Err(BpfError::TooManyInterfaces);
+        }
+        self.update(self.if_slots, &ifindex, &slot, "bpf_map_update_elem(if_slots)")?;
+        // Safety: an all-zero bpf_link_create_opts is the documented default; sz is set below.
+        let mut opts: bpf::bpf_link_create_opts = unsafe { std::mem::zeroed() };
+        opts.sz = std::mem::size_of::<bpf::bpf_link_create_opts>() as _;
+        opts.flags = match mode {
+            XdpMode::Auto => 0,
+            XdpMode::Drv => bpf::XDP_FLAGS_DRV_MODE,
+            XdpMode::Skb => bpf::XDP_FLAGS_SKB_MODE,
+        };
+        // Safety: prog_fd is a loaded XDP program; opts is initialised and outlives the call.
+        let fd = unsafe { bpf::bpf_link_create(self.prog_fd, ifindex as i32, bpf::BPF_XDP, &opts) };
+        if fd < 0 {
+            if -fd == libc::EBUSY || -fd == libc::EEXIST {
+                return Err(BpfError::Busy { ifname: ifname.to_string() });
+            }
+            return Err(neg_err("bpf_link_create(XDP)", fd));
+        }
+        self.links.push((ifindex, fd));
+        Ok(slot)
+    }
+
+    /// Register the AF_XDP socket of (interface slot, queue).
+    pub fn set_socket(&self, slot: u32, queue: u32, fd: RawFd) -> Result<(), BpfError> {
+        let key = slot * MAX_QUEUES + queue;
+        let val = fd as u32;
+        self.update(self.xsks, &key, &val, "bpf_map_update_elem(xsks)")
+    }
+
+    fn replace_keys(&self, fd: RawFd, keys: &[SteerKey], call: &'static str) -> Result<(), BpfError> {
+        // Remove keys that are no longer wanted, then insert the wanted ones (updates are
+        // atomic per key, so traffic to unchanged keys is never interrupted).
+        let mut existing = Vec::new();
+        let mut cur: Option<SteerKey> = None;
+        loop {
+            let mut next = SteerKey::default();
+            let prev = cur.as_ref().map_or(std::ptr::null(), |k| (k as *const SteerKey).cast());
+            // Safety: prev is null or points to a key of the map's key size; next is writable
+            // storage of that size.
+            let rc = unsafe { bpf::bpf_map_get_next_key(fd, prev, (&mut next as *mut SteerKey).cast()) };
+            if rc != 0 {
+                break;
+            }
+            existing.push(next);
+            cur = Some(next);
+        }
+        for k in existing.iter().filter(|k| !keys.contains(k)) {
+            // Safety: k points to a key of the map's key size.
+            unsafe { bpf::bpf_map_delete_elem(fd, (k as *const SteerKey).cast()) };
+        }
+        for k in keys {
+            self.update(fd, k, &1u8, call)?;
+        }
+        Ok(())
+    }
+
+    /// Make the program steer exactly what `steering` lists; `local` are the box's own
+    /// addresses (never steered as NAT replies).
+    pub fn sync(&self, steering: &Steering, local: &[IpAddr]) -> Result<(), BpfError> {
+        let proto = |p: Protocol| p.number();
+        let mut svc: Vec<SteerKey> = Vec::new();
+        for &(addr, p, port) in &steering.services {
+            svc.push(SteerKey::new(addr, proto(p), port));
+            // (VIP, 0, 0): ICMP errors to a VIP.
+            svc.push(SteerKey::new(addr, 0, 0));
+        }
+        svc.sort_by_key(|k| (k.addr, k.family, k.proto, k.port_be));
+        svc.dedup();
+        let nat: Vec<SteerKey> = steering.nat_sources.iter().map(|&(a, p, port)| SteerKey::new(a, proto(p), port)).collect();
+        let loc: Vec<SteerKey> = local.iter().map(|&a| SteerKey::new(a, 0, 0)).collect();
+        self.replace_keys(self.services, &svc, "bpf_map_update_elem(services)")?;
+        self.replace_keys(self.nat_sources, &nat, "bpf_map_update_elem(nat_sources)")?;
+        self.replace_keys(self.local_addrs, &loc, "bpf_map_update_elem(local_addrs)")?;
+        Ok(())
+    }
+
+    /// The program's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<XdpCounters, BpfError> {
+        // Safety: plain libbpf query without arguments.
+        let ncpu = unsafe { bpf::libbpf_num_possible_cpus() };
+        if ncpu <= 0 {
+            return Err(neg_err("libbpf_num_possible_cpus", ncpu));
+        }
+        let mut out = [0u64; 3];
+        for (i, o) in out.iter_mut().enumerate() {
+            let key = i as u32;
+            let mut vals = vec![0u64; ncpu as usize];
+            // Safety: per-CPU array lookups write one u64 per possible CPU into vals, which has
+            // exactly that many elements.
+            let rc = unsafe {
+                bpf::bpf_map_lookup_elem(self.counters, (&key as *const u32).cast(), vals.as_mut_ptr().cast())
+            };
+            if rc != 0 {
+                return Err(neg_err("bpf_map_lookup_elem(counters)", rc));
+            }
+            *o = vals.iter().sum();
+        }
+        Ok(XdpCounters { passed: out[0], redirected: out[1], no_socket: out[2] })
+    }
+}
+
+impl Drop for XdpProgram {
+    fn drop(&mut self) {
+        for (_, fd) in self.links.drain(..) {
+            // Safety: fd is a bpf_link fd this value created and nobody else closes; closing it
+            // detaches the program.
+            unsafe { libc::close(fd) };
+        }
+        // Safety: obj was returned by bpf_object__open_mem and is closed exactly once.
+        unsafe { bpf::bpf_object__close(self.obj) };
+    }
+}

@@ -1,0 +1,357 @@
+//! Next hops from the kernel: a route lookup (`RTM_GETROUTE` for the destination, as `ip route
+//! get` does) gives the egress and gateway, the neighbour table (`RTM_GETNEIGH`) gives the MAC.
+//! A resolver thread keeps a cache that workers read without locks; a miss is queued for the
+//! resolver, which makes the kernel resolve an unknown neighbour by sending it an empty UDP
+//! datagram (port 9, discard) through the normal stack. Until then the packet is dropped and
+//! counted (`no_route`), never sent to a wrong MAC. Static neighbours (`--neigh`) take precedence.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr as NlAddr};
+use xvs_core::{NextHop, Routes};
+
+/// MAC and MTU of an interface xvs transmits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface MAC.
+    pub mac: [u8; 6],
+    /// Interface MTU.
+    pub mtu: u16,
+}
+
+/// Read an interface's MAC and MTU from sysfs.
+pub fn link_info(ifname: &str) -> io::Result<LinkInfo> {
+    let mac_s = std::fs::read_to_string(format!("/sys/class/net/{ifname}/address"))?;
+    let mtu_s = std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))?;
+    let mac = xvs_core::routes::parse_mac(mac_s.trim())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad MAC {mac_s:?}")))?;
+    let mtu = mtu_s.trim().parse::<u32>().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(LinkInfo { mac, mtu: mtu.min(u32::from(u16::MAX)) as u16 })
+}
+
+/// The next-hop cache that workers read.
+#[derive(Debug)]
+pub struct KernelRoutes {
+    cache: ArcSwap<HashMap<IpAddr, NextHop>>,
+    wanted: Mutex<HashSet<IpAddr>>,
+    statics: HashMap<IpAddr, [u8; 6]>,
+    links: HashMap<u32, LinkInfo>,
+}
+
+impl Routes for KernelRoutes {
+    fn next_hop(&self, dst: IpAddr) -> Option<NextHop> {
+        if let Some(h) = self.cache.load().get(&dst) {
+            return Some(*h);
+        }
+        // Never block a worker: if the resolver holds the set, the next packet asks again.
+        if let Ok(mut w) = self.wanted.try_lock() {
+            w.insert(dst);
+        }
+        None
+    }
+}
+
+struct Netlink {
+    sock: Socket,
+    seq: u32,
+}
+
+impl Netlink {
+    fn open() -> io::Result<Netlink> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&NlAddr::new(0, 0))?;
+        Ok(Netlink { sock, seq: 0 })
+    }
+
+    fn request(&mut self, msg: RouteNetlinkMessage, dump: bool) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
+        hdr.sequence_number = self.seq;
+        let mut nl = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
+        nl.finalize();
+        let mut buf = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full()?;
+            let mut off = 0;
+            while off < data.len() {
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let len = m.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                off += len;
+                if m.header.sequence_number != self.seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::InnerMessage(x) => out.push(x),
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                            None => Ok(out),
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            if !dump && !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// `ip route get DST`: (egress ifindex, gateway if any, preferred source).
+    fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>, Option<IpAddr>)>> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = if dst.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
+        m.header.destination_prefix_length = if dst.is_ipv6() { 128 } else { 32 };
+        m.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        let resp = match self.request(RouteNetlinkMessage::GetRoute(m), false) {
+            Ok(r) => r,
+            // No route to the destination.
+            Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) || e.raw_os_error() == Some(libc::EHOSTUNREACH) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        for r in resp {
+            if let RouteNetlinkMessage::NewRoute(rm) = r {
+                if rm.header.kind != RouteType::Unicast {
+                    return Ok(None);
+                }
+                let (mut oif, mut gw, mut src) = (None, None, None);
+                for a in rm.attributes {
+                    match a {
+                        RouteAttribute::Oif(i) => oif = Some(i),
+                        RouteAttribute::Gateway(g) => gw = route_ip(&g),
+                        RouteAttribute::PrefSource(s) => src = route_ip(&s),
+                        _ => {}
+                    }
+                }
+                return Ok(oif.map(|o| (o, gw, src)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every usable neighbour entry: (ifindex, address) → MAC.
+    fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>> {
+        let mut out = HashMap::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = NeighbourMessage::default();
+            m.header.family = fam;
+            for r in self.request(RouteNetlinkMessage::GetNeighbour(m), true)? {
+                let RouteNetlinkMessage::NewNeighbour(n) = r else { continue };
+                let usable = matches!(
+                    n.header.state,
+                    NeighbourState::Reachable
+                        | NeighbourState::Stale
+                        | NeighbourState::Delay
+                        | NeighbourState::Probe
+                        | NeighbourState::Permanent
+                        | NeighbourState::Noarp
+                );
+                if !usable {
+                    continue;
+                }
+                let (mut ip, mut mac) = (None, None);
+                for a in n.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(v)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => ip = Some(IpAddr::V6(v)),
+                        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                            mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]]);
+                        }
+                        _ => {}
+                    }
+                }
+                if let (Some(ip), Some(mac)) = (ip, mac) {
+                    out.insert((n.header.ifindex, ip), mac);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Every address configured on the box (in this network namespace): traffic to them is the
+/// kernel's, never a NAT reply for xvs.
+pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
+    use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+    let mut nl = Netlink::open()?;
+    let mut out = Vec::new();
+    for r in nl.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), true)? {
+        if let RouteNetlinkMessage::NewAddress(a) = r {
+            for attr in a.attributes {
+                if let AddressAttribute::Address(ip) | AddressAttribute::Local(ip) = attr {
+                    if !out.contains(&ip) {
+                        out.push(ip);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}
+
+/// Ask the kernel to resolve `nh` by sending it an empty datagram through the normal stack.
+fn probe(nh: IpAddr) {
+    let bind: SocketAddr = if nh.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
+        .expect("literal socket addresses parse");
+    if let Ok(s) = UdpSocket::bind(bind) {
+        let _ = s.send_to(&[], SocketAddr::new(nh, 9));
+    }
+}
+
+impl KernelRoutes {
+    /// A cache for the given egress interfaces (ifindex → MAC/MTU) and static neighbours.
+    pub fn new(links: HashMap<u32, LinkInfo>, statics: HashMap<IpAddr, [u8; 6]>) -> Arc<KernelRoutes> {
+        Arc::new(KernelRoutes {
+            cache: ArcSwap::from_pointee(HashMap::new()),
+            wanted: Mutex::new(HashSet::new()),
+            statics,
+            links,
+        })
+    }
+
+    /// Resolve `targets` now (also used at start for the real servers).
+    pub fn resolve(&self, nl: &mut impl ResolverIo, targets: &HashSet<IpAddr>) -> io::Result<HashSet<IpAddr>> {
+        let neigh = nl.neighbours()?;
+        let mut cache: HashMap<IpAddr, NextHop> = HashMap::with_capacity(targets.len());
+        let mut unresolved = HashSet::new();
+        for &dst in targets {
+            let Some((oif, gw, src)) = nl.route_get(dst)? else { continue };
+            let Some(link) = self.links.get(&oif) else { continue };
+            let nh = gw.unwrap_or(dst);
+            let mac = self.statics.get(&nh).copied().or_else(|| neigh.get(&(oif, nh)).copied());
+            match mac {
+                Some(dst_mac) => {
+                    cache.insert(dst, NextHop { ifindex: oif, src_mac: link.mac, dst_mac, mtu: link.mtu, src_ip: src });
+                }
+                None => {
+                    unresolved.insert(nh);
+                    unresolved.insert(dst);
+                }
+            }
+        }
+        self.cache.store(Arc::new(cache));
+        Ok(unresolved)
+    }
+
+    /// Run the resolver until `stop` is set.
+    pub fn run(self: &Arc<Self>, stop: &AtomicBool) -> io::Result<()> {
+        let mut nl = Netlink::open()?;
+        let mut last_full = Instant::now() - Duration::from_secs(10);
+        let mut last_probe: HashMap<IpAddr, Instant> = HashMap::new();
+        while !stop.load(Relaxed) {
+            let wanted: HashSet<IpAddr> = match self.wanted.lock() {
+                Ok(mut w) => w.drain().collect(),
+                Err(p) => p.into_inner().drain().collect(),
+            };
+            let refresh = last_full.elapsed() >= Duration::from_secs(1);
+            if !wanted.is_empty() || refresh {
+                let mut targets: HashSet<IpAddr> = self.cache.load().keys().copied().collect();
+                targets.extend(wanted);
+                let unresolved = self.resolve(&mut nl, &targets)?;
+                for nh in &unresolved {
+                    let due = last_probe.get(nh).is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
+                    if due && !self.links.is_empty() {
+                        probe(*nh);
+                        last_probe.insert(*nh, Instant::now());
+                    }
+                }
+                if let Ok(mut w) = self.wanted.lock() {
+                    w.extend(unresolved);
+                }
+                if refresh {
+                    last_full = Instant::now();
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+}
+
+/// What the resolver needs from the kernel (a trait so the cache logic can be tested without
+/// netlink).
+pub trait ResolverIo {
+    /// Route lookup for a destination.
+    fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>, Option<IpAddr>)>>;
+    /// The neighbour table.
+    fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>>;
+}
+
+impl ResolverIo for Netlink {
+    fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>, Option<IpAddr>)>> {
+        Netlink::route_get(self, dst)
+    }
+    fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>> {
+        Netlink::neighbours(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fake;
+
+    impl ResolverIo for Fake {
+        fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>, Option<IpAddr>)>> {
+            Ok(match dst {
+                IpAddr::V4(a) if a.octets()[0] == 192 => Some((2, None, Some("192.168.1.254".parse().unwrap()))),
+                IpAddr::V4(_) => Some((2, Some("192.168.1.1".parse().unwrap()), None)),
+                IpAddr::V6(_) => Some((9, None, None)),
+            })
+        }
+        fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>> {
+            Ok(HashMap::from([((2, "192.168.1.1".parse().unwrap()), [1; 6])]))
+        }
+    }
+
+    #[test]
+    fn gateway_neighbour_and_misses() {
+        let links = HashMap::from([(2, LinkInfo { mac: [9; 6], mtu: 1500 })]);
+        let r = KernelRoutes::new(links, HashMap::from([("192.168.1.7".parse().unwrap(), [7; 6])]));
+        let targets: HashSet<IpAddr> =
+            ["10.9.9.9", "192.168.1.7", "192.168.1.8", "fd00::1"].iter().map(|s| s.parse().unwrap()).collect();
+        let unresolved = r.resolve(&mut Fake, &targets).unwrap();
+        // Via the gateway 192.168.1.1 (known neighbour).
+        let h = r.next_hop("10.9.9.9".parse().unwrap()).unwrap();
+        assert_eq!((h.ifindex, h.dst_mac, h.src_mac, h.mtu), (2, [1; 6], [9; 6], 1500));
+        // A static neighbour.
+        assert_eq!(r.next_hop("192.168.1.7".parse().unwrap()).unwrap().dst_mac, [7; 6]);
+        // Unknown neighbour: not in the cache, queued for resolution.
+        assert!(unresolved.contains(&"192.168.1.8".parse().unwrap()));
+        assert!(r.next_hop("192.168.1.8".parse().unwrap()).is_none());
+        // Egress not attached to xvs: not cached.
+        assert!(r.next_hop("fd00::1".parse().unwrap()).is_none());
+        assert!(r.wanted.lock().unwrap().contains(&"fd00::1".parse().unwrap()));
+    }
+}

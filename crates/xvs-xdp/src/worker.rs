@@ -1,0 +1,196 @@
+//! The worker loop: one thread per queue index, owning that queue's sockets on every interface.
+//! Receive a batch, hand each frame to the engine, transmit by verdict, recycle frames; no
+//! allocation and no lock held across a batch on the fast path (the engine's shard locks are
+//! taken and released per packet).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use xsk_rs::FrameDesc;
+use xvs_core::{Engine, Frame, Routes, Tables, Time, Verdict};
+
+use crate::xsk::QueueSet;
+
+/// Frames per receive batch.
+pub const BATCH: usize = 64;
+
+/// Counters of one worker (read by the control socket).
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    /// Frames received.
+    pub rx: AtomicU64,
+    /// Frames transmitted.
+    pub tx: AtomicU64,
+    /// Frames the engine handed back to the kernel: from AF_XDP they cannot be, so they are
+    /// dropped here (the XDP program should not have redirected them).
+    pub pass_dropped: AtomicU64,
+    /// Forwards to an interface xvs has no socket on.
+    pub no_egress: AtomicU64,
+    /// Frames dropped because a TX ring was full.
+    pub tx_ring_full: AtomicU64,
+    /// Frames the engine dropped (reasons are in the engine's counters).
+    pub engine_drops: AtomicU64,
+}
+
+/// Everything a worker needs.
+#[derive(Debug)]
+pub struct Worker {
+    /// The sockets of this queue.
+    pub qs: QueueSet,
+    /// Shared engine (connection table, counters).
+    pub engine: Arc<Engine>,
+    /// The published tables.
+    pub tables: Arc<ArcSwap<Tables>>,
+    /// Counters.
+    pub counters: Arc<WorkerCounters>,
+    /// Set to stop the loop.
+    pub stop: Arc<AtomicBool>,
+    /// The clock's zero, shared by all workers.
+    pub epoch: Instant,
+}
+
+impl Worker {
+    /// Fill every fill ring from the free frames.
+    fn refill(&mut self, port: usize) {
+        let qs = &mut self.qs;
+        let p = &mut qs.ports[port];
+        let n = p.fq.nb_free(qs.free.len().min(BATCH * 4) as u32) as usize;
+        let n = n.min(qs.free.len());
+        if n == 0 {
+            return;
+        }
+        let start = qs.free.len() - n;
+        // Safety: frames on the free list are owned by this worker and not in any ring.
+        let done = unsafe { p.fq.produce(&qs.free[start..]) };
+        qs.free.truncate(qs.free.len() - done);
+        if done > 0 && p.fq.needs_wakeup() {
+            // Kick the driver so it uses the new fill entries.
+            let _ = p.fq.wakeup(p.rx.fd_mut(), 0);
+        }
+    }
+
+    fn reclaim(&mut self, port: usize, scratch: &mut [FrameDesc]) {
+        let qs = &mut self.qs;
+        // Safety: descriptors popped from the completion ring are frames the kernel is done
+        // with; they become ours again.
+        let n = unsafe { qs.ports[port].cq.consume(scratch) };
+        qs.free.extend_from_slice(&scratch[..n]);
+    }
+
+    /// Run until `stop` is set.
+    pub fn run(&mut self, routes: &(dyn Routes + Sync)) {
+        let nports = self.qs.ports.len();
+        let mut rx = vec![FrameDesc::default(); BATCH];
+        let mut scratch = vec![FrameDesc::default(); BATCH * 4];
+        let mut tx: Vec<Vec<FrameDesc>> = (0..nports).map(|_| Vec::with_capacity(BATCH * 2)).collect();
+        let mut last_house = Instant::now();
+        let mut pollfds: Vec<libc::pollfd> =
+            self.qs.ports.iter().map(|p| libc::pollfd { fd: p.fd(), events: libc::POLLIN, revents: 0 }).collect();
+        while !self.stop.load(Relaxed) {
+            let tables = self.tables.load();
+            let now = Time(self.epoch.elapsed().as_millis() as u64);
+            let mut received = 0;
+            for pi in 0..nports {
+                self.reclaim(pi, &mut scratch);
+                self.refill(pi);
+                // Safety: consumed descriptors are frames the kernel filled for us; they are ours
+                // until we put them in a ring again.
+                let n = unsafe { self.qs.ports[pi].rx.consume(&mut rx) };
+                received += n;
+                for desc in rx.iter_mut().take(n) {
+                    self.handle(pi, desc, &tables, routes, now, &mut tx);
+                }
+            }
+            self.counters.rx.fetch_add(received as u64, Relaxed);
+            self.transmit(&mut tx);
+            if last_house.elapsed() >= Duration::from_millis(10) {
+                last_house = Instant::now();
+                self.engine.conns.expire_step(now);
+            }
+            if received == 0 {
+                // Idle: sleep in poll() until a socket has frames (bounded, to see `stop`).
+                // Safety: pollfds is a valid array of pollfd structures of the given length.
+                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 10) };
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        port: usize,
+        desc: &mut FrameDesc,
+        tables: &Tables,
+        routes: &(dyn Routes + Sync),
+        now: Time,
+        tx: &mut [Vec<FrameDesc>],
+    ) {
+        let len = desc.lengths().data();
+        // Safety: `desc` came from this UMEM's rx ring and is owned by this worker (see `run`);
+        // no other reference to the frame exists while we use it.
+        let (mut head, mut data) = unsafe { self.qs.umem.frame_mut(desc) };
+        let base = head.contents_mut().as_mut_ptr();
+        let data_ptr = data.contents_mut().as_mut_ptr();
+        let cap = data.cursor().buf_len();
+        drop((head, data));
+        let data_off = data_ptr as usize - base as usize;
+        // Safety: [base, data_ptr + cap) is exactly this frame's chunk of the UMEM (xsk-rs gives
+        // the frame start as the headroom pointer and the data segment runs to the chunk's end);
+        // we own the frame and hold no other reference into it.
+        let chunk = unsafe { std::slice::from_raw_parts_mut(base, data_off + cap) };
+        let mut frame = Frame::new(chunk, data_off, len);
+        let verdict = self.engine.process_frame(tables, routes, &mut frame, now);
+        let (start, new_len) = (frame.start(), frame.len());
+        let out_port = match verdict {
+            Verdict::Forward { ifindex, .. } => match self.qs.ports.iter().position(|p| p.ifindex == ifindex) {
+                Some(i) => Some(i),
+                None => {
+                    self.counters.no_egress.fetch_add(1, Relaxed);
+                    None
+                }
+            },
+            Verdict::Reply(_) => Some(port),
+            Verdict::Pass => {
+                self.counters.pass_dropped.fetch_add(1, Relaxed);
+                None
+            }
+            Verdict::Drop(_) => {
+                self.counters.engine_drops.fetch_add(1, Relaxed);
+                None
+            }
+        };
+        let Some(out) = out_port else {
+            self.qs.free.push(*desc);
+            return;
+        };
+        if start != data_off {
+            // The frame grew into the headroom (tunnel, ICMP error). xsk-rs transmits from the
+            // descriptor's fixed address, so move the frame there: one copy, only on these paths.
+            chunk.copy_within(start..start + new_len, data_off);
+        }
+        // Safety: as above; the frame is still ours (not yet in a ring).
+        let mut data = unsafe { self.qs.umem.data_mut(desc) };
+        data.cursor().set_pos(new_len);
+        tx[out].push(*desc);
+    }
+
+    fn transmit(&mut self, tx: &mut [Vec<FrameDesc>]) {
+        for (pi, batch) in tx.iter_mut().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let p = &mut self.qs.ports[pi];
+            // Safety: every descriptor in the batch is a frame we own with its length set; after
+            // this call the ones produced belong to the kernel until they come back on the
+            // completion ring.
+            let sent = unsafe { p.tx.produce_and_wakeup(batch) }.unwrap_or(0);
+            self.counters.tx.fetch_add(sent as u64, Relaxed);
+            if sent < batch.len() {
+                self.counters.tx_ring_full.fetch_add((batch.len() - sent) as u64, Relaxed);
+                self.qs.free.extend_from_slice(&batch[sent..]);
+            }
+            batch.clear();
+        }
+    }
+}
