@@ -79,12 +79,12 @@ up() {
             ns "$P-r$n" ip addr add "10.9.0.$((10 + n))/24" dev "xr$n$id"
             ns "$P-r$n" ip -6 addr add "fd09::$((10 + n))/64" dev "xr$n$id" nodad
             nooffload "$P-r$n" "xr$n$id"
-            if [ "$mode" = dr ]; then
-                # The VIP on the server's loopback; never answer ARP/ND for it.
-                ns "$P-r$n" ip addr add 10.0.0.1/32 dev lo
-                ns "$P-r$n" ip -6 addr add fd00::1/128 dev lo
-                ns "$P-r$n" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
-            fi
+            # The VIP on the server's loopback; never answer ARP/ND for it. Tunnelled packets
+            # arrive on a TUN device (see tests/e2e/ipip_decap.py): no reverse-path filter.
+            ns "$P-r$n" ip addr add 10.0.0.1/32 dev lo
+            ns "$P-r$n" ip -6 addr add fd00::1/128 dev lo
+            ns "$P-r$n" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
+            ns "$P-r$n" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
         done
         echo "RIG_ID=$id RIG_MODE=$mode RIG_LB_IFS='xl$id'"
     fi

@@ -245,7 +245,9 @@ impl KernelRoutes {
         let mut cache: HashMap<IpAddr, NextHop> = HashMap::with_capacity(targets.len());
         let mut unresolved = HashSet::new();
         for &dst in targets {
-            let Some((oif, gw, src)) = nl.route_get(dst)? else { continue };
+            // A destination without a usable route is simply not cached (and counted as
+            // `no_route` by the data path).
+            let Ok(Some((oif, gw, src))) = nl.route_get(dst) else { continue };
             let Some(link) = self.links.get(&oif) else { continue };
             let nh = gw.unwrap_or(dst);
             let mac = self.statics.get(&nh).copied().or_else(|| neigh.get(&(oif, nh)).copied());
@@ -263,6 +265,23 @@ impl KernelRoutes {
         Ok(unresolved)
     }
 
+    /// Resolve `targets` before traffic starts, making the kernel resolve unknown neighbours;
+    /// waits at most `timeout`. Returns the addresses still unresolved.
+    pub fn warm_up(&self, targets: &HashSet<IpAddr>, timeout: Duration) -> io::Result<HashSet<IpAddr>> {
+        let mut nl = Netlink::open()?;
+        let start = Instant::now();
+        loop {
+            let unresolved = self.resolve(&mut nl, targets)?;
+            if unresolved.is_empty() || start.elapsed() >= timeout {
+                return Ok(unresolved);
+            }
+            for nh in &unresolved {
+                probe(*nh);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Run the resolver until `stop` is set.
     pub fn run(self: &Arc<Self>, stop: &AtomicBool) -> io::Result<()> {
         let mut nl = Netlink::open()?;
@@ -277,7 +296,13 @@ impl KernelRoutes {
             if !wanted.is_empty() || refresh {
                 let mut targets: HashSet<IpAddr> = self.cache.load().keys().copied().collect();
                 targets.extend(wanted);
-                let unresolved = self.resolve(&mut nl, &targets)?;
+                let unresolved = match self.resolve(&mut nl, &targets) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        eprintln!("xvsd: resolver: {e}");
+                        targets
+                    }
+                };
                 for nh in &unresolved {
                     let due = last_probe.get(nh).is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
                     if due && !self.links.is_empty() {

@@ -135,6 +135,12 @@ impl QueueSet {
                             "xvsd: {ifname} queue {}: zero-copy not supported ({last}), using copy mode",
                             self.queue
                         );
+                    } else {
+                        eprintln!(
+                            "xvsd: {ifname} queue {}: {} mode",
+                            self.queue,
+                            if is_zc { "zero-copy" } else { "copy" }
+                        );
                     }
                     return Ok(Port { ifname: ifname.to_string(), ifindex, slot, zero_copy: is_zc, tx, rx, fq, cq });
                 }

@@ -165,8 +165,10 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     let routes = KernelRoutes::new(links, statics);
     let reals: HashSet<IpAddr> =
         director.services().iter().flat_map(|s| s.dests.iter().map(|d| d.addr)).collect();
-    for r in reals {
-        let _ = xvs_core::Routes::next_hop(&*routes, r);
+    match routes.warm_up(&reals, Duration::from_secs(2)) {
+        Ok(left) if left.is_empty() => {}
+        Ok(left) => eprintln!("xvsd: next hop not resolved yet for {left:?}; retrying in the background"),
+        Err(e) => return Err(format!("reading routes and neighbours: {e}")),
     }
     let resolver = {
         let routes = routes.clone();

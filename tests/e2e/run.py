@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""End-to-end tests of xvs: real kernel TCP/UDP clients and servers in network namespaces,
+balanced by xvsd on AF_XDP, for each forwarding method (NAT, DR, tunnel) and address family.
+
+Needs root (network namespaces, XDP). Without it the run fails loudly; it never skips.
+Every namespace is created by scripts/rig.sh with a unique name and removed at the end, also on
+failure; processes are stopped by the PIDs this script started. Traffic loops are bounded.
+
+Usage: tests/e2e/run.py [--xvsd PATH] [-k FILTER]
+Prints one line per check and a closing "N passed, M failed".
+"""
+import argparse
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RIG = os.path.join(ROOT, "scripts", "rig.sh")
+SERVER = os.path.join(ROOT, "tests", "e2e", "server.py")
+DECAP = os.path.join(ROOT, "tests", "e2e", "ipip_decap.py")
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--xvsd", default=os.path.join(ROOT, "target", "release", "xvsd"))
+ap.add_argument("-k", dest="filter", default="")
+ARGS = ap.parse_args()
+
+RESULTS = []
+
+
+def check(name, cond, detail=""):
+    RESULTS.append((name, bool(cond)))
+    print(f"{'PASS' if cond else 'FAIL'} {name}{'' if cond else ': ' + str(detail)}", flush=True)
+    return bool(cond)
+
+
+def blob(size):
+    out = bytearray()
+    block = hashlib.sha256(b"xvs").digest()
+    while len(out) < size:
+        block = hashlib.sha256(block).digest()
+        out += block
+    return bytes(out[:size])
+
+
+class Rig:
+    """A namespace rig from scripts/rig.sh, with the processes started in it."""
+
+    def __init__(self, mode):
+        self.mode = mode
+        out = subprocess.run([RIG, "up", mode], check=True, capture_output=True, text=True, timeout=60).stdout
+        env = dict(kv.split("=", 1) for kv in shlex.split(out.strip().splitlines()[-1]))
+        self.id = env["RIG_ID"]
+        self.lb_ifs = env["RIG_LB_IFS"].split()
+        self.procs = []
+        self.tmp = tempfile.mkdtemp(prefix=f"xvs{self.id}-")
+        self.xvsd = None
+
+    def ns(self, role):
+        return f"xvs{self.id}-{role}"
+
+    def run(self, role, cmd, timeout=30, check_rc=False, input=None):
+        return subprocess.run(["ip", "netns", "exec", self.ns(role)] + cmd, capture_output=True,
+                              timeout=timeout, check=check_rc, input=input)
+
+    def spawn(self, role, cmd, log):
+        f = open(os.path.join(self.tmp, log), "wb")
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns(role)] + cmd, stdout=f, stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def start_xvsd(self, rules):
+        path = os.path.join(self.tmp, "rules")
+        with open(path, "w") as f:
+            f.write(rules)
+        args = [ARGS.xvsd]
+        for i in self.lb_ifs:
+            args += ["--interface", i]
+        args += ["--rules", path]
+        self.xvsd = self.spawn("l", args, "xvsd.log")
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if "balancing on" in self.log("xvsd.log"):
+                return True
+            if self.xvsd.poll() is not None:
+                break
+            time.sleep(0.1)
+        print(self.log("xvsd.log"), file=sys.stderr)
+        return False
+
+    def stop_xvsd(self, sig=15):
+        if self.xvsd and self.xvsd.poll() is None:
+            self.xvsd.send_signal(sig)
+            try:
+                self.xvsd.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.xvsd.kill()
+                self.xvsd.wait()
+        return self.xvsd.returncode if self.xvsd else None
+
+    def log(self, name):
+        try:
+            with open(os.path.join(self.tmp, name), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        subprocess.run([RIG, "down", self.id], capture_output=True, timeout=60)
+
+
+def addrs(mode, v6):
+    """VIP, real servers and balancer addresses for a rig."""
+    if mode == "nat":
+        reals = [f"fd01::{n}" if v6 else f"192.168.10.{n}" for n in (1, 2, 3)]
+    else:
+        reals = [f"fd09::1{n}" if v6 else f"10.9.0.1{n}" for n in (1, 2, 3)]
+    vip = "fd00::1" if v6 else "10.0.0.1"
+    return vip, reals
+
+
+def hp(addr, port):
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def url(addr, path):
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"http://{host}{path}"
+
+
+def rules_for(mode, vip, reals, sched="rr", extra=""):
+    flag = {"nat": "-m", "dr": "-g", "tun": "-i"}[mode]
+    lines = [f"-A -t {hp(vip, 80)} -s {sched}"]
+    lines += [f"-a -t {hp(vip, 80)} -r {hp(r, 80)} {flag} -w 1" for r in reals]
+    lines += [f"-A -u {hp(vip, 53)} -s rr"]
+    lines += [f"-a -u {hp(vip, 53)} -r {hp(r, 53)} {flag}" for r in reals[:2]]
+    return "\n".join(lines) + "\n" + extra
+
+
+def start_servers(rig, mode, v6):
+    for n in (1, 2, 3):
+        rig.spawn(f"r{n}", [sys.executable, SERVER, f"rs{n}"], f"server{n}.log")
+        if mode == "tun":
+            stats = os.path.join(rig.tmp, f"decap{n}.stats")
+            rig.spawn(f"r{n}", [sys.executable, DECAP, "--tun", "xt0", "--lb", "10.9.0.1", "--rs", f"10.9.0.1{n}",
+                                "--lb6", "fd09::1", "--rs6", f"fd09::1{n}", "--stats", stats], f"decap{n}.log")
+    # Wait for the servers (and TUN devices) to exist.
+    deadline = time.time() + 10
+    for n in (1, 2, 3):
+        while time.time() < deadline:
+            ok = rig.run(f"r{n}", ["ss", "-ltn", "sport = :80"]).stdout.count(b"LISTEN") > 0
+            if mode == "tun":
+                up = rig.run(f"r{n}", ["ip", "link", "set", "xt0", "up"]).returncode == 0
+                ok = ok and up
+            if ok:
+                break
+            time.sleep(0.1)
+
+
+def curl(rig, u, extra=(), timeout=20):
+    r = rig.run("c", ["curl", "-s", "-S", "-m", str(timeout), *extra, u], timeout=timeout + 5)
+    return r.returncode, r.stdout
+
+
+def udp(rig, vip, payload):
+    code = (
+        "import socket,sys\n"
+        f"fam=socket.AF_INET6 if ':' in {vip!r} else socket.AF_INET\n"
+        "s=socket.socket(fam,socket.SOCK_DGRAM);s.settimeout(2)\n"
+        f"s.sendto({payload!r},({vip!r},53))\n"
+        "print(s.recvfrom(200)[0].decode())\n"
+    )
+    r = rig.run("c", [sys.executable, "-c", code], timeout=10)
+    return r.stdout.decode().strip()
+
+
+def scenario(mode, v6):
+    fam = "v6" if v6 else "v4"
+    name = f"{mode}-{fam}"
+    if ARGS.filter and ARGS.filter not in name:
+        return
+    vip, reals = addrs(mode, v6)
+    rig = Rig(mode)
+    try:
+        start_servers(rig, mode, v6)
+        if not check(f"{name}: xvsd starts", rig.start_xvsd(rules_for(mode, vip, reals)), rig.log("xvsd.log")):
+            return
+        # rr: each real server in turn (newest added first).
+        names = [curl(rig, url(vip, "/name"))[1].decode().strip() for _ in range(6)]
+        check(f"{name}: rr spreads HTTP over the three servers", names == ["rs3", "rs2", "rs1"] * 2, names)
+        # Download 5 MB, checksum.
+        size = 5_000_000
+        want = hashlib.sha256(blob(size)).hexdigest()
+        rc, body = curl(rig, url(vip, f"/blob?size={size}"))
+        check(f"{name}: 5 MB download intact", rc == 0 and hashlib.sha256(body).hexdigest() == want,
+              f"rc={rc} len={len(body)}")
+        # Upload 5 MB, the server checksums it.
+        up = os.path.join(rig.tmp, "upload.bin")
+        data = os.urandom(size)
+        with open(up, "wb") as f:
+            f.write(data)
+        rc, body = curl(rig, url(vip, "/upload"), ["--data-binary", f"@{up}", "-H", "Content-Type: application/octet-stream"])
+        parts = body.decode().split()
+        check(f"{name}: 5 MB upload intact", rc == 0 and len(parts) == 3 and parts[1] == hashlib.sha256(data).hexdigest()
+              and parts[2] == str(size), f"rc={rc} {body[:200]!r}")
+        # UDP request/reply.
+        replies = [udp(rig, vip, b"ping%d" % i) for i in range(4)]
+        check(f"{name}: UDP request/reply", replies == ["rs2:ping0", "rs1:ping1", "rs2:ping2", "rs1:ping3"], replies)
+        # The balancer's own address still answers ping (ARP/ND pass to the kernel).
+        lb = "fd09::1" if v6 else "10.9.0.1"
+        r = rig.run("c", ["ping", "-c", "2", "-W", "2", lb], timeout=10)
+        check(f"{name}: ping of the balancer's own address", r.returncode == 0, r.stdout[-200:])
+        if mode == "tun":
+            stats = [open(os.path.join(rig.tmp, f"decap{n}.stats")).read().split() for n in (1, 2, 3)
+                     if os.path.exists(os.path.join(rig.tmp, f"decap{n}.stats"))]
+            oks = sum(int(s[1]) for s in stats)
+            bads = sum(int(s[3]) for s in stats)
+            check(f"{name}: outer headers strictly correct at the real servers", oks > 0 and bads == 0,
+                  f"ok={oks} bad={bads} " + " ".join(rig.log(f"decap{n}.log")[-300:] for n in (1, 2, 3)))
+        if mode == "nat" and not v6:
+            # kill -9: no XDP program left behind; a new xvsd attaches and forwards again.
+            rig.stop_xvsd(9)
+            links = b"".join(rig.run("l", ["ip", "link", "show", i]).stdout for i in rig.lb_ifs)
+            check(f"{name}: no XDP program left after kill -9", b" xdp" not in links, links)
+            check(f"{name}: xvsd restarts", rig.start_xvsd(rules_for(mode, vip, reals)), rig.log("xvsd.log"))
+            rc, body = curl(rig, url(vip, "/name"))
+            check(f"{name}: forwards again after restart", rc == 0 and body.decode().strip() in ("rs1", "rs2", "rs3"),
+                  body)
+        rc = rig.stop_xvsd()
+        check(f"{name}: xvsd stops cleanly on SIGTERM", rc == 0, rig.log("xvsd.log")[-500:])
+    except Exception:
+        check(f"{name}: no exception", False, traceback.format_exc())
+    finally:
+        rig.close()
+
+
+def main():
+    if os.geteuid() != 0:
+        print("tests/e2e/run.py: must run as root (network namespaces, XDP); failing, not skipping", file=sys.stderr)
+        print("0 passed, 1 failed")
+        return 1
+    if not os.access(ARGS.xvsd, os.X_OK):
+        print(f"tests/e2e/run.py: {ARGS.xvsd} not built (cargo build --release -p xvsd)", file=sys.stderr)
+        print("0 passed, 1 failed")
+        return 1
+    for mode in ("nat", "dr", "tun"):
+        for v6 in (False, True):
+            scenario(mode, v6)
+    passed = sum(1 for _, ok in RESULTS if ok)
+    failed = len(RESULTS) - passed
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 and passed > 0 else 1
+
+
+sys.exit(main())
