@@ -1,37 +1,86 @@
 #!/usr/bin/env bash
-# The xvs demo. Today: the offline replay. A capture of three HTTP clients talking to the VIP
-# 10.0.0.1:80 goes through xvs's data path (the same code the AF_XDP workers run), configured
-# by an ipvsadm rule file; xvs NATs each connection to one of three real servers (rr) and writes
-# the frames it would transmit. Usage: scripts/demo.sh
+# The xvs demo: a namespace rig with a client, the balancer and three real servers (HTTP); xvsd
+# balances the VIP 10.0.0.1:80 over them with NAT (rr) on AF_XDP, configured with ipvsadm rules.
+# The client fetches a page six times and each answer names the server that sent it.
+# Then the same rules drive the offline replay of a shipped capture.
+# Usage (as root): scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 require_cargo
-install_packages tcpdump
+install_packages clang m4 libelf-dev zlib1g-dev pkg-config iproute2 ethtool curl tcpdump iputils-ping
 cargo build --release -q -p xvsd
 
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+RIG_ID=
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    [ -n "$RIG_ID" ] && scripts/rig.sh down "$RIG_ID"
+    [ -n "${tmp:-}" ] && rm -rf "$tmp"
+}
+trap cleanup EXIT
+tmp=$(mktemp -d)
 
-echo "== rules (ipvsadm -R format): tests/data/demo.rules"
-cat tests/data/demo.rules
+eval "$(scripts/rig.sh up nat)"
+P="xvs$RIG_ID"
+echo "== rig $P: client 10.9.0.2 -> VIP 10.0.0.1 -> real servers 192.168.10.1-3 (namespaces $P-*)"
+for n in 1 2 3; do
+    ip netns exec "$P-r$n" python3 tests/e2e/server.py "rs$n" >/dev/null 2>&1 &
+    pids+=($!)
+done
+cat > "$tmp/rules" <<'RULES'
+-A -t 10.0.0.1:80 -s rr
+-a -t 10.0.0.1:80 -r 192.168.10.1:80 -m
+-a -t 10.0.0.1:80 -r 192.168.10.2:80 -m
+-a -t 10.0.0.1:80 -r 192.168.10.3:80 -m
+RULES
+echo "== rules"
+cat "$tmp/rules"
+# Wait for the servers to listen (bounded).
+for n in 1 2 3; do
+    for _ in $(seq 50); do
+        ip netns exec "$P-r$n" ss -ltn 'sport = :80' | grep -q LISTEN && break
+        sleep 0.1
+    done
+done
+ip netns exec "$P-l" target/release/xvsd --interface "xl$RIG_ID" --interface "xs$RIG_ID" --rules "$tmp/rules" \
+    2> "$tmp/xvsd.log" &
+xvsd_pid=$!
+pids+=("$xvsd_pid")
+for _ in $(seq 100); do grep -q "balancing on" "$tmp/xvsd.log" && break; sleep 0.1; done
+cat "$tmp/xvsd.log"
+echo "== the XDP program on the balancer's interfaces"
+ip netns exec "$P-l" ip -brief link show | grep -E "^x[ls]$RIG_ID" || true
+ip netns exec "$P-l" ip link show "xl$RIG_ID" | grep -o "prog/xdp.*" || true
+echo "== six HTTP requests from the client to http://10.0.0.1/"
+for i in 1 2 3 4 5 6; do
+    printf "request %d answered by: " "$i"
+    ip netns exec "$P-c" curl -s -m 5 http://10.0.0.1/ || echo "(no answer)"
+done
+echo "== a 5 MB download and a 5 MB upload through xvsd"
+ip netns exec "$P-c" curl -s -m 20 -o /dev/null -w "download: %{size_download} bytes at %{speed_download} B/s\n" \
+    "http://10.0.0.1/blob?size=5000000"
+head -c 5000000 /dev/urandom > "$tmp/up.bin"
+printf "upload: server, sha256, bytes = "
+ip netns exec "$P-c" curl -s -m 20 --data-binary @"$tmp/up.bin" http://10.0.0.1/upload
+printf "local sha256                    = %s\n" "$(sha256sum "$tmp/up.bin" | cut -d' ' -f1)"
+echo "== stopping xvsd (SIGTERM): its counters"
+kill -TERM "$xvsd_pid"
+wait "$xvsd_pid" || true
+tail -n +3 "$tmp/xvsd.log"
+ip netns exec "$P-l" ip link show "xl$RIG_ID" | grep -q "prog/xdp" && echo "XDP program still attached!" || echo "XDP program detached"
+
 echo
-echo "== replaying tests/data/demo.pcap through xvs"
+echo "== offline replay of tests/data/demo.pcap with the same kind of rules"
 target/release/xvsd replay \
     --rules tests/data/demo.rules \
-    --in tests/data/demo.pcap --out "$out/out.pcap" --verdicts "$out/verdicts.jsonl" \
+    --in tests/data/demo.pcap --out "$tmp/out.pcap" --verdicts "$tmp/verdicts.jsonl" \
     --local-mac 02:00:00:00:00:1b --local-ip 10.0.0.254 \
     --neigh 192.168.10.1=02:00:00:00:aa:01 \
     --neigh 192.168.10.2=02:00:00:00:aa:02 \
     --neigh 192.168.10.3=02:00:00:00:aa:03 \
     --gateway-mac 02:00:00:00:00:99
-echo
-echo "== input frames (what arrived)"
-tcpdump -nn -e -r tests/data/demo.pcap 2>/dev/null | cut -c 17-
-echo
-echo "== output frames (what xvs transmits)"
-tcpdump -nn -e -r "$out/out.pcap" 2>/dev/null | cut -c 17-
-echo
-echo "== verdict per input frame"
-cat "$out/verdicts.jsonl"
+echo "first output frames (tcpdump):"
+tcpdump -nn -e -r "$tmp/out.pcap" 2>/dev/null | cut -c 17- | head -5

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 require_cargo
 # Build dependencies of the AF_XDP crates (xsk-rs builds libxdp/libbpf with cc; clang compiles
 # the XDP program), and the tools the namespace tests use.
-install_packages clang m4 libelf-dev zlib1g-dev pkg-config iproute2 ethtool
+install_packages clang m4 libelf-dev zlib1g-dev pkg-config iproute2 ethtool curl iputils-ping python3
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -18,3 +18,7 @@ echo "== cargo test"
 cargo test --workspace --all-targets 2>&1 | tee target/test-output.txt
 # Doc tests (none should silently vanish).
 cargo test --workspace --doc
+
+echo "== end-to-end tests (namespaces, AF_XDP; root)"
+cargo build --release -q -p xvsd
+python3 tests/e2e/run.py

@@ -1,5 +1,6 @@
 //! Engine benchmarks: established-flow packets (lookup + rewrite) and new connections (schedule
 //! + insert), at 10 K and 1 M entries, flows drawn uniformly at random.
+//!
 //! Run: `cargo bench -p xvs-bench --bench engine`.
 
 use std::hint::black_box;

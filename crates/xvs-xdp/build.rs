@@ -10,7 +10,8 @@ fn main() {
     let src = "bpf/xvs.bpf.c";
     println!("cargo:rerun-if-changed={src}");
     // The libbpf headers (bpf_helpers.h) come from libbpf-sys, a direct dependency.
-    let bpf_include = env::var("DEP_BPF_INCLUDE").expect("libbpf-sys exports its include directory");
+    let bpf_include =
+        env::var("DEP_BPF_INCLUDE").expect("libbpf-sys exports its include directory");
     let arch_include = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
         Ok("aarch64") => "/usr/include/aarch64-linux-gnu",
         _ => "/usr/include/x86_64-linux-gnu",
@@ -26,6 +27,8 @@ fn main() {
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => panic!("clang failed to compile {src}: {s}"),
-        Err(e) => panic!("cannot run clang to compile {src} ({e}): install clang (scripts/test.sh does)"),
+        Err(e) => {
+            panic!("cannot run clang to compile {src} ({e}): install clang (scripts/test.sh does)")
+        }
     }
 }

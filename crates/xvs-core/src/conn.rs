@@ -553,7 +553,13 @@ mod size_tests {
         let reply = std::mem::size_of::<(ReplyKey, ConnKey)>();
         println!("conn entry {conn} B, reply entry {reply} B");
         assert_eq!(std::mem::size_of::<ConnKey>(), 40);
-        assert!(conn <= 152, "conn entry grew to {conn} B: update docs/architecture.md");
-        assert!(reply <= 80, "reply entry grew to {reply} B: update docs/architecture.md");
+        assert!(
+            conn <= 152,
+            "conn entry grew to {conn} B: update docs/architecture.md"
+        );
+        assert!(
+            reply <= 80,
+            "reply entry grew to {reply} B: update docs/architecture.md"
+        );
     }
 }

@@ -52,11 +52,17 @@ pub enum BpfError {
 }
 
 fn last_err(call: &'static str) -> BpfError {
-    BpfError::Call { call, err: io::Error::last_os_error() }
+    BpfError::Call {
+        call,
+        err: io::Error::last_os_error(),
+    }
 }
 
 fn neg_err(call: &'static str, rc: i32) -> BpfError {
-    BpfError::Call { call, err: io::Error::from_raw_os_error(-rc) }
+    BpfError::Call {
+        call,
+        err: io::Error::from_raw_os_error(-rc),
+    }
 }
 
 /// The key of the steering maps (layout of `struct steer_key`).
@@ -71,7 +77,11 @@ struct SteerKey {
 
 impl SteerKey {
     fn new(addr: IpAddr, proto: u8, port: u16) -> SteerKey {
-        let mut k = SteerKey { proto, port_be: port.to_be(), ..Default::default() };
+        let mut k = SteerKey {
+            proto,
+            port_be: port.to_be(),
+            ..Default::default()
+        };
         match addr {
             IpAddr::V4(a) => {
                 k.addr[..4].copy_from_slice(&a.octets());
@@ -123,7 +133,9 @@ impl XdpProgram {
     pub fn load() -> Result<XdpProgram, BpfError> {
         // Safety: OBJECT is a valid byte slice for its whole length; a null options pointer is
         // allowed by libbpf.
-        let obj = unsafe { bpf::bpf_object__open_mem(OBJECT.as_ptr().cast(), OBJECT.len() as _, std::ptr::null()) };
+        let obj = unsafe {
+            bpf::bpf_object__open_mem(OBJECT.as_ptr().cast(), OBJECT.len() as _, std::ptr::null())
+        };
         if obj.is_null() {
             return Err(last_err("bpf_object__open_mem"));
         }
@@ -175,11 +187,22 @@ impl XdpProgram {
         Ok(fd)
     }
 
-    fn update<K, V>(&self, fd: RawFd, key: &K, value: &V, call: &'static str) -> Result<(), BpfError> {
+    fn update<K, V>(
+        &self,
+        fd: RawFd,
+        key: &K,
+        value: &V,
+        call: &'static str,
+    ) -> Result<(), BpfError> {
         // Safety: key and value point to initialised values of the map's key and value sizes
         // (the callers pass the types declared in the program).
         let rc = unsafe {
-            bpf::bpf_map_update_elem(fd, (key as *const K).cast(), (value as *const V).cast(), bpf::BPF_ANY as u64)
+            bpf::bpf_map_update_elem(
+                fd,
+                (key as *const K).cast(),
+                (value as *const V).cast(),
+                bpf::BPF_ANY as u64,
+            )
         };
         if rc != 0 {
             return Err(neg_err(call, rc));
@@ -193,7 +216,12 @@ impl XdpProgram {
         if slot >= MAX_IFACES {
             return Err(BpfError::TooManyInterfaces);
         }
-        self.update(self.if_slots, &ifindex, &slot, "bpf_map_update_elem(if_slots)")?;
+        self.update(
+            self.if_slots,
+            &ifindex,
+            &slot,
+            "bpf_map_update_elem(if_slots)",
+        )?;
         // Safety: an all-zero bpf_link_create_opts is the documented default; sz is set below.
         let mut opts: bpf::bpf_link_create_opts = unsafe { std::mem::zeroed() };
         opts.sz = std::mem::size_of::<bpf::bpf_link_create_opts>() as _;
@@ -206,7 +234,9 @@ impl XdpProgram {
         let fd = unsafe { bpf::bpf_link_create(self.prog_fd, ifindex as i32, bpf::BPF_XDP, &opts) };
         if fd < 0 {
             if -fd == libc::EBUSY || -fd == libc::EEXIST {
-                return Err(BpfError::Busy { ifname: ifname.to_string() });
+                return Err(BpfError::Busy {
+                    ifname: ifname.to_string(),
+                });
             }
             return Err(neg_err("bpf_link_create(XDP)", fd));
         }
@@ -221,17 +251,25 @@ impl XdpProgram {
         self.update(self.xsks, &key, &val, "bpf_map_update_elem(xsks)")
     }
 
-    fn replace_keys(&self, fd: RawFd, keys: &[SteerKey], call: &'static str) -> Result<(), BpfError> {
+    fn replace_keys(
+        &self,
+        fd: RawFd,
+        keys: &[SteerKey],
+        call: &'static str,
+    ) -> Result<(), BpfError> {
         // Remove keys that are no longer wanted, then insert the wanted ones (updates are
         // atomic per key, so traffic to unchanged keys is never interrupted).
         let mut existing = Vec::new();
         let mut cur: Option<SteerKey> = None;
         loop {
             let mut next = SteerKey::default();
-            let prev = cur.as_ref().map_or(std::ptr::null(), |k| (k as *const SteerKey).cast());
+            let prev = cur
+                .as_ref()
+                .map_or(std::ptr::null(), |k| (k as *const SteerKey).cast());
             // Safety: prev is null or points to a key of the map's key size; next is writable
             // storage of that size.
-            let rc = unsafe { bpf::bpf_map_get_next_key(fd, prev, (&mut next as *mut SteerKey).cast()) };
+            let rc =
+                unsafe { bpf::bpf_map_get_next_key(fd, prev, (&mut next as *mut SteerKey).cast()) };
             if rc != 0 {
                 break;
             }
@@ -260,7 +298,11 @@ impl XdpProgram {
         }
         svc.sort_by_key(|k| (k.addr, k.family, k.proto, k.port_be));
         svc.dedup();
-        let nat: Vec<SteerKey> = steering.nat_sources.iter().map(|&(a, p, port)| SteerKey::new(a, proto(p), port)).collect();
+        let nat: Vec<SteerKey> = steering
+            .nat_sources
+            .iter()
+            .map(|&(a, p, port)| SteerKey::new(a, proto(p), port))
+            .collect();
         let loc: Vec<SteerKey> = local.iter().map(|&a| SteerKey::new(a, 0, 0)).collect();
         self.replace_keys(self.services, &svc, "bpf_map_update_elem(services)")?;
         self.replace_keys(self.nat_sources, &nat, "bpf_map_update_elem(nat_sources)")?;
@@ -282,14 +324,22 @@ impl XdpProgram {
             // Safety: per-CPU array lookups write one u64 per possible CPU into vals, which has
             // exactly that many elements.
             let rc = unsafe {
-                bpf::bpf_map_lookup_elem(self.counters, (&key as *const u32).cast(), vals.as_mut_ptr().cast())
+                bpf::bpf_map_lookup_elem(
+                    self.counters,
+                    (&key as *const u32).cast(),
+                    vals.as_mut_ptr().cast(),
+                )
             };
             if rc != 0 {
                 return Err(neg_err("bpf_map_lookup_elem(counters)", rc));
             }
             *o = vals.iter().sum();
         }
-        Ok(XdpCounters { passed: out[0], redirected: out[1], no_socket: out[2] })
+        Ok(XdpCounters {
+            passed: out[0],
+            redirected: out[1],
+            no_socket: out[2],
+        })
     }
 }
 

@@ -4,6 +4,6 @@
 //! [`xvs_core::Engine::process`] ([`worker`]).
 
 pub mod bpf;
+pub mod nexthop;
 pub mod worker;
 pub mod xsk;
-pub mod nexthop;

@@ -13,12 +13,27 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr as NlAddr};
 use xvs_core::{NextHop, Routes};
+
+/// What a route lookup says about a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteInfo {
+    /// Egress interface.
+    pub oif: u32,
+    /// Gateway, if the destination is not on the link.
+    pub gateway: Option<IpAddr>,
+    /// Preferred source address.
+    pub src: Option<IpAddr>,
+}
 
 /// MAC and MTU of an interface xvs transmits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +50,14 @@ pub fn link_info(ifname: &str) -> io::Result<LinkInfo> {
     let mtu_s = std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))?;
     let mac = xvs_core::routes::parse_mac(mac_s.trim())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad MAC {mac_s:?}")))?;
-    let mtu = mtu_s.trim().parse::<u32>().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    Ok(LinkInfo { mac, mtu: mtu.min(u32::from(u16::MAX)) as u16 })
+    let mtu = mtu_s
+        .trim()
+        .parse::<u32>()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(LinkInfo {
+        mac,
+        mtu: mtu.min(u32::from(u16::MAX)) as u16,
+    })
 }
 
 /// The next-hop cache that workers read.
@@ -74,7 +95,11 @@ impl Netlink {
         Ok(Netlink { sock, seq: 0 })
     }
 
-    fn request(&mut self, msg: RouteNetlinkMessage, dump: bool) -> io::Result<Vec<RouteNetlinkMessage>> {
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        dump: bool,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let mut hdr = NetlinkHeader::default();
         hdr.flags = NLM_F_REQUEST | if dump { NLM_F_DUMP } else { 0 };
@@ -118,15 +143,23 @@ impl Netlink {
     }
 
     /// `ip route get DST`: (egress ifindex, gateway if any, preferred source).
-    fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>, Option<IpAddr>)>> {
+    fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<RouteInfo>> {
         let mut m = RouteMessage::default();
-        m.header.address_family = if dst.is_ipv6() { AddressFamily::Inet6 } else { AddressFamily::Inet };
+        m.header.address_family = if dst.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
         m.header.destination_prefix_length = if dst.is_ipv6() { 128 } else { 32 };
-        m.attributes.push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
         let resp = match self.request(RouteNetlinkMessage::GetRoute(m), false) {
             Ok(r) => r,
             // No route to the destination.
-            Err(e) if e.raw_os_error() == Some(libc::ENETUNREACH) || e.raw_os_error() == Some(libc::EHOSTUNREACH) => {
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENETUNREACH)
+                    || e.raw_os_error() == Some(libc::EHOSTUNREACH) =>
+            {
                 return Ok(None)
             }
             Err(e) => return Err(e),
@@ -145,7 +178,11 @@ impl Netlink {
                         _ => {}
                     }
                 }
-                return Ok(oif.map(|o| (o, gw, src)));
+                return Ok(oif.map(|oif| RouteInfo {
+                    oif,
+                    gateway: gw,
+                    src,
+                }));
             }
         }
         Ok(None)
@@ -158,7 +195,9 @@ impl Netlink {
             let mut m = NeighbourMessage::default();
             m.header.family = fam;
             for r in self.request(RouteNetlinkMessage::GetNeighbour(m), true)? {
-                let RouteNetlinkMessage::NewNeighbour(n) = r else { continue };
+                let RouteNetlinkMessage::NewNeighbour(n) = r else {
+                    continue;
+                };
                 let usable = matches!(
                     n.header.state,
                     NeighbourState::Reachable
@@ -174,8 +213,12 @@ impl Netlink {
                 let (mut ip, mut mac) = (None, None);
                 for a in n.attributes {
                     match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(v)),
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => ip = Some(IpAddr::V6(v)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
+                            ip = Some(IpAddr::V4(v))
+                        }
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                            ip = Some(IpAddr::V6(v))
+                        }
                         NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
                             mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]]);
                         }
@@ -197,7 +240,10 @@ pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
     use netlink_packet_route::address::{AddressAttribute, AddressMessage};
     let mut nl = Netlink::open()?;
     let mut out = Vec::new();
-    for r in nl.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), true)? {
+    for r in nl.request(
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        true,
+    )? {
         if let RouteNetlinkMessage::NewAddress(a) = r {
             for attr in a.attributes {
                 if let AddressAttribute::Address(ip) | AddressAttribute::Local(ip) = attr {
@@ -221,8 +267,12 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
 
 /// Ask the kernel to resolve `nh` by sending it an empty datagram through the normal stack.
 fn probe(nh: IpAddr) {
-    let bind: SocketAddr = if nh.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }
-        .expect("literal socket addresses parse");
+    let bind: SocketAddr = if nh.is_ipv6() {
+        "[::]:0".parse()
+    } else {
+        "0.0.0.0:0".parse()
+    }
+    .expect("literal socket addresses parse");
     if let Ok(s) = UdpSocket::bind(bind) {
         let _ = s.send_to(&[], SocketAddr::new(nh, 9));
     }
@@ -230,7 +280,10 @@ fn probe(nh: IpAddr) {
 
 impl KernelRoutes {
     /// A cache for the given egress interfaces (ifindex → MAC/MTU) and static neighbours.
-    pub fn new(links: HashMap<u32, LinkInfo>, statics: HashMap<IpAddr, [u8; 6]>) -> Arc<KernelRoutes> {
+    pub fn new(
+        links: HashMap<u32, LinkInfo>,
+        statics: HashMap<IpAddr, [u8; 6]>,
+    ) -> Arc<KernelRoutes> {
         Arc::new(KernelRoutes {
             cache: ArcSwap::from_pointee(HashMap::new()),
             wanted: Mutex::new(HashSet::new()),
@@ -240,20 +293,46 @@ impl KernelRoutes {
     }
 
     /// Resolve `targets` now (also used at start for the real servers).
-    pub fn resolve(&self, nl: &mut impl ResolverIo, targets: &HashSet<IpAddr>) -> io::Result<HashSet<IpAddr>> {
+    pub fn resolve(
+        &self,
+        nl: &mut impl ResolverIo,
+        targets: &HashSet<IpAddr>,
+    ) -> io::Result<HashSet<IpAddr>> {
         let neigh = nl.neighbours()?;
         let mut cache: HashMap<IpAddr, NextHop> = HashMap::with_capacity(targets.len());
         let mut unresolved = HashSet::new();
         for &dst in targets {
             // A destination without a usable route is simply not cached (and counted as
             // `no_route` by the data path).
-            let Ok(Some((oif, gw, src))) = nl.route_get(dst) else { continue };
-            let Some(link) = self.links.get(&oif) else { continue };
+            let Ok(Some(RouteInfo {
+                oif,
+                gateway: gw,
+                src,
+            })) = nl.route_get(dst)
+            else {
+                continue;
+            };
+            let Some(link) = self.links.get(&oif) else {
+                continue;
+            };
             let nh = gw.unwrap_or(dst);
-            let mac = self.statics.get(&nh).copied().or_else(|| neigh.get(&(oif, nh)).copied());
+            let mac = self
+                .statics
+                .get(&nh)
+                .copied()
+                .or_else(|| neigh.get(&(oif, nh)).copied());
             match mac {
                 Some(dst_mac) => {
-                    cache.insert(dst, NextHop { ifindex: oif, src_mac: link.mac, dst_mac, mtu: link.mtu, src_ip: src });
+                    cache.insert(
+                        dst,
+                        NextHop {
+                            ifindex: oif,
+                            src_mac: link.mac,
+                            dst_mac,
+                            mtu: link.mtu,
+                            src_ip: src,
+                        },
+                    );
                 }
                 None => {
                     unresolved.insert(nh);
@@ -267,7 +346,11 @@ impl KernelRoutes {
 
     /// Resolve `targets` before traffic starts, making the kernel resolve unknown neighbours;
     /// waits at most `timeout`. Returns the addresses still unresolved.
-    pub fn warm_up(&self, targets: &HashSet<IpAddr>, timeout: Duration) -> io::Result<HashSet<IpAddr>> {
+    pub fn warm_up(
+        &self,
+        targets: &HashSet<IpAddr>,
+        timeout: Duration,
+    ) -> io::Result<HashSet<IpAddr>> {
         let mut nl = Netlink::open()?;
         let start = Instant::now();
         loop {
@@ -304,7 +387,9 @@ impl KernelRoutes {
                     }
                 };
                 for nh in &unresolved {
-                    let due = last_probe.get(nh).is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
+                    let due = last_probe
+                        .get(nh)
+                        .is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
                     if due && !self.links.is_empty() {
                         probe(*nh);
                         last_probe.insert(*nh, Instant::now());
@@ -327,13 +412,13 @@ impl KernelRoutes {
 /// netlink).
 pub trait ResolverIo {
     /// Route lookup for a destination.
-    fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>, Option<IpAddr>)>>;
+    fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<RouteInfo>>;
     /// The neighbour table.
     fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>>;
 }
 
 impl ResolverIo for Netlink {
-    fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>, Option<IpAddr>)>> {
+    fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<RouteInfo>> {
         Netlink::route_get(self, dst)
     }
     fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>> {
@@ -348,35 +433,71 @@ mod tests {
     struct Fake;
 
     impl ResolverIo for Fake {
-        fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<(u32, Option<IpAddr>, Option<IpAddr>)>> {
+        fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<RouteInfo>> {
             Ok(match dst {
-                IpAddr::V4(a) if a.octets()[0] == 192 => Some((2, None, Some("192.168.1.254".parse().unwrap()))),
-                IpAddr::V4(_) => Some((2, Some("192.168.1.1".parse().unwrap()), None)),
-                IpAddr::V6(_) => Some((9, None, None)),
+                IpAddr::V4(a) if a.octets()[0] == 192 => Some(RouteInfo {
+                    oif: 2,
+                    gateway: None,
+                    src: Some("192.168.1.254".parse().unwrap()),
+                }),
+                IpAddr::V4(_) => Some(RouteInfo {
+                    oif: 2,
+                    gateway: Some("192.168.1.1".parse().unwrap()),
+                    src: None,
+                }),
+                IpAddr::V6(_) => Some(RouteInfo {
+                    oif: 9,
+                    gateway: None,
+                    src: None,
+                }),
             })
         }
         fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>> {
-            Ok(HashMap::from([((2, "192.168.1.1".parse().unwrap()), [1; 6])]))
+            Ok(HashMap::from([(
+                (2, "192.168.1.1".parse().unwrap()),
+                [1; 6],
+            )]))
         }
     }
 
     #[test]
     fn gateway_neighbour_and_misses() {
-        let links = HashMap::from([(2, LinkInfo { mac: [9; 6], mtu: 1500 })]);
-        let r = KernelRoutes::new(links, HashMap::from([("192.168.1.7".parse().unwrap(), [7; 6])]));
-        let targets: HashSet<IpAddr> =
-            ["10.9.9.9", "192.168.1.7", "192.168.1.8", "fd00::1"].iter().map(|s| s.parse().unwrap()).collect();
+        let links = HashMap::from([(
+            2,
+            LinkInfo {
+                mac: [9; 6],
+                mtu: 1500,
+            },
+        )]);
+        let r = KernelRoutes::new(
+            links,
+            HashMap::from([("192.168.1.7".parse().unwrap(), [7; 6])]),
+        );
+        let targets: HashSet<IpAddr> = ["10.9.9.9", "192.168.1.7", "192.168.1.8", "fd00::1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         let unresolved = r.resolve(&mut Fake, &targets).unwrap();
         // Via the gateway 192.168.1.1 (known neighbour).
         let h = r.next_hop("10.9.9.9".parse().unwrap()).unwrap();
-        assert_eq!((h.ifindex, h.dst_mac, h.src_mac, h.mtu), (2, [1; 6], [9; 6], 1500));
+        assert_eq!(
+            (h.ifindex, h.dst_mac, h.src_mac, h.mtu),
+            (2, [1; 6], [9; 6], 1500)
+        );
         // A static neighbour.
-        assert_eq!(r.next_hop("192.168.1.7".parse().unwrap()).unwrap().dst_mac, [7; 6]);
+        assert_eq!(
+            r.next_hop("192.168.1.7".parse().unwrap()).unwrap().dst_mac,
+            [7; 6]
+        );
         // Unknown neighbour: not in the cache, queued for resolution.
         assert!(unresolved.contains(&"192.168.1.8".parse().unwrap()));
         assert!(r.next_hop("192.168.1.8".parse().unwrap()).is_none());
         // Egress not attached to xvs: not cached.
         assert!(r.next_hop("fd00::1".parse().unwrap()).is_none());
-        assert!(r.wanted.lock().unwrap().contains(&"fd00::1".parse().unwrap()));
+        assert!(r
+            .wanted
+            .lock()
+            .unwrap()
+            .contains(&"fd00::1".parse().unwrap()));
     }
 }

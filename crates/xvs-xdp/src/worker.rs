@@ -84,10 +84,19 @@ impl Worker {
         let nports = self.qs.ports.len();
         let mut rx = vec![FrameDesc::default(); BATCH];
         let mut scratch = vec![FrameDesc::default(); BATCH * 4];
-        let mut tx: Vec<Vec<FrameDesc>> = (0..nports).map(|_| Vec::with_capacity(BATCH * 2)).collect();
+        let mut tx: Vec<Vec<FrameDesc>> =
+            (0..nports).map(|_| Vec::with_capacity(BATCH * 2)).collect();
         let mut last_house = Instant::now();
-        let mut pollfds: Vec<libc::pollfd> =
-            self.qs.ports.iter().map(|p| libc::pollfd { fd: p.fd(), events: libc::POLLIN, revents: 0 }).collect();
+        let mut pollfds: Vec<libc::pollfd> = self
+            .qs
+            .ports
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
         while !self.stop.load(Relaxed) {
             let tables = self.tables.load();
             let now = Time(self.epoch.elapsed().as_millis() as u64);
@@ -127,13 +136,16 @@ impl Worker {
         tx: &mut [Vec<FrameDesc>],
     ) {
         let len = desc.lengths().data();
-        // Safety: `desc` came from this UMEM's rx ring and is owned by this worker (see `run`);
-        // no other reference to the frame exists while we use it.
-        let (mut head, mut data) = unsafe { self.qs.umem.frame_mut(desc) };
-        let base = head.contents_mut().as_mut_ptr();
-        let data_ptr = data.contents_mut().as_mut_ptr();
-        let cap = data.cursor().buf_len();
-        drop((head, data));
+        let (base, data_ptr, cap) = {
+            // Safety: `desc` came from this UMEM's rx ring and is owned by this worker (see
+            // `run`); no other reference to the frame exists while we use it.
+            let (mut head, mut data) = unsafe { self.qs.umem.frame_mut(desc) };
+            (
+                head.contents_mut().as_mut_ptr(),
+                data.contents_mut().as_mut_ptr(),
+                data.cursor().buf_len(),
+            )
+        };
         let data_off = data_ptr as usize - base as usize;
         // Safety: [base, data_ptr + cap) is exactly this frame's chunk of the UMEM (xsk-rs gives
         // the frame start as the headroom pointer and the data segment runs to the chunk's end);
@@ -143,13 +155,15 @@ impl Worker {
         let verdict = self.engine.process_frame(tables, routes, &mut frame, now);
         let (start, new_len) = (frame.start(), frame.len());
         let out_port = match verdict {
-            Verdict::Forward { ifindex, .. } => match self.qs.ports.iter().position(|p| p.ifindex == ifindex) {
-                Some(i) => Some(i),
-                None => {
-                    self.counters.no_egress.fetch_add(1, Relaxed);
-                    None
+            Verdict::Forward { ifindex, .. } => {
+                match self.qs.ports.iter().position(|p| p.ifindex == ifindex) {
+                    Some(i) => Some(i),
+                    None => {
+                        self.counters.no_egress.fetch_add(1, Relaxed);
+                        None
+                    }
                 }
-            },
+            }
             Verdict::Reply(_) => Some(port),
             Verdict::Pass => {
                 self.counters.pass_dropped.fetch_add(1, Relaxed);
@@ -187,7 +201,9 @@ impl Worker {
             let sent = unsafe { p.tx.produce_and_wakeup(batch) }.unwrap_or(0);
             self.counters.tx.fetch_add(sent as u64, Relaxed);
             if sent < batch.len() {
-                self.counters.tx_ring_full.fetch_add((batch.len() - sent) as u64, Relaxed);
+                self.counters
+                    .tx_ring_full
+                    .fetch_add((batch.len() - sent) as u64, Relaxed);
                 self.qs.free.extend_from_slice(&batch[sent..]);
             }
             batch.clear();

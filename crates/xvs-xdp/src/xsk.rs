@@ -6,7 +6,9 @@ use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
 
-use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
+};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
 /// Bytes per UMEM frame.
@@ -92,8 +94,13 @@ fn qsize(n: u32) -> QueueSize {
 
 impl QueueSet {
     /// Open sockets on `queue` of each interface (name, index, slot).
-    pub fn open(queue: u32, ifaces: &[(String, u32, u32)], zero_copy: ZeroCopy) -> Result<QueueSet, XskError> {
-        let frames = NonZeroU32::new(FRAMES_PER_PORT * ifaces.len().max(1) as u32).expect("non-zero frame count");
+    pub fn open(
+        queue: u32,
+        ifaces: &[(String, u32, u32)],
+        zero_copy: ZeroCopy,
+    ) -> Result<QueueSet, XskError> {
+        let frames = NonZeroU32::new(FRAMES_PER_PORT * ifaces.len().max(1) as u32)
+            .expect("non-zero frame count");
         let cfg = UmemConfig::builder()
             .frame_size(FrameSize::new(FRAME_SIZE).expect("4096 is a valid frame size"))
             .fill_queue_size(qsize(RING_SIZE))
@@ -101,8 +108,14 @@ impl QueueSet {
             .frame_headroom(0)
             .build()
             .map_err(|e| XskError::Umem(format!("{e:?}")))?;
-        let (umem, descs) = Umem::new(cfg, frames, false).map_err(|e| XskError::Umem(format!("{e:?}")))?;
-        let mut qs = QueueSet { queue, umem, free: descs, ports: Vec::new() };
+        let (umem, descs) =
+            Umem::new(cfg, frames, false).map_err(|e| XskError::Umem(format!("{e:?}")))?;
+        let mut qs = QueueSet {
+            queue,
+            umem,
+            free: descs,
+            ports: Vec::new(),
+        };
         for (ifname, ifindex, slot) in ifaces {
             let port = qs.open_port(ifname, *ifindex, *slot, zero_copy)?;
             qs.ports.push(port);
@@ -110,13 +123,26 @@ impl QueueSet {
         Ok(qs)
     }
 
-    fn open_port(&mut self, ifname: &str, ifindex: u32, slot: u32, zc: ZeroCopy) -> Result<Port, XskError> {
-        let err = |detail: String| XskError::Socket { ifname: ifname.to_string(), queue: self.queue, detail };
+    fn open_port(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        slot: u32,
+        zc: ZeroCopy,
+    ) -> Result<Port, XskError> {
+        let err = |detail: String| XskError::Socket {
+            ifname: ifname.to_string(),
+            queue: self.queue,
+            detail,
+        };
         let name = CString::new(ifname).map_err(|_| err("interface name contains NUL".into()))?;
         let attempts: &[(bool, BindFlags)] = match zc {
             ZeroCopy::On => &[(true, BindFlags::XDP_ZEROCOPY)],
             ZeroCopy::Off => &[(false, BindFlags::XDP_COPY)],
-            ZeroCopy::Auto => &[(true, BindFlags::XDP_ZEROCOPY), (false, BindFlags::XDP_COPY)],
+            ZeroCopy::Auto => &[
+                (true, BindFlags::XDP_ZEROCOPY),
+                (false, BindFlags::XDP_COPY),
+            ],
         };
         let mut last = String::new();
         for &(is_zc, mode) in attempts {
@@ -128,7 +154,8 @@ impl QueueSet {
                 .build();
             // Safety: the program is loaded by xvs (INHIBIT_PROG_LOAD is set, as xsk-rs requires
             // when a UMEM is shared), and each (interface, queue) pair is bound once.
-            match unsafe { Socket::new(cfg, &self.umem, &Interface::new(name.clone()), self.queue) } {
+            match unsafe { Socket::new(cfg, &self.umem, &Interface::new(name.clone()), self.queue) }
+            {
                 Ok((tx, rx, Some((fq, cq)))) => {
                     if zc == ZeroCopy::Auto && !is_zc {
                         eprintln!(
@@ -142,9 +169,20 @@ impl QueueSet {
                             if is_zc { "zero-copy" } else { "copy" }
                         );
                     }
-                    return Ok(Port { ifname: ifname.to_string(), ifindex, slot, zero_copy: is_zc, tx, rx, fq, cq });
+                    return Ok(Port {
+                        ifname: ifname.to_string(),
+                        ifindex,
+                        slot,
+                        zero_copy: is_zc,
+                        tx,
+                        rx,
+                        fq,
+                        cq,
+                    });
                 }
-                Ok((_, _, None)) => return Err(err("the pair is already bound on this UMEM".into())),
+                Ok((_, _, None)) => {
+                    return Err(err("the pair is already bound on this UMEM".into()))
+                }
                 Err(e) => last = format!("{e:?}"),
             }
         }

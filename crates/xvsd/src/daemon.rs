@@ -69,7 +69,10 @@ fn sysfs(ifname: &str, what: &str) -> Result<String, String> {
 fn rx_queues(ifname: &str) -> Result<u32, String> {
     let dir = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
         .map_err(|e| format!("interface {ifname}: cannot list queues: {e}"))?;
-    let n = dir.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count();
+    let n = dir
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
     Ok(n.max(1) as u32)
 }
 
@@ -91,7 +94,9 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     }
     let mut statics = HashMap::new();
     for n in &args.neigh {
-        let (ip, mac) = n.split_once('=').ok_or_else(|| format!("--neigh wants IP=MAC, got `{n}'"))?;
+        let (ip, mac) = n
+            .split_once('=')
+            .ok_or_else(|| format!("--neigh wants IP=MAC, got `{n}'"))?;
         let ip: IpAddr = ip.parse().map_err(|_| format!("invalid address `{ip}'"))?;
         let mac = xvs_core::routes::parse_mac(mac).ok_or_else(|| format!("invalid MAC `{mac}'"))?;
         statics.insert(ip, mac);
@@ -102,8 +107,9 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     let mut links: HashMap<u32, LinkInfo> = HashMap::new();
     let mut queues = 0;
     for name in &args.interfaces {
-        let ifindex: u32 =
-            sysfs(name, "ifindex")?.parse().map_err(|e| format!("interface {name}: bad ifindex: {e}"))?;
+        let ifindex: u32 = sysfs(name, "ifindex")?
+            .parse()
+            .map_err(|e| format!("interface {name}: bad ifindex: {e}"))?;
         let info = link_info(name).map_err(|e| format!("interface {name}: {e}"))?;
         let max_mtu = FRAME_SIZE - RESERVED - 14;
         if u32::from(info.mtu) > max_mtu {
@@ -114,7 +120,9 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         }
         let q = rx_queues(name)?;
         if q > MAX_QUEUES {
-            return Err(format!("interface {name}: {q} RX queues, xvs supports {MAX_QUEUES}"));
+            return Err(format!(
+                "interface {name}: {q} RX queues, xvs supports {MAX_QUEUES}"
+            ));
         }
         queues = queues.max(q);
         links.insert(ifindex, info);
@@ -134,7 +142,9 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     let mut prog = XdpProgram::load().map_err(|e| format!("loading the XDP program: {e}"))?;
     let mut slots = Vec::new();
     for (name, ifindex, _) in &ifaces {
-        let slot = prog.attach(*ifindex, name, mode).map_err(|e| e.to_string())?;
+        let slot = prog
+            .attach(*ifindex, name, mode)
+            .map_err(|e| e.to_string())?;
         slots.push((name.clone(), *ifindex, slot));
     }
     // One worker per queue index; it owns that queue's socket on every interface that has it.
@@ -148,26 +158,34 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
             .collect();
         let qs = QueueSet::open(q, &here, zc).map_err(|e| e.to_string())?;
         for p in &qs.ports {
-            prog.set_socket(p.slot, q, p.fd()).map_err(|e| e.to_string())?;
+            prog.set_socket(p.slot, q, p.fd())
+                .map_err(|e| e.to_string())?;
         }
         sets.push(qs);
     }
 
     let tables = Arc::new(ArcSwap::from_pointee(director.snapshot()));
     let locals = local_addresses().map_err(|e| format!("listing local addresses: {e}"))?;
-    prog.sync(&tables.load().steering(), &locals).map_err(|e| e.to_string())?;
+    prog.sync(&tables.load().steering(), &locals)
+        .map_err(|e| e.to_string())?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("installing signal handler: {e}"))?;
     }
 
     let routes = KernelRoutes::new(links, statics);
-    let reals: HashSet<IpAddr> =
-        director.services().iter().flat_map(|s| s.dests.iter().map(|d| d.addr)).collect();
+    let reals: HashSet<IpAddr> = director
+        .services()
+        .iter()
+        .flat_map(|s| s.dests.iter().map(|d| d.addr))
+        .collect();
     match routes.warm_up(&reals, Duration::from_secs(2)) {
         Ok(left) if left.is_empty() => {}
-        Ok(left) => eprintln!("xvsd: next hop not resolved yet for {left:?}; retrying in the background"),
+        Ok(left) => {
+            eprintln!("xvsd: next hop not resolved yet for {left:?}; retrying in the background")
+        }
         Err(e) => return Err(format!("reading routes and neighbours: {e}")),
     }
     let resolver = {
@@ -187,9 +205,19 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     for (i, qs) in sets.into_iter().enumerate() {
         let c = Arc::new(WorkerCounters::default());
         counters.push(c.clone());
-        let mut w = Worker { qs, engine: engine.clone(), tables: tables.clone(), counters: c, stop: stop.clone(), epoch };
+        let mut w = Worker {
+            qs,
+            engine: engine.clone(),
+            tables: tables.clone(),
+            counters: c,
+            stop: stop.clone(),
+            epoch,
+        };
         let routes = routes.clone();
-        let core = args.cores.get(i).and_then(|&c| core_ids.iter().find(|id| id.id == c).copied());
+        let core = args
+            .cores
+            .get(i)
+            .and_then(|&c| core_ids.iter().find(|id| id.id == c).copied());
         let h = std::thread::Builder::new()
             .name(format!("xvs-worker-{i}"))
             .spawn(move || {
@@ -240,6 +268,9 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
 
 /// A hash seed that differs between runs (the table's shard hash is keyed with it).
 fn seed() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     (t as u64) ^ (u64::from(std::process::id()) << 32)
 }

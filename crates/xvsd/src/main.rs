@@ -9,7 +9,12 @@ mod daemon;
 mod replay;
 
 #[derive(Debug, Parser)]
-#[command(name = "xvsd", version, about = "XDP Virtual Server daemon", args_conflicts_with_subcommands = true)]
+#[command(
+    name = "xvsd",
+    version,
+    about = "XDP Virtual Server daemon",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
