@@ -51,6 +51,9 @@ pub const MAX_SET_TIMEOUT: u32 = (i32::MAX / 1000) as u32;
 #[derive(Debug)]
 pub struct Director {
     services: Vec<Service>,
+    /// Position of each service in `services` (lookups are O(1): a `-R` of 100,000 lines must
+    /// not scan the table per line).
+    by_key: std::collections::HashMap<ServiceKey, usize>,
     /// Deleted destinations, kept so that re-adding them revives counters and connections.
     trash: Vec<(ServiceKey, Arc<DestState>)>,
     next_dest_id: u32,
@@ -77,6 +80,7 @@ impl Director {
     pub fn new() -> Director {
         Director {
             services: Vec::new(),
+            by_key: std::collections::HashMap::new(),
             trash: Vec::new(),
             next_dest_id: 1,
             timeouts: Timeouts::default(),
@@ -92,11 +96,11 @@ impl Director {
 
     /// Find a service.
     pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
-        self.services.iter().find(|s| s.cfg.key == *key)
+        self.index(key).map(|i| &self.services[i])
     }
 
     fn index(&self, key: &ServiceKey) -> Option<usize> {
-        self.services.iter().position(|s| s.cfg.key == *key)
+        self.by_key.get(key).copied()
     }
 
     /// The global totals.
@@ -138,6 +142,7 @@ impl Director {
         }
         let sched = new_scheduler(&cfg.scheduler, &[]).ok_or(CtlError::SchedulerNotFound)?;
         Self::check_service(&cfg)?;
+        self.by_key.insert(cfg.key, self.services.len());
         self.services.push(Service {
             cfg,
             dests: Vec::new(),
@@ -167,6 +172,13 @@ impl Director {
     pub fn del_service(&mut self, key: &ServiceKey) -> Result<(), CtlError> {
         let i = self.index(key).ok_or(CtlError::NoService)?;
         let svc = self.services.remove(i);
+        self.by_key.remove(key);
+        for (k, v) in self.by_key.iter_mut() {
+            debug_assert!(*k != *key);
+            if *v > i {
+                *v -= 1;
+            }
+        }
         for d in svc.dests {
             d.set_available(false);
             self.trash.push((*key, d));
@@ -177,11 +189,14 @@ impl Director {
 
     /// `-C`.
     pub fn clear(&mut self) {
-        let keys: Vec<ServiceKey> = self.services.iter().map(|s| s.cfg.key).collect();
-        for k in keys {
-            // Cannot fail: the key was just listed.
-            let _ = self.del_service(&k);
+        self.by_key.clear();
+        for svc in std::mem::take(&mut self.services) {
+            for d in svc.dests {
+                d.set_available(false);
+                self.trash.push((svc.cfg.key, d));
+            }
         }
+        self.collect_trash();
     }
 
     fn check_dest(svc: &ServiceConfig, d: &DestConfig) -> Result<(), CtlError> {
