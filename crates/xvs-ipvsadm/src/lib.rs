@@ -6,6 +6,9 @@
 
 pub mod addr;
 pub mod apply;
+pub mod control;
+pub mod exec;
+pub mod list;
 pub mod parse;
 pub mod save;
 

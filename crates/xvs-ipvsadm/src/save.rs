@@ -11,6 +11,7 @@ use xvs_core::service::Service;
 use xvs_core::types::{Af, ForwardMethod, Protocol, ServiceKey, TunnelCsum, TunnelType};
 
 use crate::addr::port_service;
+use crate::list::{addr_port_name, Names};
 
 /// ipvsadm compares by subtracting unsigned values and taking the sign of the 32-bit result.
 fn quirk_cmp(a: u32, b: u32) -> Ordering {
@@ -61,25 +62,24 @@ pub fn dest_cmp(a: &DestConfig, b: &DestConfig) -> Ordering {
     addr_cmp(&a.addr, &b.addr).then_with(|| a.port.cmp(&b.port))
 }
 
-/// `addr:port` for rules and listings; ports by name unless numeric.
-pub fn addr_port(addr: &IpAddr, port: u16, proto: Protocol, numeric: bool) -> String {
-    let p = if numeric {
+/// The built-in service-name table as [`Names`] (no host names).
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltinNames;
+
+impl Names for BuiltinNames {
+    fn host(&self, _: &IpAddr) -> Option<String> {
         None
-    } else {
-        port_service(port, proto)
-    };
-    let p = p.map_or_else(|| port.to_string(), str::to_string);
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{p}"),
-        IpAddr::V6(a) => format!("[{a}]:{p}"),
+    }
+    fn service(&self, port: u16, proto: Protocol) -> Option<String> {
+        port_service(port, proto).map(str::to_string)
     }
 }
 
-fn svc_arg(k: &ServiceKey, numeric: bool) -> String {
+fn svc_arg(k: &ServiceKey, numeric: bool, names: &dyn Names) -> String {
     match k {
         ServiceKey::Addr { proto, addr, port } => {
             let flag = if *proto == Protocol::Tcp { "-t" } else { "-u" };
-            format!("{flag} {}", addr_port(addr, *port, *proto, numeric))
+            format!("{flag} {}", addr_port_name(addr, *port, *proto, numeric, names))
         }
         ServiceKey::Fwmark { af, mark } => {
             if *af == Af::V6 {
@@ -144,12 +144,18 @@ pub fn sorted(services: &[Service], nosort: bool) -> Vec<(&Service, Vec<DestConf
     v
 }
 
-/// `ipvsadm -S [-n]`.
+/// `ipvsadm -S [-n]` with the built-in service names.
 pub fn save(services: &[Service], numeric: bool) -> String {
+    save_with(services, numeric, &BuiltinNames, false)
+}
+
+/// `ipvsadm -S [-n]` with the given name lookups. With `thresholds`, destination lines also
+/// carry `-x`/`-y` when set (xvs's state file; ipvsadm's `-S` does not save thresholds).
+pub fn save_with(services: &[Service], numeric: bool, names: &dyn Names, thresholds: bool) -> String {
     let mut out = String::new();
     for (svc, dests) in sorted(services, false) {
         let c = &svc.cfg;
-        let sa = svc_arg(&c.key, numeric);
+        let sa = svc_arg(&c.key, numeric, names);
         let _ = write!(out, "-A {sa} -s {}", c.scheduler);
         if c.is_persistent() {
             let _ = write!(out, " -p {}", c.timeout);
@@ -176,10 +182,16 @@ pub fn save(services: &[Service], numeric: bool) -> String {
             let _ = write!(
                 out,
                 "-a {sa} -r {} {} -w {}",
-                addr_port(&d.addr, d.port, proto, numeric),
+                addr_port_name(&d.addr, d.port, proto, numeric, names),
                 method_switch(d.method),
                 d.weight
             );
+            if thresholds && d.u_threshold != 0 {
+                let _ = write!(out, " -x {}", d.u_threshold);
+            }
+            if thresholds && d.l_threshold != 0 {
+                let _ = write!(out, " -y {}", d.l_threshold);
+            }
             if d.method == ForwardMethod::Tunnel {
                 let _ = write!(out, " --tun-type {}", d.tunnel.kind.name());
                 if d.tunnel.kind == TunnelType::Gue {
