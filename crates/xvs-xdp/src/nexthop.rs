@@ -344,6 +344,13 @@ impl KernelRoutes {
         Ok(unresolved)
     }
 
+    /// Ask the resolver to resolve these addresses soon (e.g. real servers just added).
+    pub fn want(&self, addrs: impl IntoIterator<Item = IpAddr>) {
+        if let Ok(mut w) = self.wanted.lock() {
+            w.extend(addrs);
+        }
+    }
+
     /// Resolve `targets` before traffic starts, making the kernel resolve unknown neighbours;
     /// waits at most `timeout`. Returns the addresses still unresolved.
     pub fn warm_up(

@@ -1,5 +1,6 @@
-//! `xvsd --interface IF ...`: attach the steering program, open AF_XDP sockets on every RX queue
-//! of every interface, and run one worker per queue index until SIGINT/SIGTERM.
+//! `xvsd [--interface IF ...]`: hold the tables, serve the control socket, and — with
+//! interfaces — attach the steering program, open AF_XDP sockets on every RX queue of every
+//! interface and run one worker per queue index, until SIGINT/SIGTERM.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -10,12 +11,16 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use clap::{Args, ValueEnum};
-use xvs_core::{Director, Engine};
-use xvs_ipvsadm::apply::restore;
+use xvs_core::{Engine, Tables};
+use xvs_ipvsadm::exec::{execute, Session};
+use xvs_ipvsadm::list::Numeric;
 use xvs_xdp::bpf::{XdpMode, XdpProgram, MAX_QUEUES};
 use xvs_xdp::nexthop::{link_info, local_addresses, KernelRoutes, LinkInfo};
 use xvs_xdp::worker::{Worker, WorkerCounters};
 use xvs_xdp::xsk::{QueueSet, ZeroCopy, FRAME_SIZE};
+
+use crate::control::{listen, serve, Control, CtlState};
+use crate::names::FileNames;
 
 /// Bytes of a UMEM frame the kernel keeps in front of the packet (XDP_PACKET_HEADROOM), plus
 /// the worst-case encapsulation xvs adds (IPv6 + UDP + GUE).
@@ -37,12 +42,21 @@ pub enum ZcArg {
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
-    /// Interface to balance on (repeat for two-arm set-ups).
+    /// Interface to balance on (repeat for two-arm set-ups); none = control plane only.
     #[arg(long = "interface", short = 'i')]
     pub interfaces: Vec<String>,
-    /// Rules to load at start, in `ipvsadm -S` / `-R` format.
+    /// Rules to load at start, in `ipvsadm -S` / `-R` format (ignored when --state exists).
     #[arg(long)]
     pub rules: Option<PathBuf>,
+    /// Save the whole configuration here after every change and load it at start.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Control socket.
+    #[arg(long, default_value = "/run/xvs/xvsd.sock")]
+    pub control: PathBuf,
+    /// Group allowed to read (list) through the control socket; changes stay root-only.
+    #[arg(long)]
+    pub control_group: Option<String>,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: ModeArg,
@@ -69,47 +83,62 @@ fn sysfs(ifname: &str, what: &str) -> Result<String, String> {
 fn rx_queues(ifname: &str) -> Result<u32, String> {
     let dir = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
         .map_err(|e| format!("interface {ifname}: cannot list queues: {e}"))?;
-    let n = dir
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
-        .count();
+    let n = dir.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count();
     Ok(n.max(1) as u32)
 }
 
-/// Run the data plane until a signal arrives.
-pub fn run(args: &DaemonArgs) -> Result<(), String> {
-    if args.interfaces.is_empty() {
-        return Err("no --interface given (the control-plane-only daemon is not built yet)".into());
+/// Load the configuration: the state file if it exists, else the rules file.
+fn load_config(args: &DaemonArgs, engine: &Engine) -> Result<CtlState, String> {
+    let mut st = CtlState::default();
+    let (path, text) = match (&args.state, &args.rules) {
+        (Some(s), _) if s.exists() => (s.clone(), std::fs::read_to_string(s).map_err(|e| format!("{}: {e}", s.display()))?),
+        (_, Some(r)) => (r.clone(), std::fs::read_to_string(r).map_err(|e| format!("{}: {e}", r.display()))?),
+        _ => return Ok(st),
+    };
+    let none = Vec::new;
+    let CtlState { director, daemons } = &mut st;
+    let mut s = Session {
+        director,
+        daemons,
+        connections: &none,
+        conn_tab_size: engine.conns.capacity(),
+        names: &Numeric,
+        may_change: true,
+        prog: "xvsd",
+    };
+    let out = execute(&mut s, &["-R".to_string()], &text);
+    for line in out.stderr.lines() {
+        tracing::warn!("{}: {line}", path.display());
     }
-    let mut director = Director::new();
-    if let Some(path) = &args.rules {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let rep = restore(&mut director, "xvsd", &text);
-        for (line, msg) in &rep.errors {
-            eprintln!("xvsd: rules line {line}: {msg}");
-        }
-        if let Some((line, e)) = rep.stopped {
-            return Err(format!("rules line {line}: {}", e.message.trim_end()));
-        }
+    if out.status == 2 || (out.status == 255 && out.stderr.contains("Try `")) {
+        return Err(format!("{}: syntax error: {}", path.display(), out.stderr.trim_end()));
     }
+    tracing::info!("loaded {} ({} services)", path.display(), st.director.services().len());
+    Ok(st)
+}
+
+struct DataPlane {
+    prog: Arc<XdpProgram>,
+    routes: Arc<KernelRoutes>,
+    sets: Vec<QueueSet>,
+    locals: Vec<IpAddr>,
+    queues: u32,
+}
+
+fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
     let mut statics = HashMap::new();
     for n in &args.neigh {
-        let (ip, mac) = n
-            .split_once('=')
-            .ok_or_else(|| format!("--neigh wants IP=MAC, got `{n}'"))?;
+        let (ip, mac) = n.split_once('=').ok_or_else(|| format!("--neigh wants IP=MAC, got `{n}'"))?;
         let ip: IpAddr = ip.parse().map_err(|_| format!("invalid address `{ip}'"))?;
         let mac = xvs_core::routes::parse_mac(mac).ok_or_else(|| format!("invalid MAC `{mac}'"))?;
         statics.insert(ip, mac);
     }
-
-    // Interfaces: index, MTU check, queue count.
     let mut ifaces = Vec::new();
     let mut links: HashMap<u32, LinkInfo> = HashMap::new();
     let mut queues = 0;
     for name in &args.interfaces {
-        let ifindex: u32 = sysfs(name, "ifindex")?
-            .parse()
-            .map_err(|e| format!("interface {name}: bad ifindex: {e}"))?;
+        let ifindex: u32 =
+            sysfs(name, "ifindex")?.parse().map_err(|e| format!("interface {name}: bad ifindex: {e}"))?;
         let info = link_info(name).map_err(|e| format!("interface {name}: {e}"))?;
         let max_mtu = FRAME_SIZE - RESERVED - 14;
         if u32::from(info.mtu) > max_mtu {
@@ -120,15 +149,12 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         }
         let q = rx_queues(name)?;
         if q > MAX_QUEUES {
-            return Err(format!(
-                "interface {name}: {q} RX queues, xvs supports {MAX_QUEUES}"
-            ));
+            return Err(format!("interface {name}: {q} RX queues, xvs supports {MAX_QUEUES}"));
         }
         queues = queues.max(q);
         links.insert(ifindex, info);
         ifaces.push((name.clone(), ifindex, q));
     }
-
     let mode = match args.xdp_mode {
         ModeArg::Auto => XdpMode::Auto,
         ModeArg::Drv => XdpMode::Drv,
@@ -142,135 +168,173 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     let mut prog = XdpProgram::load().map_err(|e| format!("loading the XDP program: {e}"))?;
     let mut slots = Vec::new();
     for (name, ifindex, _) in &ifaces {
-        let slot = prog
-            .attach(*ifindex, name, mode)
-            .map_err(|e| e.to_string())?;
+        let slot = prog.attach(*ifindex, name, mode).map_err(|e| e.to_string())?;
         slots.push((name.clone(), *ifindex, slot));
     }
-    // One worker per queue index; it owns that queue's socket on every interface that has it.
+    // One worker per queue index; it owns that queue's socket on every interface that has it,
+    // so every RX queue of every interface gets a socket.
     let mut sets = Vec::new();
     for q in 0..queues {
-        let here: Vec<(String, u32, u32)> = slots
-            .iter()
-            .zip(&ifaces)
-            .filter(|(_, (_, _, nq))| q < *nq)
-            .map(|(s, _)| s.clone())
-            .collect();
+        let here: Vec<(String, u32, u32)> =
+            slots.iter().zip(&ifaces).filter(|(_, (_, _, nq))| q < *nq).map(|(s, _)| s.clone()).collect();
         let qs = QueueSet::open(q, &here, zc).map_err(|e| e.to_string())?;
         for p in &qs.ports {
-            prog.set_socket(p.slot, q, p.fd())
-                .map_err(|e| e.to_string())?;
+            prog.set_socket(p.slot, q, p.fd()).map_err(|e| e.to_string())?;
+            tracing::info!("{} queue {q}: {} mode", p.ifname, if p.zero_copy { "zero-copy" } else { "copy" });
         }
         sets.push(qs);
     }
-
-    let tables = Arc::new(ArcSwap::from_pointee(director.snapshot()));
     let locals = local_addresses().map_err(|e| format!("listing local addresses: {e}"))?;
-    prog.sync(&tables.load().steering(), &locals)
-        .map_err(|e| e.to_string())?;
+    Ok(DataPlane { prog: Arc::new(prog), routes: KernelRoutes::new(links, statics), sets, locals, queues })
+}
 
+fn reals(t: &Tables) -> HashSet<IpAddr> {
+    t.services.iter().flat_map(|s| s.dests.iter().map(|d| d.addr)).collect()
+}
+
+/// Run until a signal arrives.
+pub fn run(args: &DaemonArgs) -> Result<(), String> {
+    let engine = Arc::new(Engine::new(args.conn_capacity, seed()));
+    let st = load_config(args, &engine)?;
+    let tables = Arc::new(ArcSwap::from_pointee(st.director.snapshot()));
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| format!("installing signal handler: {e}"))?;
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
     }
+    let listener = listen(&args.control, args.control_group.as_deref())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
 
-    let routes = KernelRoutes::new(links, statics);
-    let reals: HashSet<IpAddr> = director
-        .services()
-        .iter()
-        .flat_map(|s| s.dests.iter().map(|d| d.addr))
-        .collect();
-    match routes.warm_up(&reals, Duration::from_secs(2)) {
-        Ok(left) if left.is_empty() => {}
-        Ok(left) => {
-            eprintln!("xvsd: next hop not resolved yet for {left:?}; retrying in the background")
+    let dp = if args.interfaces.is_empty() { None } else { Some(data_plane(args)?) };
+    let on_publish: Box<dyn Fn(&Tables) + Send + Sync> = match &dp {
+        Some(dp) => {
+            let (prog, routes, locals) = (dp.prog.clone(), dp.routes.clone(), dp.locals.clone());
+            Box::new(move |t: &Tables| {
+                if let Err(e) = prog.sync(&t.steering(), &locals) {
+                    tracing::error!("updating the XDP program's maps: {e}");
+                }
+                routes.want(reals(t));
+            })
         }
-        Err(e) => return Err(format!("reading routes and neighbours: {e}")),
-    }
-    let resolver = {
-        let routes = routes.clone();
-        let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("xvs-resolver".into())
-            .spawn(move || routes.run(&stop))
-            .map_err(|e| e.to_string())?
+        None => Box::new(|_: &Tables| {}),
     };
-
-    let engine = Arc::new(Engine::new(args.conn_capacity, seed()));
+    on_publish(&tables.load());
     let epoch = Instant::now();
+    let ctl = Arc::new(Control::new(
+        st,
+        tables.clone(),
+        engine.clone(),
+        on_publish,
+        args.state.clone(),
+        Box::new(FileNames::load()),
+        epoch,
+    ));
+    if args.state.is_some() {
+        // Make sure the state file exists and matches what was loaded.
+        let st = ctl.state.lock().unwrap_or_else(|e| e.into_inner());
+        ctl.publish(&st);
+    }
+
     let mut handles = Vec::new();
     let mut counters = Vec::new();
-    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
-    for (i, qs) in sets.into_iter().enumerate() {
-        let c = Arc::new(WorkerCounters::default());
-        counters.push(c.clone());
-        let mut w = Worker {
-            qs,
-            engine: engine.clone(),
-            tables: tables.clone(),
-            counters: c,
-            stop: stop.clone(),
-            epoch,
+    if let Some(dp) = dp {
+        match dp.routes.warm_up(&reals(&tables.load()), Duration::from_secs(2)) {
+            Ok(left) if left.is_empty() => {}
+            Ok(left) => tracing::warn!("next hop not resolved yet for {left:?}; retrying in the background"),
+            Err(e) => return Err(format!("reading routes and neighbours: {e}")),
+        }
+        let resolver = {
+            let routes = dp.routes.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("xvs-resolver".into())
+                .spawn(move || routes.run(&stop))
+                .map_err(|e| e.to_string())?
         };
-        let routes = routes.clone();
-        let core = args
-            .cores
-            .get(i)
-            .and_then(|&c| core_ids.iter().find(|id| id.id == c).copied());
-        let h = std::thread::Builder::new()
-            .name(format!("xvs-worker-{i}"))
-            .spawn(move || {
-                if let Some(core) = core {
-                    core_affinity::set_for_current(core);
-                }
-                w.run(&*routes);
-            })
-            .map_err(|e| e.to_string())?;
-        handles.push(h);
+        let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+        for (i, qs) in dp.sets.into_iter().enumerate() {
+            let c = Arc::new(WorkerCounters::default());
+            counters.push(c.clone());
+            let mut w =
+                Worker { qs, engine: engine.clone(), tables: tables.clone(), counters: c, stop: stop.clone(), epoch };
+            let routes = dp.routes.clone();
+            let core = args.cores.get(i).and_then(|&c| core_ids.iter().find(|id| id.id == c).copied());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("xvs-worker-{i}"))
+                    .spawn(move || {
+                        if let Some(core) = core {
+                            core_affinity::set_for_current(core);
+                        }
+                        w.run(&*routes);
+                    })
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        tracing::info!(
+            "balancing on {} ({} queue{}), {} service(s)",
+            args.interfaces.join(", "),
+            dp.queues,
+            if dp.queues == 1 { "" } else { "s" },
+            tables.load().services.len()
+        );
+        // Keep the program alive in this scope.
+        let prog = dp.prog.clone();
+        let control = spawn_control(ctl.clone(), listener, stop.clone())?;
+        wait(&ctl, &stop);
+        for h in handles.drain(..) {
+            let _ = h.join();
+        }
+        let _ = control.join();
+        let _ = resolver.join();
+        let xdp = prog.counters().unwrap_or_default();
+        let rx: u64 = counters.iter().map(|c| c.rx.load(Relaxed)).sum();
+        let tx: u64 = counters.iter().map(|c| c.tx.load(Relaxed)).sum();
+        tracing::info!(
+            "stopping; xdp passed={} redirected={} no_socket={}; workers rx={rx} tx={tx}",
+            xdp.passed,
+            xdp.redirected,
+            xdp.no_socket
+        );
+        for (name, n) in engine.counters.drop_counts() {
+            if n > 0 {
+                tracing::info!("dropped {name}={n}");
+            }
+        }
+    } else {
+        tracing::info!("control plane only (no --interface), {} service(s)", tables.load().services.len());
+        let control = spawn_control(ctl.clone(), listener, stop.clone())?;
+        wait(&ctl, &stop);
+        let _ = control.join();
     }
-    eprintln!(
-        "xvsd: balancing on {} ({} queue{}), {} service(s)",
-        args.interfaces.join(", "),
-        queues,
-        if queues == 1 { "" } else { "s" },
-        director.services().len()
-    );
+    let _ = std::fs::remove_file(&args.control);
+    drop(ctl);
+    Ok(())
+}
 
-    let mut last_est = Instant::now();
+fn spawn_control(
+    ctl: Arc<Control>,
+    listener: std::os::unix::net::UnixListener,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name("xvs-control".into())
+        .spawn(move || serve(ctl, listener, stop))
+        .map_err(|e| e.to_string())
+}
+
+fn wait(ctl: &Control, stop: &AtomicBool) {
+    let mut last = Instant::now();
     while !stop.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
-        if last_est.elapsed() >= Duration::from_secs(2) {
-            last_est = Instant::now();
-            director.estimate();
-            director.tick(xvs_core::Time(epoch.elapsed().as_millis() as u64));
+        if last.elapsed() >= Duration::from_secs(2) {
+            last = Instant::now();
+            ctl.tick();
         }
     }
-    for h in handles {
-        let _ = h.join();
-    }
-    let _ = resolver.join();
-    let xdp = prog.counters().unwrap_or_default();
-    let rx: u64 = counters.iter().map(|c| c.rx.load(Relaxed)).sum();
-    let tx: u64 = counters.iter().map(|c| c.tx.load(Relaxed)).sum();
-    eprintln!(
-        "xvsd: stopping; xdp passed={} redirected={} no_socket={}; workers rx={rx} tx={tx}",
-        xdp.passed, xdp.redirected, xdp.no_socket
-    );
-    for (name, n) in engine.counters.drop_counts() {
-        if n > 0 {
-            eprintln!("xvsd: dropped {name}={n}");
-        }
-    }
-    drop(prog);
-    Ok(())
 }
 
 /// A hash seed that differs between runs (the table's shard hash is keyed with it).
 fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     (t as u64) ^ (u64::from(std::process::id()) << 32)
 }

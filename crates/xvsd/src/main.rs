@@ -1,11 +1,14 @@
-//! `xvsd`: the xvs daemon. `xvsd --interface IF --rules FILE` balances live traffic on AF_XDP;
-//! `xvsd replay` feeds a pcap through the same data path offline.
+//! `xvsd`: the xvs daemon. `xvsd [--interface IF ...] [--rules FILE] [--state FILE]` holds the
+//! tables, serves the control socket for `xvsadm` and, with interfaces, balances live traffic
+//! on AF_XDP; `xvsd replay` feeds a pcap through the same data path offline.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod control;
 mod daemon;
+mod names;
 mod replay;
 
 #[derive(Debug, Parser)]
@@ -30,6 +33,12 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     match cli.cmd {
         Some(Cmd::Replay(args)) => match replay::run(&args) {
             Ok(summary) => {

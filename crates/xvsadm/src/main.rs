@@ -1,0 +1,71 @@
+//! `xvsadm`: ipvsadm's command line for xvs. Syntax is checked here (so `-h`, `-v` and errors
+//! need no daemon); the command then goes to xvsd over its control socket (`XVS_CONTROL` or
+//! `/run/xvs/xvsd.sock`), which runs it and returns ipvsadm's output and exit status.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+
+use xvs_ipvsadm::control::{decode_response, encode_request, header, Request, MAX_RESPONSE};
+use xvs_ipvsadm::exec::{usage_text, version_text};
+use xvs_ipvsadm::parse::{parse_command, Command};
+
+const DEFAULT_CONTROL: &str = "/run/xvs/xvsd.sock";
+
+fn exit(status: i32) -> ExitCode {
+    ExitCode::from((status & 0xff) as u8)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let prog = "xvsadm";
+    let cmd = match parse_command(prog, &args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}", e.message);
+            return exit(e.status);
+        }
+    };
+    match cmd {
+        Command::Help => {
+            print!("{}", usage_text(prog));
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            print!("{}", version_text());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let mut stdin = String::new();
+    if cmd == Command::Restore {
+        if let Err(e) = std::io::stdin().read_to_string(&mut stdin) {
+            eprintln!("xvsadm: reading standard input: {e}");
+            return exit(255);
+        }
+    }
+    let path = std::env::var("XVS_CONTROL").unwrap_or_else(|_| DEFAULT_CONTROL.to_string());
+    let resp = match talk(&path, &Request { args, stdin }) {
+        Ok(r) => r,
+        Err(e) => {
+            // ipvsadm's own message when it cannot reach IPVS, naming xvsd instead.
+            eprintln!("Can't initialize ipvs: {e}\nAre you sure that xvsd is running and serving {path}?");
+            return exit(2);
+        }
+    };
+    print!("{}", resp.stdout);
+    eprint!("{}", resp.stderr);
+    let _ = std::io::stdout().flush();
+    exit(resp.status)
+}
+
+fn talk(path: &str, req: &Request) -> std::io::Result<xvs_ipvsadm::control::Response> {
+    let mut s = UnixStream::connect(path)?;
+    s.write_all(&encode_request(req))?;
+    let mut h = [0u8; 8];
+    s.read_exact(&mut h)?;
+    let len = header(&h, MAX_RESPONSE).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload)?;
+    decode_response(&payload).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}

@@ -1,0 +1,272 @@
+//! xvsd's control socket: a Unix stream socket serving ipvsadm command lines (the protocol is
+//! in `xvs_ipvsadm::control` and `docs/control-protocol.md`). Each connection has its own
+//! thread; the tables are locked only while a command runs, never while a client is read, so a
+//! slow or hostile client cannot stall the others or the workers (which never take this lock:
+//! they read published snapshots).
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use xvs_core::conn::{TPL_S_ASSURED, CONN_F_TEMPLATE};
+use xvs_core::proto::TcpState;
+use xvs_core::{Director, Engine, Tables, Time};
+use xvs_ipvsadm::control::{decode_request, encode_response, header, Response, MAX_REQUEST};
+use xvs_ipvsadm::exec::{execute, state_text, Session};
+use xvs_ipvsadm::list::{ConnRow, Names};
+use xvs_ipvsadm::parse::DaemonConfig;
+
+/// Most clients served at once; more are answered with an error and closed.
+const MAX_CLIENTS: usize = 64;
+/// A client that sends nothing for this long is disconnected.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The configuration the control socket edits.
+#[derive(Debug, Default)]
+pub struct CtlState {
+    /// Services and destinations.
+    pub director: Director,
+    /// Sync daemon settings.
+    pub daemons: Vec<DaemonConfig>,
+}
+
+/// What the control thread shares with the rest of the daemon.
+pub struct Control {
+    /// The configuration.
+    pub state: Mutex<CtlState>,
+    /// Published snapshot for the workers.
+    pub tables: Arc<ArcSwap<Tables>>,
+    /// The connection table (for `-L -c`).
+    pub engine: Arc<Engine>,
+    /// Run after each publish (the XDP program's steering maps).
+    pub on_publish: Box<dyn Fn(&Tables) + Send + Sync>,
+    /// Where the whole configuration is saved after every change.
+    pub state_file: Option<PathBuf>,
+    /// Name lookups for listings.
+    pub names: Box<dyn Names + Send + Sync>,
+    /// The data path's clock zero.
+    pub epoch: Instant,
+    clients: AtomicUsize,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("state_file", &self.state_file).finish_non_exhaustive()
+    }
+}
+
+impl Control {
+    /// A control plane over `state`.
+    pub fn new(
+        state: CtlState,
+        tables: Arc<ArcSwap<Tables>>,
+        engine: Arc<Engine>,
+        on_publish: Box<dyn Fn(&Tables) + Send + Sync>,
+        state_file: Option<PathBuf>,
+        names: Box<dyn Names + Send + Sync>,
+        epoch: Instant,
+    ) -> Control {
+        Control {
+            state: Mutex::new(state),
+            tables,
+            engine,
+            on_publish,
+            state_file,
+            names,
+            epoch,
+            clients: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CtlState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publish the tables to the workers and the XDP program, and save the state file.
+    pub fn publish(&self, st: &CtlState) {
+        let t = Arc::new(st.director.snapshot());
+        self.tables.store(t.clone());
+        (self.on_publish)(&t);
+        if let Some(path) = &self.state_file {
+            if let Err(e) = write_atomically(path, &state_text(&st.director, &st.daemons)) {
+                tracing::error!("saving state to {}: {e}", path.display());
+            }
+        }
+    }
+
+    fn connections(&self) -> Vec<ConnRow> {
+        let now = Time(self.epoch.elapsed().as_millis() as u64);
+        let mut rows = Vec::new();
+        self.engine.conns.for_each(|k, c| {
+            let template = c.flags & CONN_F_TEMPLATE != 0;
+            let proto = match k.proto {
+                6 => "TCP",
+                17 => "UDP",
+                _ => "IP",
+            };
+            let state = if template {
+                if c.state == TPL_S_ASSURED {
+                    "ASSURED"
+                } else {
+                    "NONE"
+                }
+            } else if k.proto == 17 {
+                "UDP"
+            } else {
+                TcpState::from_u8(c.state).map_or("NONE", TcpState::name)
+            };
+            rows.push(ConnRow {
+                proto,
+                expires: now.until(c.expires) / 1000,
+                state,
+                client: (k.caddr, k.cport),
+                virt: (k.vaddr, k.vport),
+                dest: (c.daddr, c.dport),
+            });
+        });
+        rows
+    }
+
+    /// Run one request for a peer with user id `uid`.
+    pub fn handle(&self, args: &[String], stdin: &str, uid: u32) -> Response {
+        let mut st = self.lock();
+        let connections = || self.connections();
+        let CtlState { director, daemons } = &mut *st;
+        let mut s = Session {
+            director,
+            daemons,
+            connections: &connections,
+            conn_tab_size: self.engine.conns.capacity(),
+            names: &*self.names,
+            may_change: uid == 0,
+            prog: "xvsadm",
+        };
+        let out = execute(&mut s, args, stdin);
+        if out.changed {
+            self.publish(&st);
+        }
+        Response { status: out.status, stdout: out.stdout, stderr: out.stderr }
+    }
+
+    /// Periodic work: the rate estimator and scheduler housekeeping.
+    pub fn tick(&self) {
+        let mut st = self.lock();
+        st.director.estimate();
+        st.director.tick(Time(self.epoch.elapsed().as_millis() as u64));
+    }
+}
+
+/// Write a file atomically (temporary file, fsync, rename).
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Create the listening socket: refuses when another xvsd answers on it, replaces a stale one,
+/// and sets mode 0600 (0660 with a control group).
+pub fn listen(path: &Path, group: Option<&str>) -> Result<UnixListener, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(format!("another xvsd is serving {}; stop it first", path.display()));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("removing stale {}: {e}", path.display()))?;
+    }
+    let l = UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    if let Some(g) = group {
+        let grp = nix::unistd::Group::from_name(g)
+            .map_err(|e| format!("looking up group {g}: {e}"))?
+            .ok_or_else(|| format!("no such group: {g}"))?;
+        nix::unistd::chown(path, None, Some(grp.gid)).map_err(|e| format!("chown {}: {e}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    Ok(l)
+}
+
+/// Accept clients until `stop` is set (the listener must be non-blocking).
+pub fn serve(ctl: Arc<Control>, listener: UnixListener, stop: Arc<AtomicBool>) {
+    while !stop.load(Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if ctl.clients.fetch_add(1, Relaxed) >= MAX_CLIENTS {
+                    ctl.clients.fetch_sub(1, Relaxed);
+                    let mut s = stream;
+                    let _ = s.write_all(&encode_response(&Response {
+                        status: 255,
+                        stderr: "xvsd: too many control clients, try again\n".into(),
+                        ..Default::default()
+                    }));
+                    continue;
+                }
+                let ctl = ctl.clone();
+                let spawned = std::thread::Builder::new().name("xvs-control".into()).spawn(move || {
+                    client(&ctl, stream);
+                    ctl.clients.fetch_sub(1, Relaxed);
+                });
+                if let Err(e) = spawned {
+                    tracing::error!("control: cannot spawn a client thread: {e}");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => {
+                tracing::warn!("control: accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn client(ctl: &Control, mut stream: UnixStream) {
+    if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(READ_TIMEOUT)).is_err() {
+        return;
+    }
+    loop {
+        let mut h = [0u8; 8];
+        match stream.read_exact(&mut h) {
+            Ok(()) => {}
+            Err(_) => return, // EOF, timeout or error: the client is gone.
+        }
+        let reply = |stream: &mut UnixStream, r: Response| stream.write_all(&encode_response(&r)).is_ok();
+        let len = match header(&h, MAX_REQUEST) {
+            Ok(n) => n,
+            Err(e) => {
+                reply(&mut stream, Response { status: 2, stderr: format!("xvsd: {e}\n"), ..Default::default() });
+                return;
+            }
+        };
+        let mut payload = vec![0u8; len];
+        if stream.read_exact(&mut payload).is_err() {
+            return;
+        }
+        // The peer's credentials are checked on every request.
+        let uid = match getsockopt(&stream, PeerCredentials) {
+            Ok(c) => c.uid(),
+            Err(e) => {
+                reply(&mut stream, Response { status: 255, stderr: format!("xvsd: SO_PEERCRED: {e}\n"), ..Default::default() });
+                return;
+            }
+        };
+        let resp = match decode_request(&payload) {
+            Ok(req) => ctl.handle(&req.args, &req.stdin, uid),
+            Err(e) => Response { status: 2, stderr: format!("xvsd: {e}\n"), ..Default::default() },
+        };
+        if !reply(&mut stream, resp) {
+            return;
+        }
+    }
+}
