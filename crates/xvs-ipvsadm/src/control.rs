@@ -90,7 +90,9 @@ impl Reader<'_> {
         if self.0.len() < n {
             return Err(FrameError::Malformed("truncated string"));
         }
-        let s = std::str::from_utf8(&self.0[..n]).map_err(|_| FrameError::Malformed("not UTF-8"))?.to_string();
+        let s = std::str::from_utf8(&self.0[..n])
+            .map_err(|_| FrameError::Malformed("not UTF-8"))?
+            .to_string();
         self.0 = &self.0[n..];
         Ok(s)
     }
@@ -147,7 +149,11 @@ pub fn decode_response(payload: &[u8]) -> Result<Response, FrameError> {
     let stdout = r.string()?;
     let stderr = r.string()?;
     r.end()?;
-    Ok(Response { status, stdout, stderr })
+    Ok(Response {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 #[cfg(test)]
@@ -157,11 +163,18 @@ mod tests {
 
     #[test]
     fn roundtrip() {
-        let req = Request { args: vec!["-A".into(), "-t".into(), "10.0.0.1:80".into()], stdin: "x\ny".into() };
+        let req = Request {
+            args: vec!["-A".into(), "-t".into(), "10.0.0.1:80".into()],
+            stdin: "x\ny".into(),
+        };
         let f = encode_request(&req);
         let len = header(f[..8].try_into().unwrap(), MAX_REQUEST).unwrap();
         assert_eq!(decode_request(&f[8..8 + len]).unwrap(), req);
-        let resp = Response { status: -1, stdout: "out".into(), stderr: "err".into() };
+        let resp = Response {
+            status: -1,
+            stdout: "out".into(),
+            stderr: "err".into(),
+        };
         let f = encode_response(&resp);
         assert_eq!(decode_response(&f[8..]).unwrap(), resp);
     }
@@ -171,7 +184,10 @@ mod tests {
         assert_eq!(header(b"HTTP/1.0", MAX_REQUEST), Err(FrameError::BadMagic));
         let mut h = *b"XVS1\0\0\0\0";
         h[4..].copy_from_slice(&(MAX_REQUEST as u32 + 1).to_be_bytes());
-        assert!(matches!(header(&h, MAX_REQUEST), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            header(&h, MAX_REQUEST),
+            Err(FrameError::TooLarge(_))
+        ));
         assert!(decode_request(&[0, 0, 0, 1, 0, 0, 0, 9, b'a']).is_err());
         assert!(decode_request(&[0xff, 0xff, 0xff, 0xff]).is_err());
     }

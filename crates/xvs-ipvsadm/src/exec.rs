@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use xvs_core::director::Director;
 
 use crate::apply::{apply, Applied};
-use crate::list::{list_all, list_connections, list_daemons, list_service, list_timeout, ConnRow, Names};
+use crate::list::{
+    list_all, list_connections, list_daemons, list_service, list_timeout, ConnRow, Names,
+};
 use crate::parse::{parse_command, restore_line, try_help, Command, DaemonConfig, DaemonRole};
 use crate::save::save_with;
 
@@ -26,7 +28,11 @@ pub struct Output {
 
 impl Output {
     fn err(status: i32, msg: impl AsRef<str>) -> Output {
-        Output { status, stderr: format!("{}\n", msg.as_ref()), ..Default::default() }
+        Output {
+            status,
+            stderr: format!("{}\n", msg.as_ref()),
+            ..Default::default()
+        }
     }
 }
 
@@ -50,13 +56,18 @@ pub struct Session<'a> {
 
 impl std::fmt::Debug for Session<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("may_change", &self.may_change).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("may_change", &self.may_change)
+            .finish_non_exhaustive()
     }
 }
 
 /// The version line of `-v`.
 pub fn version_text() -> String {
-    format!("xvsadm v{} (ipvsadm v1.31 syntax, IPVS v1.2.1)\n", env!("CARGO_PKG_VERSION"))
+    format!(
+        "xvsadm v{} (ipvsadm v1.31 syntax, IPVS v1.2.1)\n",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// The usage text of `-h`.
@@ -146,7 +157,10 @@ Daemon Options:
 }
 
 fn is_change(c: &Command) -> bool {
-    !matches!(c, Command::List(_) | Command::Save { .. } | Command::Help | Command::Version)
+    !matches!(
+        c,
+        Command::List(_) | Command::Save { .. } | Command::Help | Command::Version
+    )
 }
 
 /// Defaults the kernel applies to a sync daemon's unset values (reference §5.1).
@@ -155,7 +169,8 @@ fn daemon_defaults(mut d: DaemonConfig) -> DaemonConfig {
     d.group.get_or_insert(IpAddr::V4([224, 0, 0, 81].into()));
     d.port.get_or_insert(8848);
     d.ttl.get_or_insert(1);
-    d.maxlen.get_or_insert(if v6 { 1500 - 48 } else { 1500 - 28 });
+    d.maxlen
+        .get_or_insert(if v6 { 1500 - 48 } else { 1500 - 28 });
     d
 }
 
@@ -173,11 +188,18 @@ fn run_command(s: &mut Session<'_>, cmd: Command) -> Output {
         return Output::err(255, "Permission denied (you must be root)");
     }
     match cmd {
-        Command::Help => Output { stdout: usage_text(s.prog), ..Default::default() },
-        Command::Version => Output { stdout: version_text(), ..Default::default() },
-        Command::Save { numeric } => {
-            Output { stdout: save_with(s.director.services(), numeric, s.names, false), ..Default::default() }
-        }
+        Command::Help => Output {
+            stdout: usage_text(s.prog),
+            ..Default::default()
+        },
+        Command::Version => Output {
+            stdout: version_text(),
+            ..Default::default()
+        },
+        Command::Save { numeric } => Output {
+            stdout: save_with(s.director.services(), numeric, s.names, false),
+            ..Default::default()
+        },
         Command::List(o) => {
             let stdout = if o.connections {
                 list_connections(&(s.connections)(), &o, s.names)
@@ -194,7 +216,10 @@ fn run_command(s: &mut Session<'_>, cmd: Command) -> Output {
             } else {
                 list_all(s.director.services(), &o, s.conn_tab_size, s.names)
             };
-            Output { stdout, ..Default::default() }
+            Output {
+                stdout,
+                ..Default::default()
+            }
         }
         Command::StartDaemon(d) => {
             if s.daemons.iter().any(|x| x.role == d.role) {
@@ -215,11 +240,17 @@ fn run_command(s: &mut Session<'_>, cmd: Command) -> Output {
             if s.daemons.len() == before {
                 return Output::err(255, "No daemon is running");
             }
-            Output { changed: true, ..Default::default() }
+            Output {
+                changed: true,
+                ..Default::default()
+            }
         }
         Command::Restore => Output::err(255, try_help(s.prog)),
         table_change => match apply(s.director, table_change) {
-            Applied::Ok => Output { changed: true, ..Default::default() },
+            Applied::Ok => Output {
+                changed: true,
+                ..Default::default()
+            },
             Applied::Failed(e) => Output::err(255, e.to_string()),
             Applied::NotATableChange(_) => Output::default(),
         },
@@ -232,7 +263,9 @@ fn run_command(s: &mut Session<'_>, cmd: Command) -> Output {
 fn restore_stream(s: &mut Session<'_>, stdin: &str) -> Output {
     let mut out = Output::default();
     for line in stdin.lines() {
-        let Some(args) = restore_line(line) else { continue };
+        let Some(args) = restore_line(line) else {
+            continue;
+        };
         let r = match parse_command(s.prog, &args) {
             Ok(Command::Restore) => {
                 let o = Output::err(255, try_help(s.prog));
@@ -262,12 +295,24 @@ fn restore_stream(s: &mut Session<'_>, stdin: &str) -> Output {
 /// sync daemons. Loading it with `-R` rebuilds the same state (xvsd's `--state` file).
 pub fn state_text(director: &Director, daemons: &[DaemonConfig]) -> String {
     let mut out = String::from("-C\n");
-    out.push_str(&save_with(director.services(), true, &crate::list::Numeric, true));
+    out.push_str(&save_with(
+        director.services(),
+        true,
+        &crate::list::Numeric,
+        true,
+    ));
     let (tcp, fin, udp) = director.timeouts().shown();
     out.push_str(&format!("--set {tcp} {fin} {udp}\n"));
     for d in daemons {
-        let role = if d.role == DaemonRole::Master { "master" } else { "backup" };
-        out.push_str(&format!("--start-daemon {role} --mcast-interface {} --syncid {}", d.mcast_ifn, d.syncid));
+        let role = if d.role == DaemonRole::Master {
+            "master"
+        } else {
+            "backup"
+        };
+        out.push_str(&format!(
+            "--start-daemon {role} --mcast-interface {} --syncid {}",
+            d.mcast_ifn, d.syncid
+        ));
         if let Some(g) = d.group {
             out.push_str(&format!(" --mcast-group {g}"));
         }

@@ -35,7 +35,13 @@ impl Names for Numeric {
 }
 
 /// `addrport_to_anyname`.
-pub fn addr_port_name(addr: &IpAddr, port: u16, proto: Protocol, numeric: bool, names: &dyn Names) -> String {
+pub fn addr_port_name(
+    addr: &IpAddr,
+    port: u16,
+    proto: Protocol,
+    numeric: bool,
+    names: &dyn Names,
+) -> String {
     let (host, serv) = if numeric {
         (None, None)
     } else {
@@ -68,7 +74,11 @@ fn service_label(k: &ServiceKey, numeric: bool, names: &dyn Names) -> String {
             s
         }
         ServiceKey::Addr { proto, addr, port } => {
-            let mut s = format!("{:<4} {}", proto.name(), addr_port_name(addr, *port, *proto, numeric, names));
+            let mut s = format!(
+                "{:<4} {}",
+                proto.name(),
+                addr_port_name(addr, *port, *proto, numeric, names)
+            );
             if addr.is_ipv4() {
                 truncate(&mut s, 33);
             }
@@ -204,7 +214,13 @@ fn tun_info(d: &DestConfig) -> String {
     }
 }
 
-fn service_entry(out: &mut String, svc: &Service, dests: &[DestConfig], o: &ListOptions, names: &dyn Names) {
+fn service_entry(
+    out: &mut String,
+    svc: &Service,
+    dests: &[DestConfig],
+    o: &ListOptions,
+    names: &dyn Names,
+) {
     let v = view(o);
     let c = &svc.cfg;
     let label = service_label(&c.key, o.numeric, names);
@@ -249,8 +265,12 @@ fn service_entry(out: &mut String, svc: &Service, dests: &[DestConfig], o: &List
     }
     out.push('\n');
     for d in dests {
-        let state = svc.dests.iter().find(|s| s.addr == d.addr && s.port == d.port);
-        let (active, inactive, persist) = state.map_or((0, 0, 0), |s| (s.active(), s.inactive(), s.persist()));
+        let state = svc
+            .dests
+            .iter()
+            .find(|s| s.addr == d.addr && s.port == d.port);
+        let (active, inactive, persist) =
+            state.map_or((0, 0, 0), |s| (s.active(), s.inactive(), s.persist()));
         let name = dest_label(&c.key, d, o.numeric, names);
         match v {
             View::Stats => {
@@ -276,7 +296,11 @@ fn service_entry(out: &mut String, svc: &Service, dests: &[DestConfig], o: &List
                 );
             }
             View::PersistentConn => {
-                let _ = writeln!(out, "  -> {name:<28} {:<9} {:<11} {:<10} {:<10}", d.weight, persist, active, inactive);
+                let _ = writeln!(
+                    out,
+                    "  -> {name:<28} {:<9} {:<11} {:<10} {:<10}",
+                    d.weight, persist, active, inactive
+                );
             }
             View::TunInfo => {
                 let _ = writeln!(
@@ -304,7 +328,12 @@ fn service_entry(out: &mut String, svc: &Service, dests: &[DestConfig], o: &List
 }
 
 /// `-L` of every service: the version line, the title, then each service.
-pub fn list_all(services: &[Service], o: &ListOptions, conn_tab_size: usize, names: &dyn Names) -> String {
+pub fn list_all(
+    services: &[Service],
+    o: &ListOptions,
+    conn_tab_size: usize,
+    names: &dyn Names,
+) -> String {
     let mut out = format!("IP Virtual Server version 1.2.1 (size={conn_tab_size})\n");
     title(&mut out, view(o));
     for (svc, dests) in sorted(services, o.nosort) {
@@ -335,8 +364,16 @@ pub fn list_daemons(daemons: &[DaemonConfig]) -> String {
     let mut ds: Vec<&DaemonConfig> = daemons.iter().collect();
     ds.sort_by_key(|d| d.role != DaemonRole::Master);
     for d in ds {
-        let role = if d.role == DaemonRole::Master { "master" } else { "backup" };
-        let _ = write!(out, "{role} sync daemon (mcast={}, syncid={}", d.mcast_ifn, d.syncid);
+        let role = if d.role == DaemonRole::Master {
+            "master"
+        } else {
+            "backup"
+        };
+        let _ = write!(
+            out,
+            "{role} sync daemon (mcast={}, syncid={}",
+            d.mcast_ifn, d.syncid
+        );
         if let Some(m) = d.maxlen.filter(|m| *m != 0) {
             let _ = write!(out, ", maxlen={m}");
         }
@@ -381,10 +418,18 @@ pub fn list_connections(rows: &[ConnRow], o: &ListOptions, names: &dyn Names) ->
             "state", "source", "virtual", "destination", "pe name"
         );
     } else {
-        let _ = writeln!(out, "pro expire {:<11} {:<18} {:<18} destination", "state", "source", "virtual");
+        let _ = writeln!(
+            out,
+            "pro expire {:<11} {:<18} {:<18} destination",
+            "state", "source", "virtual"
+        );
     }
     for r in rows {
-        let proto = if r.proto == "UDP" { Protocol::Udp } else { Protocol::Tcp };
+        let proto = if r.proto == "UDP" {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        };
         let an = |(a, p): (IpAddr, u16)| addr_port_name(&a, p, proto, o.numeric, names);
         let expire = format!("{:02}:{:02}", r.expires / 60, r.expires % 60);
         let _ = writeln!(

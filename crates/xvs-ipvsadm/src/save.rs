@@ -79,7 +79,10 @@ fn svc_arg(k: &ServiceKey, numeric: bool, names: &dyn Names) -> String {
     match k {
         ServiceKey::Addr { proto, addr, port } => {
             let flag = if *proto == Protocol::Tcp { "-t" } else { "-u" };
-            format!("{flag} {}", addr_port_name(addr, *port, *proto, numeric, names))
+            format!(
+                "{flag} {}",
+                addr_port_name(addr, *port, *proto, numeric, names)
+            )
         }
         ServiceKey::Fwmark { af, mark } => {
             if *af == Af::V6 {
@@ -151,7 +154,12 @@ pub fn save(services: &[Service], numeric: bool) -> String {
 
 /// `ipvsadm -S [-n]` with the given name lookups. With `thresholds`, destination lines also
 /// carry `-x`/`-y` when set (xvs's state file; ipvsadm's `-S` does not save thresholds).
-pub fn save_with(services: &[Service], numeric: bool, names: &dyn Names, thresholds: bool) -> String {
+pub fn save_with(
+    services: &[Service],
+    numeric: bool,
+    names: &dyn Names,
+    thresholds: bool,
+) -> String {
     let mut out = String::new();
     for (svc, dests) in sorted(services, false) {
         let c = &svc.cfg;

@@ -49,7 +49,9 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             // ipvsadm's own message when it cannot reach IPVS, naming xvsd instead.
-            eprintln!("Can't initialize ipvs: {e}\nAre you sure that xvsd is running and serving {path}?");
+            eprintln!(
+                "Can't initialize ipvs: {e}\nAre you sure that xvsd is running and serving {path}?"
+            );
             return exit(2);
         }
     };
@@ -64,7 +66,8 @@ fn talk(path: &str, req: &Request) -> std::io::Result<xvs_ipvsadm::control::Resp
     s.write_all(&encode_request(req))?;
     let mut h = [0u8; 8];
     s.read_exact(&mut h)?;
-    let len = header(&h, MAX_RESPONSE).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let len = header(&h, MAX_RESPONSE)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let mut payload = vec![0u8; len];
     s.read_exact(&mut payload)?;
     decode_response(&payload).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use xvs_core::conn::{TPL_S_ASSURED, CONN_F_TEMPLATE};
+use xvs_core::conn::{CONN_F_TEMPLATE, TPL_S_ASSURED};
 use xvs_core::proto::TcpState;
 use xvs_core::{Director, Engine, Tables, Time};
 use xvs_ipvsadm::control::{decode_request, encode_response, header, Response, MAX_REQUEST};
@@ -57,7 +57,9 @@ pub struct Control {
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Control").field("state_file", &self.state_file).finish_non_exhaustive()
+        f.debug_struct("Control")
+            .field("state_file", &self.state_file)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,14 +153,33 @@ impl Control {
         if out.changed {
             self.publish(&st);
         }
-        Response { status: out.status, stdout: out.stdout, stderr: out.stderr }
+        Response {
+            status: out.status,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        }
     }
 
     /// Periodic work: the rate estimator and scheduler housekeeping.
     pub fn tick(&self) {
         let mut st = self.lock();
         st.director.estimate();
-        st.director.tick(Time(self.epoch.elapsed().as_millis() as u64));
+        st.director
+            .tick(Time(self.epoch.elapsed().as_millis() as u64));
+    }
+}
+
+/// After an error reply to a garbled stream: stop writing, swallow a bounded amount of what the
+/// peer still sends (so it can read the reply instead of a reset), then close.
+fn refuse(mut stream: UnixStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 4096];
+    for _ in 0..16 {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
     }
 }
 
@@ -181,9 +202,13 @@ pub fn listen(path: &Path, group: Option<&str>) -> Result<UnixListener, String> 
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(format!("another xvsd is serving {}; stop it first", path.display()));
+            return Err(format!(
+                "another xvsd is serving {}; stop it first",
+                path.display()
+            ));
         }
-        std::fs::remove_file(path).map_err(|e| format!("removing stale {}: {e}", path.display()))?;
+        std::fs::remove_file(path)
+            .map_err(|e| format!("removing stale {}: {e}", path.display()))?;
     }
     let l = UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
     let mode = if group.is_some() { 0o660 } else { 0o600 };
@@ -191,7 +216,8 @@ pub fn listen(path: &Path, group: Option<&str>) -> Result<UnixListener, String> 
         let grp = nix::unistd::Group::from_name(g)
             .map_err(|e| format!("looking up group {g}: {e}"))?
             .ok_or_else(|| format!("no such group: {g}"))?;
-        nix::unistd::chown(path, None, Some(grp.gid)).map_err(|e| format!("chown {}: {e}", path.display()))?;
+        nix::unistd::chown(path, None, Some(grp.gid))
+            .map_err(|e| format!("chown {}: {e}", path.display()))?;
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("chmod {}: {e}", path.display()))?;
@@ -214,15 +240,19 @@ pub fn serve(ctl: Arc<Control>, listener: UnixListener, stop: Arc<AtomicBool>) {
                     continue;
                 }
                 let ctl = ctl.clone();
-                let spawned = std::thread::Builder::new().name("xvs-control".into()).spawn(move || {
-                    client(&ctl, stream);
-                    ctl.clients.fetch_sub(1, Relaxed);
-                });
+                let spawned = std::thread::Builder::new()
+                    .name("xvs-control".into())
+                    .spawn(move || {
+                        client(&ctl, stream);
+                        ctl.clients.fetch_sub(1, Relaxed);
+                    });
                 if let Err(e) = spawned {
                     tracing::error!("control: cannot spawn a client thread: {e}");
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
             Err(e) => {
                 tracing::warn!("control: accept: {e}");
                 std::thread::sleep(Duration::from_millis(50));
@@ -232,7 +262,9 @@ pub fn serve(ctl: Arc<Control>, listener: UnixListener, stop: Arc<AtomicBool>) {
 }
 
 fn client(ctl: &Control, mut stream: UnixStream) {
-    if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(READ_TIMEOUT)).is_err() {
+    if stream.set_nonblocking(false).is_err()
+        || stream.set_read_timeout(Some(READ_TIMEOUT)).is_err()
+    {
         return;
     }
     loop {
@@ -241,11 +273,20 @@ fn client(ctl: &Control, mut stream: UnixStream) {
             Ok(()) => {}
             Err(_) => return, // EOF, timeout or error: the client is gone.
         }
-        let reply = |stream: &mut UnixStream, r: Response| stream.write_all(&encode_response(&r)).is_ok();
+        let reply =
+            |stream: &mut UnixStream, r: Response| stream.write_all(&encode_response(&r)).is_ok();
         let len = match header(&h, MAX_REQUEST) {
             Ok(n) => n,
             Err(e) => {
-                reply(&mut stream, Response { status: 2, stderr: format!("xvsd: {e}\n"), ..Default::default() });
+                reply(
+                    &mut stream,
+                    Response {
+                        status: 2,
+                        stderr: format!("xvsd: {e}\n"),
+                        ..Default::default()
+                    },
+                );
+                refuse(stream);
                 return;
             }
         };
@@ -257,13 +298,24 @@ fn client(ctl: &Control, mut stream: UnixStream) {
         let uid = match getsockopt(&stream, PeerCredentials) {
             Ok(c) => c.uid(),
             Err(e) => {
-                reply(&mut stream, Response { status: 255, stderr: format!("xvsd: SO_PEERCRED: {e}\n"), ..Default::default() });
+                reply(
+                    &mut stream,
+                    Response {
+                        status: 255,
+                        stderr: format!("xvsd: SO_PEERCRED: {e}\n"),
+                        ..Default::default()
+                    },
+                );
                 return;
             }
         };
         let resp = match decode_request(&payload) {
             Ok(req) => ctl.handle(&req.args, &req.stdin, uid),
-            Err(e) => Response { status: 2, stderr: format!("xvsd: {e}\n"), ..Default::default() },
+            Err(e) => Response {
+                status: 2,
+                stderr: format!("xvsd: {e}\n"),
+                ..Default::default()
+            },
         };
         if !reply(&mut stream, resp) {
             return;

@@ -83,7 +83,10 @@ fn sysfs(ifname: &str, what: &str) -> Result<String, String> {
 fn rx_queues(ifname: &str) -> Result<u32, String> {
     let dir = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
         .map_err(|e| format!("interface {ifname}: cannot list queues: {e}"))?;
-    let n = dir.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().starts_with("rx-")).count();
+    let n = dir
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
     Ok(n.max(1) as u32)
 }
 
@@ -91,8 +94,14 @@ fn rx_queues(ifname: &str) -> Result<u32, String> {
 fn load_config(args: &DaemonArgs, engine: &Engine) -> Result<CtlState, String> {
     let mut st = CtlState::default();
     let (path, text) = match (&args.state, &args.rules) {
-        (Some(s), _) if s.exists() => (s.clone(), std::fs::read_to_string(s).map_err(|e| format!("{}: {e}", s.display()))?),
-        (_, Some(r)) => (r.clone(), std::fs::read_to_string(r).map_err(|e| format!("{}: {e}", r.display()))?),
+        (Some(s), _) if s.exists() => (
+            s.clone(),
+            std::fs::read_to_string(s).map_err(|e| format!("{}: {e}", s.display()))?,
+        ),
+        (_, Some(r)) => (
+            r.clone(),
+            std::fs::read_to_string(r).map_err(|e| format!("{}: {e}", r.display()))?,
+        ),
         _ => return Ok(st),
     };
     let none = Vec::new;
@@ -111,9 +120,17 @@ fn load_config(args: &DaemonArgs, engine: &Engine) -> Result<CtlState, String> {
         tracing::warn!("{}: {line}", path.display());
     }
     if out.status == 2 || (out.status == 255 && out.stderr.contains("Try `")) {
-        return Err(format!("{}: syntax error: {}", path.display(), out.stderr.trim_end()));
+        return Err(format!(
+            "{}: syntax error: {}",
+            path.display(),
+            out.stderr.trim_end()
+        ));
     }
-    tracing::info!("loaded {} ({} services)", path.display(), st.director.services().len());
+    tracing::info!(
+        "loaded {} ({} services)",
+        path.display(),
+        st.director.services().len()
+    );
     Ok(st)
 }
 
@@ -128,7 +145,9 @@ struct DataPlane {
 fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
     let mut statics = HashMap::new();
     for n in &args.neigh {
-        let (ip, mac) = n.split_once('=').ok_or_else(|| format!("--neigh wants IP=MAC, got `{n}'"))?;
+        let (ip, mac) = n
+            .split_once('=')
+            .ok_or_else(|| format!("--neigh wants IP=MAC, got `{n}'"))?;
         let ip: IpAddr = ip.parse().map_err(|_| format!("invalid address `{ip}'"))?;
         let mac = xvs_core::routes::parse_mac(mac).ok_or_else(|| format!("invalid MAC `{mac}'"))?;
         statics.insert(ip, mac);
@@ -137,8 +156,9 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
     let mut links: HashMap<u32, LinkInfo> = HashMap::new();
     let mut queues = 0;
     for name in &args.interfaces {
-        let ifindex: u32 =
-            sysfs(name, "ifindex")?.parse().map_err(|e| format!("interface {name}: bad ifindex: {e}"))?;
+        let ifindex: u32 = sysfs(name, "ifindex")?
+            .parse()
+            .map_err(|e| format!("interface {name}: bad ifindex: {e}"))?;
         let info = link_info(name).map_err(|e| format!("interface {name}: {e}"))?;
         let max_mtu = FRAME_SIZE - RESERVED - 14;
         if u32::from(info.mtu) > max_mtu {
@@ -149,7 +169,9 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
         }
         let q = rx_queues(name)?;
         if q > MAX_QUEUES {
-            return Err(format!("interface {name}: {q} RX queues, xvs supports {MAX_QUEUES}"));
+            return Err(format!(
+                "interface {name}: {q} RX queues, xvs supports {MAX_QUEUES}"
+            ));
         }
         queues = queues.max(q);
         links.insert(ifindex, info);
@@ -168,28 +190,48 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
     let mut prog = XdpProgram::load().map_err(|e| format!("loading the XDP program: {e}"))?;
     let mut slots = Vec::new();
     for (name, ifindex, _) in &ifaces {
-        let slot = prog.attach(*ifindex, name, mode).map_err(|e| e.to_string())?;
+        let slot = prog
+            .attach(*ifindex, name, mode)
+            .map_err(|e| e.to_string())?;
         slots.push((name.clone(), *ifindex, slot));
     }
     // One worker per queue index; it owns that queue's socket on every interface that has it,
     // so every RX queue of every interface gets a socket.
     let mut sets = Vec::new();
     for q in 0..queues {
-        let here: Vec<(String, u32, u32)> =
-            slots.iter().zip(&ifaces).filter(|(_, (_, _, nq))| q < *nq).map(|(s, _)| s.clone()).collect();
+        let here: Vec<(String, u32, u32)> = slots
+            .iter()
+            .zip(&ifaces)
+            .filter(|(_, (_, _, nq))| q < *nq)
+            .map(|(s, _)| s.clone())
+            .collect();
         let qs = QueueSet::open(q, &here, zc).map_err(|e| e.to_string())?;
         for p in &qs.ports {
-            prog.set_socket(p.slot, q, p.fd()).map_err(|e| e.to_string())?;
-            tracing::info!("{} queue {q}: {} mode", p.ifname, if p.zero_copy { "zero-copy" } else { "copy" });
+            prog.set_socket(p.slot, q, p.fd())
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                "{} queue {q}: {} mode",
+                p.ifname,
+                if p.zero_copy { "zero-copy" } else { "copy" }
+            );
         }
         sets.push(qs);
     }
     let locals = local_addresses().map_err(|e| format!("listing local addresses: {e}"))?;
-    Ok(DataPlane { prog: Arc::new(prog), routes: KernelRoutes::new(links, statics), sets, locals, queues })
+    Ok(DataPlane {
+        prog: Arc::new(prog),
+        routes: KernelRoutes::new(links, statics),
+        sets,
+        locals,
+        queues,
+    })
 }
 
 fn reals(t: &Tables) -> HashSet<IpAddr> {
-    t.services.iter().flat_map(|s| s.dests.iter().map(|d| d.addr)).collect()
+    t.services
+        .iter()
+        .flat_map(|s| s.dests.iter().map(|d| d.addr))
+        .collect()
 }
 
 /// Run until a signal arrives.
@@ -199,12 +241,17 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     let tables = Arc::new(ArcSwap::from_pointee(st.director.snapshot()));
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| format!("installing signal handler: {e}"))?;
     }
     let listener = listen(&args.control, args.control_group.as_deref())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
 
-    let dp = if args.interfaces.is_empty() { None } else { Some(data_plane(args)?) };
+    let dp = if args.interfaces.is_empty() {
+        None
+    } else {
+        Some(data_plane(args)?)
+    };
     let on_publish: Box<dyn Fn(&Tables) + Send + Sync> = match &dp {
         Some(dp) => {
             let (prog, routes, locals) = (dp.prog.clone(), dp.routes.clone(), dp.locals.clone());
@@ -237,9 +284,14 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     let mut handles = Vec::new();
     let mut counters = Vec::new();
     if let Some(dp) = dp {
-        match dp.routes.warm_up(&reals(&tables.load()), Duration::from_secs(2)) {
+        match dp
+            .routes
+            .warm_up(&reals(&tables.load()), Duration::from_secs(2))
+        {
             Ok(left) if left.is_empty() => {}
-            Ok(left) => tracing::warn!("next hop not resolved yet for {left:?}; retrying in the background"),
+            Ok(left) => {
+                tracing::warn!("next hop not resolved yet for {left:?}; retrying in the background")
+            }
             Err(e) => return Err(format!("reading routes and neighbours: {e}")),
         }
         let resolver = {
@@ -254,10 +306,19 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         for (i, qs) in dp.sets.into_iter().enumerate() {
             let c = Arc::new(WorkerCounters::default());
             counters.push(c.clone());
-            let mut w =
-                Worker { qs, engine: engine.clone(), tables: tables.clone(), counters: c, stop: stop.clone(), epoch };
+            let mut w = Worker {
+                qs,
+                engine: engine.clone(),
+                tables: tables.clone(),
+                counters: c,
+                stop: stop.clone(),
+                epoch,
+            };
             let routes = dp.routes.clone();
-            let core = args.cores.get(i).and_then(|&c| core_ids.iter().find(|id| id.id == c).copied());
+            let core = args
+                .cores
+                .get(i)
+                .and_then(|&c| core_ids.iter().find(|id| id.id == c).copied());
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("xvs-worker-{i}"))
@@ -301,7 +362,10 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
             }
         }
     } else {
-        tracing::info!("control plane only (no --interface), {} service(s)", tables.load().services.len());
+        tracing::info!(
+            "control plane only (no --interface), {} service(s)",
+            tables.load().services.len()
+        );
         let control = spawn_control(ctl.clone(), listener, stop.clone())?;
         wait(&ctl, &stop);
         let _ = control.join();
@@ -335,6 +399,9 @@ fn wait(ctl: &Control, stop: &AtomicBool) {
 
 /// A hash seed that differs between runs (the table's shard hash is keyed with it).
 fn seed() -> u64 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     (t as u64) ^ (u64::from(std::process::id()) << 32)
 }

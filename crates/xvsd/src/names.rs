@@ -42,7 +42,9 @@ impl FileNames {
                             _ => continue,
                         };
                         if let Ok(port) = port.parse::<u16>() {
-                            n.services.entry((port, proto)).or_insert_with(|| name.to_string());
+                            n.services
+                                .entry((port, proto))
+                                .or_insert_with(|| name.to_string());
                         }
                     }
                 }
