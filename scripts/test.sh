@@ -20,5 +20,5 @@ cargo test --workspace --all-targets 2>&1 | tee target/test-output.txt
 cargo test --workspace --doc
 
 echo "== end-to-end tests (namespaces, AF_XDP; root)"
-cargo build --release -q -p xvsd
+cargo build --release -q -p xvsd -p xvsadm
 python3 tests/e2e/run.py

@@ -26,6 +26,7 @@ DECAP = os.path.join(ROOT, "tests", "e2e", "ipip_decap.py")
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--xvsd", default=os.path.join(ROOT, "target", "release", "xvsd"))
+ap.add_argument("--xvsadm", default=os.path.join(ROOT, "target", "release", "xvsadm"))
 ap.add_argument("-k", dest="filter", default="")
 ARGS = ap.parse_args()
 
@@ -80,7 +81,7 @@ class Rig:
         args = [ARGS.xvsd]
         for i in self.lb_ifs:
             args += ["--interface", i]
-        args += ["--rules", path]
+        args += ["--rules", path, "--control", self.sock()]
         self.xvsd = self.spawn("l", args, "xvsd.log")
         deadline = time.time() + 10
         while time.time() < deadline:
@@ -91,6 +92,15 @@ class Rig:
             time.sleep(0.1)
         print(self.log("xvsd.log"), file=sys.stderr)
         return False
+
+    def sock(self):
+        return os.path.join(self.tmp, "xvsd.sock")
+
+    def adm(self, args, stdin=""):
+        """Run xvsadm against this rig's xvsd; returns (status, stdout, stderr)."""
+        r = subprocess.run([ARGS.xvsadm] + args.split(), input=stdin, capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, XVS_CONTROL=self.sock()))
+        return r.returncode, r.stdout, r.stderr
 
     def stop_xvsd(self, sig=15):
         if self.xvsd and self.xvsd.poll() is None:
@@ -187,6 +197,97 @@ def udp(rig, vip, payload):
     return r.stdout.decode().strip()
 
 
+HOLD = r"""
+import socket, sys
+vip = sys.argv[1]
+s = socket.create_connection((vip, 80), timeout=5)
+buf = b""
+def get():
+    global buf
+    s.sendall(b"GET /name HTTP/1.1\r\nHost: x\r\n\r\n")
+    while b"\r\n\r\n" not in buf:
+        c = s.recv(4096)
+        if not c:
+            return "closed"
+        buf += c
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    n = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+    while len(buf) < n:
+        c = s.recv(4096)
+        if not c:
+            return "closed"
+        buf += c
+    body, buf = buf[:n], buf[n:]
+    return body.decode().strip()
+print(get(), flush=True)
+sys.stdin.readline()
+try:
+    print(get(), flush=True)
+except OSError as e:
+    print("error", e, flush=True)
+"""
+
+
+def hold_connection(rig, vip):
+    """A client holding one keep-alive connection: returns (process, first answer)."""
+    p = subprocess.Popen(["ip", "netns", "exec", rig.ns("c"), sys.executable, "-c", HOLD, vip],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    rig.procs.append(p)
+    return p, p.stdout.readline().strip()
+
+
+def control_checks(rig, name, vip, reals):
+    """Changes through xvsadm while traffic flows: quiesce, delete, wrr, sh, persistence."""
+    svc = f"-t {hp(vip, 80)}"
+    # -w 0: the held connection keeps its server, new connections avoid it.
+    p, first = hold_connection(rig, vip)
+    idx = {"rs1": 0, "rs2": 1, "rs3": 2}.get(first)
+    if not check(f"{name}: a held connection gets a server", idx is not None, first):
+        return
+    st, _, err = rig.adm(f"-e {svc} -r {hp(reals[idx], 80)} -m -w 0")
+    check(f"{name}: xvsadm -e -w 0 accepted", st == 0, err)
+    names = [curl(rig, url(vip, "/name"))[1].decode().strip() for _ in range(6)]
+    check(f"{name}: -w 0 stops new connections to {first}", first not in names and all(names), names)
+    p.stdin.write("\n")
+    p.stdin.flush()
+    second = p.stdout.readline().strip()
+    check(f"{name}: -w 0 keeps the existing connection on {first}", second == first, second)
+    p.wait(timeout=10)
+    # -d: the deleted server's existing connections are dropped (expire_nodest_conn=0), new
+    # ones go elsewhere.
+    rig.adm(f"-e {svc} -r {hp(reals[idx], 80)} -m -w 1")
+    p, first = hold_connection(rig, vip)
+    idx = {"rs1": 0, "rs2": 1, "rs3": 2}.get(first, 0)
+    st, _, err = rig.adm(f"-d {svc} -r {hp(reals[idx], 80)}")
+    check(f"{name}: xvsadm -d accepted", st == 0, err)
+    names = [curl(rig, url(vip, "/name"))[1].decode().strip() for _ in range(4)]
+    check(f"{name}: -d sends new connections elsewhere", first not in names and all(names), names)
+    p.stdin.write("\n")
+    p.stdin.flush()
+    second = p.stdout.readline().strip()
+    check(f"{name}: -d drops the deleted server's connection", second != first, second)
+    p.kill()
+    rig.adm(f"-a {svc} -r {hp(reals[idx], 80)} -m")
+    # wrr with weights 3, 2, 1: one full cycle of 12 connections gives 6, 4, 2.
+    rig.adm(f"-E {svc} -s wrr")
+    for r, w in zip(reals, (3, 2, 1)):
+        rig.adm(f"-e {svc} -r {hp(r, 80)} -m -w {w}")
+    names = [curl(rig, url(vip, "/name"))[1].decode().strip() for _ in range(12)]
+    counts = tuple(names.count(n) for n in ("rs1", "rs2", "rs3"))
+    check(f"{name}: wrr follows the weights 3:2:1", counts == (6, 4, 2), names)
+    # sh: one client always lands on one server.
+    rig.adm(f"-E {svc} -s sh")
+    names = [curl(rig, url(vip, "/name"))[1].decode().strip() for _ in range(6)]
+    check(f"{name}: sh keeps a client on one server", len(set(names)) == 1 and names[0], names)
+    # rr with persistence: one client, one server, while rr alone would rotate.
+    rig.adm(f"-E {svc} -s rr -p 60")
+    names = [curl(rig, url(vip, "/name"))[1].decode().strip() for _ in range(6)]
+    check(f"{name}: -p keeps a client on one server", len(set(names)) == 1 and names[0], names)
+    st, out, _ = rig.adm("-L -n --persistent-conn")
+    check(f"{name}: the persistence template is counted", st == 0 and " 1           " in out, out)
+    rig.adm(f"-E {svc} -s rr")
+
+
 def scenario(mode, v6):
     fam = "v6" if v6 else "v4"
     name = f"{mode}-{fam}"
@@ -223,6 +324,14 @@ def scenario(mode, v6):
         lb = "fd09::1" if v6 else "10.9.0.1"
         r = rig.run("c", ["ping", "-c", "2", "-W", "2", lb], timeout=10)
         check(f"{name}: ping of the balancer's own address", r.returncode == 0, r.stdout[-200:])
+        # The counters xvsadm shows are the real ones.
+        st, out, err = rig.adm("-L -n --stats")
+        line = [l for l in out.splitlines() if l.startswith("TCP ")]
+        conns = int(line[0].split()[2]) if line else -1
+        check(f"{name}: xvsadm -L -n --stats counts the connections", st == 0 and conns >= 8, out + err)
+        st, out, err = rig.adm("-L -n -c")
+        client = "[fd09::2]" if v6 else "10.9.0.2"
+        check(f"{name}: xvsadm -L -n -c lists the client's connections", st == 0 and client in out, out + err)
         if mode == "tun":
             stats = [open(os.path.join(rig.tmp, f"decap{n}.stats")).read().split() for n in (1, 2, 3)
                      if os.path.exists(os.path.join(rig.tmp, f"decap{n}.stats"))]
@@ -239,6 +348,8 @@ def scenario(mode, v6):
             rc, body = curl(rig, url(vip, "/name"))
             check(f"{name}: forwards again after restart", rc == 0 and body.decode().strip() in ("rs1", "rs2", "rs3"),
                   body)
+        if mode == "nat" and not v6:
+            control_checks(rig, name, vip, reals)
         rc = rig.stop_xvsd()
         check(f"{name}: xvsd stops cleanly on SIGTERM", rc == 0, rig.log("xvsd.log")[-500:])
     except Exception:
@@ -252,10 +363,11 @@ def main():
         print("tests/e2e/run.py: must run as root (network namespaces, XDP); failing, not skipping", file=sys.stderr)
         print("0 passed, 1 failed")
         return 1
-    if not os.access(ARGS.xvsd, os.X_OK):
-        print(f"tests/e2e/run.py: {ARGS.xvsd} not built (cargo build --release -p xvsd)", file=sys.stderr)
-        print("0 passed, 1 failed")
-        return 1
+    for b in (ARGS.xvsd, ARGS.xvsadm):
+        if not os.access(b, os.X_OK):
+            print(f"tests/e2e/run.py: {b} not built (cargo build --release -p xvsd -p xvsadm)", file=sys.stderr)
+            print("0 passed, 1 failed")
+            return 1
     for mode in ("nat", "dr", "tun"):
         for v6 in (False, True):
             scenario(mode, v6)
