@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The xvs demo: a namespace rig with a client, the balancer and three real servers (HTTP); xvsd
-# balances the VIP 10.0.0.1:80 over them with NAT (rr) on AF_XDP, configured with ipvsadm rules.
-# The client fetches a page six times and each answer names the server that sent it.
-# Then the same rules drive the offline replay of a shipped capture.
+# runs on AF_XDP in the balancer's namespace and xvsadm configures it with ipvsadm's commands:
+# the VIP 10.0.0.1:80 balanced over the servers with NAT (rr). The client fetches a page six
+# times and each answer names the server that sent it; xvsadm then shows the counters and the
+# connection table. Finally the offline replay runs a shipped capture through the same engine.
 # Usage (as root): scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 require_cargo
 install_packages clang m4 libelf-dev zlib1g-dev pkg-config iproute2 ethtool curl tcpdump iputils-ping
-cargo build --release -q -p xvsd
+cargo build --release -q -p xvsd -p xvsadm
 
 RIG_ID=
 pids=()
@@ -30,14 +31,6 @@ for n in 1 2 3; do
     ip netns exec "$P-r$n" python3 tests/e2e/server.py "rs$n" >/dev/null 2>&1 &
     pids+=($!)
 done
-cat > "$tmp/rules" <<'RULES'
--A -t 10.0.0.1:80 -s rr
--a -t 10.0.0.1:80 -r 192.168.10.1:80 -m
--a -t 10.0.0.1:80 -r 192.168.10.2:80 -m
--a -t 10.0.0.1:80 -r 192.168.10.3:80 -m
-RULES
-echo "== rules"
-cat "$tmp/rules"
 # Wait for the servers to listen (bounded).
 for n in 1 2 3; do
     for _ in $(seq 50); do
@@ -45,12 +38,20 @@ for n in 1 2 3; do
         sleep 0.1
     done
 done
-ip netns exec "$P-l" target/release/xvsd --interface "xl$RIG_ID" --interface "xs$RIG_ID" --rules "$tmp/rules" \
+export XVS_CONTROL="$tmp/xvsd.sock"
+ip netns exec "$P-l" target/release/xvsd --interface "xl$RIG_ID" --interface "xs$RIG_ID" --control "$XVS_CONTROL" \
     2> "$tmp/xvsd.log" &
 xvsd_pid=$!
 pids+=("$xvsd_pid")
 for _ in $(seq 100); do grep -q "balancing on" "$tmp/xvsd.log" && break; sleep 0.1; done
 cat "$tmp/xvsd.log"
+adm() { echo "# xvsadm $*"; target/release/xvsadm "$@"; }
+echo "== configuring with xvsadm"
+adm -A -t 10.0.0.1:80 -s rr
+adm -a -t 10.0.0.1:80 -r 192.168.10.1:80 -m
+adm -a -t 10.0.0.1:80 -r 192.168.10.2:80 -m
+adm -a -t 10.0.0.1:80 -r 192.168.10.3:80 -m
+adm -L -n
 echo "== the XDP program on the balancer's interfaces"
 ip netns exec "$P-l" ip -brief link show | grep -E "^x[ls]$RIG_ID" || true
 ip netns exec "$P-l" ip link show "xl$RIG_ID" | grep -o "prog/xdp.*" || true
@@ -66,6 +67,9 @@ head -c 5000000 /dev/urandom > "$tmp/up.bin"
 printf "upload: server, sha256, bytes = "
 ip netns exec "$P-c" curl -s -m 20 --data-binary @"$tmp/up.bin" http://10.0.0.1/upload
 printf "local sha256                    = %s\n" "$(sha256sum "$tmp/up.bin" | cut -d' ' -f1)"
+echo "== what xvsadm shows"
+adm -L -n --stats
+adm -L -n -c | head -8
 echo "== stopping xvsd (SIGTERM): its counters"
 kill -TERM "$xvsd_pid"
 wait "$xvsd_pid" || true
