@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Namespace rigs for xvs: clients, a balancer and real servers on veth pairs, nothing routed out.
 #
-#   scripts/rig.sh up MODE    # MODE: nat | dr | tun; prints the rig's environment (eval it)
+#   scripts/rig.sh up MODE [Q]  # MODE: nat | dr | tun; Q = queues of the balancer's veths
+#                               # (default 1); prints the rig's environment (eval it)
 #   scripts/rig.sh down ID    # removes the rig's namespaces (also safe to call twice)
 #
 # Every namespace is named xvs<ID>-<role> with a per-rig random ID, so rigs never collide.
@@ -16,8 +17,9 @@ set -euo pipefail
 
 ns() { local n=$1; shift; ip netns exec "$n" "$@"; }
 
-veth_pair() { # veth_pair NAME_A NS_A NAME_B NS_B
-    ip link add "$1" type veth peer name "$3"
+veth_pair() { # veth_pair NAME_A NS_A NAME_B NS_B [QUEUES]
+    local q=${5:-1}
+    ip link add "$1" numtxqueues "$q" numrxqueues "$q" type veth peer name "$3" numtxqueues "$q" numrxqueues "$q"
     ip link set "$1" netns "$2"
     ip link set "$3" netns "$4"
     ns "$2" ip link set "$1" up
@@ -29,7 +31,7 @@ nooffload() { # turn off TX checksum offload and segmentation on a sender's veth
 }
 
 up() {
-    local mode=$1
+    local mode=$1 q=${2:-1}
     local id; id=$(printf '%04x' $(( (RANDOM << 1 ^ $$) & 0xffff )))
     local P=xvs$id
     for r in c l w r1 r2 r3; do ip netns add "$P-$r"; ns "$P-$r" ip link set lo up; done
@@ -37,7 +39,7 @@ up() {
     ns "$P-w" ip link set br0 up
     # Client.
     if [ "$mode" = nat ]; then
-        veth_pair "xc$id" "$P-c" "xl$id" "$P-l"
+        veth_pair "xc$id" "$P-c" "xl$id" "$P-l" "$q"
         ns "$P-c" ip addr add 10.9.0.2/24 dev "xc$id"
         ns "$P-c" ip -6 addr add fd09::2/64 dev "xc$id" nodad
         ns "$P-l" ip addr add 10.9.0.1/24 dev "xl$id"
@@ -45,7 +47,7 @@ up() {
         ns "$P-c" ip route add 10.0.0.0/24 via 10.9.0.1
         ns "$P-c" ip -6 route add fd00::/64 via fd09::1
         # Server side: balancer and real servers on the bridge.
-        veth_pair "xs$id" "$P-l" "xw$id" "$P-w"
+        veth_pair "xs$id" "$P-l" "xw$id" "$P-w" "$q"
         ns "$P-w" ip link set "xw$id" master br0
         ns "$P-l" ip addr add 192.168.10.254/24 dev "xs$id"
         ns "$P-l" ip -6 addr add fd01::fe/64 dev "xs$id" nodad
@@ -63,7 +65,7 @@ up() {
     else
         # One segment: client, balancer and servers on the bridge.
         veth_pair "xc$id" "$P-c" "xa$id" "$P-w"
-        veth_pair "xl$id" "$P-l" "xm$id" "$P-w"
+        veth_pair "xl$id" "$P-l" "xm$id" "$P-w" "$q"
         ns "$P-w" ip link set "xa$id" master br0
         ns "$P-w" ip link set "xm$id" master br0
         ns "$P-c" ip addr add 10.9.0.2/24 dev "xc$id"
@@ -96,7 +98,7 @@ down() {
 }
 
 case "${1:-}" in
-    up) up "${2:?mode}" ;;
+    up) up "${2:?mode}" "${3:-1}" ;;
     down) down "${2:?id}" ;;
-    *) echo "usage: $0 up nat|dr|tun | down ID" >&2; exit 2 ;;
+    *) echo "usage: $0 up nat|dr|tun [QUEUES] | down ID" >&2; exit 2 ;;
 esac

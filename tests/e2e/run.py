@@ -51,9 +51,10 @@ def blob(size):
 class Rig:
     """A namespace rig from scripts/rig.sh, with the processes started in it."""
 
-    def __init__(self, mode):
+    def __init__(self, mode, queues=1):
         self.mode = mode
-        out = subprocess.run([RIG, "up", mode], check=True, capture_output=True, text=True, timeout=60).stdout
+        out = subprocess.run([RIG, "up", mode, str(queues)], check=True, capture_output=True, text=True,
+                             timeout=60).stdout
         env = dict(kv.split("=", 1) for kv in shlex.split(out.strip().splitlines()[-1]))
         self.id = env["RIG_ID"]
         self.lb_ifs = env["RIG_LB_IFS"].split()
@@ -358,6 +359,38 @@ def scenario(mode, v6):
         rig.close()
 
 
+def multiqueue():
+    """Two RX queues on each of the balancer's interfaces: two workers share the connection
+    table, so a NAT reply that lands on another queue than its request still finds it."""
+    name = "nat-v4-2q"
+    if ARGS.filter and ARGS.filter not in name:
+        return
+    vip, reals = addrs("nat", False)
+    rig = Rig("nat", queues=2)
+    try:
+        start_servers(rig, "nat", False)
+        if not check(f"{name}: xvsd starts with two queues", rig.start_xvsd(rules_for("nat", vip, reals)),
+                     rig.log("xvsd.log")):
+            return
+        results = [curl(rig, url(vip, "/name")) for _ in range(30)]
+        good = sum(1 for rc, body in results if rc == 0 and body.decode().strip() in ("rs1", "rs2", "rs3"))
+        check(f"{name}: 30 connections answered", good == 30, results)
+        size = 2_000_000
+        rc, body = curl(rig, url(vip, f"/blob?size={size}"))
+        check(f"{name}: download intact", rc == 0 and hashlib.sha256(body).hexdigest() ==
+              hashlib.sha256(blob(size)).hexdigest(), rc)
+        st, out, err = rig.adm("--xvs-stats")
+        rx = [int(l.split("rx=")[1].split()[0]) for l in out.splitlines() if l.startswith("worker ")]
+        sockets = [l for l in out.splitlines() if l.startswith("socket ")]
+        check(f"{name}: --xvs-stats shows two workers, four sockets, both workers busy",
+              st == 0 and len(rx) == 2 and all(r > 0 for r in rx) and len(sockets) == 4, out + err)
+        check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
+    except Exception:
+        check(f"{name}: no exception", False, traceback.format_exc())
+    finally:
+        rig.close()
+
+
 def main():
     if os.geteuid() != 0:
         print("tests/e2e/run.py: must run as root (network namespaces, XDP); failing, not skipping", file=sys.stderr)
@@ -371,6 +404,7 @@ def main():
     for mode in ("nat", "dr", "tun"):
         for v6 in (False, True):
             scenario(mode, v6)
+    multiqueue()
     passed = sum(1 for _, ok in RESULTS if ok)
     failed = len(RESULTS) - passed
     print(f"{passed} passed, {failed} failed")

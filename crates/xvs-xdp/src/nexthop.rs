@@ -389,7 +389,7 @@ impl KernelRoutes {
                 let unresolved = match self.resolve(&mut nl, &targets) {
                     Ok(u) => u,
                     Err(e) => {
-                        eprintln!("xvsd: resolver: {e}");
+                        tracing::warn!("resolver: {e}");
                         targets
                     }
                 };

@@ -70,11 +70,6 @@ impl Port {
     pub fn fd(&self) -> RawFd {
         self.rx.fd().as_raw_fd()
     }
-
-    /// Kernel statistics of the socket (`XDP_STATISTICS`).
-    pub fn statistics(&self) -> io::Result<xsk_rs::socket::XdpStatistics> {
-        self.rx.fd().xdp_statistics()
-    }
 }
 
 /// The sockets of one queue index on every interface, with their shared UMEM.
@@ -86,6 +81,69 @@ pub struct QueueSet {
     pub(crate) free: Vec<FrameDesc>,
     /// Sockets, one per interface.
     pub ports: Vec<Port>,
+}
+
+/// Whether an AF_XDP socket runs in zero-copy mode (`XDP_OPTIONS`).
+pub fn zero_copy_of(fd: RawFd) -> io::Result<bool> {
+    const SOL_XDP: libc::c_int = 283;
+    const XDP_OPTIONS: libc::c_int = 8;
+    const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+    let mut flags: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // Safety: flags and len are valid, writable and sized for struct xdp_options (one u32).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            SOL_XDP,
+            XDP_OPTIONS,
+            (&mut flags as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags & XDP_OPTIONS_ZEROCOPY != 0)
+}
+
+/// The kernel's counters of an AF_XDP socket (`XDP_STATISTICS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketStats {
+    /// Frames dropped for reasons other than an invalid descriptor.
+    pub rx_dropped: u64,
+    /// Dropped because of an invalid RX descriptor.
+    pub rx_invalid_descs: u64,
+    /// Dropped because of an invalid TX descriptor.
+    pub tx_invalid_descs: u64,
+    /// Dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when the kernel needed a frame.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Times the TX ring was empty when the kernel looked for frames to send.
+    pub tx_ring_empty_descs: u64,
+}
+
+/// Read `XDP_STATISTICS` of a socket by its descriptor (valid while its worker runs).
+pub fn socket_stats(fd: RawFd) -> io::Result<SocketStats> {
+    const SOL_XDP: libc::c_int = 283;
+    const XDP_STATISTICS: libc::c_int = 7;
+    let mut v = [0u64; 6];
+    let mut len = std::mem::size_of_val(&v) as libc::socklen_t;
+    // Safety: v is a writable buffer of `len` bytes, the size of struct xdp_statistics
+    // (six u64, kernel 5.9+); the kernel writes at most `len` bytes and updates len.
+    let rc =
+        unsafe { libc::getsockopt(fd, SOL_XDP, XDP_STATISTICS, v.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(SocketStats {
+        rx_dropped: v[0],
+        rx_invalid_descs: v[1],
+        tx_invalid_descs: v[2],
+        rx_ring_full: v[3],
+        rx_fill_ring_empty_descs: v[4],
+        tx_ring_empty_descs: v[5],
+    })
 }
 
 fn qsize(n: u32) -> QueueSize {
@@ -157,23 +215,25 @@ impl QueueSet {
             match unsafe { Socket::new(cfg, &self.umem, &Interface::new(name.clone()), self.queue) }
             {
                 Ok((tx, rx, Some((fq, cq)))) => {
+                    // A socket sharing another socket's UMEM inherits its mode whatever flags
+                    // it asked for: ask the kernel what it got.
+                    let actual = zero_copy_of(rx.fd().as_raw_fd()).unwrap_or(is_zc);
+                    if zc == ZeroCopy::On && !actual {
+                        return Err(err(
+                            "zero-copy requested but the socket runs in copy mode".into()
+                        ));
+                    }
                     if zc == ZeroCopy::Auto && !is_zc {
-                        eprintln!(
-                            "xvsd: {ifname} queue {}: zero-copy not supported ({last}), using copy mode",
+                        tracing::info!(
+                            "{ifname} queue {}: zero-copy not supported ({last}), using copy mode",
                             self.queue
-                        );
-                    } else {
-                        eprintln!(
-                            "xvsd: {ifname} queue {}: {} mode",
-                            self.queue,
-                            if is_zc { "zero-copy" } else { "copy" }
                         );
                     }
                     return Ok(Port {
                         ifname: ifname.to_string(),
                         ifindex,
                         slot,
-                        zero_copy: is_zc,
+                        zero_copy: actual,
                         tx,
                         rx,
                         fq,

@@ -1,6 +1,9 @@
 //! `xvsadm`: ipvsadm's command line for xvs. Syntax is checked here (so `-h`, `-v` and errors
 //! need no daemon); the command then goes to xvsd over its control socket (`XVS_CONTROL` or
 //! `/run/xvs/xvsd.sock`), which runs it and returns ipvsadm's output and exit status.
+//!
+//! `xvsadm --xvs-stats` (not an ipvsadm command) prints the data plane's counters: the XDP
+//! program's, each worker's, each socket's `XDP_STATISTICS` and the engine's drop reasons.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -19,6 +22,17 @@ fn exit(status: i32) -> ExitCode {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let prog = "xvsadm";
+    let path = std::env::var("XVS_CONTROL").unwrap_or_else(|_| DEFAULT_CONTROL.to_string());
+    // xvs's own command, outside ipvsadm's syntax: the data plane's counters.
+    if args.len() == 1 && args[0] == "--xvs-stats" {
+        return send(
+            &path,
+            Request {
+                args,
+                stdin: String::new(),
+            },
+        );
+    }
     let cmd = match parse_command(prog, &args) {
         Ok(c) => c,
         Err(e) => {
@@ -44,8 +58,11 @@ fn main() -> ExitCode {
             return exit(255);
         }
     }
-    let path = std::env::var("XVS_CONTROL").unwrap_or_else(|_| DEFAULT_CONTROL.to_string());
-    let resp = match talk(&path, &Request { args, stdin }) {
+    send(&path, Request { args, stdin })
+}
+
+fn send(path: &str, req: Request) -> ExitCode {
+    let resp = match talk(path, &req) {
         Ok(r) => r,
         Err(e) => {
             // ipvsadm's own message when it cannot reach IPVS, naming xvsd instead.

@@ -52,6 +52,8 @@ pub struct Control {
     pub names: Box<dyn Names + Send + Sync>,
     /// The data path's clock zero.
     pub epoch: Instant,
+    /// Data-plane counters for `xvsadm --xvs-stats` (empty without interfaces).
+    pub data_stats: Box<dyn Fn() -> String + Send + Sync>,
     clients: AtomicUsize,
 }
 
@@ -82,6 +84,7 @@ impl Control {
             state_file,
             names,
             epoch,
+            data_stats: Box::new(String::new),
             clients: AtomicUsize::new(0),
         }
     }
@@ -135,8 +138,38 @@ impl Control {
         rows
     }
 
+    /// `xvsadm --xvs-stats`: the data plane's counters (outside ipvsadm's syntax).
+    fn xvs_stats(&self) -> Response {
+        use std::fmt::Write as _;
+        let mut out = (self.data_stats)();
+        let c = &self.engine.counters;
+        let _ = writeln!(
+            out,
+            "engine: forwarded={} icmp_sent={} passed={} no_dest={} connections={} capacity={} full={} expired={}",
+            c.forwarded.load(Relaxed),
+            c.icmp_sent.load(Relaxed),
+            c.passed.load(Relaxed),
+            c.no_dest.load(Relaxed),
+            self.engine.conns.len(),
+            self.engine.conns.capacity(),
+            self.engine.conns.counters.full.load(Relaxed),
+            self.engine.conns.counters.expired.load(Relaxed),
+        );
+        for (name, n) in c.drop_counts() {
+            let _ = writeln!(out, "drop {name}={n}");
+        }
+        Response {
+            status: 0,
+            stdout: out,
+            stderr: String::new(),
+        }
+    }
+
     /// Run one request for a peer with user id `uid`.
     pub fn handle(&self, args: &[String], stdin: &str, uid: u32) -> Response {
+        if args.len() == 1 && args[0] == "--xvs-stats" {
+            return self.xvs_stats();
+        }
         let mut st = self.lock();
         let connections = || self.connections();
         let CtlState { director, daemons } = &mut *st;

@@ -266,7 +266,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     };
     on_publish(&tables.load());
     let epoch = Instant::now();
-    let ctl = Arc::new(Control::new(
+    let mut ctl = Control::new(
         st,
         tables.clone(),
         engine.clone(),
@@ -274,7 +274,24 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         args.state.clone(),
         Box::new(FileNames::load()),
         epoch,
-    ));
+    );
+    let nworkers = dp.as_ref().map_or(0, |d| d.sets.len());
+    let worker_counters: Vec<Arc<WorkerCounters>> = (0..nworkers).map(|_| Arc::default()).collect();
+    if let Some(dp) = &dp {
+        let prog = dp.prog.clone();
+        let socks: Vec<(String, u32, i32, bool)> = dp
+            .sets
+            .iter()
+            .flat_map(|qs| {
+                qs.ports
+                    .iter()
+                    .map(move |p| (p.ifname.clone(), qs.queue, p.fd(), p.zero_copy))
+            })
+            .collect();
+        let wc = worker_counters.clone();
+        ctl.data_stats = Box::new(move || data_stats(&prog, &socks, &wc));
+    }
+    let ctl = Arc::new(ctl);
     if args.state.is_some() {
         // Make sure the state file exists and matches what was loaded.
         let st = ctl.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -304,7 +321,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         };
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
         for (i, qs) in dp.sets.into_iter().enumerate() {
-            let c = Arc::new(WorkerCounters::default());
+            let c = worker_counters[i].clone();
             counters.push(c.clone());
             let mut w = Worker {
                 qs,
@@ -373,6 +390,59 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     let _ = std::fs::remove_file(&args.control);
     drop(ctl);
     Ok(())
+}
+
+/// The text of `xvsadm --xvs-stats` for the data plane.
+fn data_stats(
+    prog: &XdpProgram,
+    socks: &[(String, u32, i32, bool)],
+    workers: &[Arc<WorkerCounters>],
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match prog.counters() {
+        Ok(x) => {
+            let _ = writeln!(
+                out,
+                "xdp: passed={} redirected={} no_socket={}",
+                x.passed, x.redirected, x.no_socket
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(out, "xdp: counters unavailable: {e}");
+        }
+    }
+    for (i, w) in workers.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "worker {i}: rx={} tx={} tx_ring_full={} no_egress={} pass_dropped={} engine_drops={}",
+            w.rx.load(Relaxed),
+            w.tx.load(Relaxed),
+            w.tx_ring_full.load(Relaxed),
+            w.no_egress.load(Relaxed),
+            w.pass_dropped.load(Relaxed),
+            w.engine_drops.load(Relaxed)
+        );
+    }
+    for (ifname, q, fd, zc) in socks {
+        let mode = if *zc { "zero-copy" } else { "copy" };
+        match xvs_xdp::xsk::socket_stats(*fd) {
+            Ok(s) => {
+                let _ = writeln!(
+                    out,
+                    "socket {ifname} queue {q} ({mode}): rx_dropped={} rx_invalid_descs={} tx_invalid_descs={} rx_ring_full={} rx_fill_ring_empty_descs={} tx_ring_empty_descs={}",
+                    s.rx_dropped, s.rx_invalid_descs, s.tx_invalid_descs, s.rx_ring_full, s.rx_fill_ring_empty_descs, s.tx_ring_empty_descs
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(
+                    out,
+                    "socket {ifname} queue {q} ({mode}): statistics unavailable: {e}"
+                );
+            }
+        }
+    }
+    out
 }
 
 fn spawn_control(
