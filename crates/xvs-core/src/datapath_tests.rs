@@ -962,3 +962,60 @@ fn engine_is_shared_by_worker_threads() {
     });
     assert_eq!(lb.tables.services[0].live.stats.counters().outpkts, 500);
 }
+
+#[test]
+fn icmp_from_nat_real_server_reaches_client_rewritten() {
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.2", 8080, ForwardMethod::Masq)],
+    );
+    lb.run(
+        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""),
+        0,
+    );
+    // The real server reports port unreachable about the packet it received: client → RS:8080.
+    let quoted = tcp4("10.9.0.5", 40000, "192.168.1.2", 8080, Flags::Ack, 63, b"");
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(rs_mac(2), LB_MAC)
+        .ipv4([192, 168, 1, 2], [10, 9, 0, 5], 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut icmp, &quoted[ETH_LEN..])
+        .unwrap();
+    let (v, out) = lb.run(&icmp, 5);
+    assert_eq!(
+        v,
+        Verdict::Forward {
+            ifindex: 7,
+            real: None
+        }
+    );
+    let p = parse(&out).unwrap();
+    assert_eq!(
+        (p.saddr, p.daddr),
+        (ip("10.0.0.1"), ip("10.9.0.5")),
+        "from the VIP to the client"
+    );
+    assert_eq!(&out[0..6], &GW_MAC);
+    let q = crate::wire::parse_quoted(&out, &p).unwrap();
+    assert_eq!(
+        (q.saddr, q.sport, q.daddr, q.dport),
+        (ip("10.9.0.5"), 40000, ip("10.0.0.1"), 80),
+        "the quoted packet shows the VIP, as the client sent it"
+    );
+    assert_checksums(&out);
+    assert_eq!(checksum(&out[q.ip..q.l4]), 0);
+    // An ICMP error about no connection is not ours.
+    let stray = tcp4("10.9.0.6", 1, "192.168.1.2", 8080, Flags::Ack, 63, b"");
+    let mut icmp2 = Vec::new();
+    PacketBuilder::ethernet2(rs_mac(2), LB_MAC)
+        .ipv4([192, 168, 1, 2], [10, 9, 0, 6], 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut icmp2, &stray[ETH_LEN..])
+        .unwrap();
+    assert_eq!(lb.run(&icmp2, 6).0, Verdict::Pass);
+}

@@ -50,7 +50,9 @@ pub const MAX_SET_TIMEOUT: u32 = (i32::MAX / 1000) as u32;
 /// The configuration being edited, and the state shared with published snapshots.
 #[derive(Debug)]
 pub struct Director {
-    services: Vec<Service>,
+    /// Each service behind an `Arc` shared with the published snapshots: a change copies only
+    /// the service it touches (`Arc::make_mut`), and publishing clones pointers, not services.
+    services: Vec<Arc<Service>>,
     /// Position of each service in `services` (lookups are O(1): a `-R` of 100,000 lines must
     /// not scan the table per line).
     by_key: std::collections::HashMap<ServiceKey, usize>,
@@ -90,13 +92,13 @@ impl Director {
     }
 
     /// Services in configuration order.
-    pub fn services(&self) -> &[Service] {
+    pub fn services(&self) -> &[Arc<Service>] {
         &self.services
     }
 
     /// Find a service.
     pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
-        self.index(key).map(|i| &self.services[i])
+        self.index(key).map(|i| &*self.services[i])
     }
 
     fn index(&self, key: &ServiceKey) -> Option<usize> {
@@ -143,18 +145,18 @@ impl Director {
         let sched = new_scheduler(&cfg.scheduler, &[]).ok_or(CtlError::SchedulerNotFound)?;
         Self::check_service(&cfg)?;
         self.by_key.insert(cfg.key, self.services.len());
-        self.services.push(Service {
+        self.services.push(Arc::new(Service {
             cfg,
             dests: Vec::new(),
             live: Arc::new(ServiceLive::new(sched)),
-        });
+        }));
         Ok(())
     }
 
     /// `-E` (a full replacement of the service's settings; destinations stay).
     pub fn edit_service(&mut self, cfg: ServiceConfig) -> Result<(), CtlError> {
         let i = self.index(&cfg.key).ok_or(CtlError::NoService)?;
-        let svc = &mut self.services[i];
+        let svc = Arc::make_mut(&mut self.services[i]);
         if cfg.scheduler != svc.cfg.scheduler {
             let sched =
                 new_scheduler(&cfg.scheduler, &svc.dests).ok_or(CtlError::SchedulerNotFound)?;
@@ -171,7 +173,7 @@ impl Director {
     /// for packets, are dropped as their destination is no longer available.
     pub fn del_service(&mut self, key: &ServiceKey) -> Result<(), CtlError> {
         let i = self.index(key).ok_or(CtlError::NoService)?;
-        let svc = self.services.remove(i);
+        let svc = Arc::unwrap_or_clone(self.services.remove(i));
         self.by_key.remove(key);
         for (k, v) in self.by_key.iter_mut() {
             debug_assert!(*k != *key);
@@ -191,6 +193,7 @@ impl Director {
     pub fn clear(&mut self) {
         self.by_key.clear();
         for svc in std::mem::take(&mut self.services) {
+            let svc = Arc::unwrap_or_clone(svc);
             for d in svc.dests {
                 d.set_available(false);
                 self.trash.push((svc.cfg.key, d));
@@ -253,7 +256,7 @@ impl Director {
             }
         };
         state.set_available(true);
-        let svc = &mut self.services[i];
+        let svc = Arc::make_mut(&mut self.services[i]);
         svc.dests.insert(0, state.clone());
         svc.live
             .scheduler()
@@ -282,7 +285,7 @@ impl Director {
     /// `-d`.
     pub fn del_dest(&mut self, key: &ServiceKey, addr: IpAddr, port: u16) -> Result<(), CtlError> {
         let i = self.index(key).ok_or(CtlError::ServiceNotDefined)?;
-        let svc = &mut self.services[i];
+        let svc = Arc::make_mut(&mut self.services[i]);
         let pos = svc
             .dests
             .iter()
@@ -351,7 +354,7 @@ impl Director {
     /// Publish: an immutable snapshot for the data path.
     pub fn snapshot(&self) -> Tables {
         Tables::build(
-            self.services.iter().map(|s| Arc::new(s.clone())).collect(),
+            self.services.clone(),
             self.timeouts,
             self.settings,
             self.totals.clone(),

@@ -101,6 +101,12 @@ pub struct Service {
     pub live: Arc<ServiceLive>,
 }
 
+impl AsRef<Service> for Service {
+    fn as_ref(&self) -> &Service {
+        self
+    }
+}
+
 /// Behaviour switches that the kernel keeps in sysctls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Settings {

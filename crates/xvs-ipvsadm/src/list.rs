@@ -329,7 +329,7 @@ fn service_entry(
 
 /// `-L` of every service: the version line, the title, then each service.
 pub fn list_all(
-    services: &[Service],
+    services: &[std::sync::Arc<Service>],
     o: &ListOptions,
     conn_tab_size: usize,
     names: &dyn Names,

@@ -130,10 +130,11 @@ fn method_switch(m: ForwardMethod) -> &'static str {
 }
 
 /// Services sorted as ipvsadm lists them (or in table order with `nosort`).
-pub fn sorted(services: &[Service], nosort: bool) -> Vec<(&Service, Vec<DestConfig>)> {
+pub fn sorted<S: AsRef<Service>>(services: &[S], nosort: bool) -> Vec<(&Service, Vec<DestConfig>)> {
     let mut v: Vec<(&Service, Vec<DestConfig>)> = services
         .iter()
         .map(|s| {
+            let s = s.as_ref();
             let mut d: Vec<DestConfig> = s.dests.iter().map(|d| d.config()).collect();
             if !nosort {
                 d.sort_by(dest_cmp);
@@ -148,14 +149,14 @@ pub fn sorted(services: &[Service], nosort: bool) -> Vec<(&Service, Vec<DestConf
 }
 
 /// `ipvsadm -S [-n]` with the built-in service names.
-pub fn save(services: &[Service], numeric: bool) -> String {
+pub fn save(services: &[std::sync::Arc<Service>], numeric: bool) -> String {
     save_with(services, numeric, &BuiltinNames, false)
 }
 
 /// `ipvsadm -S [-n]` with the given name lookups. With `thresholds`, destination lines also
 /// carry `-x`/`-y` when set (xvs's state file; ipvsadm's `-S` does not save thresholds).
 pub fn save_with(
-    services: &[Service],
+    services: &[std::sync::Arc<Service>],
     numeric: bool,
     names: &dyn Names,
     thresholds: bool,
