@@ -7,7 +7,12 @@ use std::process::Command;
 
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let src = "bpf/xvs.bpf.c";
+    for (src, obj) in [("bpf/xvs.bpf.c", "xvs.bpf.o"), ("bpf/xvs_sink.bpf.c", "xvs_sink.bpf.o")] {
+        compile(&out, src, obj);
+    }
+}
+
+fn compile(out: &std::path::Path, src: &str, obj: &str) {
     println!("cargo:rerun-if-changed={src}");
     // The libbpf headers (bpf_helpers.h) come from libbpf-sys, a direct dependency.
     let bpf_include =
@@ -16,7 +21,7 @@ fn main() {
         Ok("aarch64") => "/usr/include/aarch64-linux-gnu",
         _ => "/usr/include/x86_64-linux-gnu",
     };
-    let obj = out.join("xvs.bpf.o");
+    let obj = out.join(obj);
     let status = Command::new("clang")
         .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf"])
         .arg(format!("-I{bpf_include}"))

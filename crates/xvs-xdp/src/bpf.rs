@@ -10,8 +10,10 @@ use libbpf_sys as bpf;
 use xvs_core::service::Steering;
 use xvs_core::Protocol;
 
-/// The compiled program (`bpf/xvs.bpf.c`), built by `build.rs`.
+/// The compiled steering program (`bpf/xvs.bpf.c`), built by `build.rs`.
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xvs.bpf.o"));
+/// The benchmark sink (`bpf/xvs_sink.bpf.c`): counts and drops every frame.
+static SINK_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xvs_sink.bpf.o"));
 
 /// Queues per interface in the socket map (must match `MAX_QUEUES` in the program).
 pub const MAX_QUEUES: u32 = 64;
@@ -107,69 +109,37 @@ pub struct XdpCounters {
     pub no_socket: u64,
 }
 
-/// The loaded program and its maps; attachments are bpf_links owned by this value.
+/// A loaded BPF object with one XDP program and the bpf_links attaching it.
 #[derive(Debug)]
-pub struct XdpProgram {
+struct Loaded {
     obj: *mut bpf::bpf_object,
     prog_fd: RawFd,
-    xsks: RawFd,
-    if_slots: RawFd,
-    services: RawFd,
-    nat_sources: RawFd,
-    local_addrs: RawFd,
-    counters: RawFd,
     links: Vec<(u32, RawFd)>,
 }
 
-// Safety: the libbpf object is only touched through &mut self (attach, drop) or through map
-// file descriptors, which the kernel synchronises; the raw pointer is never shared.
-unsafe impl Send for XdpProgram {}
-// Safety: shared access only reads file descriptors and calls bpf() map syscalls, which are
-// thread-safe in the kernel.
-unsafe impl Sync for XdpProgram {}
-
-impl XdpProgram {
-    /// Load the embedded object into the kernel.
-    pub fn load() -> Result<XdpProgram, BpfError> {
-        // Safety: OBJECT is a valid byte slice for its whole length; a null options pointer is
+impl Loaded {
+    fn open(bytes: &'static [u8], prog_name: &str) -> Result<Loaded, BpfError> {
+        // Safety: `bytes` is a valid byte slice for its whole length; a null options pointer is
         // allowed by libbpf.
-        let obj = unsafe {
-            bpf::bpf_object__open_mem(OBJECT.as_ptr().cast(), OBJECT.len() as _, std::ptr::null())
-        };
+        let obj = unsafe { bpf::bpf_object__open_mem(bytes.as_ptr().cast(), bytes.len() as _, std::ptr::null()) };
         if obj.is_null() {
             return Err(last_err("bpf_object__open_mem"));
         }
-        let mut p = XdpProgram {
-            obj,
-            prog_fd: -1,
-            xsks: -1,
-            if_slots: -1,
-            services: -1,
-            nat_sources: -1,
-            local_addrs: -1,
-            counters: -1,
-            links: Vec::new(),
-        };
+        let mut l = Loaded { obj, prog_fd: -1, links: Vec::new() };
         // Safety: obj is a valid, opened object (checked above).
         let rc = unsafe { bpf::bpf_object__load(obj) };
         if rc != 0 {
             return Err(neg_err("bpf_object__load", rc));
         }
-        let name = CString::new("xvs_steer").expect("no NUL in a literal");
+        let name = CString::new(prog_name).expect("program names have no NUL");
         // Safety: obj is loaded; name is a valid C string.
         let prog = unsafe { bpf::bpf_object__find_program_by_name(obj, name.as_ptr()) };
         if prog.is_null() {
-            return Err(last_err("bpf_object__find_program_by_name(xvs_steer)"));
+            return Err(last_err("bpf_object__find_program_by_name"));
         }
         // Safety: prog was returned non-null by libbpf for this object.
-        p.prog_fd = unsafe { bpf::bpf_program__fd(prog) };
-        p.xsks = p.map_fd("xsks")?;
-        p.if_slots = p.map_fd("if_slots")?;
-        p.services = p.map_fd("services")?;
-        p.nat_sources = p.map_fd("nat_sources")?;
-        p.local_addrs = p.map_fd("local_addrs")?;
-        p.counters = p.map_fd("counters")?;
-        Ok(p)
+        l.prog_fd = unsafe { bpf::bpf_program__fd(prog) };
+        Ok(l)
     }
 
     fn map_fd(&self, name: &'static str) -> Result<RawFd, BpfError> {
@@ -187,41 +157,7 @@ impl XdpProgram {
         Ok(fd)
     }
 
-    fn update<K, V>(
-        &self,
-        fd: RawFd,
-        key: &K,
-        value: &V,
-        call: &'static str,
-    ) -> Result<(), BpfError> {
-        // Safety: key and value point to initialised values of the map's key and value sizes
-        // (the callers pass the types declared in the program).
-        let rc = unsafe {
-            bpf::bpf_map_update_elem(
-                fd,
-                (key as *const K).cast(),
-                (value as *const V).cast(),
-                bpf::BPF_ANY as u64,
-            )
-        };
-        if rc != 0 {
-            return Err(neg_err(call, rc));
-        }
-        Ok(())
-    }
-
-    /// Attach to an interface through a bpf_link; returns the interface's slot.
-    pub fn attach(&mut self, ifindex: u32, ifname: &str, mode: XdpMode) -> Result<u32, BpfError> {
-        let slot = self.links.len() as u32;
-        if slot >= MAX_IFACES {
-            return Err(BpfError::TooManyInterfaces);
-        }
-        self.update(
-            self.if_slots,
-            &ifindex,
-            &slot,
-            "bpf_map_update_elem(if_slots)",
-        )?;
+    fn attach(&mut self, ifindex: u32, ifname: &str, mode: XdpMode) -> Result<(), BpfError> {
         // Safety: an all-zero bpf_link_create_opts is the documented default; sz is set below.
         let mut opts: bpf::bpf_link_create_opts = unsafe { std::mem::zeroed() };
         opts.sz = std::mem::size_of::<bpf::bpf_link_create_opts>() as _;
@@ -234,13 +170,98 @@ impl XdpProgram {
         let fd = unsafe { bpf::bpf_link_create(self.prog_fd, ifindex as i32, bpf::BPF_XDP, &opts) };
         if fd < 0 {
             if -fd == libc::EBUSY || -fd == libc::EEXIST {
-                return Err(BpfError::Busy {
-                    ifname: ifname.to_string(),
-                });
+                return Err(BpfError::Busy { ifname: ifname.to_string() });
             }
             return Err(neg_err("bpf_link_create(XDP)", fd));
         }
         self.links.push((ifindex, fd));
+        Ok(())
+    }
+
+    /// Sum of a per-CPU u64 array entry.
+    fn percpu_sum(fd: RawFd, key: u32) -> Result<u64, BpfError> {
+        // Safety: plain libbpf query without arguments.
+        let ncpu = unsafe { bpf::libbpf_num_possible_cpus() };
+        if ncpu <= 0 {
+            return Err(neg_err("libbpf_num_possible_cpus", ncpu));
+        }
+        let mut vals = vec![0u64; ncpu as usize];
+        // Safety: per-CPU array lookups write one u64 per possible CPU into vals, which has
+        // exactly that many elements.
+        let rc = unsafe { bpf::bpf_map_lookup_elem(fd, (&key as *const u32).cast(), vals.as_mut_ptr().cast()) };
+        if rc != 0 {
+            return Err(neg_err("bpf_map_lookup_elem(per-CPU)", rc));
+        }
+        Ok(vals.iter().sum())
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        for (_, fd) in self.links.drain(..) {
+            // Safety: fd is a bpf_link fd this value created and nobody else closes; closing it
+            // detaches the program.
+            unsafe { libc::close(fd) };
+        }
+        // Safety: obj was returned by bpf_object__open_mem and is closed exactly once.
+        unsafe { bpf::bpf_object__close(self.obj) };
+    }
+}
+
+/// The steering program and its maps; attachments are bpf_links owned by this value.
+#[derive(Debug)]
+pub struct XdpProgram {
+    inner: Loaded,
+    xsks: RawFd,
+    if_slots: RawFd,
+    services: RawFd,
+    nat_sources: RawFd,
+    local_addrs: RawFd,
+    counters: RawFd,
+}
+
+// Safety: the libbpf object is only touched through &mut self (attach, drop) or through map
+// file descriptors, which the kernel synchronises; the raw pointer is never shared.
+unsafe impl Send for XdpProgram {}
+// Safety: shared access only reads file descriptors and calls bpf() map syscalls, which are
+// thread-safe in the kernel.
+unsafe impl Sync for XdpProgram {}
+
+impl XdpProgram {
+    /// Load the embedded steering program into the kernel.
+    pub fn load() -> Result<XdpProgram, BpfError> {
+        let inner = Loaded::open(OBJECT, "xvs_steer")?;
+        Ok(XdpProgram {
+            xsks: inner.map_fd("xsks")?,
+            if_slots: inner.map_fd("if_slots")?,
+            services: inner.map_fd("services")?,
+            nat_sources: inner.map_fd("nat_sources")?,
+            local_addrs: inner.map_fd("local_addrs")?,
+            counters: inner.map_fd("counters")?,
+            inner,
+        })
+    }
+
+    fn update<K, V>(&self, fd: RawFd, key: &K, value: &V, call: &'static str) -> Result<(), BpfError> {
+        // Safety: key and value point to initialised values of the map's key and value sizes
+        // (the callers pass the types declared in the program).
+        let rc = unsafe {
+            bpf::bpf_map_update_elem(fd, (key as *const K).cast(), (value as *const V).cast(), bpf::BPF_ANY as u64)
+        };
+        if rc != 0 {
+            return Err(neg_err(call, rc));
+        }
+        Ok(())
+    }
+
+    /// Attach to an interface through a bpf_link; returns the interface's slot.
+    pub fn attach(&mut self, ifindex: u32, ifname: &str, mode: XdpMode) -> Result<u32, BpfError> {
+        let slot = self.inner.links.len() as u32;
+        if slot >= MAX_IFACES {
+            return Err(BpfError::TooManyInterfaces);
+        }
+        self.update(self.if_slots, &ifindex, &slot, "bpf_map_update_elem(if_slots)")?;
+        self.inner.attach(ifindex, ifname, mode)?;
         Ok(slot)
     }
 
@@ -312,45 +333,39 @@ impl XdpProgram {
 
     /// The program's counters, summed over CPUs.
     pub fn counters(&self) -> Result<XdpCounters, BpfError> {
-        // Safety: plain libbpf query without arguments.
-        let ncpu = unsafe { bpf::libbpf_num_possible_cpus() };
-        if ncpu <= 0 {
-            return Err(neg_err("libbpf_num_possible_cpus", ncpu));
-        }
-        let mut out = [0u64; 3];
-        for (i, o) in out.iter_mut().enumerate() {
-            let key = i as u32;
-            let mut vals = vec![0u64; ncpu as usize];
-            // Safety: per-CPU array lookups write one u64 per possible CPU into vals, which has
-            // exactly that many elements.
-            let rc = unsafe {
-                bpf::bpf_map_lookup_elem(
-                    self.counters,
-                    (&key as *const u32).cast(),
-                    vals.as_mut_ptr().cast(),
-                )
-            };
-            if rc != 0 {
-                return Err(neg_err("bpf_map_lookup_elem(counters)", rc));
-            }
-            *o = vals.iter().sum();
-        }
         Ok(XdpCounters {
-            passed: out[0],
-            redirected: out[1],
-            no_socket: out[2],
+            passed: Loaded::percpu_sum(self.counters, 0)?,
+            redirected: Loaded::percpu_sum(self.counters, 1)?,
+            no_socket: Loaded::percpu_sum(self.counters, 2)?,
         })
     }
 }
 
-impl Drop for XdpProgram {
-    fn drop(&mut self) {
-        for (_, fd) in self.links.drain(..) {
-            // Safety: fd is a bpf_link fd this value created and nobody else closes; closing it
-            // detaches the program.
-            unsafe { libc::close(fd) };
-        }
-        // Safety: obj was returned by bpf_object__open_mem and is closed exactly once.
-        unsafe { bpf::bpf_object__close(self.obj) };
+/// The benchmark sink: counts every frame it receives and drops it.
+#[derive(Debug)]
+pub struct SinkProgram {
+    inner: Loaded,
+    count: RawFd,
+}
+
+// Safety: as for XdpProgram: only map file descriptors are used through &self.
+unsafe impl Send for SinkProgram {}
+// Safety: as for XdpProgram.
+unsafe impl Sync for SinkProgram {}
+
+impl SinkProgram {
+    /// Load the sink and attach it to an interface.
+    pub fn attach(ifindex: u32, ifname: &str, mode: XdpMode) -> Result<SinkProgram, BpfError> {
+        let mut inner = Loaded::open(SINK_OBJECT, "xvs_sink")?;
+        let count = inner.map_fd("sink_count")?;
+        inner.attach(ifindex, ifname, mode)?;
+        Ok(SinkProgram { inner, count })
+    }
+
+    /// Frames received so far.
+    pub fn count(&self) -> Result<u64, BpfError> {
+        let _ = &self.inner;
+        Loaded::percpu_sum(self.count, 0)
     }
 }
+

@@ -7,3 +7,4 @@ pub mod bpf;
 pub mod nexthop;
 pub mod worker;
 pub mod xsk;
+pub mod pktgen;

@@ -34,15 +34,91 @@ pub struct WorkerCounters {
     pub engine_drops: AtomicU64,
 }
 
-/// Everything a worker needs.
-#[derive(Debug)]
-pub struct Worker {
-    /// The sockets of this queue.
-    pub qs: QueueSet,
+/// What a worker does with each received frame.
+pub trait Handler: Send {
+    /// Called before each batch (e.g. to load the current tables once per batch).
+    fn begin(&mut self) {}
+    /// Rewrite the frame in place and say where it goes.
+    fn handle(&mut self, frame: &mut Frame<'_>, now: Time) -> Verdict;
+    /// Periodic work (about every 10 ms).
+    fn housekeeping(&mut self, _now: Time) {}
+}
+
+/// The load balancer: the engine over the published tables.
+pub struct EngineHandler {
     /// Shared engine (connection table, counters).
     pub engine: Arc<Engine>,
     /// The published tables.
     pub tables: Arc<ArcSwap<Tables>>,
+    /// Next hops.
+    pub routes: Arc<dyn Routes + Send + Sync>,
+    current: Arc<Tables>,
+}
+
+impl std::fmt::Debug for EngineHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHandler").finish_non_exhaustive()
+    }
+}
+
+impl EngineHandler {
+    /// A handler over shared state.
+    pub fn new(engine: Arc<Engine>, tables: Arc<ArcSwap<Tables>>, routes: Arc<dyn Routes + Send + Sync>) -> Self {
+        let current = tables.load_full();
+        EngineHandler { engine, tables, routes, current }
+    }
+}
+
+impl Handler for EngineHandler {
+    fn begin(&mut self) {
+        // A published change is picked up at the next batch; the Arc is only replaced (and the
+        // old one released) when it actually changed.
+        let now = self.tables.load();
+        if !Arc::ptr_eq(&now, &self.current) {
+            self.current = Arc::clone(&now);
+        }
+    }
+
+    fn handle(&mut self, frame: &mut Frame<'_>, now: Time) -> Verdict {
+        self.engine.process_frame(&self.current, &*self.routes, frame, now)
+    }
+
+    fn housekeeping(&mut self, now: Time) {
+        self.engine.conns.expire_step(now);
+    }
+}
+
+/// The bare forwarder of the benchmarks: every frame goes out of one interface to one next
+/// hop, with nothing but the MAC addresses rewritten (the limit of xvs's AF_XDP I/O).
+#[derive(Debug, Clone, Copy)]
+pub struct BareHandler {
+    /// Egress interface.
+    pub out_ifindex: u32,
+    /// Egress MAC.
+    pub src_mac: [u8; 6],
+    /// Next hop MAC.
+    pub dst_mac: [u8; 6],
+}
+
+impl Handler for BareHandler {
+    fn handle(&mut self, frame: &mut Frame<'_>, _now: Time) -> Verdict {
+        let d = frame.data_mut();
+        if d.len() < 14 {
+            return Verdict::Drop(xvs_core::DropReason::Malformed);
+        }
+        d[0..6].copy_from_slice(&self.dst_mac);
+        d[6..12].copy_from_slice(&self.src_mac);
+        Verdict::Forward { ifindex: self.out_ifindex, real: None }
+    }
+}
+
+/// Everything a worker needs.
+#[derive(Debug)]
+pub struct Worker<H: Handler> {
+    /// The sockets of this queue.
+    pub qs: QueueSet,
+    /// What to do with frames.
+    pub handler: H,
     /// Counters.
     pub counters: Arc<WorkerCounters>,
     /// Set to stop the loop.
@@ -51,7 +127,7 @@ pub struct Worker {
     pub epoch: Instant,
 }
 
-impl Worker {
+impl<H: Handler> Worker<H> {
     /// Fill every fill ring from the free frames.
     fn refill(&mut self, port: usize) {
         let qs = &mut self.qs;
@@ -80,7 +156,7 @@ impl Worker {
     }
 
     /// Run until `stop` is set.
-    pub fn run(&mut self, routes: &(dyn Routes + Sync)) {
+    pub fn run(&mut self) {
         let nports = self.qs.ports.len();
         let mut rx = vec![FrameDesc::default(); BATCH];
         let mut scratch = vec![FrameDesc::default(); BATCH * 4];
@@ -98,7 +174,7 @@ impl Worker {
             })
             .collect();
         while !self.stop.load(Relaxed) {
-            let tables = self.tables.load();
+            self.handler.begin();
             let now = Time(self.epoch.elapsed().as_millis() as u64);
             let mut received = 0;
             for pi in 0..nports {
@@ -109,14 +185,14 @@ impl Worker {
                 let n = unsafe { self.qs.ports[pi].rx.consume(&mut rx) };
                 received += n;
                 for desc in rx.iter_mut().take(n) {
-                    self.handle(pi, desc, &tables, routes, now, &mut tx);
+                    self.handle(pi, desc, now, &mut tx);
                 }
             }
             self.counters.rx.fetch_add(received as u64, Relaxed);
             self.transmit(&mut tx);
             if last_house.elapsed() >= Duration::from_millis(10) {
                 last_house = Instant::now();
-                self.engine.conns.expire_step(now);
+                self.handler.housekeeping(now);
             }
             if received == 0 {
                 // Idle: sleep in poll() until a socket has frames (bounded, to see `stop`).
@@ -126,15 +202,7 @@ impl Worker {
         }
     }
 
-    fn handle(
-        &mut self,
-        port: usize,
-        desc: &mut FrameDesc,
-        tables: &Tables,
-        routes: &(dyn Routes + Sync),
-        now: Time,
-        tx: &mut [Vec<FrameDesc>],
-    ) {
+    fn handle(&mut self, port: usize, desc: &mut FrameDesc, now: Time, tx: &mut [Vec<FrameDesc>]) {
         let len = desc.lengths().data();
         let (base, data_ptr, cap) = {
             // Safety: `desc` came from this UMEM's rx ring and is owned by this worker (see
@@ -152,7 +220,7 @@ impl Worker {
         // we own the frame and hold no other reference into it.
         let chunk = unsafe { std::slice::from_raw_parts_mut(base, data_off + cap) };
         let mut frame = Frame::new(chunk, data_off, len);
-        let verdict = self.engine.process_frame(tables, routes, &mut frame, now);
+        let verdict = self.handler.handle(&mut frame, now);
         let (start, new_len) = (frame.start(), frame.len());
         let out_port = match verdict {
             Verdict::Forward { ifindex, .. } => {

@@ -16,7 +16,7 @@ use xvs_ipvsadm::exec::{execute, Session};
 use xvs_ipvsadm::list::Numeric;
 use xvs_xdp::bpf::{XdpMode, XdpProgram, MAX_QUEUES};
 use xvs_xdp::nexthop::{link_info, local_addresses, KernelRoutes, LinkInfo};
-use xvs_xdp::worker::{Worker, WorkerCounters};
+use xvs_xdp::worker::{EngineHandler, Worker, WorkerCounters};
 use xvs_xdp::xsk::{QueueSet, ZeroCopy, FRAME_SIZE};
 
 use crate::control::{listen, serve, Control, CtlState};
@@ -323,15 +323,9 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         for (i, qs) in dp.sets.into_iter().enumerate() {
             let c = worker_counters[i].clone();
             counters.push(c.clone());
-            let mut w = Worker {
-                qs,
-                engine: engine.clone(),
-                tables: tables.clone(),
-                counters: c,
-                stop: stop.clone(),
-                epoch,
-            };
-            let routes = dp.routes.clone();
+            let routes: Arc<dyn xvs_core::Routes + Send + Sync> = dp.routes.clone();
+            let handler = EngineHandler::new(engine.clone(), tables.clone(), routes);
+            let mut w = Worker { qs, handler, counters: c, stop: stop.clone(), epoch };
             let core = args
                 .cores
                 .get(i)
@@ -343,7 +337,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
                         if let Some(core) = core {
                             core_affinity::set_for_current(core);
                         }
-                        w.run(&*routes);
+                        w.run();
                     })
                     .map_err(|e| e.to_string())?,
             );

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark of xvs on a veth-namespace rig (root). One run measures, with the same
+sender (bench's AF_XDP generator), the same 64-byte frames and the same duration:
+
+  ceiling    sender straight into the sink
+  bare       the bare AF_XDP forwarder (xvs-xdp's rings and steering, no engine)
+  xvs-dr / xvs-tun / xvs-nat   xvsd with 1 service and 100 real servers,
+             (a) established: ACKs over 10,000 flows created first, (b) new: SYNs from new clients
+  kernel     IPv4 forwarding, and nftables DNAT (numgen over the 100 real servers)
+
+Packets are counted at the receiver (an XDP program on the sink's veth that counts and drops),
+never at the sender. Each path: RUNS runs of DURATION seconds at full speed (median, min-max),
+then one paced run at a fixed offered load for the CPU cost per packet: CPU time of the
+forwarding process (utime+stime of all its threads) and softirq time of the whole machine
+(/proc/stat), divided by packets received.
+
+Rig:  snd --veth-- lb --veth-- sink      (and snd --veth-- sink for the ceiling)
+Usage: bench/e2e/run.py [--runs 3] [--duration 3] [--paced 200000] [--only PATH]
+"""
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REL = os.path.join(ROOT, "target", "release")
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--runs", type=int, default=3)
+ap.add_argument("--duration", type=float, default=3.0)
+ap.add_argument("--paced", type=int, default=100_000, help="offered load for the CPU-cost run, packets/s")
+ap.add_argument("--only", default="")
+ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-e2e.md"))
+A = ap.parse_args()
+
+ID = f"{os.getpid() & 0xffff:04x}"
+NS = {r: f"xvsb{ID}-{r}" for r in ("s", "l", "k")}
+VIP = "10.0.0.1"
+REALS = [f"10.7.1.{i}" for i in range(1, 101)]
+
+
+def sh(cmd, check=True, timeout=60):
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{cmd}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def nsx(role, cmd, **kw):
+    return sh(f"ip netns exec {NS[role]} {cmd}", **kw)
+
+
+def mac(role, ifname):
+    return nsx(role, f"cat /sys/class/net/{ifname}/address").strip()
+
+
+def rig_up():
+    for n in NS.values():
+        sh(f"ip netns add {n}")
+        sh(f"ip netns exec {n} ip link set lo up")
+    pairs = [("s0", "s", "l0", "l"), ("l1", "l", "k0", "k"), ("s1", "s", "k1", "k")]
+    for a, na, b, nb in pairs:
+        sh(f"ip link add {a}{ID} type veth peer name {b}{ID}")
+        sh(f"ip link set {a}{ID} netns {NS[na]}")
+        sh(f"ip link set {b}{ID} netns {NS[nb]}")
+        nsx(na, f"ip link set {a}{ID} up")
+        nsx(nb, f"ip link set {b}{ID} up")
+    nsx("s", f"ip addr add 10.8.0.2/24 dev s0{ID}")
+    nsx("l", f"ip addr add 10.8.0.1/24 dev l0{ID}")
+    nsx("l", f"ip addr add 10.7.0.1/16 dev l1{ID}")
+    nsx("k", f"ip addr add 10.7.0.2/16 dev k0{ID}")
+    kmac = mac("k", f"k0{ID}")
+    # The sink drops everything in XDP (ARP included): the balancer knows the real servers' MAC.
+    for r in REALS:
+        nsx("l", f"ip neigh replace {r} lladdr {kmac} dev l1{ID} nud permanent")
+    nsx("s", f"ip route add 10.0.0.0/24 via 10.8.0.1")
+    nsx("l", "sysctl -qw net.ipv4.ip_forward=0")
+
+
+def rig_down():
+    for n in NS.values():
+        sh(f"ip netns del {n}", check=False)
+
+
+class Proc:
+    def __init__(self, role, cmd, stdin=False):
+        self.log = tempfile.TemporaryFile()
+        self.p = subprocess.Popen(["ip", "netns", "exec", NS[role]] + cmd, stdout=subprocess.PIPE if stdin else self.log,
+                                  stderr=self.log, stdin=subprocess.PIPE if stdin else None, text=True)
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+    def text(self):
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+
+class Sink:
+    def __init__(self, ifname):
+        self.proc = Proc("k", [os.path.join(REL, "xvs-sink"), ifname], stdin=True)
+        line = self.proc.p.stdout.readline().strip()
+        if line != "ready":
+            raise RuntimeError(f"sink: {line} {self.proc.text()}")
+
+    def count(self):
+        self.proc.p.stdin.write("\n")
+        self.proc.p.stdin.flush()
+        return int(self.proc.p.stdout.readline())
+
+    def stop(self):
+        self.proc.stop()
+
+
+def cpu_of(pid):
+    """utime+stime of a process (all threads), seconds."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def softirq():
+    f = open("/proc/stat").readline().split()
+    return int(f[7]) / os.sysconf("SC_CLK_TCK")
+
+
+def gen(dst_mac, iface, new=False, rate=0, count=None, duration=None, flows=10_000):
+    args = [os.path.join(REL, "xvs-pktgen"), "--interface", iface, "--dst-mac", dst_mac, "--dst", VIP,
+            "--flows", str(4_000_000 if new else flows), "--rate", str(rate)]
+    if new:
+        args.append("--new-conns")
+    if count:
+        args += ["--count", str(count)]
+    args += ["--duration", str(duration if duration else A.duration)]
+    r = subprocess.run(["ip", "netns", "exec", NS["s"]] + args, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"pktgen: {r.stderr}")
+    return int(r.stdout.strip() or 0)
+
+
+def measure(name, sink, dst_mac, iface, new, fwd_pid, prime=None):
+    """RUNS full-speed runs and one paced run; returns a result dict."""
+    if prime:
+        prime()
+    rates = []
+    for _ in range(A.runs):
+        c0 = sink.count()
+        t0 = time.time()
+        gen(dst_mac, iface, new=new)
+        time.sleep(0.05)
+        rates.append((sink.count() - c0) / (time.time() - t0 - 0.05))
+    # CPU cost at a fixed offered load.
+    c0, s0 = sink.count(), softirq()
+    p0 = cpu_of(fwd_pid) if fwd_pid else 0.0
+    gen(dst_mac, iface, new=new, rate=A.paced, duration=A.duration)
+    time.sleep(0.05)
+    n = sink.count() - c0
+    p1 = cpu_of(fwd_pid) if fwd_pid else 0.0
+    s1 = softirq()
+    rates.sort()
+    res = {"path": name, "mpps": rates[len(rates) // 2] / 1e6, "min": rates[0] / 1e6, "max": rates[-1] / 1e6,
+           "paced_rx": n, "proc_ns": (p1 - p0) / n * 1e9 if n else float("nan"),
+           "softirq_ns": (s1 - s0) / n * 1e9 if n else float("nan")}
+    print(f"{name:18s} {res['mpps']:.3f} Mpps ({res['min']:.3f}-{res['max']:.3f})  "
+          f"paced rx={n} proc={res['proc_ns']:.0f} ns/pkt softirq={res['softirq_ns']:.0f} ns/pkt", flush=True)
+    return res
+
+
+def rules(method):
+    out = [f"-A -t {VIP}:80 -s rr"] + [f"-a -t {VIP}:80 -r {r}:80 {method}" for r in REALS]
+    return "\n".join(out) + "\n"
+
+
+def main():
+    if os.geteuid() != 0:
+        print("bench/e2e/run.py: needs root", file=sys.stderr)
+        return 1
+    for b in ("xvs-pktgen", "xvs-sink", "xvs-fwd", "xvsd"):
+        if not os.access(os.path.join(REL, b), os.X_OK):
+            print(f"build first: cargo build --release -p xvs-bench -p xvsd ({b} missing)", file=sys.stderr)
+            return 1
+    results = []
+    rig_up()
+    tmp = tempfile.mkdtemp(prefix="xvsb")
+    try:
+        want = lambda p: not A.only or A.only in p
+        lmac = mac("l", f"l0{ID}")
+        # 1. ceiling: sender straight into the sink.
+        if want("ceiling"):
+            sink = Sink(f"k1{ID}")
+            results.append(measure("ceiling", sink, mac("k", f"k1{ID}"), f"s1{ID}", False, None))
+            sink.stop()
+        sink = Sink(f"k0{ID}")
+        # 2. bare AF_XDP forwarder.
+        if want("bare"):
+            fwd = Proc("l", [os.path.join(REL, "xvs-fwd"), "--in", f"l0{ID}", "--out", f"l1{ID}",
+                             "--next-hop-mac", mac("k", f"k0{ID}"), "--vip", VIP])
+            time.sleep(1)
+            results.append(measure("bare", sink, lmac, f"s0{ID}", False, fwd.p.pid))
+            fwd.stop()
+        # 3. xvsd in DR, tunnel and NAT modes, established and new connections.
+        for method, label in (("-g", "dr"), ("-i", "tun"), ("-m", "nat")):
+            for new in (False, True):
+                name = f"xvs-{label}-{'new' if new else 'est'}"
+                if not want(name):
+                    continue
+                path = os.path.join(tmp, "rules")
+                open(path, "w").write(rules(method))
+                xv = Proc("l", [os.path.join(REL, "xvsd"), "-i", f"l0{ID}", "-i", f"l1{ID}", "--rules", path,
+                                "--control", os.path.join(tmp, "sock"), "--conn-capacity", str(1 << 22)])
+                time.sleep(2)
+                prime = None if new else (lambda: gen(lmac, f"s0{ID}", new=True, count=10_000, flows=10_000)
+                                          and None)
+                if not new:
+                    # Create the 10,000 flows with SYNs first (same client/port space as the ACKs).
+                    subprocess.run(["ip", "netns", "exec", NS["s"], os.path.join(REL, "xvs-pktgen"), "--interface",
+                                    f"s0{ID}", "--dst-mac", lmac, "--dst", VIP, "--flows", "10000", "--new-conns",
+                                    "--count", "10000", "--duration", "5", "--rate", "200000"],
+                                   capture_output=True, timeout=60)
+                    time.sleep(0.5)
+                results.append(measure(name, sink, lmac, f"s0{ID}", new, xv.p.pid))
+                xv.stop()
+        sink.stop()
+        # 4. The kernel: plain forwarding, then nftables DNAT over the 100 real servers.
+        if want("kernel"):
+            sink = Sink(f"k0{ID}")
+            nsx("l", "sysctl -qw net.ipv4.ip_forward=1")
+            nsx("l", f"ip route add {VIP}/32 via {REALS[0]}")
+            results.append(measure("kernel-fwd", sink, lmac, f"s0{ID}", False, None))
+            m = ", ".join(f"{i} : {r}" for i, r in enumerate(REALS))
+            nsx("l", "nft add table ip xvsb")
+            nsx("l", "nft add chain ip xvsb pre '{ type nat hook prerouting priority -100; }'")
+            nsx("l", f"nft add rule ip xvsb pre ip daddr {VIP} tcp dport 80 dnat to numgen inc mod 100 map {{ {m} }}")
+            results.append(measure("kernel-nft-dnat-est", sink, lmac, f"s0{ID}", False, None))
+            results.append(measure("kernel-nft-dnat-new", sink, lmac, f"s0{ID}", True, None))
+            sink.stop()
+    finally:
+        rig_down()
+    bare = next((r["mpps"] for r in results if r["path"] == "bare"), None)
+    kern = next((r["mpps"] for r in results if r["path"] == "kernel-nft-dnat-est"), None)
+    lines = ["| path | Mpps (median) | min–max | ÷ bare | ÷ kernel nft | process ns/pkt | softirq ns/pkt |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        rb = f"{r['mpps'] / bare:.2f}" if bare else "–"
+        rk = f"{r['mpps'] / kern:.2f}" if kern else "–"
+        lines.append(f"| {r['path']} | {r['mpps']:.3f} | {r['min']:.3f}–{r['max']:.3f} | {rb} | {rk} | "
+                     f"{r['proc_ns']:.0f} | {r['softirq_ns']:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    with open(A.out, "w") as f:
+        f.write(table + "\n")
+    return 0
+
+
+sys.exit(main())

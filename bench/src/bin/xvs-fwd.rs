@@ -1,0 +1,74 @@
+//! The bare AF_XDP forwarder of the benchmark: the same steering program, sockets and worker
+//! loop as xvsd, with a handler that only rewrites MAC addresses and sends every frame to one
+//! next hop on the other interface. It measures the limit of xvs's own I/O.
+
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use xvs_core::service::Steering;
+use xvs_core::Protocol;
+use xvs_xdp::bpf::{XdpMode, XdpProgram};
+use xvs_xdp::worker::{BareHandler, Worker, WorkerCounters};
+use xvs_xdp::xsk::{QueueSet, ZeroCopy};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Receiving interface.
+    #[arg(long = "in")]
+    input: String,
+    /// Transmitting interface.
+    #[arg(long = "out")]
+    output: String,
+    /// Next hop MAC on the transmitting interface.
+    #[arg(long)]
+    next_hop_mac: String,
+    /// The service address to steer (the same match as xvsd's).
+    #[arg(long)]
+    vip: IpAddr,
+    #[arg(long, default_value_t = 80)]
+    port: u16,
+}
+
+fn sys(ifname: &str, what: &str) -> String {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/{what}"))
+        .unwrap_or_else(|e| panic!("{ifname}: {e}"))
+        .trim()
+        .to_string()
+}
+
+fn main() {
+    let a = Args::parse();
+    let in_idx: u32 = sys(&a.input, "ifindex").parse().expect("ifindex");
+    let out_idx: u32 = sys(&a.output, "ifindex").parse().expect("ifindex");
+    let mut prog = XdpProgram::load().expect("load the XDP program");
+    let s_in = prog.attach(in_idx, &a.input, XdpMode::Auto).expect("attach");
+    let s_out = prog.attach(out_idx, &a.output, XdpMode::Auto).expect("attach");
+    let qs = QueueSet::open(0, &[(a.input.clone(), in_idx, s_in), (a.output.clone(), out_idx, s_out)], ZeroCopy::Auto)
+        .expect("sockets");
+    for p in &qs.ports {
+        prog.set_socket(p.slot, 0, p.fd()).expect("socket map");
+    }
+    let steering = Steering { services: vec![(a.vip, Protocol::Tcp, a.port)], ..Default::default() };
+    prog.sync(&steering, &[]).expect("steering maps");
+    let handler = BareHandler {
+        out_ifindex: out_idx,
+        src_mac: xvs_core::routes::parse_mac(&sys(&a.output, "address")).expect("MAC"),
+        dst_mac: xvs_core::routes::parse_mac(&a.next_hop_mac).expect("next hop MAC"),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).expect("signal handler");
+    }
+    let counters = Arc::new(WorkerCounters::default());
+    let mut w = Worker { qs, handler, counters: counters.clone(), stop, epoch: Instant::now() };
+    eprintln!("xvs-fwd: forwarding {} -> {}", a.input, a.output);
+    w.run();
+    eprintln!(
+        "xvs-fwd: rx={} tx={}",
+        counters.rx.load(std::sync::atomic::Ordering::Relaxed),
+        counters.tx.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
