@@ -183,9 +183,10 @@ def main():
     if os.geteuid() != 0:
         print("bench/e2e/run.py: needs root", file=sys.stderr)
         return 1
-    for b in ("xvs-pktgen", "xvs-sink", "xvs-fwd", "xvsd"):
+    for b in ("xvs-pktgen", "xvs-sink", "xvs-fwd", "xvsd", "xvsadm"):
         if not os.access(os.path.join(REL, b), os.X_OK):
-            print(f"build first: cargo build --release -p xvs-bench -p xvsd ({b} missing)", file=sys.stderr)
+            print(f"build first: cargo build --release -p xvs-bench -p xvsd -p xvsadm ({b} missing)",
+                  file=sys.stderr)
             return 1
     results = []
     rig_up()
@@ -217,16 +218,27 @@ def main():
                 xv = Proc("l", [os.path.join(REL, "xvsd"), "-i", f"l0{ID}", "-i", f"l1{ID}", "--rules", path,
                                 "--control", os.path.join(tmp, "sock"), "--conn-capacity", str(1 << 22)])
                 time.sleep(2)
-                prime = None if new else (lambda: gen(lmac, f"s0{ID}", new=True, count=10_000, flows=10_000)
-                                          and None)
+                sock = os.path.join(tmp, "sock")
+                stats = lambda: subprocess.run([os.path.join(REL, "xvsadm"), "--xvs-stats"], capture_output=True,
+                                               text=True, env=dict(os.environ, XVS_CONTROL=sock)).stdout
                 if not new:
-                    # Create the 10,000 flows with SYNs first (same client/port space as the ACKs).
-                    subprocess.run(["ip", "netns", "exec", NS["s"], os.path.join(REL, "xvs-pktgen"), "--interface",
-                                    f"s0{ID}", "--dst-mac", lmac, "--dst", VIP, "--flows", "10000", "--new-conns",
-                                    "--count", "10000", "--duration", "5", "--rate", "200000"],
-                                   capture_output=True, timeout=60)
-                    time.sleep(0.5)
-                results.append(measure(name, sink, lmac, f"s0{ID}", new, xv.p.pid))
+                    # Create the 10,000 flows with SYNs first (same client/port space as the ACKs), slowly
+                    # enough that none is lost, and check that the table holds them all.
+                    for _ in range(5):
+                        subprocess.run(["ip", "netns", "exec", NS["s"], os.path.join(REL, "xvs-pktgen"),
+                                        "--interface", f"s0{ID}", "--dst-mac", lmac, "--dst", VIP, "--flows", "10000",
+                                        "--new-conns", "--count", "10000", "--duration", "5", "--rate", "20000"],
+                                       capture_output=True, timeout=60)
+                        conns = [int(w.split("=")[1]) for w in stats().split() if w.startswith("connections=")]
+                        if conns and conns[0] >= 10_000:
+                            break
+                    print(f"  {name}: {conns[0] if conns else '?'} connections before the run", flush=True)
+                r = measure(name, sink, lmac, f"s0{ID}", new, xv.p.pid)
+                drops = [l.split()[1] for l in stats().splitlines() if l.startswith("drop ") and not l.endswith("=0")]
+                r["drops"] = " ".join(drops)
+                if drops:
+                    print(f"  {name} drops: {r['drops']}", flush=True)
+                results.append(r)
                 xv.stop()
         sink.stop()
         # 4. The kernel: plain forwarding, then nftables DNAT over the 100 real servers.

@@ -109,7 +109,9 @@ pub fn build_frame(cfg: &GenConfig, i: u32, f: &mut [u8]) {
 /// Send until the count, the duration or `stop`; returns the packets handed to the kernel.
 pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<u64, XskError> {
     const FRAMES: u32 = 4096;
-    const BATCH: usize = 64;
+    // The kernel transmits at most 32 frames per kick in copy mode: batches of 32 keep the TX
+    // ring from building a backlog.
+    const BATCH: usize = 32;
     let q = |n| QueueSize::new(n).expect("power of two");
     let ucfg = UmemConfig::builder()
         .frame_size(FrameSize::new(2048).expect("valid frame size"))
@@ -127,9 +129,18 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<u64, XskError> {
         .build();
     let name = CString::new(cfg.ifname.clone()).map_err(|_| XskError::Umem("interface name has NUL".into()))?;
     let err = |detail: String| XskError::Socket { ifname: cfg.ifname.clone(), queue: cfg.queue, detail };
-    // Safety: a fresh UMEM, one socket, no program loaded by libxdp (TX only).
-    let (mut tx, _rx, fqcq) = unsafe { Socket::new(scfg, &umem, &Interface::new(name), cfg.queue) }
-        .map_err(|e| err(format!("{e:?}")))?;
+    // The queue of a generator that just exited may still be bound for a moment: retry briefly.
+    let t0 = Instant::now();
+    let (mut tx, _rx, fqcq) = loop {
+        // Safety: a fresh UMEM, one socket, no program loaded by libxdp (TX only).
+        match unsafe { Socket::new(scfg, &umem, &Interface::new(name.clone()), cfg.queue) } {
+            Ok(s) => break s,
+            Err(e) if t0.elapsed() < Duration::from_secs(2) && format!("{e:?}").contains("ResourceBusy") => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(err(format!("{e:?}"))),
+        }
+    };
     let (_fq, mut cq) = fqcq.ok_or_else(|| err("no completion ring".into()))?;
     let len = cfg.frame_len.max(54);
     let start = Instant::now();
@@ -137,9 +148,11 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<u64, XskError> {
     let mut batch: Vec<FrameDesc> = Vec::with_capacity(BATCH);
     let mut done = vec![FrameDesc::default(); BATCH * 4];
     let mut seq: u64 = 0;
+    let mut completed: u64 = 0;
     while sent < cfg.count && start.elapsed() < cfg.duration && !stop.load(Relaxed) {
         // Safety: completed descriptors are frames the kernel no longer uses.
         let n = unsafe { cq.consume(&mut done) };
+        completed += n as u64;
         free.extend_from_slice(&done[..n]);
         if cfg.rate > 0 {
             // Pace: the next batch is due when `sent` packets at `rate` have had their time.
@@ -150,6 +163,8 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<u64, XskError> {
             }
         }
         let want = BATCH.min(free.len()).min((cfg.count - sent) as usize);
+        // Only fill what the TX ring can take now (copy mode drains it 32 frames per kick).
+        let want = want.min(tx.nb_free(want as u32) as usize);
         if want == 0 {
             let _ = tx.wakeup();
             continue;
@@ -173,10 +188,20 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<u64, XskError> {
         // Safety: every descriptor in the batch is ours with its length set.
         let n = unsafe { tx.produce_and_wakeup(&batch) }.unwrap_or(0);
         sent += n as u64;
+        // Flows of frames that did not fit are sent next time: no flow is skipped.
+        seq -= (batch.len() - n) as u64;
         free.extend_from_slice(&batch[n..]);
         batch.clear();
     }
-    Ok(sent)
+    // Let the kernel send what is still in the TX ring (bounded), and report what it completed.
+    let drain = Instant::now();
+    while completed < sent && drain.elapsed() < Duration::from_secs(1) {
+        let _ = tx.wakeup();
+        // Safety: as above.
+        let n = unsafe { cq.consume(&mut done) };
+        completed += n as u64;
+    }
+    Ok(completed)
 }
 
 #[cfg(test)]
@@ -208,5 +233,68 @@ mod tests {
         assert!(p.tcp.syn && !p.tcp.ack);
         assert_eq!(xvs_core::wire::checksum(&f[14..34]), 0);
         assert_eq!(xvs_core::wire::l4_checksum(&p.saddr, &p.daddr, 6, &f[34..]), 0);
+    }
+}
+
+#[cfg(test)]
+mod flow_tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn syn_sequence_covers_every_flow() {
+        let flows = 10_000u64;
+        let set: HashSet<u32> = (0..flows).map(|seq| (seq.wrapping_mul(0x9E37_79B1) % flows) as u32).collect();
+        assert_eq!(set.len(), 10_000);
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+    use xvs_core::dest::DestConfig;
+    use xvs_core::routes::StaticRoutes;
+    use xvs_core::service::ServiceConfig;
+    use xvs_core::{Director, Engine, Frame, Protocol, ServiceKey, Time};
+
+    #[test]
+    fn every_syn_makes_a_connection() {
+        let key = ServiceKey::Addr { proto: Protocol::Tcp, addr: "10.0.0.1".parse().unwrap(), port: 80 };
+        let mut d = Director::new();
+        let mut c = ServiceConfig::new(key);
+        c.scheduler = "rr".into();
+        d.add_service(c).unwrap();
+        let mut routes = StaticRoutes::new(1, [2; 6], vec!["10.7.0.1".parse().unwrap()], 1500);
+        for i in 1..=100u8 {
+            let a = std::net::IpAddr::from([10, 7, 1, i]);
+            d.add_dest(&key, DestConfig::new(a, 80)).unwrap();
+            routes.neigh.insert(a, [3; 6]);
+        }
+        let t = d.snapshot();
+        let e = Engine::new(1 << 22, 1);
+        let cfg = GenConfig {
+            ifname: "x".into(),
+            queue: 0,
+            src_mac: [1; 6],
+            dst_mac: [2; 6],
+            dst: Ipv4Addr::new(10, 0, 0, 1),
+            dport: 80,
+            client_base: Ipv4Addr::new(10, 200, 0, 0),
+            flows: 10_000,
+            new_conns: true,
+            frame_len: 64,
+            rate: 0,
+            count: 1,
+            duration: Duration::from_secs(1),
+        };
+        for seq in 0..10_000u64 {
+            let i = (seq.wrapping_mul(0x9E37_79B1) % 10_000) as u32;
+            let mut buf = vec![0u8; 256 + 64];
+            build_frame(&cfg, i, &mut buf[256..]);
+            let mut f = Frame::new(&mut buf, 256, 64);
+            let v = e.process_frame(&t, &routes, &mut f, Time(0));
+            assert!(matches!(v, xvs_core::Verdict::Forward { .. }), "{v:?}");
+        }
+        assert_eq!(e.conns.len(), 10_000);
     }
 }
