@@ -7,7 +7,10 @@ use std::process::Command;
 
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for (src, obj) in [("bpf/xvs.bpf.c", "xvs.bpf.o"), ("bpf/xvs_sink.bpf.c", "xvs_sink.bpf.o")] {
+    for (src, obj) in [
+        ("bpf/xvs.bpf.c", "xvs.bpf.o"),
+        ("bpf/xvs_sink.bpf.c", "xvs_sink.bpf.o"),
+    ] {
         compile(&out, src, obj);
     }
 }

@@ -44,14 +44,28 @@ fn main() {
     let in_idx: u32 = sys(&a.input, "ifindex").parse().expect("ifindex");
     let out_idx: u32 = sys(&a.output, "ifindex").parse().expect("ifindex");
     let mut prog = XdpProgram::load().expect("load the XDP program");
-    let s_in = prog.attach(in_idx, &a.input, XdpMode::Auto).expect("attach");
-    let s_out = prog.attach(out_idx, &a.output, XdpMode::Auto).expect("attach");
-    let qs = QueueSet::open(0, &[(a.input.clone(), in_idx, s_in), (a.output.clone(), out_idx, s_out)], ZeroCopy::Auto)
-        .expect("sockets");
+    let s_in = prog
+        .attach(in_idx, &a.input, XdpMode::Auto)
+        .expect("attach");
+    let s_out = prog
+        .attach(out_idx, &a.output, XdpMode::Auto)
+        .expect("attach");
+    let qs = QueueSet::open(
+        0,
+        &[
+            (a.input.clone(), in_idx, s_in),
+            (a.output.clone(), out_idx, s_out),
+        ],
+        ZeroCopy::Auto,
+    )
+    .expect("sockets");
     for p in &qs.ports {
         prog.set_socket(p.slot, 0, p.fd()).expect("socket map");
     }
-    let steering = Steering { services: vec![(a.vip, Protocol::Tcp, a.port)], ..Default::default() };
+    let steering = Steering {
+        services: vec![(a.vip, Protocol::Tcp, a.port)],
+        ..Default::default()
+    };
     prog.sync(&steering, &[]).expect("steering maps");
     let handler = BareHandler {
         out_ifindex: out_idx,
@@ -63,7 +77,13 @@ fn main() {
         signal_hook::flag::register(sig, stop.clone()).expect("signal handler");
     }
     let counters = Arc::new(WorkerCounters::default());
-    let mut w = Worker { qs, handler, counters: counters.clone(), stop, epoch: Instant::now() };
+    let mut w = Worker {
+        qs,
+        handler,
+        counters: counters.clone(),
+        stop,
+        epoch: Instant::now(),
+    };
     eprintln!("xvs-fwd: forwarding {} -> {}", a.input, a.output);
     w.run();
     eprintln!(

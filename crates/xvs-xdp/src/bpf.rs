@@ -121,11 +121,17 @@ impl Loaded {
     fn open(bytes: &'static [u8], prog_name: &str) -> Result<Loaded, BpfError> {
         // Safety: `bytes` is a valid byte slice for its whole length; a null options pointer is
         // allowed by libbpf.
-        let obj = unsafe { bpf::bpf_object__open_mem(bytes.as_ptr().cast(), bytes.len() as _, std::ptr::null()) };
+        let obj = unsafe {
+            bpf::bpf_object__open_mem(bytes.as_ptr().cast(), bytes.len() as _, std::ptr::null())
+        };
         if obj.is_null() {
             return Err(last_err("bpf_object__open_mem"));
         }
-        let mut l = Loaded { obj, prog_fd: -1, links: Vec::new() };
+        let mut l = Loaded {
+            obj,
+            prog_fd: -1,
+            links: Vec::new(),
+        };
         // Safety: obj is a valid, opened object (checked above).
         let rc = unsafe { bpf::bpf_object__load(obj) };
         if rc != 0 {
@@ -170,7 +176,9 @@ impl Loaded {
         let fd = unsafe { bpf::bpf_link_create(self.prog_fd, ifindex as i32, bpf::BPF_XDP, &opts) };
         if fd < 0 {
             if -fd == libc::EBUSY || -fd == libc::EEXIST {
-                return Err(BpfError::Busy { ifname: ifname.to_string() });
+                return Err(BpfError::Busy {
+                    ifname: ifname.to_string(),
+                });
             }
             return Err(neg_err("bpf_link_create(XDP)", fd));
         }
@@ -188,7 +196,9 @@ impl Loaded {
         let mut vals = vec![0u64; ncpu as usize];
         // Safety: per-CPU array lookups write one u64 per possible CPU into vals, which has
         // exactly that many elements.
-        let rc = unsafe { bpf::bpf_map_lookup_elem(fd, (&key as *const u32).cast(), vals.as_mut_ptr().cast()) };
+        let rc = unsafe {
+            bpf::bpf_map_lookup_elem(fd, (&key as *const u32).cast(), vals.as_mut_ptr().cast())
+        };
         if rc != 0 {
             return Err(neg_err("bpf_map_lookup_elem(per-CPU)", rc));
         }
@@ -242,11 +252,22 @@ impl XdpProgram {
         })
     }
 
-    fn update<K, V>(&self, fd: RawFd, key: &K, value: &V, call: &'static str) -> Result<(), BpfError> {
+    fn update<K, V>(
+        &self,
+        fd: RawFd,
+        key: &K,
+        value: &V,
+        call: &'static str,
+    ) -> Result<(), BpfError> {
         // Safety: key and value point to initialised values of the map's key and value sizes
         // (the callers pass the types declared in the program).
         let rc = unsafe {
-            bpf::bpf_map_update_elem(fd, (key as *const K).cast(), (value as *const V).cast(), bpf::BPF_ANY as u64)
+            bpf::bpf_map_update_elem(
+                fd,
+                (key as *const K).cast(),
+                (value as *const V).cast(),
+                bpf::BPF_ANY as u64,
+            )
         };
         if rc != 0 {
             return Err(neg_err(call, rc));
@@ -260,7 +281,12 @@ impl XdpProgram {
         if slot >= MAX_IFACES {
             return Err(BpfError::TooManyInterfaces);
         }
-        self.update(self.if_slots, &ifindex, &slot, "bpf_map_update_elem(if_slots)")?;
+        self.update(
+            self.if_slots,
+            &ifindex,
+            &slot,
+            "bpf_map_update_elem(if_slots)",
+        )?;
         self.inner.attach(ifindex, ifname, mode)?;
         Ok(slot)
     }
@@ -368,4 +394,3 @@ impl SinkProgram {
         Loaded::percpu_sum(self.count, 0)
     }
 }
-

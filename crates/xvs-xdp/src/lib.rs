@@ -5,6 +5,6 @@
 
 pub mod bpf;
 pub mod nexthop;
+pub mod pktgen;
 pub mod worker;
 pub mod xsk;
-pub mod pktgen;

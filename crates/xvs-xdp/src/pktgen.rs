@@ -8,7 +8,9 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
+};
 use xsk_rs::{FrameDesc, Socket, Umem};
 
 use crate::xsk::XskError;
@@ -47,7 +49,10 @@ pub struct GenConfig {
 
 /// The flow's client address and port.
 pub fn flow_client(base: Ipv4Addr, i: u32) -> (Ipv4Addr, u16) {
-    (Ipv4Addr::from(u32::from(base).wrapping_add(i >> 14)), 1024 + (i & 0x3fff) as u16)
+    (
+        Ipv4Addr::from(u32::from(base).wrapping_add(i >> 14)),
+        1024 + (i & 0x3fff) as u16,
+    )
 }
 
 fn csum(data: &[u8], mut acc: u32) -> u16 {
@@ -100,7 +105,8 @@ pub fn build_frame(cfg: &GenConfig, i: u32, f: &mut [u8]) {
     let tlen = tcp.len() as u32;
     let mut acc = 6 + tlen;
     for w in [src.octets(), cfg.dst.octets()] {
-        acc += u32::from(u16::from_be_bytes([w[0], w[1]])) + u32::from(u16::from_be_bytes([w[2], w[3]]));
+        acc += u32::from(u16::from_be_bytes([w[0], w[1]]))
+            + u32::from(u16::from_be_bytes([w[2], w[3]]));
     }
     let c = csum(tcp, acc);
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
@@ -127,15 +133,23 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<u64, XskError> {
         .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
         .bind_flags(BindFlags::XDP_COPY | BindFlags::XDP_USE_NEED_WAKEUP)
         .build();
-    let name = CString::new(cfg.ifname.clone()).map_err(|_| XskError::Umem("interface name has NUL".into()))?;
-    let err = |detail: String| XskError::Socket { ifname: cfg.ifname.clone(), queue: cfg.queue, detail };
+    let name = CString::new(cfg.ifname.clone())
+        .map_err(|_| XskError::Umem("interface name has NUL".into()))?;
+    let err = |detail: String| XskError::Socket {
+        ifname: cfg.ifname.clone(),
+        queue: cfg.queue,
+        detail,
+    };
     // The queue of a generator that just exited may still be bound for a moment: retry briefly.
     let t0 = Instant::now();
     let (mut tx, _rx, fqcq) = loop {
         // Safety: a fresh UMEM, one socket, no program loaded by libxdp (TX only).
         match unsafe { Socket::new(scfg, &umem, &Interface::new(name.clone()), cfg.queue) } {
             Ok(s) => break s,
-            Err(e) if t0.elapsed() < Duration::from_secs(2) && format!("{e:?}").contains("ResourceBusy") => {
+            Err(e)
+                if t0.elapsed() < Duration::from_secs(2)
+                    && format!("{e:?}").contains("ResourceBusy") =>
+            {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(err(format!("{e:?}"))),
@@ -232,19 +246,23 @@ mod tests {
         assert_eq!(p.sport, 1024 + (70_000 & 0x3fff) as u16);
         assert!(p.tcp.syn && !p.tcp.ack);
         assert_eq!(xvs_core::wire::checksum(&f[14..34]), 0);
-        assert_eq!(xvs_core::wire::l4_checksum(&p.saddr, &p.daddr, 6, &f[34..]), 0);
+        assert_eq!(
+            xvs_core::wire::l4_checksum(&p.saddr, &p.daddr, 6, &f[34..]),
+            0
+        );
     }
 }
 
 #[cfg(test)]
 mod flow_tests {
-    use super::*;
     use std::collections::HashSet;
 
     #[test]
     fn syn_sequence_covers_every_flow() {
         let flows = 10_000u64;
-        let set: HashSet<u32> = (0..flows).map(|seq| (seq.wrapping_mul(0x9E37_79B1) % flows) as u32).collect();
+        let set: HashSet<u32> = (0..flows)
+            .map(|seq| (seq.wrapping_mul(0x9E37_79B1) % flows) as u32)
+            .collect();
         assert_eq!(set.len(), 10_000);
     }
 }
@@ -259,7 +277,11 @@ mod engine_tests {
 
     #[test]
     fn every_syn_makes_a_connection() {
-        let key = ServiceKey::Addr { proto: Protocol::Tcp, addr: "10.0.0.1".parse().unwrap(), port: 80 };
+        let key = ServiceKey::Addr {
+            proto: Protocol::Tcp,
+            addr: "10.0.0.1".parse().unwrap(),
+            port: 80,
+        };
         let mut d = Director::new();
         let mut c = ServiceConfig::new(key);
         c.scheduler = "rr".into();

@@ -63,9 +63,18 @@ impl std::fmt::Debug for EngineHandler {
 
 impl EngineHandler {
     /// A handler over shared state.
-    pub fn new(engine: Arc<Engine>, tables: Arc<ArcSwap<Tables>>, routes: Arc<dyn Routes + Send + Sync>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        tables: Arc<ArcSwap<Tables>>,
+        routes: Arc<dyn Routes + Send + Sync>,
+    ) -> Self {
         let current = tables.load_full();
-        EngineHandler { engine, tables, routes, current }
+        EngineHandler {
+            engine,
+            tables,
+            routes,
+            current,
+        }
     }
 }
 
@@ -80,7 +89,8 @@ impl Handler for EngineHandler {
     }
 
     fn handle(&mut self, frame: &mut Frame<'_>, now: Time) -> Verdict {
-        self.engine.process_frame(&self.current, &*self.routes, frame, now)
+        self.engine
+            .process_frame(&self.current, &*self.routes, frame, now)
     }
 
     fn housekeeping(&mut self, now: Time) {
@@ -108,7 +118,10 @@ impl Handler for BareHandler {
         }
         d[0..6].copy_from_slice(&self.dst_mac);
         d[6..12].copy_from_slice(&self.src_mac);
-        Verdict::Forward { ifindex: self.out_ifindex, real: None }
+        Verdict::Forward {
+            ifindex: self.out_ifindex,
+            real: None,
+        }
     }
 }
 

@@ -325,7 +325,13 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
             counters.push(c.clone());
             let routes: Arc<dyn xvs_core::Routes + Send + Sync> = dp.routes.clone();
             let handler = EngineHandler::new(engine.clone(), tables.clone(), routes);
-            let mut w = Worker { qs, handler, counters: c, stop: stop.clone(), epoch };
+            let mut w = Worker {
+                qs,
+                handler,
+                counters: c,
+                stop: stop.clone(),
+                epoch,
+            };
             let core = args
                 .cores
                 .get(i)
