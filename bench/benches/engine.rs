@@ -47,6 +47,27 @@ fn run_batch(
     e
 }
 
+/// Create `flows` connections with SYNs.
+fn prefill(
+    engine: &xvs_core::Engine,
+    tables: &xvs_core::Tables,
+    routes: &xvs_core::routes::StaticRoutes,
+    flows: u64,
+    buf: &mut [u8],
+    verdicts: &mut [Verdict],
+) {
+    for chunk in (0..flows).collect::<Vec<_>>().chunks(BATCH) {
+        let t: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|&i| {
+                let (a, p) = flow(i);
+                client_frame(a, p, true)
+            })
+            .collect();
+        run_batch(engine, tables, routes, &t, buf, &mut verdicts[..t.len()]);
+    }
+}
+
 fn established(c: &mut Criterion) {
     let mut g = c.benchmark_group("established");
     g.throughput(Throughput::Elements(BATCH as u64));
@@ -63,23 +84,7 @@ fn established(c: &mut Criterion) {
             let mut buf = vec![0u8; BATCH * SLOT];
             let mut verdicts = vec![Verdict::Pass; BATCH];
             // Create the flows with SYNs.
-            for chunk in (0..flows).collect::<Vec<_>>().chunks(BATCH) {
-                let t: Vec<Vec<u8>> = chunk
-                    .iter()
-                    .map(|&i| {
-                        let (a, p) = flow(i);
-                        client_frame(a, p, true)
-                    })
-                    .collect();
-                run_batch(
-                    &engine,
-                    &tables,
-                    &routes,
-                    &t,
-                    &mut buf,
-                    &mut verdicts[..t.len()],
-                );
-            }
+            prefill(&engine, &tables, &routes, flows, &mut buf, &mut verdicts);
             let mut rng = Rng::new(7);
             g.bench_function(BenchmarkId::new(name, flows), |b| {
                 b.iter_custom(|iters| {
@@ -120,23 +125,7 @@ fn new_connections(c: &mut Criterion) {
                 balancer(sched, ForwardMethod::Route, 100, flows as usize * 2);
             let mut buf = vec![0u8; BATCH * SLOT];
             let mut verdicts = vec![Verdict::Pass; BATCH];
-            for chunk in (0..flows).collect::<Vec<_>>().chunks(BATCH) {
-                let t: Vec<Vec<u8>> = chunk
-                    .iter()
-                    .map(|&i| {
-                        let (a, p) = flow(i);
-                        client_frame(a, p, true)
-                    })
-                    .collect();
-                run_batch(
-                    &engine,
-                    &tables,
-                    &routes,
-                    &t,
-                    &mut buf,
-                    &mut verdicts[..t.len()],
-                );
-            }
+            prefill(&engine, &tables, &routes, flows, &mut buf, &mut verdicts);
             let mut next = flows;
             g.bench_function(BenchmarkId::new(sched, flows), |b| {
                 b.iter_custom(|iters| {

@@ -19,6 +19,8 @@ import tempfile
 import time
 import traceback
 
+from xvsblob import blob
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RIG = os.path.join(ROOT, "scripts", "rig.sh")
 SERVER = os.path.join(ROOT, "tests", "e2e", "server.py")
@@ -37,15 +39,6 @@ def check(name, cond, detail=""):
     RESULTS.append((name, bool(cond)))
     print(f"{'PASS' if cond else 'FAIL'} {name}{'' if cond else ': ' + str(detail)}", flush=True)
     return bool(cond)
-
-
-def blob(size):
-    out = bytearray()
-    block = hashlib.sha256(b"xvs").digest()
-    while len(out) < size:
-        block = hashlib.sha256(block).digest()
-        out += block
-    return bytes(out[:size])
 
 
 class Rig:

@@ -15,17 +15,9 @@ import socketserver
 import sys
 import threading
 
+from xvsblob import blob
+
 NAME = sys.argv[1]
-
-
-def blob(size):
-    """size bytes of a repeatable pseudo-random stream."""
-    out = bytearray()
-    block = hashlib.sha256(b"xvs").digest()
-    while len(out) < size:
-        block = hashlib.sha256(block).digest()
-        out += block
-    return bytes(out[:size])
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

@@ -667,6 +667,14 @@ pub fn parse_command(prog: &str, args: &[String]) -> Result<Command, ParseError>
     finish(ce, positional)
 }
 
+/// A number in `min..=max`, or ipvsadm's "illegal WHAT specified".
+fn number(arg: &str, min: i64, max: i64, what: &str) -> Result<i64, ParseError> {
+    string_to_number(arg, min, max).ok_or_else(|| ParseError {
+        message: format!("illegal {what} specified"),
+        status: 2,
+    })
+}
+
 fn set_option(ce: &mut Entry, o: usize) -> Result<(), ParseError> {
     if ce.options & (1 << o) != 0 {
         return fail(format!("multiple '{}' options specified", OPTNAMES[o]));
@@ -798,26 +806,15 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         }
         Weight => {
             set_option(ce, opt::WEIGHT)?;
-            ce.weight = string_to_number(&arg, 0, 65535).ok_or_else(|| ParseError {
-                message: "illegal weight specified".into(),
-                status: 2,
-            })? as i32;
+            ce.weight = number(&arg, 0, 65535, "weight")? as i32;
         }
         UThresh => {
             set_option(ce, opt::UTHRESHOLD)?;
-            ce.u_thresh =
-                string_to_number(&arg, 0, i64::from(i32::MAX)).ok_or_else(|| ParseError {
-                    message: "illegal u_threshold specified".into(),
-                    status: 2,
-                })? as u32;
+            ce.u_thresh = number(&arg, 0, i64::from(i32::MAX), "u_threshold")? as u32;
         }
         LThresh => {
             set_option(ce, opt::LTHRESHOLD)?;
-            ce.l_thresh =
-                string_to_number(&arg, 0, i64::from(i32::MAX)).ok_or_else(|| ParseError {
-                    message: "illegal l_threshold specified".into(),
-                    status: 2,
-                })? as u32;
+            ce.l_thresh = number(&arg, 0, i64::from(i32::MAX), "l_threshold")? as u32;
         }
         Numeric => {
             set_option(ce, opt::NUMERIC)?;
@@ -833,10 +830,7 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         }
         Syncid => {
             set_option(ce, opt::SYNCID)?;
-            ce.daemon.syncid = string_to_number(&arg, 0, 255).ok_or_else(|| ParseError {
-                message: "illegal syncid specified".into(),
-                status: 2,
-            })? as u8;
+            ce.daemon.syncid = number(&arg, 0, 255, "syncid")? as u8;
         }
         Timeout => {
             set_option(ce, opt::TIMEOUT)?;
@@ -907,10 +901,7 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         }
         TunPort => {
             set_option(ce, opt::TUN_PORT)?;
-            ce.tunnel.port = string_to_number(&arg, 1, 65535).ok_or_else(|| ParseError {
-                message: "illegal tunnel port specified".into(),
-                status: 2,
-            })? as u16;
+            ce.tunnel.port = number(&arg, 1, 65535, "tunnel port")? as u16;
         }
         TunNoCsum => {
             set_option(ce, opt::TUN_NOCSUM)?;
@@ -935,24 +926,15 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         }
         McastPort => {
             set_option(ce, opt::MCAST_PORT)?;
-            ce.daemon.port = Some(string_to_number(&arg, 1, 65535).ok_or_else(|| ParseError {
-                message: "illegal mcast-port specified".into(),
-                status: 2,
-            })? as u16);
+            ce.daemon.port = Some(number(&arg, 1, 65535, "mcast-port")? as u16);
         }
         McastTtl => {
             set_option(ce, opt::MCAST_TTL)?;
-            ce.daemon.ttl = Some(string_to_number(&arg, 1, 255).ok_or_else(|| ParseError {
-                message: "illegal mcast-ttl specified".into(),
-                status: 2,
-            })? as u8);
+            ce.daemon.ttl = Some(number(&arg, 1, 255, "mcast-ttl")? as u8);
         }
         SyncMaxlen => {
             set_option(ce, opt::SYNC_MAXLEN)?;
-            ce.daemon.maxlen = Some(string_to_number(&arg, 1, 65507).ok_or_else(|| ParseError {
-                message: "illegal sync-maxlen specified".into(),
-                status: 2,
-            })? as u16);
+            ce.daemon.maxlen = Some(number(&arg, 1, 65507, "sync-maxlen")? as u16);
         }
     }
     Ok(())
