@@ -15,7 +15,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --workspace --all-targets 2>&1 | tee target/test-output.txt
+cargo test --workspace --all-targets
 # Doc tests (none should silently vanish).
 cargo test --workspace --doc
 
