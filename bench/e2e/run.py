@@ -34,6 +34,8 @@ ap.add_argument("--duration", type=float, default=3.0)
 ap.add_argument("--paced", type=int, default=100_000, help="offered load for the CPU-cost run, packets/s")
 ap.add_argument("--only", default="")
 ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-e2e.md"))
+ap.add_argument("--memory", action="store_true",
+                help="instead: RSS of xvsd with 0, 1 M and 10 M connections in its table")
 A = ap.parse_args()
 
 ID = f"{os.getpid() & 0xffff:04x}"
@@ -179,6 +181,52 @@ def rules(method):
     return "\n".join(out) + "\n"
 
 
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory(tmp):
+    """RSS of xvsd (DR, 100 real servers) with 0, 1 M and 10 M connections in the table."""
+    path = os.path.join(tmp, "rules")
+    open(path, "w").write(rules("-g"))
+    sock = os.path.join(tmp, "sock")
+    cap = 12_000_000
+    xv = Proc("l", [os.path.join(REL, "xvsd"), "-i", f"l0{ID}", "-i", f"l1{ID}", "--rules", path, "--control", sock,
+                    "--conn-capacity", str(cap)])
+    time.sleep(3)
+    conns = lambda: int(next(w.split("=")[1] for w in subprocess.run(
+        [os.path.join(REL, "xvsadm"), "--xvs-stats"], capture_output=True, text=True,
+        env=dict(os.environ, XVS_CONTROL=sock)).stdout.split() if w.startswith("connections=")))
+    lmac = mac("l", f"l0{ID}")
+    rows = [(0, rss_kib(xv.p.pid))]
+    seq = 0
+    for target in (1_000_000, 10_000_000):
+        # SYNs from distinct clients: the generator's stride walks a 2^24 space without repeats,
+        # and each run continues where the last stopped. Bounded: at most 20 runs per stage.
+        for _ in range(20):
+            missing = target - conns()
+            if missing <= 0:
+                break
+            r = subprocess.run(["ip", "netns", "exec", NS["s"], os.path.join(REL, "xvs-pktgen"), "--interface",
+                                f"s0{ID}", "--dst-mac", lmac, "--dst", VIP, "--flows", str(1 << 24), "--new-conns",
+                                "--count", str(missing), "--rate", "150000", "--duration", "120",
+                                "--seq-start", str(seq)], capture_output=True, text=True, timeout=200)
+            seq += int(r.stdout.strip() or 0)
+        rows.append((conns(), rss_kib(xv.p.pid)))
+        print(f"memory: {rows[-1][0]} connections, RSS {rows[-1][1]} KiB", flush=True)
+    xv.stop()
+    base = rows[0][1]
+    lines = ["| connections | RSS (MiB) | bytes per connection above the empty table |", "|---|---|---|"]
+    for n, kib in rows:
+        per = f"{(kib - base) * 1024 / n:.0f}" if n else "–"
+        lines.append(f"| {n:,} | {kib / 1024:.0f} | {per} |")
+    lines.append(f"\n(capacity {cap:,}; the maps are allocated at start, pages are touched as entries arrive)")
+    return "\n".join(lines)
+
+
 def main():
     if os.geteuid() != 0:
         print("bench/e2e/run.py: needs root", file=sys.stderr)
@@ -191,6 +239,15 @@ def main():
     results = []
     rig_up()
     tmp = tempfile.mkdtemp(prefix="xvsb")
+    if A.memory:
+        try:
+            table = memory(tmp)
+        finally:
+            rig_down()
+        print(table)
+        with open(A.out.replace(".md", "-memory.md"), "w") as f:
+            f.write(table + "\n")
+        return 0
     try:
         want = lambda p: not A.only or A.only in p
         lmac = mac("l", f"l0{ID}")

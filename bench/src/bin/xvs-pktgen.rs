@@ -38,6 +38,9 @@ struct Args {
     /// Seconds.
     #[arg(long, default_value_t = 3.0)]
     duration: f64,
+    /// First packet's sequence number (continue an earlier run's flow walk).
+    #[arg(long, default_value_t = 0)]
+    seq_start: u64,
 }
 
 fn main() {
@@ -59,6 +62,7 @@ fn main() {
         rate: a.rate,
         count: a.count,
         duration: Duration::from_secs_f64(a.duration),
+        seq_start: a.seq_start,
     };
     match run(&cfg, &AtomicBool::new(false)) {
         Ok(n) => println!("{n}"),

@@ -45,6 +45,8 @@ pub struct GenConfig {
     pub count: u64,
     /// Stop after this long.
     pub duration: Duration,
+    /// First sequence number (to continue where an earlier run stopped).
+    pub seq_start: u64,
 }
 
 /// The flow's client address and port.
@@ -161,7 +163,7 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<u64, XskError> {
     let mut sent: u64 = 0;
     let mut batch: Vec<FrameDesc> = Vec::with_capacity(BATCH);
     let mut done = vec![FrameDesc::default(); BATCH * 4];
-    let mut seq: u64 = 0;
+    let mut seq: u64 = cfg.seq_start;
     let mut completed: u64 = 0;
     while sent < cfg.count && start.elapsed() < cfg.duration && !stop.load(Relaxed) {
         // Safety: completed descriptors are frames the kernel no longer uses.
@@ -238,6 +240,7 @@ mod tests {
             rate: 0,
             count: 1,
             duration: Duration::from_secs(1),
+            seq_start: 0,
         };
         let mut f = vec![0u8; 64];
         build_frame(&cfg, 70_000, &mut f);
@@ -308,6 +311,7 @@ mod engine_tests {
             rate: 0,
             count: 1,
             duration: Duration::from_secs(1),
+            seq_start: 0,
         };
         for seq in 0..10_000u64 {
             let i = (seq.wrapping_mul(0x9E37_79B1) % 10_000) as u32;

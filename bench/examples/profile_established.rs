@@ -1,0 +1,35 @@
+//! A fixed workload for profilers (`valgrind --tool=callgrind`, `perf record`): 10,000
+//! established DR flows, then 200,000 ACKs drawn at random, through `Engine::process`.
+//! Run: `cargo build --release -p xvs-bench --example profile_established` and profile the binary.
+
+use xvs_bench::{balancer, client_frame, flow, Rng, HEADROOM, SLOT};
+use xvs_core::{ForwardMethod, Frame, Time, Verdict};
+
+fn main() {
+    let flows = 10_000u64;
+    let (_d, tables, engine, routes) = balancer("rr", ForwardMethod::Route, 100, 20_000);
+    let mut buf = vec![0u8; SLOT];
+    let mut run = |frame: &[u8]| {
+        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        let mut f = Frame::new(&mut buf, HEADROOM, frame.len());
+        engine.process_frame(&tables, &routes, &mut f, Time(1000))
+    };
+    for i in 0..flows {
+        let (a, p) = flow(i);
+        run(&client_frame(a, p, true));
+    }
+    let mut rng = Rng::new(3);
+    let frames: Vec<Vec<u8>> = (0..4096)
+        .map(|_| {
+            let (a, p) = flow(rng.below(flows));
+            client_frame(a, p, false)
+        })
+        .collect();
+    let mut fwd = 0u64;
+    for k in 0..200_000usize {
+        if matches!(run(&frames[k % frames.len()]), Verdict::Forward { .. }) {
+            fwd += 1;
+        }
+    }
+    println!("forwarded {fwd}");
+}
