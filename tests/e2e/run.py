@@ -233,6 +233,16 @@ def hold_connection(rig, vip):
 def control_checks(rig, name, vip, reals):
     """Changes through xvsadm while traffic flows: quiesce, delete, wrr, sh, persistence."""
     svc = f"-t {hp(vip, 80)}"
+    # A client that talks to a real server directly, routed through the balancer: the server's
+    # answers come from its service port (a NAT source the XDP program steers to xvs), belong to
+    # no xvs connection, and must reach the kernel, which forwards them (as with IPVS).
+    rig.run("l", ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    rig.run("c", ["ip", "route", "add", "192.168.10.0/24", "via", "10.9.0.1"])
+    rc, body = curl(rig, url(reals[0], "/name"), timeout=10)
+    check(f"{name}: direct traffic to a real server through the balancer still flows",
+          rc == 0 and body.decode().strip() == "rs1", (rc, body))
+    st, out, _ = rig.adm("--xvs-stats")
+    check(f"{name}: its replies went to the kernel through the TAP device", "passed_to_kernel=0" not in out, out)
     # -w 0: the held connection keeps its server, new connections avoid it.
     p, first = hold_connection(rig, vip)
     idx = {"rs1": 0, "rs2": 1, "rs3": 2}.get(first)

@@ -83,6 +83,7 @@ fn main() {
         counters: counters.clone(),
         stop,
         epoch: Instant::now(),
+        injector: None,
     };
     eprintln!("xvs-fwd: forwarding {} -> {}", a.input, a.output);
     w.run();

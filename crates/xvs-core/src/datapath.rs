@@ -48,8 +48,6 @@ pub enum DropReason {
     TtlExceeded,
     /// Too big for the path and not allowed to send frag-needed (IPv4 without DF).
     TooBig,
-    /// A packet from a NAT real server that belongs to no connection.
-    NatReplyNoConn,
     /// Not enough headroom for encapsulation or an ICMP error.
     NoHeadroom,
     /// No local address of the tunnel's outer family.
@@ -60,7 +58,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::Fragment,
         DropReason::Ipv6Extension,
@@ -70,7 +68,6 @@ impl DropReason {
         DropReason::NoRoute,
         DropReason::TtlExceeded,
         DropReason::TooBig,
-        DropReason::NatReplyNoConn,
         DropReason::NoHeadroom,
         DropReason::NoTunnelSource,
         DropReason::NoDest,
@@ -88,7 +85,6 @@ impl DropReason {
             DropReason::NoRoute => "no_route",
             DropReason::TtlExceeded => "ttl_exceeded",
             DropReason::TooBig => "too_big_no_df",
-            DropReason::NatReplyNoConn => "nat_reply_no_conn",
             DropReason::NoHeadroom => "no_headroom",
             DropReason::NoTunnelSource => "no_tunnel_source",
             DropReason::NoDest => "no_dest",
@@ -315,7 +311,9 @@ impl Engine {
             None => {}
         }
         if from_nat {
-            return self.drop(DropReason::NatReplyNoConn);
+            // Not a reply of ours (e.g. a client talking to the real server directly through
+            // this box): the kernel's business, as in IPVS.
+            return Verdict::Pass;
         }
         match t.lookup(proto, p.daddr, p.dport, frame.mark()) {
             Some(svc) => self.new_conn(t, routes, frame, &p, proto, key, svc, now),

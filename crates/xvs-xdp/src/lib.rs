@@ -4,6 +4,7 @@
 //! [`xvs_core::Engine::process`] ([`worker`]).
 
 pub mod bpf;
+pub mod inject;
 pub mod nexthop;
 pub mod pktgen;
 pub mod worker;

@@ -23,9 +23,10 @@ pub struct WorkerCounters {
     pub rx: AtomicU64,
     /// Frames transmitted.
     pub tx: AtomicU64,
-    /// Frames the engine handed back to the kernel: from AF_XDP they cannot be, so they are
-    /// dropped here (the XDP program should not have redirected them).
+    /// Frames the engine handed back to the kernel and no injector was available for: dropped.
     pub pass_dropped: AtomicU64,
+    /// Frames handed back to the kernel through the TAP injector.
+    pub passed_to_kernel: AtomicU64,
     /// Forwards to an interface xvs has no socket on.
     pub no_egress: AtomicU64,
     /// Frames dropped because a TX ring was full.
@@ -138,6 +139,8 @@ pub struct Worker<H: Handler> {
     pub stop: Arc<AtomicBool>,
     /// The clock's zero, shared by all workers.
     pub epoch: Instant,
+    /// Where frames for the kernel go (None: they are dropped and counted).
+    pub injector: Option<Arc<crate::inject::Injector>>,
 }
 
 impl<H: Handler> Worker<H> {
@@ -247,7 +250,15 @@ impl<H: Handler> Worker<H> {
             }
             Verdict::Reply(_) => Some(port),
             Verdict::Pass => {
-                self.counters.pass_dropped.fetch_add(1, Relaxed);
+                let sent = self.injector.as_ref().is_some_and(|inj| {
+                    let f = &mut chunk[start..start + new_len];
+                    inj.inject(f).is_ok()
+                });
+                if sent {
+                    self.counters.passed_to_kernel.fetch_add(1, Relaxed);
+                } else {
+                    self.counters.pass_dropped.fetch_add(1, Relaxed);
+                }
                 None
             }
             Verdict::Drop(_) => {

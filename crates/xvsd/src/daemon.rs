@@ -319,6 +319,13 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
                 .spawn(move || routes.run(&stop))
                 .map_err(|e| e.to_string())?
         };
+        let injector = match xvs_xdp::inject::Injector::open("xvs-pass") {
+            Ok(i) => Some(Arc::new(i)),
+            Err(e) => {
+                tracing::warn!("no TAP device for frames the kernel must see ({e}); they will be dropped and counted");
+                None
+            }
+        };
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
         for (i, qs) in dp.sets.into_iter().enumerate() {
             let c = worker_counters[i].clone();
@@ -331,6 +338,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
                 counters: c,
                 stop: stop.clone(),
                 epoch,
+                injector: injector.clone(),
             };
             let core = args
                 .cores
@@ -415,11 +423,12 @@ fn data_stats(
     for (i, w) in workers.iter().enumerate() {
         let _ = writeln!(
             out,
-            "worker {i}: rx={} tx={} tx_ring_full={} no_egress={} pass_dropped={} engine_drops={}",
+            "worker {i}: rx={} tx={} tx_ring_full={} no_egress={} passed_to_kernel={} pass_dropped={} engine_drops={}",
             w.rx.load(Relaxed),
             w.tx.load(Relaxed),
             w.tx_ring_full.load(Relaxed),
             w.no_egress.load(Relaxed),
+            w.passed_to_kernel.load(Relaxed),
             w.pass_dropped.load(Relaxed),
             w.engine_drops.load(Relaxed)
         );
