@@ -1019,3 +1019,11 @@ fn icmp_from_nat_real_server_reaches_client_rewritten() {
         .unwrap();
     assert_eq!(lb.run(&icmp2, 6).0, Verdict::Pass);
 }
+
+#[test]
+fn nat_source_traffic_without_connection_is_the_kernels() {
+    let lb = nat_lb();
+    // The real server answers a client that reached it directly (not through the VIP).
+    let reply = tcp4("192.168.1.2", 8080, "10.9.0.5", 40000, Flags::SynAck, 64, b"");
+    assert_eq!(lb.run(&reply, 0).0, Verdict::Pass);
+}
