@@ -1024,6 +1024,110 @@ fn icmp_from_nat_real_server_reaches_client_rewritten() {
 fn nat_source_traffic_without_connection_is_the_kernels() {
     let lb = nat_lb();
     // The real server answers a client that reached it directly (not through the VIP).
-    let reply = tcp4("192.168.1.2", 8080, "10.9.0.5", 40000, Flags::SynAck, 64, b"");
+    let reply = tcp4(
+        "192.168.1.2",
+        8080,
+        "10.9.0.5",
+        40000,
+        Flags::SynAck,
+        64,
+        b"",
+    );
     assert_eq!(lb.run(&reply, 0).0, Verdict::Pass);
+}
+
+/// Every forwarding method × family × protocol: the client's packet leaves for its real server
+/// with valid checksums and the right addresses; for NAT the server's answer goes back from the
+/// VIP.
+#[test]
+fn forwarding_matrix() {
+    for v6 in [false, true] {
+        for udp in [false, true] {
+            for method in [
+                ForwardMethod::Route,
+                ForwardMethod::Tunnel,
+                ForwardMethod::Masq,
+            ] {
+                let (vip, rs, client) = if v6 {
+                    ("fd00::1", "fd01::2", "fd09::5")
+                } else {
+                    ("10.0.0.1", "192.168.1.2", "10.9.0.5")
+                };
+                let key = if udp {
+                    udp_key(vip, 53)
+                } else {
+                    tcp_key(vip, 53)
+                };
+                let lb = Lb::new(key, "rr", &[dest(rs, 53, method)]);
+                let input = match (v6, udp) {
+                    (false, false) => tcp4(client, 4000, vip, 53, Flags::Syn, 64, b"q"),
+                    (false, true) => udp4(client, 4000, vip, 53, b"q"),
+                    (true, false) => tcp6(client, 4000, vip, 53, Flags::Syn, b"q"),
+                    (true, true) => udp6(client, 4000, vip, 53, b"q"),
+                };
+                let what = format!("{method:?} v6={v6} udp={udp}");
+                let (v, out) = lb.run(&input, 0);
+                assert_eq!(
+                    v,
+                    Verdict::Forward {
+                        ifindex: 7,
+                        real: Some((ip(rs), 53))
+                    },
+                    "{what}"
+                );
+                assert_eq!(&out[0..6], &rs_mac(2), "{what}");
+                let inner: Vec<u8> = if method == ForwardMethod::Tunnel {
+                    let over = if rs.contains(':') { 40 } else { 20 };
+                    [&out[..ETH_LEN], &out[ETH_LEN + over..]].concat()
+                } else {
+                    out.clone()
+                };
+                if method == ForwardMethod::Tunnel {
+                    // Restore the inner Ethernet type for parsing the inner packet.
+                    let mut inner = inner.clone();
+                    inner[12..14].copy_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+                    assert_checksums(&inner);
+                    let p = parse(&inner).unwrap();
+                    assert_eq!((p.saddr, p.daddr), (ip(client), ip(vip)), "{what}");
+                    continue;
+                }
+                assert_checksums(&inner);
+                let p = parse(&inner).unwrap();
+                let want_dst = if method == ForwardMethod::Masq {
+                    ip(rs)
+                } else {
+                    ip(vip)
+                };
+                assert_eq!(
+                    (p.saddr, p.sport, p.daddr, p.dport),
+                    (ip(client), 4000, want_dst, 53),
+                    "{what}"
+                );
+                if method == ForwardMethod::Masq {
+                    let reply = match (v6, udp) {
+                        (false, false) => tcp4(rs, 53, client, 4000, Flags::SynAck, 64, b"a"),
+                        (false, true) => udp4(rs, 53, client, 4000, b"a"),
+                        (true, false) => tcp6(rs, 53, client, 4000, Flags::SynAck, b"a"),
+                        (true, true) => udp6(rs, 53, client, 4000, b"a"),
+                    };
+                    let (v, back) = lb.run(&reply, 1);
+                    assert_eq!(
+                        v,
+                        Verdict::Forward {
+                            ifindex: 7,
+                            real: None
+                        },
+                        "{what}"
+                    );
+                    assert_checksums(&back);
+                    let q = parse(&back).unwrap();
+                    assert_eq!(
+                        (q.saddr, q.sport, q.daddr, q.dport),
+                        (ip(vip), 53, ip(client), 4000),
+                        "{what}"
+                    );
+                }
+            }
+        }
+    }
 }
