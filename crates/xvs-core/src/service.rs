@@ -252,8 +252,9 @@ impl Tables {
 
     /// Whether (proto, addr, port) is the source of a NAT destination's replies.
     pub fn is_nat_source(&self, proto: Protocol, addr: IpAddr, port: u16) -> bool {
-        self.nat_sources.contains(&(proto, addr, port))
-            || self.nat_sources_any_port.contains(&(proto, addr))
+        // Most packets are not from real servers: skip the hashing when there is no NAT dest.
+        (!self.nat_sources.is_empty() && self.nat_sources.contains(&(proto, addr, port)))
+            || (!self.nat_sources_any_port.is_empty() && self.nat_sources_any_port.contains(&(proto, addr)))
     }
 
     /// What the XDP program must redirect.

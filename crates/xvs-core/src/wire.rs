@@ -443,10 +443,12 @@ pub fn dec_ttl(frame: &mut [u8], p: &Packet) {
     if p.v6 {
         ip[7] = ip[7].saturating_sub(1);
     } else {
-        // TTL and protocol share a 16-bit word.
-        let old = [ip[8], ip[9]];
+        // TTL is the high byte of a 16-bit word: it drops by 0x0100, so by RFC 1624 the
+        // checksum rises by 0x0100 (one's complement, end-around carry), as the kernel's
+        // ip_decrease_ttl does.
         ip[8] = ip[8].saturating_sub(1);
-        let c = csum_replace(be16(ip, 10), &old, &[ip[8], ip[9]]);
+        let sum = u32::from(be16(ip, 10)) + 0x0100;
+        let c = (sum + (sum >> 16)) as u16;
         put16(ip, 10, c);
     }
 }

@@ -60,10 +60,13 @@ pub fn link_info(ifname: &str) -> io::Result<LinkInfo> {
     })
 }
 
+/// Destination → next hop, hashed with ahash (read per packet by the workers).
+type HopMap = HashMap<IpAddr, NextHop, ahash::RandomState>;
+
 /// The next-hop cache that workers read.
 #[derive(Debug)]
 pub struct KernelRoutes {
-    cache: ArcSwap<HashMap<IpAddr, NextHop>>,
+    cache: ArcSwap<HopMap>,
     wanted: Mutex<HashSet<IpAddr>>,
     statics: HashMap<IpAddr, [u8; 6]>,
     links: HashMap<u32, LinkInfo>,
@@ -285,7 +288,7 @@ impl KernelRoutes {
         statics: HashMap<IpAddr, [u8; 6]>,
     ) -> Arc<KernelRoutes> {
         Arc::new(KernelRoutes {
-            cache: ArcSwap::from_pointee(HashMap::new()),
+            cache: ArcSwap::from_pointee(HopMap::default()),
             wanted: Mutex::new(HashSet::new()),
             statics,
             links,
@@ -299,7 +302,7 @@ impl KernelRoutes {
         targets: &HashSet<IpAddr>,
     ) -> io::Result<HashSet<IpAddr>> {
         let neigh = nl.neighbours()?;
-        let mut cache: HashMap<IpAddr, NextHop> = HashMap::with_capacity(targets.len());
+        let mut cache: HopMap = HopMap::with_capacity_and_hasher(targets.len(), ahash::RandomState::new());
         let mut unresolved = HashSet::new();
         for &dst in targets {
             // A destination without a usable route is simply not cached (and counted as
