@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use hashbrown::HashMap;
+use hashbrown::HashTable;
 
 use crate::dest::{ConnForward, DestState};
 use crate::service::ServiceLive;
@@ -137,10 +137,71 @@ pub enum InsertError {
     Exists,
 }
 
+/// Keys hashed by their client side (protocol, client address, client port): the one hash
+/// both picks the shard and indexes the maps, for connections and NAT replies alike.
+trait ClientSide: Eq {
+    fn client(&self) -> (u8, IpAddr, u16);
+}
+
+impl ClientSide for ConnKey {
+    fn client(&self) -> (u8, IpAddr, u16) {
+        (self.proto, self.caddr, self.cport)
+    }
+}
+
+impl ClientSide for ReplyKey {
+    fn client(&self) -> (u8, IpAddr, u16) {
+        (self.proto, self.caddr, self.cport)
+    }
+}
+
+/// A hash map over a precomputed hash (hashbrown's `HashTable`): each lookup hashes once.
+#[derive(Debug)]
+struct Map<K, V> {
+    t: HashTable<(K, V)>,
+}
+
+impl<K: ClientSide, V> Map<K, V> {
+    fn with_capacity(n: usize) -> Self {
+        Map {
+            t: HashTable::with_capacity(n),
+        }
+    }
+
+    fn get(&self, h: u64, k: &K) -> Option<&V> {
+        self.t.find(h, |(x, _)| x == k).map(|(_, v)| v)
+    }
+
+    fn get_mut(&mut self, h: u64, k: &K) -> Option<&mut V> {
+        self.t.find_mut(h, |(x, _)| x == k).map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, h: u64, k: K, v: V, hasher: &ahash::RandomState) {
+        match self.t.find_mut(h, |(x, _)| *x == k) {
+            Some(slot) => slot.1 = v,
+            None => {
+                self.t
+                    .insert_unique(h, (k, v), |(x, _)| hasher.hash_one(x.client()));
+            }
+        }
+    }
+
+    fn remove(&mut self, h: u64, k: &K) -> Option<V> {
+        self.t
+            .find_entry(h, |(x, _)| x == k)
+            .ok()
+            .map(|e| e.remove().0 .1)
+    }
+
+    fn len(&self) -> usize {
+        self.t.len()
+    }
+}
+
 #[derive(Debug)]
 struct Shard {
-    conns: HashMap<ConnKey, Conn, ahash::RandomState>,
-    replies: HashMap<ReplyKey, ConnKey, ahash::RandomState>,
+    conns: Map<ConnKey, Conn>,
+    replies: Map<ReplyKey, ConnKey>,
 }
 
 /// Counters of the table itself.
@@ -183,8 +244,8 @@ impl ConnTable {
         let shards = (0..shards)
             .map(|_| {
                 Mutex::new(Shard {
-                    conns: HashMap::with_capacity_and_hasher(per_shard, hasher.clone()),
-                    replies: HashMap::with_capacity_and_hasher(per_shard, hasher.clone()),
+                    conns: Map::with_capacity(per_shard),
+                    replies: Map::with_capacity(per_shard),
                 })
             })
             .collect();
@@ -202,17 +263,19 @@ impl ConnTable {
         self.per_shard * self.shards.len()
     }
 
-    fn shard_index(&self, proto: u8, caddr: &IpAddr, cport: u16) -> usize {
-        (self.hasher.hash_one((proto, caddr, cport)) as usize) & (self.shards.len() - 1)
+    fn hash<K: ClientSide>(&self, k: &K) -> u64 {
+        self.hasher.hash_one(k.client())
+    }
+
+    /// The shard from bits the maps do not use for their positions (low bits) or their
+    /// control bytes (top 7 bits).
+    fn shard_of(&self, h: u64) -> usize {
+        ((h >> 40) as usize) & (self.shards.len() - 1)
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
         // A panic while holding a shard would be a bug; the maps themselves stay consistent.
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock_for(&self, key: &ConnKey) -> MutexGuard<'_, Shard> {
-        self.lock(self.shard_index(key.proto, &key.caddr, key.cport))
     }
 
     /// Run `f` on the live entry for `key`. An expired entry is removed first and counts as
@@ -223,8 +286,9 @@ impl ConnTable {
         now: Time,
         f: impl FnOnce(&mut Conn) -> R,
     ) -> Option<R> {
-        let mut shard = self.lock_for(key);
-        let expired = match shard.conns.get_mut(key) {
+        let h = self.hash(key);
+        let mut shard = self.lock(self.shard_of(h));
+        let expired = match shard.conns.get_mut(h, key) {
             None => return None,
             Some(c) if c.expires > now => return Some(f(c)),
             Some(c) => {
@@ -236,7 +300,7 @@ impl ConnTable {
             }
         };
         debug_assert!(expired);
-        let tpl = Self::remove_locked(&mut shard, key);
+        let tpl = Self::remove_locked(&mut shard, h, key);
         drop(shard);
         self.counters.expired.fetch_add(1, Relaxed);
         self.release_template(tpl.flatten());
@@ -250,14 +314,16 @@ impl ConnTable {
         now: Time,
         f: impl FnOnce(&ConnKey, &mut Conn) -> R,
     ) -> Option<R> {
-        let mut shard = self.lock(self.shard_index(rk.proto, &rk.caddr, rk.cport));
-        let key = *shard.replies.get(rk)?;
-        let live = shard.conns.get(&key).is_some_and(|c| c.expires > now);
+        // The reply and its connection share the client side, hence the hash and the shard.
+        let h = self.hash(rk);
+        let mut shard = self.lock(self.shard_of(h));
+        let key = *shard.replies.get(h, rk)?;
+        let live = shard.conns.get(h, &key).is_some_and(|c| c.expires > now);
         if live {
-            let c = shard.conns.get_mut(&key)?;
+            let c = shard.conns.get_mut(h, &key)?;
             return Some(f(&key, c));
         }
-        let tpl = Self::remove_locked(&mut shard, &key);
+        let tpl = Self::remove_locked(&mut shard, h, &key);
         drop(shard);
         self.counters.expired.fetch_add(1, Relaxed);
         self.release_template(tpl.flatten());
@@ -266,8 +332,9 @@ impl ConnTable {
 
     /// Insert a new entry. The caller has bound it to its destination; on error it must unbind.
     pub fn insert(&self, key: ConnKey, conn: Conn) -> Result<(), (InsertError, Conn)> {
-        let mut shard = self.lock_for(&key);
-        if shard.conns.contains_key(&key) {
+        let h = self.hash(&key);
+        let mut shard = self.lock(self.shard_of(h));
+        if shard.conns.get(h, &key).is_some() {
             return Err((InsertError::Exists, conn));
         }
         if shard.conns.len() >= self.per_shard {
@@ -275,16 +342,17 @@ impl ConnTable {
             return Err((InsertError::Full, conn));
         }
         if let Some(rk) = conn.reply_key(&key) {
-            shard.replies.insert(rk, key);
+            shard.replies.insert(h, rk, key, &self.hasher);
         }
-        shard.conns.insert(key, conn);
+        shard.conns.insert(h, key, conn, &self.hasher);
         Ok(())
     }
 
     /// Remove an entry now (expire it), unbinding it from its destination and template.
     pub fn remove(&self, key: &ConnKey) -> bool {
-        let mut shard = self.lock_for(key);
-        let tpl = Self::remove_locked(&mut shard, key);
+        let h = self.hash(key);
+        let mut shard = self.lock(self.shard_of(h));
+        let tpl = Self::remove_locked(&mut shard, h, key);
         drop(shard);
         let found = tpl.is_some();
         self.release_template(tpl.flatten());
@@ -292,11 +360,11 @@ impl ConnTable {
     }
 
     /// Returns None if absent, Some(template key) if removed.
-    fn remove_locked(shard: &mut Shard, key: &ConnKey) -> Option<Removed> {
-        let c = shard.conns.remove(key)?;
+    fn remove_locked(shard: &mut Shard, h: u64, key: &ConnKey) -> Option<Removed> {
+        let c = shard.conns.remove(h, key)?;
         if let Some(rk) = c.reply_key(key) {
-            if shard.replies.get(&rk) == Some(key) {
-                shard.replies.remove(&rk);
+            if shard.replies.get(h, &rk) == Some(key) {
+                shard.replies.remove(h, &rk);
             }
         }
         c.unbind();
@@ -305,8 +373,9 @@ impl ConnTable {
 
     fn release_template(&self, tpl: Option<ConnKey>) {
         if let Some(t) = tpl {
-            let mut shard = self.lock_for(&t);
-            if let Some(tc) = shard.conns.get_mut(&t) {
+            let h = self.hash(&t);
+            let mut shard = self.lock(self.shard_of(h));
+            if let Some(tc) = shard.conns.get_mut(h, &t) {
                 tc.controlled = tc.controlled.saturating_sub(1);
             }
         }
@@ -320,15 +389,16 @@ impl ConnTable {
         now: Time,
         usable: impl FnOnce(&Conn) -> bool,
     ) -> Option<(Arc<DestState>, u16)> {
-        let mut shard = self.lock_for(key);
-        let t = shard.conns.get_mut(key)?;
+        let h = self.hash(key);
+        let mut shard = self.lock(self.shard_of(h));
+        let t = shard.conns.get_mut(h, key)?;
         if (t.expires > now || t.controlled > 0) && usable(t) {
             t.controlled += 1;
             let secs = t.timeout;
             t.rearm(now, secs);
             return Some((t.dest.clone(), t.dport));
         }
-        let tpl = Self::remove_locked(&mut shard, key);
+        let tpl = Self::remove_locked(&mut shard, h, key);
         drop(shard);
         self.release_template(tpl.flatten());
         None
@@ -336,8 +406,9 @@ impl ConnTable {
 
     /// Mark a template ASSURED (a controlled connection was established).
     pub fn assure_template(&self, key: &ConnKey) {
-        let mut shard = self.lock_for(key);
-        if let Some(t) = shard.conns.get_mut(key) {
+        let h = self.hash(key);
+        let mut shard = self.lock(self.shard_of(h));
+        if let Some(t) = shard.conns.get_mut(h, key) {
             t.state = TPL_S_ASSURED;
         }
     }
@@ -352,6 +423,7 @@ impl ConnTable {
             let mut shard = self.lock(i);
             let due: Vec<ConnKey> = shard
                 .conns
+                .t
                 .iter_mut()
                 .filter_map(|(k, c)| {
                     if c.expires > now {
@@ -365,7 +437,8 @@ impl ConnTable {
                 })
                 .collect();
             for k in due {
-                if let Some(t) = Self::remove_locked(&mut shard, &k) {
+                let h = self.hash(&k);
+                if let Some(t) = Self::remove_locked(&mut shard, h, &k) {
                     n += 1;
                     released.extend(t);
                 }
@@ -399,7 +472,7 @@ impl ConnTable {
     pub fn for_each(&self, mut f: impl FnMut(&ConnKey, &Conn)) {
         for i in 0..self.shards.len() {
             let shard = self.lock(i);
-            for (k, c) in shard.conns.iter() {
+            for (k, c) in shard.conns.t.iter() {
                 f(k, c);
             }
         }
@@ -409,10 +482,10 @@ impl ConnTable {
     pub fn flush(&self) {
         for i in 0..self.shards.len() {
             let mut shard = self.lock(i);
-            for (_, c) in shard.conns.drain() {
+            for (_, c) in shard.conns.t.drain() {
                 c.unbind();
             }
-            shard.replies.clear();
+            shard.replies.t.clear();
         }
     }
 }

@@ -254,7 +254,8 @@ impl Tables {
     pub fn is_nat_source(&self, proto: Protocol, addr: IpAddr, port: u16) -> bool {
         // Most packets are not from real servers: skip the hashing when there is no NAT dest.
         (!self.nat_sources.is_empty() && self.nat_sources.contains(&(proto, addr, port)))
-            || (!self.nat_sources_any_port.is_empty() && self.nat_sources_any_port.contains(&(proto, addr)))
+            || (!self.nat_sources_any_port.is_empty()
+                && self.nat_sources_any_port.contains(&(proto, addr)))
     }
 
     /// What the XDP program must redirect.

@@ -302,7 +302,8 @@ impl KernelRoutes {
         targets: &HashSet<IpAddr>,
     ) -> io::Result<HashSet<IpAddr>> {
         let neigh = nl.neighbours()?;
-        let mut cache: HopMap = HopMap::with_capacity_and_hasher(targets.len(), ahash::RandomState::new());
+        let mut cache: HopMap =
+            HopMap::with_capacity_and_hasher(targets.len(), ahash::RandomState::new());
         let mut unresolved = HashSet::new();
         for &dst in targets {
             // A destination without a usable route is simply not cached (and counted as
