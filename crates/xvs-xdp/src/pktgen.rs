@@ -224,9 +224,9 @@ pub fn run(cfg: &GenConfig, stop: &AtomicBool) -> Result<u64, XskError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn frames_parse_with_valid_checksums() {
-        let cfg = GenConfig {
+    /// A SYN generator configuration for tests (nothing is sent).
+    pub(super) fn test_config() -> GenConfig {
+        GenConfig {
             ifname: "x".into(),
             queue: 0,
             src_mac: [2, 0, 0, 0, 0, 1],
@@ -241,7 +241,12 @@ mod tests {
             count: 1,
             duration: Duration::from_secs(1),
             seq_start: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn frames_parse_with_valid_checksums() {
+        let cfg = test_config();
         let mut f = vec![0u8; 64];
         build_frame(&cfg, 70_000, &mut f);
         let p = xvs_core::wire::parse(&f).expect("parses");
@@ -297,22 +302,7 @@ mod engine_tests {
         }
         let t = d.snapshot();
         let e = Engine::new(1 << 22, 1);
-        let cfg = GenConfig {
-            ifname: "x".into(),
-            queue: 0,
-            src_mac: [1; 6],
-            dst_mac: [2; 6],
-            dst: Ipv4Addr::new(10, 0, 0, 1),
-            dport: 80,
-            client_base: Ipv4Addr::new(10, 200, 0, 0),
-            flows: 10_000,
-            new_conns: true,
-            frame_len: 64,
-            rate: 0,
-            count: 1,
-            duration: Duration::from_secs(1),
-            seq_start: 0,
-        };
+        let cfg = super::tests::test_config();
         for seq in 0..10_000u64 {
             let i = (seq.wrapping_mul(0x9E37_79B1) % 10_000) as u32;
             let mut buf = vec![0u8; 256 + 64];
