@@ -34,6 +34,8 @@ ap.add_argument("--duration", type=float, default=3.0)
 ap.add_argument("--paced", type=int, default=100_000, help="offered load for the CPU-cost run, packets/s")
 ap.add_argument("--only", default="")
 ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-e2e.md"))
+ap.add_argument("--scaling", action="store_true",
+                help="instead: xvsd DR, established flows, with 1 and with 2 worker queues")
 ap.add_argument("--memory", action="store_true",
                 help="instead: RSS of xvsd with 0, 1 M and 10 M connections in its table")
 A = ap.parse_args()
@@ -59,13 +61,15 @@ def mac(role, ifname):
     return nsx(role, f"cat /sys/class/net/{ifname}/address").strip()
 
 
-def rig_up():
+def rig_up(queues=1):
     for n in NS.values():
         sh(f"ip netns add {n}")
         sh(f"ip netns exec {n} ip link set lo up")
     pairs = [("s0", "s", "l0", "l"), ("l1", "l", "k0", "k"), ("s1", "s", "k1", "k")]
     for a, na, b, nb in pairs:
-        sh(f"ip link add {a}{ID} type veth peer name {b}{ID}")
+        q = queues if a in ("s0", "l1") else 1
+        sh(f"ip link add {a}{ID} numtxqueues {q} numrxqueues {q} type veth peer name {b}{ID} "
+           f"numtxqueues {q} numrxqueues {q}")
         sh(f"ip link set {a}{ID} netns {NS[na]}")
         sh(f"ip link set {b}{ID} netns {NS[nb]}")
         nsx(na, f"ip link set {a}{ID} up")
@@ -181,6 +185,49 @@ def rules(method):
     return "\n".join(out) + "\n"
 
 
+def scaling(tmp):
+    """xvsd DR with established flows: one worker queue, then two (a rig whose veths have two
+    queues, with one generator per queue, so each worker gets half the flows)."""
+    rows = []
+    for queues in (1, 2):
+        rig_down()
+        rig_up(queues)
+        sink = Sink(f"k0{ID}")
+        path = os.path.join(tmp, "rules")
+        open(path, "w").write(rules("-g"))
+        sock = os.path.join(tmp, f"sock{queues}")
+        xv = Proc("l", [os.path.join(REL, "xvsd"), "-i", f"l0{ID}", "-i", f"l1{ID}", "--rules", path, "--control", sock])
+        time.sleep(2)
+        lmac = mac("l", f"l0{ID}")
+        base = lambda q: ["ip", "netns", "exec", NS["s"], os.path.join(REL, "xvs-pktgen"), "--interface", f"s0{ID}",
+                          "--queue", str(q), "--dst-mac", lmac, "--dst", VIP, "--flows", "5000",
+                          "--client-base", f"10.{200 + q}.0.0"]
+        for q in range(queues):
+            subprocess.run(base(q) + ["--new-conns", "--count", "5000", "--rate", "20000", "--duration", "5"],
+                           capture_output=True, timeout=60)
+        rates = []
+        for _ in range(A.runs):
+            c0, t0 = sink.count(), time.time()
+            ps = [subprocess.Popen(base(q) + ["--duration", str(A.duration)], stdout=subprocess.DEVNULL)
+                  for q in range(queues)]
+            for p in ps:
+                p.wait(timeout=120)
+            time.sleep(0.05)
+            rates.append((sink.count() - c0) / (time.time() - t0 - 0.05) / 1e6)
+        rates.sort()
+        stats = subprocess.run([os.path.join(REL, "xvsadm"), "--xvs-stats"], capture_output=True, text=True,
+                               env=dict(os.environ, XVS_CONTROL=sock)).stdout
+        workers = [l.split()[2] for l in stats.splitlines() if l.startswith("worker ")]
+        rows.append((queues, rates[len(rates) // 2], rates[0], rates[-1], " ".join(workers)))
+        print(f"scaling: {queues} queue(s) {rows[-1][1]:.3f} Mpps ({rows[-1][2]:.3f}-{rows[-1][3]:.3f}) {rows[-1][4]}",
+              flush=True)
+        xv.stop()
+        sink.stop()
+    lines = ["| worker queues | Mpps (median) | min–max | per-worker rx |", "|---|---|---|---|"]
+    lines += [f"| {q} | {m:.3f} | {lo:.3f}–{hi:.3f} | {w} |" for q, m, lo, hi, w in rows]
+    return "\n".join(lines)
+
+
 def rss_kib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -239,13 +286,13 @@ def main():
     results = []
     rig_up()
     tmp = tempfile.mkdtemp(prefix="xvsb")
-    if A.memory:
+    if A.memory or A.scaling:
         try:
-            table = memory(tmp)
+            table = memory(tmp) if A.memory else scaling(tmp)
         finally:
             rig_down()
         print(table)
-        with open(A.out.replace(".md", "-memory.md"), "w") as f:
+        with open(A.out.replace(".md", "-memory.md" if A.memory else "-scaling.md"), "w") as f:
             f.write(table + "\n")
         return 0
     try:
