@@ -371,7 +371,8 @@ impl ConnTable {
         Some(c.template)
     }
 
-    fn release_template(&self, tpl: Option<ConnKey>) {
+    /// One connection fewer controlled by template `tpl` (if any).
+    pub fn release_template(&self, tpl: Option<ConnKey>) {
         if let Some(t) = tpl {
             let h = self.hash(&t);
             let mut shard = self.lock(self.shard_of(h));

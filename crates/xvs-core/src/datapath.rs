@@ -174,6 +174,26 @@ fn fwmark_addr(af_v6: bool, mark: u32) -> IpAddr {
     }
 }
 
+/// Count a packet in its destination's, its service's and the global counters; the kernel
+/// skips this while the destination is unavailable.
+fn account(c: &Conn, t: &Tables, dir: Direction, len: usize) {
+    if !c.dest.is_available() {
+        return;
+    }
+    match dir {
+        Direction::Input => {
+            c.dest.stats.add_in(len);
+            c.svc.stats.add_in(len);
+            t.totals.add_in(len);
+        }
+        Direction::Output => {
+            c.dest.stats.add_out(len);
+            c.svc.stats.add_out(len);
+            t.totals.add_out(len);
+        }
+    }
+}
+
 /// Apply a packet to a connection's state and timer (`ip_vs_set_state` + timer re-arm). Returns
 /// true when a TCP connection just became ESTABLISHED (its template becomes ASSURED).
 fn transition(
@@ -354,9 +374,7 @@ impl Engine {
             }
             c.in_pkts = c.in_pkts.wrapping_add(1);
             let assure = transition(c, proto, Direction::Input, p.tcp, &t.timeouts, now);
-            c.dest.stats.add_in(p.ip_len);
-            c.svc.stats.add_in(p.ip_len);
-            t.totals.add_in(p.ip_len);
+            account(c, t, Direction::Input, p.ip_len);
             InResult::Hit(
                 Hit {
                     daddr: c.daddr,
@@ -387,11 +405,7 @@ impl Engine {
         };
         let (vaddr, vport, tpl) = self.conns.with_reply(&rk, now, |key, c| {
             let assure = transition(c, proto, Direction::Output, p.tcp, &t.timeouts, now);
-            if c.dest.is_available() {
-                c.dest.stats.add_out(p.ip_len);
-                c.svc.stats.add_out(p.ip_len);
-                t.totals.add_out(p.ip_len);
-            }
+            account(c, t, Direction::Output, p.ip_len);
             (key.vaddr, key.vport, if assure { c.template } else { None })
         })?;
         if let Some(tk) = tpl {
@@ -654,10 +668,8 @@ impl Engine {
             dest.stats.add_conn();
             svc.live.stats.add_conn();
             t.totals.add_conn();
-            dest.stats.add_in(p.ip_len);
-            svc.live.stats.add_in(p.ip_len);
-            t.totals.add_in(p.ip_len);
         }
+        account(&c, t, Direction::Input, p.ip_len);
         transition(&mut c, proto, Direction::Input, p.tcp, &t.timeouts, now);
         let hit = Hit {
             daddr: c.daddr,
@@ -667,10 +679,10 @@ impl Engine {
         if one_packet {
             // Not inserted: every datagram is scheduled on its own.
             c.dest.unbind(false, c.is_inactive());
-            self.release_template(tpl);
+            self.conns.release_template(tpl);
         } else if let Err((e, c)) = self.conns.insert(key, c) {
             c.dest.unbind(false, c.is_inactive());
-            self.release_template(tpl);
+            self.conns.release_template(tpl);
             // `Exists`: another worker inserted the same connection first; this packet is
             // still forwarded to the destination it was scheduled to.
             if e == InsertError::Full {
@@ -678,15 +690,6 @@ impl Engine {
             }
         }
         self.forward_in(routes, frame, p, hit)
-    }
-
-    fn release_template(&self, tpl: Option<ConnKey>) {
-        if let Some(tk) = tpl {
-            // Decrement the template's controlled count by removing a phantom reference.
-            self.conns.with_conn(&tk, Time(0), |tc| {
-                tc.controlled = tc.controlled.saturating_sub(1)
-            });
-        }
     }
 
     fn no_dest(&self, frame: &mut Frame<'_>, p: &Packet) -> Verdict {
@@ -718,11 +721,7 @@ impl Engine {
             vport: q.sport,
         };
         let hit = self.conns.with_conn(&key, now, |c| {
-            if c.dest.is_available() {
-                c.dest.stats.add_in(p.ip_len);
-                c.svc.stats.add_in(p.ip_len);
-                t.totals.add_in(p.ip_len);
-            }
+            account(c, t, Direction::Input, p.ip_len);
             Hit {
                 daddr: c.daddr,
                 dport: c.dport,
@@ -764,11 +763,7 @@ impl Engine {
             cport: q.sport,
         };
         let back = self.conns.with_reply(&rk, now, |k, c| {
-            if c.dest.is_available() {
-                c.dest.stats.add_out(p.ip_len);
-                c.svc.stats.add_out(p.ip_len);
-                t.totals.add_out(p.ip_len);
-            }
+            account(c, t, Direction::Output, p.ip_len);
             (k.vaddr, k.vport)
         });
         if let Some((vaddr, vport)) = back {

@@ -803,8 +803,3 @@ pub fn icmp_error_in_place(
     put16(d, icmp_at + 2, c);
     Ok(())
 }
-
-/// Whether an IPv4 header's checksum verifies.
-pub fn is_valid_ipv4_header(ip: &[u8]) -> bool {
-    ip.len() >= 20 && checksum(&ip[..usize::from(ip[0] & 0xf) * 4]) == 0
-}

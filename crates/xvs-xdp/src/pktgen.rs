@@ -3,7 +3,7 @@
 //! rewritten per packet. Bounded by a packet count and a duration; optionally paced.
 
 use std::ffi::CString;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -12,6 +12,8 @@ use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
 };
 use xsk_rs::{FrameDesc, Socket, Umem};
+
+use xvs_core::wire::{checksum, l4_checksum};
 
 use crate::xsk::XskError;
 
@@ -57,20 +59,6 @@ pub fn flow_client(base: Ipv4Addr, i: u32) -> (Ipv4Addr, u16) {
     )
 }
 
-fn csum(data: &[u8], mut acc: u32) -> u16 {
-    let mut it = data.chunks_exact(2);
-    for c in &mut it {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [b] = it.remainder() {
-        acc += u32::from(*b) << 8;
-    }
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    !(acc as u16)
-}
-
 /// Write a TCP/IPv4 frame for flow `i` into `f` (length `f.len()`).
 pub fn build_frame(cfg: &GenConfig, i: u32, f: &mut [u8]) {
     let len = f.len();
@@ -89,7 +77,7 @@ pub fn build_frame(cfg: &GenConfig, i: u32, f: &mut [u8]) {
     ip[10..12].fill(0);
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&cfg.dst.octets());
-    let c = csum(ip, 0);
+    let c = checksum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     let tcp = &mut f[34..];
     tcp[0..2].copy_from_slice(&sport.to_be_bytes());
@@ -103,14 +91,7 @@ pub fn build_frame(cfg: &GenConfig, i: u32, f: &mut [u8]) {
     for b in tcp[20..].iter_mut() {
         *b = 0;
     }
-    // Pseudo-header: addresses, protocol, length.
-    let tlen = tcp.len() as u32;
-    let mut acc = 6 + tlen;
-    for w in [src.octets(), cfg.dst.octets()] {
-        acc += u32::from(u16::from_be_bytes([w[0], w[1]]))
-            + u32::from(u16::from_be_bytes([w[2], w[3]]));
-    }
-    let c = csum(tcp, acc);
+    let c = l4_checksum(&IpAddr::V4(src), &IpAddr::V4(cfg.dst), 6, tcp);
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
 }
 

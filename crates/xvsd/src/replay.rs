@@ -12,6 +12,7 @@ use clap::Args;
 use pcap_file::pcap::{PcapPacket, PcapReader, PcapWriter};
 use pcap_file::DataLink;
 use xvs_core::routes::{parse_mac, StaticRoutes};
+use xvs_core::types::SockAddr;
 use xvs_core::{DropReason, Engine, Frame, Time, Verdict};
 use xvs_ipvsadm::apply::restore;
 use xvs_ipvsadm::save::save;
@@ -77,7 +78,7 @@ fn json_verdict(index: usize, v: &Verdict) -> String {
             ifindex,
             real: Some((a, p)),
         } => {
-            format!("{{\"index\":{index},\"verdict\":\"forward\",\"ifindex\":{ifindex},\"real\":\"{}\"}}", sock(a, *p))
+            format!("{{\"index\":{index},\"verdict\":\"forward\",\"ifindex\":{ifindex},\"real\":\"{}\"}}", SockAddr(*a, *p))
         }
         Verdict::Forward {
             ifindex,
@@ -93,13 +94,6 @@ fn json_verdict(index: usize, v: &Verdict) -> String {
             "{{\"index\":{index},\"verdict\":\"drop\",\"reason\":\"{}\"}}",
             r.name()
         ),
-    }
-}
-
-fn sock(a: &IpAddr, p: u16) -> String {
-    match a {
-        IpAddr::V4(v) => format!("{v}:{p}"),
-        IpAddr::V6(v) => format!("[{v}]:{p}"),
     }
 }
 
@@ -165,7 +159,7 @@ pub fn run(args: &ReplayArgs) -> Result<String, ReplayError> {
         let key = match &v {
             Verdict::Forward {
                 real: Some((a, p)), ..
-            } => format!("forward to {}", sock(a, *p)),
+            } => format!("forward to {}", SockAddr(*a, *p)),
             Verdict::Forward { real: None, .. } => "forward reply to client".into(),
             Verdict::Reply(k) => format!("icmp {k:?}"),
             Verdict::Pass => "pass to kernel".into(),
@@ -206,7 +200,7 @@ pub fn run(args: &ReplayArgs) -> Result<String, ReplayError> {
             let _ = writeln!(
                 summary,
                 "    -> {}  {} {} {}",
-                sock(&d.addr, d.port),
+                SockAddr(d.addr, d.port),
                 c.conns,
                 c.inpkts,
                 c.outpkts
