@@ -1,9 +1,12 @@
 //! The connection table: (protocol, client, virtual) → destination, state and expiry, plus the
 //! NAT reply index (protocol, real server, client) → connection.
 //!
-//! Layout: a fixed number of shards, each a mutex around two `hashbrown` maps allocated once at
-//! start with their final capacity, so an insert never grows or rehashes a map (hashbrown may
-//! still rehash *one shard* in place to clear tombstones, which costs O(shard), never O(table)).
+//! Layout: a fixed number of shards, each a mutex around two `hashbrown` maps that grow with
+//! their entries up to the shard's share of the capacity. Memory follows the connections, and a
+//! small table stays small enough for the caches and the TLB (a table allocated at its full
+//! capacity spreads 10 K connections over hundreds of megabytes: one TLB and cache miss per
+//! lookup). A growth rehashes *one shard* (at most capacity / shards entries, 4,096 at 1 M),
+//! never the table, so its cost on the data path is bounded.
 //! A connection and its NAT reply entry live in the same shard because the shard is chosen by
 //! (protocol, client address, client port), which both directions carry. So a reply that arrives
 //! on another NIC queue than its request finds its connection with one lock. Templates live in
@@ -33,6 +36,9 @@ pub const CONN_F_ONE_PACKET: u16 = 0x2000;
 pub const TPL_S_NONE: u8 = 0;
 /// Template state: a controlled connection was established.
 pub const TPL_S_ASSURED: u8 = 1;
+
+/// Entries a shard has room for before its first growth.
+const INITIAL_PER_SHARD: usize = 16;
 
 /// Seconds a template that still controls connections lives on when its timer fires.
 const TEMPLATE_REARM_SECS: u32 = 60;
@@ -232,8 +238,9 @@ impl ConnTable {
     /// clients cannot aim at one shard.
     pub fn new(capacity: usize, seed: u64) -> ConnTable {
         let capacity = capacity.max(1);
-        // About 1,024 entries per shard keeps an expiry sweep of one shard short.
-        let shards = (capacity / 1024).next_power_of_two().clamp(16, 4096);
+        // Few shards keep the table dense (caches, TLB); 4,096 entries per shard at most for
+        // tables up to 1 M keep an expiry sweep of one shard and a growth rehash short.
+        let shards = (capacity / 4096).next_power_of_two().clamp(16, 256);
         let per_shard = capacity.div_ceil(shards);
         let hasher = ahash::RandomState::with_seeds(
             seed,
@@ -244,8 +251,8 @@ impl ConnTable {
         let shards = (0..shards)
             .map(|_| {
                 Mutex::new(Shard {
-                    conns: Map::with_capacity(per_shard),
-                    replies: Map::with_capacity(per_shard),
+                    conns: Map::with_capacity(per_shard.min(INITIAL_PER_SHARD)),
+                    replies: Map::with_capacity(0),
                 })
             })
             .collect();

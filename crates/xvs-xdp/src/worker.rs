@@ -191,7 +191,9 @@ impl<H: Handler> Worker<H> {
             .collect();
         while !self.stop.load(Relaxed) {
             self.handler.begin();
-            let now = Time(self.epoch.elapsed().as_millis() as u64);
+            // One clock read per loop, for the engine's time and the housekeeping period.
+            let instant = Instant::now();
+            let now = Time((instant - self.epoch).as_millis() as u64);
             let mut received = 0;
             for pi in 0..nports {
                 self.reclaim(pi, &mut scratch);
@@ -206,8 +208,8 @@ impl<H: Handler> Worker<H> {
             }
             self.counters.rx.fetch_add(received as u64, Relaxed);
             self.transmit(&mut tx);
-            if last_house.elapsed() >= Duration::from_millis(10) {
-                last_house = Instant::now();
+            if instant - last_house >= Duration::from_millis(10) {
+                last_house = instant;
                 self.handler.housekeeping(now);
             }
             if received == 0 {
