@@ -202,6 +202,7 @@ impl<H: Handler> Worker<H> {
                 // until we put them in a ring again.
                 let n = unsafe { self.qs.ports[pi].rx.consume(&mut rx) };
                 received += n;
+                self.prefetch(&rx[..n]);
                 for desc in rx.iter_mut().take(n) {
                     self.handle(pi, desc, now, &mut tx);
                 }
@@ -218,6 +219,28 @@ impl<H: Handler> Worker<H> {
                 unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 10) };
             }
         }
+    }
+
+    /// Ask for the headers of every frame of the batch at once: the kernel wrote them on
+    /// another core, so each first touch is a cache miss; issued together, the misses overlap
+    /// instead of stalling the handler one frame at a time.
+    fn prefetch(&self, batch: &[FrameDesc]) {
+        #[cfg(target_arch = "x86_64")]
+        for desc in batch {
+            // Safety: `desc` came from this UMEM's rx ring (see `run`); `data` only computes the
+            // segment's address and length, and no mutable reference to the frame exists now.
+            let data = unsafe { self.qs.umem.data(desc) };
+            let p = data.contents().as_ptr();
+            // Safety: a prefetch neither faults nor changes memory; both lines lie inside the
+            // frame's chunk (frames are 4,096 bytes, the headers come first).
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(p.cast());
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64).cast());
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = batch;
     }
 
     fn handle(&mut self, port: usize, desc: &mut FrameDesc, now: Time, tx: &mut [Vec<FrameDesc>]) {
