@@ -5,6 +5,10 @@ to the same real server through the same balancer namespace by kernel IP forward
 path without xvs). Prints median and p99 in microseconds. Root; bounded (N round trips per
 path, 0.2 s timeout per request).
 
+xvsd is measured twice: as it runs by default (workers sleep in poll(2) when idle) and with
+--busy-poll (workers spin). Every round trip is written to target/bench-latency.csv (path,µs)
+for bench's xvs-plot.
+
 Usage: bench/e2e/latency.py [-n 5000]
 """
 import argparse
@@ -35,8 +39,7 @@ for i in range(n + 100):
         continue
     if i >= 100:
         rtts.append((time.perf_counter_ns() - t) / 1000)
-rtts.sort()
-print(len(rtts), rtts[len(rtts) // 2], rtts[int(len(rtts) * 0.99)])
+print("\n".join(f"{r:.1f}" for r in rtts))
 """
 
 
@@ -60,30 +63,38 @@ def main():
         # balancer namespace; XDP passes that traffic (not a VIP, not from a NAT source port).
         subprocess.run(ns("l") + ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
         subprocess.run(ns("c") + ["ip", "route", "add", "192.168.10.0/24", "via", "10.9.0.1"], check=True)
-        xvsd = subprocess.Popen(ns("l") + [os.path.join(ROOT, "target", "release", "xvsd"), "-i", f"xl{rid}", "-i",
-                                           f"xs{rid}", "--rules", rules, "--control", os.path.join(tmp, "sock")],
-                                stderr=subprocess.DEVNULL)
-        procs.append(xvsd)
-        time.sleep(2)
         res = {}
 
         def measure(name, dst):
             r = subprocess.run(ns("c") + [sys.executable, "-c", CLIENT, dst, str(A.n)], capture_output=True,
                                text=True, timeout=600)
-            n, med, p99 = r.stdout.split()
-            res[name] = (int(n), float(med), float(p99))
+            res[name] = sorted(float(x) for x in r.stdout.split())
 
-        measure("through xvsd (VIP, NAT)", "10.0.0.1")
-        # Without xvs: stop it (its XDP program goes with it) and let the kernel forward.
-        xvsd.terminate()
-        xvsd.wait(timeout=10)
-        measure("kernel forwarding (same path, no xvs)", "192.168.10.1")
+        for name, extra in (("xvsd (NAT)", []), ("xvsd --busy-poll (NAT)", ["--busy-poll"])):
+            xvsd = subprocess.Popen(ns("l") + [os.path.join(ROOT, "target", "release", "xvsd"), "-i", f"xl{rid}",
+                                               "-i", f"xs{rid}", "--rules", rules, "--control",
+                                               os.path.join(tmp, "sock")] + extra, stderr=subprocess.DEVNULL)
+            procs.append(xvsd)
+            time.sleep(2)
+            measure(name, "10.0.0.1")
+            # Its XDP program goes with it.
+            xvsd.terminate()
+            xvsd.wait(timeout=10)
+        # Without xvs: the kernel forwards on the same path.
+        measure("kernel forwarding (no xvs)", "192.168.10.1")
+        pct = lambda v, q: v[min(len(v) - 1, int(len(v) * q))] if v else float("nan")
         print("| path | round trips | median µs | p99 µs |")
         print("|---|---|---|---|")
-        for k, (n, med, p99) in res.items():
-            print(f"| {k} | {n} | {med:.1f} | {p99:.1f} |")
-        a, b = list(res.values())
-        print(f"\nadded by xvsd: median {a[1] - b[1]:+.1f} µs, p99 {a[2] - b[2]:+.1f} µs")
+        for k, v in res.items():
+            print(f"| {k} | {len(v)} | {pct(v, 0.5):.1f} | {pct(v, 0.99):.1f} |")
+        base = res["kernel forwarding (no xvs)"]
+        for k, v in res.items():
+            if v is not base:
+                print(f"added by {k}: median {pct(v, 0.5) - pct(base, 0.5):+.1f} µs, "
+                      f"p99 {pct(v, 0.99) - pct(base, 0.99):+.1f} µs")
+        with open(os.path.join(ROOT, "target", "bench-latency.csv"), "w") as f:
+            for k, v in res.items():
+                f.writelines(f"{k},{x}\n" for x in v)
     finally:
         for p in procs:
             p.terminate()

@@ -373,6 +373,10 @@ def main():
     print(table)
     with open(A.out, "w") as f:
         f.write(table + "\n")
+    # For bench's xvs-plot.
+    with open(A.out.replace(".md", ".csv"), "w") as f:
+        for r in results:
+            f.write(f"{r['path']},{r['mpps']},{r['min']},{r['max']},{r['proc_ns']}\n")
     return 0
 
 

@@ -84,6 +84,7 @@ fn main() {
         stop,
         epoch: Instant::now(),
         injector: None,
+        busy_poll: false,
     };
     eprintln!("xvs-fwd: forwarding {} -> {}", a.input, a.output);
     w.run();

@@ -141,6 +141,8 @@ pub struct Worker<H: Handler> {
     pub epoch: Instant,
     /// Where frames for the kernel go (None: they are dropped and counted).
     pub injector: Option<Arc<crate::inject::Injector>>,
+    /// Never sleep when idle: poll the rings in a loop (lower latency, one core kept busy).
+    pub busy_poll: bool,
 }
 
 impl<H: Handler> Worker<H> {
@@ -213,7 +215,9 @@ impl<H: Handler> Worker<H> {
                 last_house = instant;
                 self.handler.housekeeping(now);
             }
-            if received == 0 {
+            if received == 0 && self.busy_poll {
+                std::hint::spin_loop();
+            } else if received == 0 {
                 // Idle: sleep in poll() until a socket has frames (bounded, to see `stop`).
                 // Safety: pollfds is a valid array of pollfd structures of the given length.
                 unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 10) };

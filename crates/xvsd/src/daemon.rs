@@ -63,6 +63,10 @@ pub struct DaemonArgs {
     /// AF_XDP zero-copy.
     #[arg(long, value_enum, default_value = "auto")]
     pub zero_copy: ZcArg,
+    /// Workers never sleep when idle: each polls its rings in a loop and keeps its core busy,
+    /// for the lowest added latency (default: sleep in poll(2) until frames arrive).
+    #[arg(long)]
+    pub busy_poll: bool,
     /// Pin worker i to the i-th listed core (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub cores: Vec<usize>,
@@ -339,6 +343,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
                 stop: stop.clone(),
                 epoch,
                 injector: injector.clone(),
+                busy_poll: args.busy_poll,
             };
             let core = args
                 .cores
