@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole benchmark of the performance report, in one run (root, Debian 12): installs what it
+# needs, builds in release mode, then on veth-namespace rigs it creates and removes itself:
+#   1. end to end: ceiling, bare AF_XDP forwarder, xvsd DR/TUN/NAT (established, new),
+#      kernel forwarding and nftables DNAT             -> target/bench-e2e.{md,csv}
+#   2. added latency (xvsd, xvsd --busy-poll, kernel)  -> target/bench-latency.csv
+#   3. one and two worker queues                       -> target/bench-e2e-scaling.md
+#   4. memory with 0, 1 M and 10 M connections         -> target/bench-e2e-memory.md
+#   5. the engine alone (criterion)                    -> target/criterion/
+#   6. plots                                           -> docs/img/*.png
+# Usage: bench/run.sh [--quick]   (--quick: steps 1, 2 and 6 only, about 5 minutes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+[ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: needs root (namespaces, XDP)" >&2; exit 1; }
+require_cargo
+install_packages clang m4 libelf-dev zlib1g-dev pkg-config iproute2 ethtool python3 nftables \
+    fonts-dejavu-core
+
+cargo build --release -q -p xvs-bench -p xvsd -p xvsadm
+echo "== end to end"
+python3 bench/e2e/run.py
+echo "== latency"
+python3 bench/e2e/latency.py
+if [ "$quick" -eq 0 ]; then
+    echo "== worker queues"
+    python3 bench/e2e/run.py --scaling
+    echo "== memory"
+    python3 bench/e2e/run.py --memory
+    echo "== engine (criterion)"
+    cargo bench -q -p xvs-bench --bench engine -- --noplot
+fi
+echo "== plots"
+./target/release/xvs-plot --e2e target/bench-e2e.csv --latency target/bench-latency.csv --out docs/img
