@@ -9,13 +9,17 @@ sender (bench's AF_XDP generator), the same 64-byte frames and the same duration
   kernel     IPv4 forwarding, and nftables DNAT (numgen over the 100 real servers)
 
 Packets are counted at the receiver (an XDP program on the sink's veth that counts and drops),
-never at the sender. Each path: RUNS runs of DURATION seconds at full speed (median, min-max),
-then one paced run at a fixed offered load for the CPU cost per packet: CPU time of the
-forwarding process (utime+stime of all its threads) and softirq time of the whole machine
-(/proc/stat), divided by packets received.
+never at the sender. The benchmark makes ROUNDS passes over all paths, so that each path's
+samples are spread over the whole run and a slow phase of the shared machine does not fall on
+one path only. In each pass, a path gets RUNS runs of DURATION seconds at full speed, then one
+paced run at a fixed offered load for the CPU cost per packet: CPU time of the forwarding
+process (utime+stime of all its threads) and softirq time of the whole machine (/proc/stat),
+divided by packets received. The table gives the median and min-max of all full-speed runs of
+a path and the median of its CPU costs; target/bench-e2e.csv feeds bench's xvs-plot.
 
 Rig:  snd --veth-- lb --veth-- sink      (and snd --veth-- sink for the ceiling)
-Usage: bench/e2e/run.py [--runs 3] [--duration 3] [--paced 200000] [--only PATH]
+Usage: bench/e2e/run.py [--rounds 3] [--runs 1] [--duration 3] [--paced 100000] [--only PATH]
+       bench/e2e/run.py --scaling | --memory
 """
 import argparse
 import os
@@ -29,7 +33,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 REL = os.path.join(ROOT, "target", "release")
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--runs", type=int, default=3)
+ap.add_argument("--rounds", type=int, default=3,
+                help="passes over all paths; each path's runs are spread over the whole benchmark")
+ap.add_argument("--runs", type=int, default=1, help="full-speed runs per path and round")
 ap.add_argument("--duration", type=float, default=3.0)
 ap.add_argument("--paced", type=int, default=100_000, help="offered load for the CPU-cost run, packets/s")
 ap.add_argument("--only", default="")
@@ -152,10 +158,8 @@ def gen(dst_mac, iface, new=False, rate=0, count=None, duration=None, flows=10_0
     return int(r.stdout.strip() or 0)
 
 
-def measure(name, sink, dst_mac, iface, new, fwd_pid, prime=None):
-    """RUNS full-speed runs and one paced run; returns a result dict."""
-    if prime:
-        prime()
+def measure(name, sink, dst_mac, iface, new, fwd_pid):
+    """RUNS full-speed runs and one paced run of one path; returns its raw samples."""
     rates = []
     for _ in range(A.runs):
         c0 = sink.count()
@@ -171,13 +175,17 @@ def measure(name, sink, dst_mac, iface, new, fwd_pid, prime=None):
     n = sink.count() - c0
     p1 = cpu_of(fwd_pid) if fwd_pid else 0.0
     s1 = softirq()
-    rates.sort()
-    res = {"path": name, "mpps": rates[len(rates) // 2] / 1e6, "min": rates[0] / 1e6, "max": rates[-1] / 1e6,
-           "paced_rx": n, "proc_ns": (p1 - p0) / n * 1e9 if n else float("nan"),
-           "softirq_ns": (s1 - s0) / n * 1e9 if n else float("nan")}
-    print(f"{name:18s} {res['mpps']:.3f} Mpps ({res['min']:.3f}-{res['max']:.3f})  "
-          f"paced rx={n} proc={res['proc_ns']:.0f} ns/pkt softirq={res['softirq_ns']:.0f} ns/pkt", flush=True)
+    nan = float("nan")
+    res = {"path": name, "rates": rates, "proc_ns": [(p1 - p0) / n * 1e9 if n else nan],
+           "softirq_ns": [(s1 - s0) / n * 1e9 if n else nan]}
+    print(f"{name:20s} {' '.join(f'{r / 1e6:.3f}' for r in rates)} Mpps  paced rx={n} "
+          f"proc={res['proc_ns'][0]:.0f} ns/pkt softirq={res['softirq_ns'][0]:.0f} ns/pkt", flush=True)
     return res
+
+
+def median(v):
+    v = sorted(v)
+    return v[len(v) // 2] if v else float("nan")
 
 
 def rules(method):
@@ -270,8 +278,80 @@ def memory(tmp):
     for n, kib in rows:
         per = f"{(kib - base) * 1024 / n:.0f}" if n else "–"
         lines.append(f"| {n:,} | {kib / 1024:.0f} | {per} |")
-    lines.append(f"\n(capacity {cap:,}; the maps are allocated at start, pages are touched as entries arrive)")
+    lines.append(f"\n(capacity {cap:,}; the table's maps grow with the connections)")
     return "\n".join(lines)
+
+
+def one_round(tmp):
+    """Every path once, in order; returns their raw samples."""
+    results = []
+    want = lambda p: not A.only or A.only in p
+    lmac = mac("l", f"l0{ID}")
+    # 1. ceiling: sender straight into the sink.
+    if want("ceiling"):
+        sink = Sink(f"k1{ID}")
+        results.append(measure("ceiling", sink, mac("k", f"k1{ID}"), f"s1{ID}", False, None))
+        sink.stop()
+    sink = Sink(f"k0{ID}")
+    # 2. bare AF_XDP forwarder.
+    if want("bare"):
+        fwd = Proc("l", [os.path.join(REL, "xvs-fwd"), "--in", f"l0{ID}", "--out", f"l1{ID}",
+                         "--next-hop-mac", mac("k", f"k0{ID}"), "--vip", VIP])
+        time.sleep(1)
+        results.append(measure("bare", sink, lmac, f"s0{ID}", False, fwd.p.pid))
+        fwd.stop()
+    # 3. xvsd in DR, tunnel and NAT modes, established and new connections.
+    for method, label in (("-g", "dr"), ("-i", "tun"), ("-m", "nat")):
+        for new in (False, True):
+            name = f"xvs-{label}-{'new' if new else 'est'}"
+            if not want(name):
+                continue
+            path = os.path.join(tmp, "rules")
+            open(path, "w").write(rules(method))
+            xv = Proc("l", [os.path.join(REL, "xvsd"), "-i", f"l0{ID}", "-i", f"l1{ID}", "--rules", path,
+                            "--control", os.path.join(tmp, "sock"), "--conn-capacity", str(1 << 22)])
+            time.sleep(2)
+            sock = os.path.join(tmp, "sock")
+            stats = lambda: subprocess.run([os.path.join(REL, "xvsadm"), "--xvs-stats"], capture_output=True,
+                                           text=True, env=dict(os.environ, XVS_CONTROL=sock)).stdout
+            if not new:
+                # Create the 10,000 flows with SYNs first (same client/port space as the ACKs), slowly
+                # enough that none is lost, and check that the table holds them all.
+                for _ in range(5):
+                    subprocess.run(["ip", "netns", "exec", NS["s"], os.path.join(REL, "xvs-pktgen"),
+                                    "--interface", f"s0{ID}", "--dst-mac", lmac, "--dst", VIP, "--flows", "10000",
+                                    "--new-conns", "--count", "10000", "--duration", "5", "--rate", "20000"],
+                                   capture_output=True, timeout=60)
+                    conns = [int(w.split("=")[1]) for w in stats().split() if w.startswith("connections=")]
+                    if conns and conns[0] >= 10_000:
+                        break
+                print(f"  {name}: {conns[0] if conns else '?'} connections before the run", flush=True)
+            r = measure(name, sink, lmac, f"s0{ID}", new, xv.p.pid)
+            drops = [l.split()[1] for l in stats().splitlines() if l.startswith("drop ") and not l.endswith("=0")]
+            r["drops"] = " ".join(drops)
+            if drops:
+                print(f"  {name} drops: {r['drops']}", flush=True)
+            results.append(r)
+            xv.stop()
+    sink.stop()
+    # 4. The kernel: plain forwarding, then nftables DNAT over the 100 real servers.
+    if want("kernel"):
+        sink = Sink(f"k0{ID}")
+        nsx("l", "sysctl -qw net.ipv4.ip_forward=1")
+        nsx("l", f"ip route add {VIP}/32 via {REALS[0]}")
+        results.append(measure("kernel-fwd", sink, lmac, f"s0{ID}", False, None))
+        m = ", ".join(f"{i} : {r}" for i, r in enumerate(REALS))
+        nsx("l", "nft add table ip xvsb")
+        nsx("l", "nft add chain ip xvsb pre '{ type nat hook prerouting priority -100; }'")
+        nsx("l", f"nft add rule ip xvsb pre ip daddr {VIP} tcp dport 80 dnat to numgen inc mod 100 map {{ {m} }}")
+        results.append(measure("kernel-nft-dnat-est", sink, lmac, f"s0{ID}", False, None))
+        results.append(measure("kernel-nft-dnat-new", sink, lmac, f"s0{ID}", True, None))
+        sink.stop()
+        # Back to the state the next round starts from.
+        nsx("l", "nft delete table ip xvsb")
+        nsx("l", f"ip route del {VIP}/32")
+        nsx("l", "sysctl -qw net.ipv4.ip_forward=0")
+    return results
 
 
 def main():
@@ -283,7 +363,7 @@ def main():
             print(f"build first: cargo build --release -p xvs-bench -p xvsd -p xvsadm ({b} missing)",
                   file=sys.stderr)
             return 1
-    results = []
+    merged = {}
     rig_up()
     tmp = tempfile.mkdtemp(prefix="xvsb")
     if A.memory or A.scaling:
@@ -296,70 +376,22 @@ def main():
             f.write(table + "\n")
         return 0
     try:
-        want = lambda p: not A.only or A.only in p
-        lmac = mac("l", f"l0{ID}")
-        # 1. ceiling: sender straight into the sink.
-        if want("ceiling"):
-            sink = Sink(f"k1{ID}")
-            results.append(measure("ceiling", sink, mac("k", f"k1{ID}"), f"s1{ID}", False, None))
-            sink.stop()
-        sink = Sink(f"k0{ID}")
-        # 2. bare AF_XDP forwarder.
-        if want("bare"):
-            fwd = Proc("l", [os.path.join(REL, "xvs-fwd"), "--in", f"l0{ID}", "--out", f"l1{ID}",
-                             "--next-hop-mac", mac("k", f"k0{ID}"), "--vip", VIP])
-            time.sleep(1)
-            results.append(measure("bare", sink, lmac, f"s0{ID}", False, fwd.p.pid))
-            fwd.stop()
-        # 3. xvsd in DR, tunnel and NAT modes, established and new connections.
-        for method, label in (("-g", "dr"), ("-i", "tun"), ("-m", "nat")):
-            for new in (False, True):
-                name = f"xvs-{label}-{'new' if new else 'est'}"
-                if not want(name):
-                    continue
-                path = os.path.join(tmp, "rules")
-                open(path, "w").write(rules(method))
-                xv = Proc("l", [os.path.join(REL, "xvsd"), "-i", f"l0{ID}", "-i", f"l1{ID}", "--rules", path,
-                                "--control", os.path.join(tmp, "sock"), "--conn-capacity", str(1 << 22)])
-                time.sleep(2)
-                sock = os.path.join(tmp, "sock")
-                stats = lambda: subprocess.run([os.path.join(REL, "xvsadm"), "--xvs-stats"], capture_output=True,
-                                               text=True, env=dict(os.environ, XVS_CONTROL=sock)).stdout
-                if not new:
-                    # Create the 10,000 flows with SYNs first (same client/port space as the ACKs), slowly
-                    # enough that none is lost, and check that the table holds them all.
-                    for _ in range(5):
-                        subprocess.run(["ip", "netns", "exec", NS["s"], os.path.join(REL, "xvs-pktgen"),
-                                        "--interface", f"s0{ID}", "--dst-mac", lmac, "--dst", VIP, "--flows", "10000",
-                                        "--new-conns", "--count", "10000", "--duration", "5", "--rate", "20000"],
-                                       capture_output=True, timeout=60)
-                        conns = [int(w.split("=")[1]) for w in stats().split() if w.startswith("connections=")]
-                        if conns and conns[0] >= 10_000:
-                            break
-                    print(f"  {name}: {conns[0] if conns else '?'} connections before the run", flush=True)
-                r = measure(name, sink, lmac, f"s0{ID}", new, xv.p.pid)
-                drops = [l.split()[1] for l in stats().splitlines() if l.startswith("drop ") and not l.endswith("=0")]
-                r["drops"] = " ".join(drops)
-                if drops:
-                    print(f"  {name} drops: {r['drops']}", flush=True)
-                results.append(r)
-                xv.stop()
-        sink.stop()
-        # 4. The kernel: plain forwarding, then nftables DNAT over the 100 real servers.
-        if want("kernel"):
-            sink = Sink(f"k0{ID}")
-            nsx("l", "sysctl -qw net.ipv4.ip_forward=1")
-            nsx("l", f"ip route add {VIP}/32 via {REALS[0]}")
-            results.append(measure("kernel-fwd", sink, lmac, f"s0{ID}", False, None))
-            m = ", ".join(f"{i} : {r}" for i, r in enumerate(REALS))
-            nsx("l", "nft add table ip xvsb")
-            nsx("l", "nft add chain ip xvsb pre '{ type nat hook prerouting priority -100; }'")
-            nsx("l", f"nft add rule ip xvsb pre ip daddr {VIP} tcp dport 80 dnat to numgen inc mod 100 map {{ {m} }}")
-            results.append(measure("kernel-nft-dnat-est", sink, lmac, f"s0{ID}", False, None))
-            results.append(measure("kernel-nft-dnat-new", sink, lmac, f"s0{ID}", True, None))
-            sink.stop()
+        for rnd in range(A.rounds):
+            print(f"== round {rnd + 1} of {A.rounds}", flush=True)
+            for r in one_round(tmp):
+                acc = merged.setdefault(r["path"], {"path": r["path"], "rates": [], "proc_ns": [],
+                                                    "softirq_ns": [], "drops": ""})
+                for k in ("rates", "proc_ns", "softirq_ns"):
+                    acc[k] += r[k]
+                acc["drops"] = (acc["drops"] + " " + r.get("drops", "")).strip()
     finally:
         rig_down()
+    results = []
+    for r in merged.values():
+        rates = sorted(r["rates"])
+        results.append({"path": r["path"], "mpps": median(rates) / 1e6, "min": rates[0] / 1e6,
+                        "max": rates[-1] / 1e6, "proc_ns": median(r["proc_ns"]),
+                        "softirq_ns": median(r["softirq_ns"]), "drops": r["drops"]})
     bare = next((r["mpps"] for r in results if r["path"] == "bare"), None)
     kern = next((r["mpps"] for r in results if r["path"] == "kernel-nft-dnat-est"), None)
     lines = ["| path | Mpps (median) | min–max | ÷ bare | ÷ kernel nft | process ns/pkt | softirq ns/pkt |",

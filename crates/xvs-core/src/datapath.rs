@@ -381,7 +381,7 @@ impl Engine {
                     dport: c.dport,
                     fwd: c.fwd,
                 },
-                if assure { c.template } else { None },
+                assure.then(|| c.template.as_deref().copied()).flatten(),
             )
         })
     }
@@ -406,7 +406,11 @@ impl Engine {
         let (vaddr, vport, tpl) = self.conns.with_reply(&rk, now, |key, c| {
             let assure = transition(c, proto, Direction::Output, p.tcp, &t.timeouts, now);
             account(c, t, Direction::Output, p.ip_len);
-            (key.vaddr, key.vport, if assure { c.template } else { None })
+            (
+                key.vaddr,
+                key.vport,
+                assure.then(|| c.template.as_deref().copied()).flatten(),
+            )
         })?;
         if let Some(tk) = tpl {
             self.conns.assure_template(&tk);
@@ -660,7 +664,7 @@ impl Engine {
             flags,
             timeout: t.timeouts.tcp[0],
             expires: now.plus_secs(t.timeouts.tcp[0]),
-            template: tpl,
+            template: tpl.map(Box::new),
             controlled: 0,
             in_pkts: 1,
         };
