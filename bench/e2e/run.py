@@ -214,7 +214,7 @@ def scaling(tmp):
             subprocess.run(base(q) + ["--new-conns", "--count", "5000", "--rate", "20000", "--duration", "5"],
                            capture_output=True, timeout=60)
         rates = []
-        for _ in range(A.runs):
+        for _ in range(A.runs * A.rounds):
             c0, t0 = sink.count(), time.time()
             ps = [subprocess.Popen(base(q) + ["--duration", str(A.duration)], stdout=subprocess.DEVNULL)
                   for q in range(queues)]
