@@ -1,15 +1,17 @@
-//! The connection table: (protocol, client, virtual) → destination, state and expiry, plus the
-//! NAT reply index (protocol, real server, client) → connection.
+//! The connection table: (protocol, client, virtual) → destination, state and expiry; NAT
+//! replies (protocol, real server, client) are found in the same map.
 //!
-//! Layout: a fixed number of shards, each a mutex around two `hashbrown` maps that grow with
-//! their entries up to the shard's share of the capacity. Memory follows the connections, and a
+//! Layout: a fixed number of shards, each a mutex around one `hashbrown` map that grows with
+//! its entries up to the shard's share of the capacity. Memory follows the connections, and a
 //! small table stays small enough for the caches and the TLB (a table allocated at its full
 //! capacity spreads 10 K connections over hundreds of megabytes: one TLB and cache miss per
 //! lookup). A growth rehashes *one shard* (at most capacity / shards entries, 4,096 at 1 M),
 //! never the table, so its cost on the data path is bounded.
-//! A connection and its NAT reply entry live in the same shard because the shard is chosen by
-//! (protocol, client address, client port), which both directions carry. So a reply that arrives
-//! on another NIC queue than its request finds its connection with one lock. Templates live in
+//! Entries are hashed by their client side only (protocol, client address, client port), which
+//! both directions of a connection carry: a NAT reply hashes to the very group of buckets its
+//! connection sits in, so it is found by the same probe with another comparison (real server
+//! instead of virtual service), under one lock, even when it arrives on another NIC queue than
+//! its request. No second index, no second entry, no second cache miss per NAT connection. Templates live in
 //! the same table; a connection refers to its template by key and the two are never locked at
 //! the same time (no lock ordering to get wrong).
 
@@ -120,14 +122,15 @@ impl Conn {
         self.expires = now.plus_secs(secs);
     }
 
-    fn reply_key(&self, key: &ConnKey) -> Option<ReplyKey> {
-        (self.fwd.method == ForwardMethod::Masq && !self.is_template()).then_some(ReplyKey {
-            proto: key.proto,
-            daddr: self.daddr,
-            dport: self.dport,
-            caddr: key.caddr,
-            cport: key.cport,
-        })
+    /// Whether this entry is the connection a NAT reply `rk` belongs to.
+    fn answers(&self, key: &ConnKey, rk: &ReplyKey) -> bool {
+        self.daddr == rk.daddr
+            && self.dport == rk.dport
+            && key.cport == rk.cport
+            && key.caddr == rk.caddr
+            && key.proto == rk.proto
+            && self.fwd.method == ForwardMethod::Masq
+            && !self.is_template()
     }
 
     fn unbind(&self) {
@@ -145,7 +148,7 @@ pub enum InsertError {
 }
 
 /// Keys hashed by their client side (protocol, client address, client port): the one hash
-/// both picks the shard and indexes the maps, for connections and NAT replies alike.
+/// both picks the shard and indexes the map, for connections and NAT replies alike.
 trait ClientSide: Eq {
     fn client(&self) -> (u8, IpAddr, u16);
 }
@@ -208,7 +211,6 @@ impl<K: ClientSide, V> Map<K, V> {
 #[derive(Debug)]
 struct Shard {
     conns: Map<ConnKey, Conn>,
-    replies: Map<ReplyKey, ConnKey>,
 }
 
 /// Counters of the table itself.
@@ -253,7 +255,6 @@ impl ConnTable {
             .map(|_| {
                 Mutex::new(Shard {
                     conns: Map::with_capacity(per_shard.min(INITIAL_PER_SHARD)),
-                    replies: Map::with_capacity(0),
                 })
             })
             .collect();
@@ -322,15 +323,15 @@ impl ConnTable {
         now: Time,
         f: impl FnOnce(&ConnKey, &mut Conn) -> R,
     ) -> Option<R> {
-        // The reply and its connection share the client side, hence the hash and the shard.
+        // The reply and its connection share the client side, hence the hash, the shard and
+        // the probe sequence; only the comparison differs.
         let h = self.hash(rk);
         let mut shard = self.lock(self.shard_of(h));
-        let key = *shard.replies.get(h, rk)?;
-        let live = shard.conns.get(h, &key).is_some_and(|c| c.expires > now);
-        if live {
-            let c = shard.conns.get_mut(h, &key)?;
-            return Some(f(&key, c));
+        let (k, c) = shard.conns.t.find_mut(h, |(k, c)| c.answers(k, rk))?;
+        if c.expires > now {
+            return Some(f(k, c));
         }
+        let key = *k;
         let tpl = Self::remove_locked(&mut shard, h, &key);
         drop(shard);
         self.counters.expired.fetch_add(1, Relaxed);
@@ -348,9 +349,6 @@ impl ConnTable {
         if shard.conns.len() >= self.per_shard {
             self.counters.full.fetch_add(1, Relaxed);
             return Err((InsertError::Full, conn));
-        }
-        if let Some(rk) = conn.reply_key(&key) {
-            shard.replies.insert(h, rk, key, &self.hasher);
         }
         shard.conns.insert(h, key, conn, &self.hasher);
         Ok(())
@@ -370,11 +368,6 @@ impl ConnTable {
     /// Returns None if absent, Some(template key) if removed.
     fn remove_locked(shard: &mut Shard, h: u64, key: &ConnKey) -> Option<Removed> {
         let c = shard.conns.remove(h, key)?;
-        if let Some(rk) = c.reply_key(key) {
-            if shard.replies.get(h, &rk) == Some(key) {
-                shard.replies.remove(h, &rk);
-            }
-        }
         c.unbind();
         Some(c.template.map(|t| *t))
     }
@@ -494,7 +487,6 @@ impl ConnTable {
             for (_, c) in shard.conns.t.drain() {
                 c.unbind();
             }
-            shard.replies.t.clear();
         }
     }
 }
@@ -559,6 +551,61 @@ mod tests {
         assert_eq!(d.inactive(), 0);
         assert!(t.is_empty());
         assert_eq!(t.with_reply(&rk, Time(10_000), |_, _| ()), None);
+    }
+
+    #[test]
+    fn a_reply_finds_only_its_own_nat_connection() {
+        let t = ConnTable::new(1000, 7);
+        let nat = dest();
+        let mut cfg = DestConfig::new("192.168.1.2".parse().unwrap(), 80);
+        cfg.method = ForwardMethod::Route;
+        let dr = Arc::new(DestState::new(2, &cfg));
+        // One client port, three services: NAT to .1, DR to .2, and a NAT template for .1.
+        t.insert(key(1000), conn(&nat, Time(0), 10)).unwrap();
+        let k2 = ConnKey {
+            vport: 443,
+            ..key(1000)
+        };
+        t.insert(k2, conn(&dr, Time(0), 10)).unwrap();
+        let tk = ConnKey {
+            vport: 8080,
+            ..key(1000)
+        };
+        let mut tpl = conn(&nat, Time(0), 10);
+        tpl.flags |= CONN_F_TEMPLATE;
+        t.insert(tk, tpl).unwrap();
+        let rk = |daddr: &str, dport| ReplyKey {
+            proto: 6,
+            daddr: daddr.parse().unwrap(),
+            dport,
+            caddr: key(1000).caddr,
+            cport: 1000,
+        };
+        assert_eq!(
+            t.with_reply(&rk("192.168.1.1", 80), Time(1), |k, _| *k),
+            Some(key(1000))
+        );
+        // No reply path for direct routing; wrong port, wrong client port: nothing.
+        assert_eq!(
+            t.with_reply(&rk("192.168.1.2", 80), Time(1), |_, _| ()),
+            None
+        );
+        assert_eq!(
+            t.with_reply(&rk("192.168.1.1", 81), Time(1), |_, _| ()),
+            None
+        );
+        let other = ReplyKey {
+            cport: 1001,
+            ..rk("192.168.1.1", 80)
+        };
+        assert_eq!(t.with_reply(&other, Time(1), |_, _| ()), None);
+        // Without the connection, the template does not answer for it.
+        assert!(t.remove(&key(1000)));
+        assert_eq!(
+            t.with_reply(&rk("192.168.1.1", 80), Time(1), |_, _| ()),
+            None
+        );
+        assert_eq!(t.len(), 2);
     }
 
     #[test]
@@ -628,20 +675,15 @@ mod size_tests {
     use super::*;
 
     /// Memory per entry as documented in docs/architecture.md: a connection entry is its key
-    /// and value plus hashbrown's control byte; a NAT connection also has a reply entry.
+    /// and value plus hashbrown's control byte; NAT connections have no second entry.
     #[test]
     fn entry_sizes_are_as_documented() {
         let conn = std::mem::size_of::<(ConnKey, Conn)>();
-        let reply = std::mem::size_of::<(ReplyKey, ConnKey)>();
-        println!("conn entry {conn} B, reply entry {reply} B");
+        println!("conn entry {conn} B");
         assert_eq!(std::mem::size_of::<ConnKey>(), 40);
         assert!(
             conn <= 112,
             "conn entry grew to {conn} B: update docs/architecture.md"
-        );
-        assert!(
-            reply <= 80,
-            "reply entry grew to {reply} B: update docs/architecture.md"
         );
     }
 }
