@@ -9,7 +9,9 @@ sender (bench's AF_XDP generator), the same 64-byte frames and the same duration
   kernel     IPv4 forwarding, and nftables DNAT (numgen over the 100 real servers)
 
 Packets are counted at the receiver (an XDP program on the sink's veth that counts and drops),
-never at the sender. The benchmark makes ROUNDS passes over all paths, so that each path's
+never at the sender. The sender runs on CPU 0 and the forwarding thread (xvs-fwd, xvsd's
+worker) on CPU 1, so that every path gets the same placement (--no-pin: the scheduler's
+choice). The benchmark makes ROUNDS passes over all paths, so that each path's
 samples are spread over the whole run and a slow phase of the shared machine does not fall on
 one path only. In each pass, a path gets RUNS runs of DURATION seconds at full speed, then one
 paced run at a fixed offered load for the CPU cost per packet: CPU time of the forwarding
@@ -39,6 +41,9 @@ ap.add_argument("--runs", type=int, default=1, help="full-speed runs per path an
 ap.add_argument("--duration", type=float, default=3.0)
 ap.add_argument("--paced", type=int, default=100_000, help="offered load for the CPU-cost run, packets/s")
 ap.add_argument("--only", default="")
+ap.add_argument("--no-pin", action="store_true",
+                help="let the scheduler place the sender and the forwarder (default: sender on CPU 0, "
+                     "forwarding thread on CPU 1)")
 ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-e2e.md"))
 ap.add_argument("--scaling", action="store_true",
                 help="instead: xvsd DR, established flows, with 1 and with 2 worker queues")
@@ -144,8 +149,13 @@ def softirq():
     return int(f[7]) / os.sysconf("SC_CLK_TCK")
 
 
+def pin(cpu):
+    """Command prefix that runs a process on one CPU (nothing with --no-pin or a single CPU)."""
+    return [] if A.no_pin or os.cpu_count() < 2 else ["taskset", "-c", str(cpu)]
+
+
 def gen(dst_mac, iface, new=False, rate=0, count=None, duration=None, flows=10_000):
-    args = [os.path.join(REL, "xvs-pktgen"), "--interface", iface, "--dst-mac", dst_mac, "--dst", VIP,
+    args = pin(0) + [os.path.join(REL, "xvs-pktgen"), "--interface", iface, "--dst-mac", dst_mac, "--dst", VIP,
             "--flows", str(4_000_000 if new else flows), "--rate", str(rate)]
     if new:
         args.append("--new-conns")
@@ -295,7 +305,7 @@ def one_round(tmp):
     sink = Sink(f"k0{ID}")
     # 2. bare AF_XDP forwarder.
     if want("bare"):
-        fwd = Proc("l", [os.path.join(REL, "xvs-fwd"), "--in", f"l0{ID}", "--out", f"l1{ID}",
+        fwd = Proc("l", pin(1) + [os.path.join(REL, "xvs-fwd"), "--in", f"l0{ID}", "--out", f"l1{ID}",
                          "--next-hop-mac", mac("k", f"k0{ID}"), "--vip", VIP])
         time.sleep(1)
         results.append(measure("bare", sink, lmac, f"s0{ID}", False, fwd.p.pid))
@@ -308,8 +318,9 @@ def one_round(tmp):
                 continue
             path = os.path.join(tmp, "rules")
             open(path, "w").write(rules(method))
+            cores = [] if not pin(1) else ["--cores", "1"]
             xv = Proc("l", [os.path.join(REL, "xvsd"), "-i", f"l0{ID}", "-i", f"l1{ID}", "--rules", path,
-                            "--control", os.path.join(tmp, "sock"), "--conn-capacity", str(1 << 22)])
+                            "--control", os.path.join(tmp, "sock"), "--conn-capacity", str(1 << 22)] + cores)
             time.sleep(2)
             sock = os.path.join(tmp, "sock")
             stats = lambda: subprocess.run([os.path.join(REL, "xvsadm"), "--xvs-stats"], capture_output=True,
