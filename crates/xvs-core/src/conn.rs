@@ -11,9 +11,9 @@
 //! both directions of a connection carry: a NAT reply hashes to the very group of buckets its
 //! connection sits in, so it is found by the same probe with another comparison (real server
 //! instead of virtual service), under one lock, even when it arrives on another NIC queue than
-//! its request. No second index, no second entry, no second cache miss per NAT connection. Templates live in
-//! the same table; a connection refers to its template by key and the two are never locked at
-//! the same time (no lock ordering to get wrong).
+//! its request. No second index, no second entry, no second cache miss per NAT connection.
+//! Templates live in the same table; a connection refers to its template by key and the two are
+//! never locked at the same time (no lock ordering to get wrong).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
