@@ -445,6 +445,18 @@ impl ConnTable {
                     released.extend(t);
                 }
             }
+            // Memory follows the connections down as well: after a flood has expired, a shard
+            // left at under an eighth of its room gives most of it back (to half full).
+            let (len, room) = (shard.conns.len(), shard.conns.t.capacity());
+            if room > INITIAL_PER_SHARD * 8 && len < room / 8 {
+                let hasher = &self.hasher;
+                shard
+                    .conns
+                    .t
+                    .shrink_to((len * 2).max(INITIAL_PER_SHARD), |(k, _)| {
+                        hasher.hash_one(k.client())
+                    });
+            }
         }
         for t in released {
             self.release_template(Some(t));
@@ -606,6 +618,36 @@ mod tests {
             None
         );
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn maps_grow_with_entries_and_shrink_after_expiry() {
+        let t = ConnTable::new(1 << 16, 5);
+        let room = |t: &ConnTable| -> usize {
+            (0..t.shard_count())
+                .map(|i| t.lock(i).conns.t.capacity())
+                .sum()
+        };
+        let empty = room(&t);
+        assert!(
+            empty <= t.shard_count() * 32,
+            "not allocated for the capacity"
+        );
+        let d = dest();
+        for p in 0..20_000u32 {
+            let k = ConnKey {
+                caddr: IpAddr::from([10, 1, (p >> 8) as u8, p as u8]),
+                ..key(1000)
+            };
+            t.insert(k, conn(&d, Time(0), 1)).unwrap();
+        }
+        let full = room(&t);
+        assert!(full >= 20_000 && full < 80_000, "room {full}");
+        for _ in 0..t.shard_count() {
+            t.expire_step(Time(2000));
+        }
+        assert!(t.is_empty());
+        assert!(room(&t) < full / 8, "room {} after expiry", room(&t));
     }
 
     #[test]
