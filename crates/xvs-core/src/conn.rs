@@ -642,7 +642,7 @@ mod tests {
             t.insert(k, conn(&d, Time(0), 1)).unwrap();
         }
         let full = room(&t);
-        assert!(full >= 20_000 && full < 80_000, "room {full}");
+        assert!((20_000..80_000).contains(&full), "room {full}");
         for _ in 0..t.shard_count() {
             t.expire_step(Time(2000));
         }
