@@ -31,6 +31,7 @@ fn run_batch(
     templates: &[Vec<u8>],
     buf: &mut [u8],
     verdicts: &mut [Verdict],
+    prefetch: bool,
 ) -> Duration {
     for (i, t) in templates.iter().enumerate() {
         buf[i * SLOT + HEADROOM..i * SLOT + HEADROOM + t.len()].copy_from_slice(t);
@@ -41,7 +42,18 @@ fn run_batch(
         .map(|(slot, t)| Frame::new(slot, HEADROOM, t.len()))
         .collect();
     let start = Instant::now();
-    engine.process(tables, routes, &mut frames, Time(1000), verdicts);
+    if prefetch {
+        engine.process_prefetched(
+            tables,
+            routes,
+            &mut frames,
+            Time(1000),
+            verdicts,
+            &xvs_xdp::prefetch,
+        );
+    } else {
+        engine.process(tables, routes, &mut frames, Time(1000), verdicts);
+    }
     let e = start.elapsed();
     black_box(&verdicts);
     e
@@ -64,7 +76,15 @@ fn prefill(
                 client_frame(a, p, true)
             })
             .collect();
-        run_batch(engine, tables, routes, &t, buf, &mut verdicts[..t.len()]);
+        run_batch(
+            engine,
+            tables,
+            routes,
+            &t,
+            buf,
+            &mut verdicts[..t.len()],
+            false,
+        );
     }
 }
 
@@ -86,24 +106,41 @@ fn established(c: &mut Criterion) {
             // Create the flows with SYNs.
             prefill(&engine, &tables, &routes, flows, &mut buf, &mut verdicts);
             let mut rng = Rng::new(7);
-            g.bench_function(BenchmarkId::new(name, flows), |b| {
-                b.iter_custom(|iters| {
-                    let mut total = Duration::ZERO;
-                    for _ in 0..iters {
-                        let t: Vec<Vec<u8>> = (0..BATCH)
-                            .map(|_| {
-                                let (a, p) = flow(rng.below(flows));
-                                client_frame(a, p, false)
-                            })
-                            .collect();
-                        total += run_batch(&engine, &tables, &routes, &t, &mut buf, &mut verdicts);
-                        debug_assert!(verdicts
-                            .iter()
-                            .all(|v| matches!(v, Verdict::Forward { .. })));
-                    }
-                    total
-                })
-            });
+            // Each size twice, in the same run: `process`, and `process_prefetched` with the CPU
+            // prefetch of xvs-xdp's worker.
+            for prefetch in [false, true] {
+                let id = if prefetch {
+                    format!("{name}+prefetch")
+                } else {
+                    name.to_string()
+                };
+                g.bench_function(BenchmarkId::new(id, flows), |b| {
+                    b.iter_custom(|iters| {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let t: Vec<Vec<u8>> = (0..BATCH)
+                                .map(|_| {
+                                    let (a, p) = flow(rng.below(flows));
+                                    client_frame(a, p, false)
+                                })
+                                .collect();
+                            total += run_batch(
+                                &engine,
+                                &tables,
+                                &routes,
+                                &t,
+                                &mut buf,
+                                &mut verdicts,
+                                prefetch,
+                            );
+                            debug_assert!(verdicts
+                                .iter()
+                                .all(|v| matches!(v, Verdict::Forward { .. })));
+                        }
+                        total
+                    })
+                });
+            }
         }
     }
     g.finish();
@@ -140,7 +177,15 @@ fn new_connections(c: &mut Criterion) {
                                 client_frame(a, p, true)
                             })
                             .collect();
-                        total += run_batch(&engine, &tables, &routes, &t, &mut buf, &mut verdicts);
+                        total += run_batch(
+                            &engine,
+                            &tables,
+                            &routes,
+                            &t,
+                            &mut buf,
+                            &mut verdicts,
+                            false,
+                        );
                         // Keep the table at its size: remove what was inserted (not timed).
                         for &i in &ids {
                             let (a, p) = flow(i);

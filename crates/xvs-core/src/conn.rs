@@ -222,10 +222,23 @@ pub struct TableCounters {
     pub expired: AtomicU64,
 }
 
+/// Where a shard's map keeps its memory, published for prefetching: the address of hashbrown's
+/// control bytes (its buckets lie just below them) and the bucket mask. Written under the
+/// shard's lock whenever the map may have moved, read without it; only ever used as a hint.
+#[derive(Debug, Default)]
+struct Layout {
+    ctrl: AtomicUsize,
+    mask: AtomicUsize,
+}
+
+/// Bytes of one bucket of a shard's map.
+const BUCKET: usize = std::mem::size_of::<(ConnKey, Conn)>();
+
 /// The sharded connection table.
 #[derive(Debug)]
 pub struct ConnTable {
     shards: Box<[Mutex<Shard>]>,
+    layouts: Box<[Layout]>,
     per_shard: usize,
     hasher: ahash::RandomState,
     rover: AtomicUsize,
@@ -251,15 +264,17 @@ impl ConnTable {
             0x243F_6A88,
             0x85A3_08D3,
         );
-        let shards = (0..shards)
+        let shards: Box<[Mutex<Shard>]> = (0..shards)
             .map(|_| {
                 Mutex::new(Shard {
                     conns: Map::with_capacity(per_shard.min(INITIAL_PER_SHARD)),
                 })
             })
             .collect();
+        let layouts = (0..shards.len()).map(|_| Layout::default()).collect();
         ConnTable {
             shards,
+            layouts,
             per_shard,
             hasher,
             rover: AtomicUsize::new(0),
@@ -280,6 +295,41 @@ impl ConnTable {
     /// control bytes (top 7 bits).
     fn shard_of(&self, h: u64) -> usize {
         ((h >> 40) as usize) & (self.shards.len() - 1)
+    }
+
+    /// The memory a lookup of the client side (protocol, address, port) will read first: the
+    /// group of control bytes at its probe position and the two cache lines of the bucket there
+    /// (where the entry sits unless that group was crowded). Addresses for a prefetch, from the
+    /// shard's published layout; none while a shard has no published layout.
+    pub fn lookup_addresses(&self, proto: u8, addr: IpAddr, port: u16) -> Option<[usize; 3]> {
+        let h = self.hasher.hash_one((proto, addr, port));
+        let l = &self.layouts[self.shard_of(h)];
+        let ctrl = l.ctrl.load(Relaxed);
+        if ctrl == 0 {
+            return None;
+        }
+        // hashbrown probes from (hash & mask); bucket i ends where bucket i - 1 begins, below
+        // the control bytes.
+        let pos = (h as usize) & l.mask.load(Relaxed);
+        let entry = ctrl.wrapping_sub((pos + 1) * BUCKET);
+        Some([ctrl + pos, entry, entry + 64])
+    }
+
+    /// Publish shard `i`'s layout after a change that may have moved its map, from the
+    /// position of entry `key` (hash `h`) in it.
+    fn publish_layout(&self, i: usize, shard: &Shard, h: u64, key: &ConnKey) {
+        let t = &shard.conns.t;
+        let l = &self.layouts[i];
+        if l.ctrl.load(Relaxed) != 0 && l.mask.load(Relaxed) == t.num_buckets() - 1 {
+            return;
+        }
+        if let Some(j) = t.find_bucket_index(h, |(k, _)| k == key) {
+            if let Some(e) = t.get_bucket(j) {
+                let addr = e as *const (ConnKey, Conn) as usize;
+                l.mask.store(t.num_buckets() - 1, Relaxed);
+                l.ctrl.store(addr + (j + 1) * BUCKET, Relaxed);
+            }
+        }
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
@@ -351,6 +401,7 @@ impl ConnTable {
             return Err((InsertError::Full, conn));
         }
         shard.conns.insert(h, key, conn, &self.hasher);
+        self.publish_layout(self.shard_of(h), &shard, h, &key);
         Ok(())
     }
 
@@ -456,6 +507,8 @@ impl ConnTable {
                     .shrink_to((len * 2).max(INITIAL_PER_SHARD), |(k, _)| {
                         hasher.hash_one(k.client())
                     });
+                // The map moved: no hints until the next insert publishes its new place.
+                self.layouts[i].ctrl.store(0, Relaxed);
             }
         }
         for t in released {
@@ -648,6 +701,43 @@ mod tests {
         }
         assert!(t.is_empty());
         assert!(room(&t) < full / 8, "room {} after expiry", room(&t));
+    }
+
+    /// The published layout matches where hashbrown really keeps the entries: for entries at
+    /// their probe position (most of them), the predicted address is the entry's own.
+    #[test]
+    fn lookup_addresses_point_at_the_entries() {
+        let t = ConnTable::new(1 << 16, 9);
+        let d = dest();
+        let keys: Vec<ConnKey> = (0..5_000u32)
+            .map(|p| ConnKey {
+                caddr: IpAddr::from([10, 2, (p >> 8) as u8, p as u8]),
+                ..key(2000)
+            })
+            .collect();
+        for k in &keys {
+            t.insert(*k, conn(&d, Time(0), 10)).unwrap();
+        }
+        let mut exact = 0;
+        for k in &keys {
+            let [ctrl, entry, next] = t.lookup_addresses(k.proto, k.caddr, k.cport).unwrap();
+            assert_eq!(next, entry + 64);
+            let h = t.hash(k);
+            let shard = t.lock(t.shard_of(h));
+            let j = shard.conns.t.find_bucket_index(h, |(x, _)| x == k).unwrap();
+            let e = shard.conns.t.get_bucket(j).unwrap() as *const (ConnKey, Conn) as usize;
+            // Every bucket of the shard lies below its control bytes.
+            assert!(e < ctrl);
+            if e == entry {
+                exact += 1;
+            }
+        }
+        println!("{exact} of {} entries at the predicted address", keys.len());
+        assert!(
+            exact * 2 > keys.len(),
+            "{exact} of {} at the predicted address",
+            keys.len()
+        );
     }
 
     #[test]

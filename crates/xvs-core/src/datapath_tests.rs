@@ -1131,3 +1131,91 @@ fn forwarding_matrix() {
         }
     }
 }
+
+/// `process_prefetched` is `process` with hints: for the same frames (new connections, their
+/// packets, NAT replies, something that is not IP) it gives the same verdicts and bytes, and
+/// once the table has entries it announces addresses to prefetch.
+#[test]
+fn prefetched_batches_match_frame_by_frame_processing() {
+    let mk = || {
+        Lb::new(
+            tcp_key("10.0.0.1", 80),
+            "rr",
+            &[
+                dest("192.168.10.1", 80, ForwardMethod::Masq),
+                dest("192.168.10.2", 80, ForwardMethod::Masq),
+            ],
+        )
+    };
+    let (one, batched) = (mk(), mk());
+    let client = |i: u16| format!("10.9.{}.{}", i / 200, i % 200 + 1);
+    let syns: Vec<Vec<u8>> = (0..40)
+        .map(|i| tcp4(&client(i), 1000 + i, "10.0.0.1", 80, Flags::Syn, 64, b""))
+        .collect();
+    let first: Vec<(Verdict, Vec<u8>)> = syns.iter().map(|f| one.run(f, 1000)).collect();
+    let mut second: Vec<Vec<u8>> = (0..40)
+        .map(|i| tcp4(&client(i), 1000 + i, "10.0.0.1", 80, Flags::Ack, 64, b"x"))
+        .collect();
+    for (i, (v, _)) in first.iter().enumerate() {
+        let Verdict::Forward {
+            real: Some((real, _)),
+            ..
+        } = v
+        else {
+            panic!("SYN {i}: {v:?}");
+        };
+        let real = real.to_string();
+        let i = i as u16;
+        second.push(tcp4(
+            &real,
+            80,
+            &client(i),
+            1000 + i,
+            Flags::SynAck,
+            64,
+            b"",
+        ));
+    }
+    second.push(vec![0xff; 60]);
+    let expect: Vec<(Verdict, Vec<u8>)> = second.iter().map(|f| one.run(f, 1001)).collect();
+
+    let announced = std::cell::RefCell::new(Vec::new());
+    let run_batch = |frames: &[Vec<u8>], now: u64| -> Vec<(Verdict, Vec<u8>)> {
+        let mut bufs: Vec<Vec<u8>> = frames
+            .iter()
+            .map(|f| {
+                let mut b = vec![0u8; HEADROOM + f.len() + 64];
+                b[HEADROOM..HEADROOM + f.len()].copy_from_slice(f);
+                b
+            })
+            .collect();
+        let mut fs: Vec<Frame<'_>> = bufs
+            .iter_mut()
+            .zip(frames)
+            .map(|(b, f)| Frame::new(b, HEADROOM, f.len()))
+            .collect();
+        let mut vs = vec![Verdict::Pass; fs.len()];
+        batched.engine.process_prefetched(
+            &batched.tables,
+            &batched.routes,
+            &mut fs,
+            Time(now),
+            &mut vs,
+            &|a| announced.borrow_mut().push(a),
+        );
+        vs.into_iter()
+            .zip(fs.iter())
+            .map(|(v, f)| (v, f.data().to_vec()))
+            .collect()
+    };
+    assert_eq!(run_batch(&syns, 1000), first);
+    announced.borrow_mut().clear();
+    assert_eq!(run_batch(&second, 1001), expect);
+    // Three addresses per TCP frame of a shard with entries: most of the 80.
+    assert!(
+        announced.borrow().len() >= 3 * 60,
+        "{}",
+        announced.borrow().len()
+    );
+    assert_eq!(one.engine.conns.len(), batched.engine.conns.len());
+}

@@ -9,3 +9,18 @@ pub mod nexthop;
 pub mod pktgen;
 pub mod worker;
 pub mod xsk;
+
+/// Ask the CPU to bring the cache line at `addr` closer (a hint: nothing is read or written,
+/// and an address that is stale or not mapped costs nothing but the hint). The engine gives
+/// the addresses its next lookups will read ([`xvs_core::Engine::process_prefetched`]).
+#[inline]
+pub fn prefetch(addr: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // Safety: PREFETCHT0 never faults and changes no memory or architectural state, whatever
+    // the address; it needs only SSE, which every x86_64 CPU has.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
