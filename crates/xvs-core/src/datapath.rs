@@ -239,7 +239,7 @@ fn transition(
 }
 
 /// Frames whose table lookups [`Engine::process_prefetched`] announces together.
-pub const PREFETCH_GROUP: usize = 16;
+pub const PREFETCH_GROUP: usize = 32;
 
 impl Engine {
     /// An engine whose connection table holds `capacity` entries.
