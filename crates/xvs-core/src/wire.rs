@@ -74,6 +74,11 @@ impl<'a> Frame<'a> {
         &mut self.buf[self.start..self.start + self.len]
     }
 
+    /// The whole buffer, headroom included (the frame is at `start()..start() + len()`).
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
+        self.buf
+    }
+
     /// Offset of the frame in the buffer (after a push, smaller than at the start).
     pub fn start(&self) -> usize {
         self.start

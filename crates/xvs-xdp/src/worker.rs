@@ -41,6 +41,12 @@ pub trait Handler: Send {
     fn begin(&mut self) {}
     /// Rewrite the frame in place and say where it goes.
     fn handle(&mut self, frame: &mut Frame<'_>, now: Time) -> Verdict;
+    /// The same for a received batch (`verdicts` as long as `frames`); by default frame by frame.
+    fn handle_batch(&mut self, frames: &mut [Frame<'_>], now: Time, verdicts: &mut [Verdict]) {
+        for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
+            *v = self.handle(f, now);
+        }
+    }
     /// Periodic work (about every 10 ms).
     fn housekeeping(&mut self, _now: Time) {}
 }
@@ -92,6 +98,18 @@ impl Handler for EngineHandler {
     fn handle(&mut self, frame: &mut Frame<'_>, now: Time) -> Verdict {
         self.engine
             .process_frame(&self.current, &*self.routes, frame, now)
+    }
+
+    fn handle_batch(&mut self, frames: &mut [Frame<'_>], now: Time, verdicts: &mut [Verdict]) {
+        // The connection-table lookups of a group are prefetched before it is processed.
+        self.engine.process_prefetched(
+            &self.current,
+            &*self.routes,
+            frames,
+            now,
+            verdicts,
+            &crate::prefetch,
+        );
     }
 
     fn housekeeping(&mut self, now: Time) {
@@ -205,9 +223,7 @@ impl<H: Handler> Worker<H> {
                 let n = unsafe { self.qs.ports[pi].rx.consume(&mut rx) };
                 received += n;
                 self.prefetch(&rx[..n]);
-                for desc in rx.iter_mut().take(n) {
-                    self.handle(pi, desc, now, &mut tx);
-                }
+                self.handle_batch(pi, &mut rx[..n], now, &mut tx);
             }
             self.counters.rx.fetch_add(received as u64, Relaxed);
             self.transmit(&mut tx);
@@ -247,11 +263,16 @@ impl<H: Handler> Worker<H> {
         let _ = batch;
     }
 
-    fn handle(&mut self, port: usize, desc: &mut FrameDesc, now: Time, tx: &mut [Vec<FrameDesc>]) {
+    /// The frame behind a received descriptor: its whole UMEM chunk, the packet at the data
+    /// offset (also returned).
+    ///
+    /// # Safety
+    /// `desc` must be a frame of this worker's UMEM that the worker owns (received, not yet put
+    /// in any ring), and the returned frame must be dropped before the descriptor is.
+    unsafe fn frame_of<'f>(&self, desc: &mut FrameDesc) -> (Frame<'f>, usize) {
         let len = desc.lengths().data();
         let (base, data_ptr, cap) = {
-            // Safety: `desc` came from this UMEM's rx ring and is owned by this worker (see
-            // `run`); no other reference to the frame exists while we use it.
+            // Safety: per this function's contract the frame is ours and unaliased.
             let (mut head, mut data) = unsafe { self.qs.umem.frame_mut(desc) };
             (
                 head.contents_mut().as_mut_ptr(),
@@ -262,10 +283,51 @@ impl<H: Handler> Worker<H> {
         let data_off = data_ptr as usize - base as usize;
         // Safety: [base, data_ptr + cap) is exactly this frame's chunk of the UMEM (xsk-rs gives
         // the frame start as the headroom pointer and the data segment runs to the chunk's end);
-        // we own the frame and hold no other reference into it.
+        // the worker owns the frame and, per the contract, no other reference into it outlives
+        // the returned one.
         let chunk = unsafe { std::slice::from_raw_parts_mut(base, data_off + cap) };
-        let mut frame = Frame::new(chunk, data_off, len);
-        let verdict = self.handler.handle(&mut frame, now);
+        (Frame::new(chunk, data_off, len), data_off)
+    }
+
+    /// Hand a received batch to the handler, then send, pass or recycle every frame.
+    fn handle_batch(
+        &mut self,
+        port: usize,
+        descs: &mut [FrameDesc],
+        now: Time,
+        tx: &mut [Vec<FrameDesc>],
+    ) {
+        let n = descs.len().min(BATCH);
+        let mut frames: [Frame<'_>; BATCH] = std::array::from_fn(|_| Frame::new(&mut [], 0, 0));
+        let mut offsets = [0usize; BATCH];
+        for i in 0..n {
+            // Safety: the descriptors came from this UMEM's rx ring in `run`; they are ours
+            // until `dispatch` puts them in a ring or on the free list, after their frame is
+            // done with (each frame is used only up to its own dispatch).
+            let (f, off) = unsafe { self.frame_of(&mut descs[i]) };
+            frames[i] = f;
+            offsets[i] = off;
+        }
+        let mut verdicts: [Verdict; BATCH] = std::array::from_fn(|_| Verdict::Pass);
+        self.handler
+            .handle_batch(&mut frames[..n], now, &mut verdicts[..n]);
+        for i in 0..n {
+            let f = std::mem::replace(&mut frames[i], Frame::new(&mut [], 0, 0));
+            self.dispatch(port, &mut descs[i], verdicts[i], f, offsets[i], tx);
+        }
+    }
+
+    /// Act on one frame's verdict. Takes the frame (not used after this): the descriptor
+    /// changes hands here.
+    fn dispatch(
+        &mut self,
+        port: usize,
+        desc: &mut FrameDesc,
+        verdict: Verdict,
+        mut frame: Frame<'_>,
+        data_off: usize,
+        tx: &mut [Vec<FrameDesc>],
+    ) {
         let (start, new_len) = (frame.start(), frame.len());
         let out_port = match verdict {
             Verdict::Forward { ifindex, .. } => {
@@ -279,10 +341,10 @@ impl<H: Handler> Worker<H> {
             }
             Verdict::Reply(_) => Some(port),
             Verdict::Pass => {
-                let sent = self.injector.as_ref().is_some_and(|inj| {
-                    let f = &mut chunk[start..start + new_len];
-                    inj.inject(f).is_ok()
-                });
+                let sent = self
+                    .injector
+                    .as_ref()
+                    .is_some_and(|inj| inj.inject(frame.data_mut()).is_ok());
                 if sent {
                     self.counters.passed_to_kernel.fetch_add(1, Relaxed);
                 } else {
@@ -302,9 +364,11 @@ impl<H: Handler> Worker<H> {
         if start != data_off {
             // The frame grew into the headroom (tunnel, ICMP error). xsk-rs transmits from the
             // descriptor's fixed address, so move the frame there: one copy, only on these paths.
-            chunk.copy_within(start..start + new_len, data_off);
+            frame
+                .buffer_mut()
+                .copy_within(start..start + new_len, data_off);
         }
-        // Safety: as above; the frame is still ours (not yet in a ring).
+        // Safety: the frame is still ours (not yet in a ring) and its `Frame` is not used again.
         let mut data = unsafe { self.qs.umem.data_mut(desc) };
         data.cursor().set_pos(new_len);
         tx[out].push(*desc);
