@@ -222,6 +222,11 @@ pub struct TableCounters {
     pub expired: AtomicU64,
 }
 
+/// The table's hash of a client side (protocol, client address, client port): computed once
+/// per packet by a caller that needs it twice (prefetch, then lookup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientHash(u64);
+
 /// Where a shard's map keeps its memory, published for prefetching: the address of hashbrown's
 /// control bytes (its buckets lie just below them) and the bucket mask. Written under the
 /// shard's lock whenever the map may have moved, read without it; only ever used as a hint.
@@ -297,12 +302,18 @@ impl ConnTable {
         ((h >> 40) as usize) & (self.shards.len() - 1)
     }
 
-    /// The memory a lookup of the client side (protocol, address, port) will read first: the
+    /// The hash of a client side (protocol, client address, client port), for the `_at`
+    /// lookups and [`ConnTable::lookup_addresses`].
+    pub fn client_hash(&self, proto: u8, addr: IpAddr, port: u16) -> ClientHash {
+        ClientHash(self.hasher.hash_one((proto, addr, port)))
+    }
+
+    /// The memory a lookup of the client side hashed to `h` will read first: the
     /// group of control bytes at its probe position and the two cache lines of the bucket there
     /// (where the entry sits unless that group was crowded). Addresses for a prefetch, from the
     /// shard's published layout; none while a shard has no published layout.
-    pub fn lookup_addresses(&self, proto: u8, addr: IpAddr, port: u16) -> Option<[usize; 3]> {
-        let h = self.hasher.hash_one((proto, addr, port));
+    pub fn lookup_addresses(&self, h: ClientHash) -> Option<[usize; 3]> {
+        let h = h.0;
         let l = &self.layouts[self.shard_of(h)];
         let ctrl = l.ctrl.load(Relaxed);
         if ctrl == 0 {
@@ -345,7 +356,19 @@ impl ConnTable {
         now: Time,
         f: impl FnOnce(&mut Conn) -> R,
     ) -> Option<R> {
-        let h = self.hash(key);
+        self.with_conn_at(None, key, now, f)
+    }
+
+    /// [`ConnTable::with_conn`] with the key's [`ClientHash`] when the caller has it already.
+    pub fn with_conn_at<R>(
+        &self,
+        h: Option<ClientHash>,
+        key: &ConnKey,
+        now: Time,
+        f: impl FnOnce(&mut Conn) -> R,
+    ) -> Option<R> {
+        let h = h.map_or_else(|| self.hash(key), |h| h.0);
+        debug_assert_eq!(h, self.hash(key));
         let mut shard = self.lock(self.shard_of(h));
         let expired = match shard.conns.get_mut(h, key) {
             None => return None,
@@ -373,9 +396,21 @@ impl ConnTable {
         now: Time,
         f: impl FnOnce(&ConnKey, &mut Conn) -> R,
     ) -> Option<R> {
+        self.with_reply_at(None, rk, now, f)
+    }
+
+    /// [`ConnTable::with_reply`] with the reply's [`ClientHash`] when the caller has it already.
+    pub fn with_reply_at<R>(
+        &self,
+        h: Option<ClientHash>,
+        rk: &ReplyKey,
+        now: Time,
+        f: impl FnOnce(&ConnKey, &mut Conn) -> R,
+    ) -> Option<R> {
         // The reply and its connection share the client side, hence the hash, the shard and
         // the probe sequence; only the comparison differs.
-        let h = self.hash(rk);
+        let h = h.map_or_else(|| self.hash(rk), |h| h.0);
+        debug_assert_eq!(h, self.hash(rk));
         let mut shard = self.lock(self.shard_of(h));
         let (k, c) = shard.conns.t.find_mut(h, |(k, c)| c.answers(k, rk))?;
         if c.expires > now {
@@ -720,7 +755,9 @@ mod tests {
         }
         let mut exact = 0;
         for k in &keys {
-            let [ctrl, entry, next] = t.lookup_addresses(k.proto, k.caddr, k.cport).unwrap();
+            let [ctrl, entry, next] = t
+                .lookup_addresses(t.client_hash(k.proto, k.caddr, k.cport))
+                .unwrap();
             assert_eq!(next, entry + 64);
             let h = t.hash(k);
             let shard = t.lock(t.shard_of(h));

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::conn::{
-    Conn, ConnKey, ConnTable, InsertError, ReplyKey, CONN_F_INACTIVE, CONN_F_NOOUTPUT,
+    ClientHash, Conn, ConnKey, ConnTable, InsertError, ReplyKey, CONN_F_INACTIVE, CONN_F_NOOUTPUT,
     CONN_F_ONE_PACKET, CONN_F_TEMPLATE, TPL_S_NONE,
 };
 use crate::dest::{ConnForward, DestState};
@@ -238,6 +238,9 @@ fn transition(
     }
 }
 
+/// A frame parsed ahead, with the hash of its first lookup's client side.
+type Parsed = (Result<Packet, ParseError>, Option<ClientHash>);
+
 /// Frames whose table lookups [`Engine::process_prefetched`] announces together.
 pub const PREFETCH_GROUP: usize = 32;
 
@@ -290,32 +293,30 @@ impl Engine {
             .chunks_mut(PREFETCH_GROUP)
             .zip(verdicts.chunks_mut(PREFETCH_GROUP))
         {
-            let mut parsed: [Option<Result<Packet, ParseError>>; PREFETCH_GROUP] =
-                [const { None }; PREFETCH_GROUP];
+            let mut parsed: [Option<Parsed>; PREFETCH_GROUP] = [const { None }; PREFETCH_GROUP];
             for (f, slot) in fs.iter().zip(parsed.iter_mut()) {
                 let p = parse(f.data());
+                let mut h = None;
                 if let Ok(p) = &p {
                     if let Some(proto) = Protocol::from_number(p.proto) {
+                        // The client side of the lookup classify will make first.
                         let (caddr, cport) = if tables.is_nat_source(proto, p.saddr, p.sport) {
                             (p.daddr, p.dport)
                         } else {
                             (p.saddr, p.sport)
                         };
-                        for a in self
-                            .conns
-                            .lookup_addresses(p.proto, caddr, cport)
-                            .into_iter()
-                            .flatten()
-                        {
+                        let ch = self.conns.client_hash(p.proto, caddr, cport);
+                        for a in self.conns.lookup_addresses(ch).into_iter().flatten() {
                             prefetch(a);
                         }
+                        h = Some(ch);
                     }
                 }
-                *slot = Some(p);
+                *slot = Some((p, h));
             }
             for ((f, v), p) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed) {
                 let v1 = match p {
-                    Some(p) => self.classify_parsed(tables, routes, f, p, now),
+                    Some((p, h)) => self.classify_parsed(tables, routes, f, p, h, now),
                     None => self.classify(tables, routes, f, now),
                 };
                 *v = self.count_verdict(v1);
@@ -353,7 +354,7 @@ impl Engine {
         now: Time,
     ) -> Verdict {
         let p = parse(frame.data());
-        self.classify_parsed(t, routes, frame, p, now)
+        self.classify_parsed(t, routes, frame, p, None, now)
     }
 
     fn classify_parsed(
@@ -362,6 +363,7 @@ impl Engine {
         routes: &dyn Routes,
         frame: &mut Frame<'_>,
         parsed: Result<Packet, ParseError>,
+        h: Option<ClientHash>,
         now: Time,
     ) -> Verdict {
         let p = match parsed {
@@ -377,8 +379,10 @@ impl Engine {
             None => return Verdict::Pass,
         };
         let from_nat = t.is_nat_source(proto, p.saddr, p.sport);
+        // `h` hashes the client side of the first lookup: the reply's for a NAT source.
+        let (h_reply, h_in) = if from_nat { (h, None) } else { (None, h) };
         if from_nat {
-            if let Some(v) = self.reply(t, routes, frame, &p, proto, now) {
+            if let Some(v) = self.reply(t, routes, frame, &p, h_reply, now) {
                 return v;
             }
         }
@@ -389,7 +393,7 @@ impl Engine {
             vaddr: p.daddr,
             vport: p.dport,
         };
-        match self.existing(t, &key, &p, proto, now) {
+        match self.existing(t, &key, &p, proto, h_in, now) {
             Some(InResult::Hit(hit, tpl)) => {
                 if let Some(tk) = tpl {
                     self.conns.assure_template(&tk);
@@ -420,9 +424,10 @@ impl Engine {
         key: &ConnKey,
         p: &Packet,
         proto: Protocol,
+        h: Option<ClientHash>,
         now: Time,
     ) -> Option<InResult> {
-        self.conns.with_conn(key, now, |c| {
+        self.conns.with_conn_at(h, key, now, |c| {
             if proto == Protocol::Tcp
                 && p.tcp.syn
                 && c.template.is_none()
@@ -465,9 +470,10 @@ impl Engine {
         routes: &dyn Routes,
         frame: &mut Frame<'_>,
         p: &Packet,
-        proto: Protocol,
+        h: Option<ClientHash>,
         now: Time,
     ) -> Option<Verdict> {
+        let proto = Protocol::from_number(p.proto)?;
         let rk = ReplyKey {
             proto: p.proto,
             daddr: p.saddr,
@@ -475,7 +481,7 @@ impl Engine {
             caddr: p.daddr,
             cport: p.dport,
         };
-        let (vaddr, vport, tpl) = self.conns.with_reply(&rk, now, |key, c| {
+        let (vaddr, vport, tpl) = self.conns.with_reply_at(h, &rk, now, |key, c| {
             let assure = transition(c, proto, Direction::Output, p.tcp, &t.timeouts, now);
             account(c, t, Direction::Output, p.ip_len);
             (
