@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
 use crate::dest::{ConnForward, DestState};
@@ -178,22 +179,8 @@ impl<K: ClientSide, V> Map<K, V> {
         }
     }
 
-    fn get(&self, h: u64, k: &K) -> Option<&V> {
-        self.t.find(h, |(x, _)| x == k).map(|(_, v)| v)
-    }
-
     fn get_mut(&mut self, h: u64, k: &K) -> Option<&mut V> {
         self.t.find_mut(h, |(x, _)| x == k).map(|(_, v)| v)
-    }
-
-    fn insert(&mut self, h: u64, k: K, v: V, hasher: &ahash::RandomState) {
-        match self.t.find_mut(h, |(x, _)| *x == k) {
-            Some(slot) => slot.1 = v,
-            None => {
-                self.t
-                    .insert_unique(h, (k, v), |(x, _)| hasher.hash_one(x.client()));
-            }
-        }
     }
 
     fn remove(&mut self, h: u64, k: &K) -> Option<V> {
@@ -427,16 +414,26 @@ impl ConnTable {
     /// Insert a new entry. The caller has bound it to its destination; on error it must unbind.
     pub fn insert(&self, key: ConnKey, conn: Conn) -> Result<(), (InsertError, Conn)> {
         let h = self.hash(&key);
-        let mut shard = self.lock(self.shard_of(h));
-        if shard.conns.get(h, &key).is_some() {
-            return Err((InsertError::Exists, conn));
+        let i = self.shard_of(h);
+        let mut shard = self.lock(i);
+        let full = shard.conns.len() >= self.per_shard;
+        let hasher = &self.hasher;
+        // One probe finds the key or the slot for it.
+        match shard
+            .conns
+            .t
+            .entry(h, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k.client()))
+        {
+            Entry::Occupied(_) => return Err((InsertError::Exists, conn)),
+            Entry::Vacant(_) if full => {
+                self.counters.full.fetch_add(1, Relaxed);
+                return Err((InsertError::Full, conn));
+            }
+            Entry::Vacant(v) => {
+                v.insert((key, conn));
+            }
         }
-        if shard.conns.len() >= self.per_shard {
-            self.counters.full.fetch_add(1, Relaxed);
-            return Err((InsertError::Full, conn));
-        }
-        shard.conns.insert(h, key, conn, &self.hasher);
-        self.publish_layout(self.shard_of(h), &shard, h, &key);
+        self.publish_layout(i, &shard, h, &key);
         Ok(())
     }
 
