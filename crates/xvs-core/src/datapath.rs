@@ -357,6 +357,7 @@ impl Engine {
         self.classify_parsed(t, routes, frame, p, None, now)
     }
 
+    #[inline(always)]
     fn classify_parsed(
         &self,
         t: &Tables,
