@@ -238,8 +238,16 @@ fn transition(
     }
 }
 
-/// A frame parsed ahead, with the hash of its first lookup's client side.
-type Parsed = (Result<Packet, ParseError>, Option<ClientHash>);
+/// What the prefetching pass learned of a packet's first table lookup: whether it is a NAT
+/// reply lookup (the packet comes from a NAT real server), and the hash of its client side.
+#[derive(Debug, Clone, Copy)]
+struct FirstLookup {
+    from_nat: bool,
+    h: ClientHash,
+}
+
+/// A frame parsed ahead, with its first lookup when it is TCP or UDP.
+type Parsed = (Result<Packet, ParseError>, Option<FirstLookup>);
 
 /// Frames whose table lookups [`Engine::process_prefetched`] announces together.
 pub const PREFETCH_GROUP: usize = 32;
@@ -296,27 +304,28 @@ impl Engine {
             let mut parsed: [Option<Parsed>; PREFETCH_GROUP] = [const { None }; PREFETCH_GROUP];
             for (f, slot) in fs.iter().zip(parsed.iter_mut()) {
                 let p = parse(f.data());
-                let mut h = None;
+                let mut first = None;
                 if let Ok(p) = &p {
                     if let Some(proto) = Protocol::from_number(p.proto) {
                         // The client side of the lookup classify will make first.
-                        let (caddr, cport) = if tables.is_nat_source(proto, p.saddr, p.sport) {
+                        let from_nat = tables.is_nat_source(proto, p.saddr, p.sport);
+                        let (caddr, cport) = if from_nat {
                             (p.daddr, p.dport)
                         } else {
                             (p.saddr, p.sport)
                         };
-                        let ch = self.conns.client_hash(p.proto, caddr, cport);
-                        for a in self.conns.lookup_addresses(ch).into_iter().flatten() {
+                        let h = self.conns.client_hash(p.proto, caddr, cport);
+                        for a in self.conns.lookup_addresses(h).into_iter().flatten() {
                             prefetch(a);
                         }
-                        h = Some(ch);
+                        first = Some(FirstLookup { from_nat, h });
                     }
                 }
-                *slot = Some((p, h));
+                *slot = Some((p, first));
             }
             for ((f, v), p) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed) {
                 let v1 = match p {
-                    Some((p, h)) => self.classify_parsed(tables, routes, f, p, h, now),
+                    Some((p, first)) => self.classify_parsed(tables, routes, f, p, first, now),
                     None => self.classify(tables, routes, f, now),
                 };
                 *v = self.count_verdict(v1);
@@ -364,7 +373,7 @@ impl Engine {
         routes: &dyn Routes,
         frame: &mut Frame<'_>,
         parsed: Result<Packet, ParseError>,
-        h: Option<ClientHash>,
+        first: Option<FirstLookup>,
         now: Time,
     ) -> Verdict {
         let p = match parsed {
@@ -379,8 +388,13 @@ impl Engine {
             None if is_icmp_error(&p) => return self.icmp(t, routes, frame, &p, now),
             None => return Verdict::Pass,
         };
-        let from_nat = t.is_nat_source(proto, p.saddr, p.sport);
-        // `h` hashes the client side of the first lookup: the reply's for a NAT source.
+        // The prefetching pass has already asked whether this is a NAT source, and hashed the
+        // client side of the first lookup (the reply's for a NAT source).
+        let from_nat = first.map_or_else(
+            || t.is_nat_source(proto, p.saddr, p.sport),
+            |fl| fl.from_nat,
+        );
+        let h = first.map(|fl| fl.h);
         let (h_reply, h_in) = if from_nat { (h, None) } else { (None, h) };
         if from_nat {
             if let Some(v) = self.reply(t, routes, frame, &p, h_reply, now) {
