@@ -34,6 +34,17 @@ pub struct Response {
     pub stderr: String,
 }
 
+impl Response {
+    /// A failed request: `status` and the message for standard error.
+    pub fn failure(status: i32, stderr: impl Into<String>) -> Response {
+        Response {
+            status,
+            stderr: stderr.into(),
+            ..Default::default()
+        }
+    }
+}
+
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {

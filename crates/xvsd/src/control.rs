@@ -265,11 +265,10 @@ pub fn serve(ctl: Arc<Control>, listener: UnixListener, stop: Arc<AtomicBool>) {
                 if ctl.clients.fetch_add(1, Relaxed) >= MAX_CLIENTS {
                     ctl.clients.fetch_sub(1, Relaxed);
                     let mut s = stream;
-                    let _ = s.write_all(&encode_response(&Response {
-                        status: 255,
-                        stderr: "xvsd: too many control clients, try again\n".into(),
-                        ..Default::default()
-                    }));
+                    let _ = s.write_all(&encode_response(&Response::failure(
+                        255,
+                        "xvsd: too many control clients, try again\n",
+                    )));
                     continue;
                 }
                 let ctl = ctl.clone();
@@ -311,14 +310,7 @@ fn client(ctl: &Control, mut stream: UnixStream) {
         let len = match header(&h, MAX_REQUEST) {
             Ok(n) => n,
             Err(e) => {
-                reply(
-                    &mut stream,
-                    Response {
-                        status: 2,
-                        stderr: format!("xvsd: {e}\n"),
-                        ..Default::default()
-                    },
-                );
+                reply(&mut stream, Response::failure(2, format!("xvsd: {e}\n")));
                 refuse(stream);
                 return;
             }
@@ -333,22 +325,14 @@ fn client(ctl: &Control, mut stream: UnixStream) {
             Err(e) => {
                 reply(
                     &mut stream,
-                    Response {
-                        status: 255,
-                        stderr: format!("xvsd: SO_PEERCRED: {e}\n"),
-                        ..Default::default()
-                    },
+                    Response::failure(255, format!("xvsd: SO_PEERCRED: {e}\n")),
                 );
                 return;
             }
         };
         let resp = match decode_request(&payload) {
             Ok(req) => ctl.handle(&req.args, &req.stdin, uid),
-            Err(e) => Response {
-                status: 2,
-                stderr: format!("xvsd: {e}\n"),
-                ..Default::default()
-            },
+            Err(e) => Response::failure(2, format!("xvsd: {e}\n")),
         };
         if !reply(&mut stream, resp) {
             return;
