@@ -30,6 +30,16 @@ nooffload() { # turn off TX checksum offload and segmentation on a sender's veth
     ns "$1" ethtool -K "$2" tx off tso off gso off >/dev/null 2>&1 || true
 }
 
+client_side() { # client_side PREFIX ID: client and balancer addresses, VIP routes via the balancer
+    local P=$1 id=$2
+    ns "$P-c" ip addr add 10.9.0.2/24 dev "xc$id"
+    ns "$P-c" ip -6 addr add fd09::2/64 dev "xc$id" nodad
+    ns "$P-l" ip addr add 10.9.0.1/24 dev "xl$id"
+    ns "$P-l" ip -6 addr add fd09::1/64 dev "xl$id" nodad
+    ns "$P-c" ip route add 10.0.0.0/24 via 10.9.0.1
+    ns "$P-c" ip -6 route add fd00::/64 via fd09::1
+}
+
 up() {
     local mode=$1 q=${2:-1}
     local id; id=$(printf '%04x' $(( (RANDOM << 1 ^ $$) & 0xffff )))
@@ -40,12 +50,7 @@ up() {
     # Client.
     if [ "$mode" = nat ]; then
         veth_pair "xc$id" "$P-c" "xl$id" "$P-l" "$q"
-        ns "$P-c" ip addr add 10.9.0.2/24 dev "xc$id"
-        ns "$P-c" ip -6 addr add fd09::2/64 dev "xc$id" nodad
-        ns "$P-l" ip addr add 10.9.0.1/24 dev "xl$id"
-        ns "$P-l" ip -6 addr add fd09::1/64 dev "xl$id" nodad
-        ns "$P-c" ip route add 10.0.0.0/24 via 10.9.0.1
-        ns "$P-c" ip -6 route add fd00::/64 via fd09::1
+        client_side "$P" "$id"
         # Server side: balancer and real servers on the bridge.
         veth_pair "xs$id" "$P-l" "xw$id" "$P-w" "$q"
         ns "$P-w" ip link set "xw$id" master br0
@@ -68,12 +73,7 @@ up() {
         veth_pair "xl$id" "$P-l" "xm$id" "$P-w" "$q"
         ns "$P-w" ip link set "xa$id" master br0
         ns "$P-w" ip link set "xm$id" master br0
-        ns "$P-c" ip addr add 10.9.0.2/24 dev "xc$id"
-        ns "$P-c" ip -6 addr add fd09::2/64 dev "xc$id" nodad
-        ns "$P-l" ip addr add 10.9.0.1/24 dev "xl$id"
-        ns "$P-l" ip -6 addr add fd09::1/64 dev "xl$id" nodad
-        ns "$P-c" ip route add 10.0.0.0/24 via 10.9.0.1
-        ns "$P-c" ip -6 route add fd00::/64 via fd09::1
+        client_side "$P" "$id"
         nooffload "$P-c" "xc$id"
         for n in 1 2 3; do
             veth_pair "xr$n$id" "$P-r$n" "xb$n$id" "$P-w"
