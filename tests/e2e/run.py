@@ -292,17 +292,31 @@ def control_checks(rig, name, vip, reals):
     rig.adm(f"-E {svc} -s rr")
 
 
-def scenario(mode, v6):
-    fam = "v6" if v6 else "v4"
-    name = f"{mode}-{fam}"
+def on_rig(name, mode, v6, started, body, queues=1, xvsd_args=()):
+    """Run body(rig, vip, reals) on a fresh rig of `mode` with its real servers and xvsd
+    started (checked as "{name}: {started}"); an exception fails the scenario, and the rig is
+    always removed."""
     if ARGS.filter and ARGS.filter not in name:
         return
     vip, reals = addrs(mode, v6)
-    rig = Rig(mode)
+    rig = Rig(mode, queues=queues)
     try:
         start_servers(rig, mode, v6)
-        if not check(f"{name}: xvsd starts", rig.start_xvsd(rules_for(mode, vip, reals)), rig.log("xvsd.log")):
+        if not check(f"{name}: {started}", rig.start_xvsd(rules_for(mode, vip, reals), xvsd_args),
+                     rig.log("xvsd.log")):
             return
+        body(rig, vip, reals)
+    except Exception:
+        check(f"{name}: no exception", False, traceback.format_exc())
+    finally:
+        rig.close()
+
+
+def scenario(mode, v6):
+    fam = "v6" if v6 else "v4"
+    name = f"{mode}-{fam}"
+
+    def body(rig, vip, reals):
         # rr: each real server in turn (newest added first).
         names = [curl(rig, url(vip, "/name"))[1].decode().strip() for _ in range(6)]
         check(f"{name}: rr spreads HTTP over the three servers", names == ["rs3", "rs2", "rs1"] * 2, names)
@@ -356,25 +370,16 @@ def scenario(mode, v6):
             control_checks(rig, name, vip, reals)
         rc = rig.stop_xvsd()
         check(f"{name}: xvsd stops cleanly on SIGTERM", rc == 0, rig.log("xvsd.log")[-500:])
-    except Exception:
-        check(f"{name}: no exception", False, traceback.format_exc())
-    finally:
-        rig.close()
+
+    on_rig(name, mode, v6, "xvsd starts", body)
 
 
 def multiqueue():
     """Two RX queues on each of the balancer's interfaces: two workers share the connection
     table, so a NAT reply that lands on another queue than its request still finds it."""
     name = "nat-v4-2q"
-    if ARGS.filter and ARGS.filter not in name:
-        return
-    vip, reals = addrs("nat", False)
-    rig = Rig("nat", queues=2)
-    try:
-        start_servers(rig, "nat", False)
-        if not check(f"{name}: xvsd starts with two queues", rig.start_xvsd(rules_for("nat", vip, reals)),
-                     rig.log("xvsd.log")):
-            return
+
+    def body(rig, vip, reals):
         results = [curl(rig, url(vip, "/name")) for _ in range(30)]
         good = sum(1 for rc, body in results if rc == 0 and body.decode().strip() in ("rs1", "rs2", "rs3"))
         check(f"{name}: 30 connections answered", good == 30, results)
@@ -388,24 +393,15 @@ def multiqueue():
         check(f"{name}: --xvs-stats shows two workers, four sockets, both workers busy",
               st == 0 and len(rx) == 2 and all(r > 0 for r in rx) and len(sockets) == 4, out + err)
         check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
-    except Exception:
-        check(f"{name}: no exception", False, traceback.format_exc())
-    finally:
-        rig.close()
+
+    on_rig(name, "nat", False, "xvsd starts with two queues", body, queues=2)
 
 
 def busy_poll():
     """xvsd --busy-poll: the worker polls its rings without sleeping; traffic flows as usual."""
     name = "nat-v4-busy-poll"
-    if ARGS.filter and ARGS.filter not in name:
-        return
-    vip, reals = addrs("nat", False)
-    rig = Rig("nat")
-    try:
-        start_servers(rig, "nat", False)
-        if not check(f"{name}: xvsd starts with --busy-poll",
-                     rig.start_xvsd(rules_for("nat", vip, reals), ["--busy-poll"]), rig.log("xvsd.log")):
-            return
+
+    def body(rig, vip, reals):
         results = [curl(rig, url(vip, "/name")) for _ in range(6)]
         names = [body.decode().strip() for rc, body in results if rc == 0]
         check(f"{name}: 6 connections answered, spread over the 3 real servers",
@@ -424,10 +420,8 @@ def busy_poll():
         check(f"{name}: the idle worker keeps polling (CPU time grows with the wall clock)", used > 0.5 * wall,
               f"cpu {used:.2f} s over {wall:.2f} s")
         check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
-    except Exception:
-        check(f"{name}: no exception", False, traceback.format_exc())
-    finally:
-        rig.close()
+
+    on_rig(name, "nat", False, "xvsd starts with --busy-poll", body, xvsd_args=["--busy-poll"])
 
 
 def main():
