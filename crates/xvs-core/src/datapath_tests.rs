@@ -263,11 +263,7 @@ fn direct_routing_v6() {
 
 #[test]
 fn nat_v4_tcp_both_directions_and_states() {
-    let lb = Lb::new(
-        tcp_key("10.0.0.1", 80),
-        "rr",
-        &[dest("192.168.1.2", 8080, ForwardMethod::Masq)],
-    );
+    let lb = nat_lb();
     let (v, out) = lb.run(
         &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""),
         0,
@@ -590,11 +586,7 @@ fn too_big_with_df_gets_frag_needed_with_tunnel_mtu() {
 
 #[test]
 fn icmp_from_outside_reaches_nat_real_server_rewritten() {
-    let lb = Lb::new(
-        tcp_key("10.0.0.1", 80),
-        "rr",
-        &[dest("192.168.1.2", 8080, ForwardMethod::Masq)],
-    );
+    let lb = nat_lb();
     lb.run(
         &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""),
         0,
@@ -965,11 +957,7 @@ fn engine_is_shared_by_worker_threads() {
 
 #[test]
 fn icmp_from_nat_real_server_reaches_client_rewritten() {
-    let lb = Lb::new(
-        tcp_key("10.0.0.1", 80),
-        "rr",
-        &[dest("192.168.1.2", 8080, ForwardMethod::Masq)],
-    );
+    let lb = nat_lb();
     lb.run(
         &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""),
         0,
