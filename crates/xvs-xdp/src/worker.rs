@@ -245,22 +245,15 @@ impl<H: Handler> Worker<H> {
     /// another core, so each first touch is a cache miss; issued together, the misses overlap
     /// instead of stalling the handler one frame at a time.
     fn prefetch(&self, batch: &[FrameDesc]) {
-        #[cfg(target_arch = "x86_64")]
         for desc in batch {
             // Safety: `desc` came from this UMEM's rx ring (see `run`); `data` only computes the
             // segment's address and length, and no mutable reference to the frame exists now.
             let data = unsafe { self.qs.umem.data(desc) };
-            let p = data.contents().as_ptr();
-            // Safety: a prefetch neither faults nor changes memory; both lines lie inside the
-            // frame's chunk (frames are 4,096 bytes, the headers come first).
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(p.cast());
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64).cast());
-            }
+            // The first two lines of the frame: its headers.
+            let p = data.contents().as_ptr() as usize;
+            crate::prefetch(p);
+            crate::prefetch(p + 64);
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = batch;
     }
 
     /// The frame behind a received descriptor: its whole UMEM chunk, the packet at the data
