@@ -283,11 +283,14 @@ impl Engine {
 
     /// Like [`Engine::process`], with the connection-table lookups of the batch announced
     /// ahead: frames are taken in groups of [`PREFETCH_GROUP`]; for each group every frame is
-    /// parsed and `prefetch` is given the addresses of the table memory its lookup will read
-    /// (control bytes, entry), then the frames are processed. The I/O layer passes a CPU prefetch
+    /// parsed and `prefetch` is given the addresses of the index memory its lookup will read
+    /// (control bytes, slot); then, that memory being on its way, each frame's candidate entry is
+    /// read from the index and its cache lines are announced; then the frames are processed,
+    /// each lookup starting at its candidate. The I/O layer passes a CPU prefetch
     /// (`xvs_xdp::prefetch`); the misses of a group then overlap instead of stalling one packet
     /// after the other. The addresses are hints: xvs-core never dereferences them, and a stale one
-    /// (a map that grew meanwhile) only makes a useless prefetch.
+    /// (an index that grew meanwhile, an entry moved by a removal) only makes a useless prefetch
+    /// and a lookup that probes as [`Engine::process`] does.
     pub fn process_prefetched(
         &self,
         tables: &Tables,
@@ -322,6 +325,15 @@ impl Engine {
                     }
                 }
                 *slot = Some((p, first));
+            }
+            // The index memory is on its way; now read each frame's candidate position from it
+            // and announce the entry itself.
+            for (_, first) in parsed.iter_mut().flatten() {
+                if let Some(fl) = first {
+                    for a in self.conns.candidate(&mut fl.h).into_iter().flatten() {
+                        prefetch(a);
+                    }
+                }
             }
             for ((f, v), p) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed) {
                 let v1 = match p {
