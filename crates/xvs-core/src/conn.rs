@@ -79,9 +79,7 @@ pub struct ReplyKey {
 /// One connection or template.
 #[derive(Debug, Clone)]
 pub struct Conn {
-    /// Real-server address.
-    pub daddr: IpAddr,
-    /// Real-server port.
+    /// Real-server port (the real server's address is `dest.addr`).
     pub dport: u16,
     /// The destination it is bound to.
     pub dest: Arc<DestState>,
@@ -125,7 +123,7 @@ impl Conn {
 
     /// Whether this entry is the connection a NAT reply `rk` belongs to.
     fn answers(&self, key: &ConnKey, rk: &ReplyKey) -> bool {
-        self.daddr == rk.daddr
+        self.dest.addr == rk.daddr
             && self.dport == rk.dport
             && key.cport == rk.cport
             && key.caddr == rk.caddr
@@ -661,7 +659,6 @@ mod tests {
     fn conn(d: &Arc<DestState>, now: Time, secs: u32) -> Conn {
         d.bind(false, true);
         Conn {
-            daddr: d.addr,
             dport: d.port,
             dest: d.clone(),
             svc: Arc::new(ServiceLive::new(new_scheduler("rr", &[]).unwrap())),
@@ -949,14 +946,14 @@ mod size_tests {
     use super::*;
 
     /// Memory per entry as documented in docs/architecture.md: a connection entry is its key
-    /// and value plus hashbrown's control byte; NAT connections have no second entry.
+    /// and value, plus an index slot and control byte; NAT connections have no second entry.
     #[test]
     fn entry_sizes_are_as_documented() {
-        let conn = std::mem::size_of::<(ConnKey, Conn)>();
+        let conn = std::mem::size_of::<Entry>();
         println!("conn entry {conn} B");
         assert_eq!(std::mem::size_of::<ConnKey>(), 40);
         assert!(
-            conn <= 112,
+            conn <= 96,
             "conn entry grew to {conn} B: update docs/architecture.md"
         );
     }

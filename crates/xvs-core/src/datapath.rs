@@ -481,7 +481,7 @@ impl Engine {
             account(c, t, Direction::Input, p.ip_len);
             InResult::Hit(
                 Hit {
-                    daddr: c.daddr,
+                    daddr: c.dest.addr,
                     dport: c.dport,
                     fwd: c.fwd,
                 },
@@ -673,7 +673,6 @@ impl Engine {
             };
             dest.bind(true, false);
             let tpl = Conn {
-                daddr: dest.addr,
                 dport: tdport,
                 dest: dest.clone(),
                 svc: svc.live.clone(),
@@ -760,7 +759,6 @@ impl Engine {
         }
         dest.bind(false, true);
         let mut c = Conn {
-            daddr: dest.addr,
             dport,
             dest: dest.clone(),
             svc: svc.live.clone(),
@@ -781,7 +779,7 @@ impl Engine {
         account(&c, t, Direction::Input, p.ip_len);
         transition(&mut c, proto, Direction::Input, p.tcp, &t.timeouts, now);
         let hit = Hit {
-            daddr: c.daddr,
+            daddr: c.dest.addr,
             dport: c.dport,
             fwd,
         };
@@ -832,7 +830,7 @@ impl Engine {
         let hit = self.conns.with_conn(&key, now, |c| {
             account(c, t, Direction::Input, p.ip_len);
             Hit {
-                daddr: c.daddr,
+                daddr: c.dest.addr,
                 dport: c.dport,
                 fwd: c.fwd,
             }

@@ -132,7 +132,7 @@ impl Control {
                 state,
                 client: (k.caddr, k.cport),
                 virt: (k.vaddr, k.vport),
-                dest: (c.daddr, c.dport),
+                dest: (c.dest.addr, c.dport),
             });
         });
         rows
