@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use xvs_bench::{balancer, client_frame, flow, Rng, HEADROOM, SLOT};
 use xvs_core::conn::ConnKey;
+use xvs_core::stats::WorkerSlot;
 use xvs_core::{ForwardMethod, Frame, Time, Verdict};
 
 const BATCH: usize = 256;
@@ -23,16 +24,38 @@ fn sizes() -> &'static [u64] {
     }
 }
 
+/// Frame buffers, verdicts and the worker counter slot of a benchmark.
+struct Scratch {
+    buf: Vec<u8>,
+    verdicts: Vec<Verdict>,
+    slot: WorkerSlot,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch {
+            buf: vec![0u8; BATCH * SLOT],
+            verdicts: vec![Verdict::Pass; BATCH],
+            slot: WorkerSlot::claim(),
+        }
+    }
+}
+
 /// Process `frames` (templates) through the engine in one batch; returns the elapsed time.
 fn run_batch(
     engine: &xvs_core::Engine,
     tables: &xvs_core::Tables,
     routes: &xvs_core::routes::StaticRoutes,
     templates: &[Vec<u8>],
-    buf: &mut [u8],
-    verdicts: &mut [Verdict],
+    scratch: &mut Scratch,
     prefetch: bool,
 ) -> Duration {
+    let Scratch {
+        buf,
+        verdicts,
+        slot,
+    } = scratch;
+    let verdicts = &mut verdicts[..templates.len()];
     for (i, t) in templates.iter().enumerate() {
         buf[i * SLOT + HEADROOM..i * SLOT + HEADROOM + t.len()].copy_from_slice(t);
     }
@@ -49,13 +72,14 @@ fn run_batch(
             &mut frames,
             Time(1000),
             verdicts,
+            slot,
             &xvs_xdp::prefetch,
         );
     } else {
-        engine.process(tables, routes, &mut frames, Time(1000), verdicts);
+        engine.process(tables, routes, &mut frames, Time(1000), verdicts, slot);
     }
     let e = start.elapsed();
-    black_box(&verdicts);
+    black_box(verdicts);
     e
 }
 
@@ -65,8 +89,7 @@ fn prefill(
     tables: &xvs_core::Tables,
     routes: &xvs_core::routes::StaticRoutes,
     flows: u64,
-    buf: &mut [u8],
-    verdicts: &mut [Verdict],
+    scratch: &mut Scratch,
 ) {
     for chunk in (0..flows).collect::<Vec<_>>().chunks(BATCH) {
         let t: Vec<Vec<u8>> = chunk
@@ -76,15 +99,7 @@ fn prefill(
                 client_frame(a, p, true)
             })
             .collect();
-        run_batch(
-            engine,
-            tables,
-            routes,
-            &t,
-            buf,
-            &mut verdicts[..t.len()],
-            false,
-        );
+        run_batch(engine, tables, routes, &t, scratch, false);
     }
 }
 
@@ -101,10 +116,9 @@ fn established(c: &mut Criterion) {
     ] {
         for &flows in sizes() {
             let (_d, tables, engine, routes) = balancer("rr", method, 100, flows as usize * 2);
-            let mut buf = vec![0u8; BATCH * SLOT];
-            let mut verdicts = vec![Verdict::Pass; BATCH];
+            let mut scratch = Scratch::new();
             // Create the flows with SYNs.
-            prefill(&engine, &tables, &routes, flows, &mut buf, &mut verdicts);
+            prefill(&engine, &tables, &routes, flows, &mut scratch);
             let mut rng = Rng::new(7);
             // Each size twice, in the same run: `process`, and `process_prefetched` with the CPU
             // prefetch of xvs-xdp's worker.
@@ -124,16 +138,10 @@ fn established(c: &mut Criterion) {
                                     client_frame(a, p, false)
                                 })
                                 .collect();
-                            total += run_batch(
-                                &engine,
-                                &tables,
-                                &routes,
-                                &t,
-                                &mut buf,
-                                &mut verdicts,
-                                prefetch,
-                            );
-                            debug_assert!(verdicts
+                            total +=
+                                run_batch(&engine, &tables, &routes, &t, &mut scratch, prefetch);
+                            debug_assert!(scratch
+                                .verdicts
                                 .iter()
                                 .all(|v| matches!(v, Verdict::Forward { .. })));
                         }
@@ -160,9 +168,8 @@ fn new_connections(c: &mut Criterion) {
         for sched in scheds {
             let (_d, tables, engine, routes) =
                 balancer(sched, ForwardMethod::Route, 100, flows as usize * 2);
-            let mut buf = vec![0u8; BATCH * SLOT];
-            let mut verdicts = vec![Verdict::Pass; BATCH];
-            prefill(&engine, &tables, &routes, flows, &mut buf, &mut verdicts);
+            let mut scratch = Scratch::new();
+            prefill(&engine, &tables, &routes, flows, &mut scratch);
             let mut next = flows;
             g.bench_function(BenchmarkId::new(sched, flows), |b| {
                 b.iter_custom(|iters| {
@@ -177,15 +184,7 @@ fn new_connections(c: &mut Criterion) {
                                 client_frame(a, p, true)
                             })
                             .collect();
-                        total += run_batch(
-                            &engine,
-                            &tables,
-                            &routes,
-                            &t,
-                            &mut buf,
-                            &mut verdicts,
-                            false,
-                        );
+                        total += run_batch(&engine, &tables, &routes, &t, &mut scratch, false);
                         // Keep the table at its size: remove what was inserted (not timed).
                         for &i in &ids {
                             let (a, p) = flow(i);

@@ -13,6 +13,7 @@ use crate::dest::{ConnForward, DestState};
 use crate::proto::{tcp_next_state, Direction, TcpFlags, TcpState, Timeouts};
 use crate::sched::SchedInput;
 use crate::service::{Service, Tables};
+use crate::stats::{Counting, WorkerSlot};
 use crate::types::{ForwardMethod, Protocol, ServiceKey, Time};
 use crate::wire::{
     self, dec_ttl, encapsulate, icmp_error_in_place, is_icmp_error, nat_icmp, nat_rewrite, parse,
@@ -176,20 +177,20 @@ fn fwmark_addr(af_v6: bool, mark: u32) -> IpAddr {
 
 /// Count a packet in its destination's, its service's and the global counters; the kernel
 /// skips this while the destination is unavailable.
-fn account(c: &Conn, t: &Tables, dir: Direction, len: usize) {
+fn account(c: &Conn, t: &Tables, dir: Direction, len: usize, w: Counting) {
     if !c.dest.is_available() {
         return;
     }
     match dir {
         Direction::Input => {
-            c.dest.stats.add_in(len);
-            c.svc.stats.add_in(len);
-            t.totals.add_in(len);
+            c.dest.stats.count_in(w, len);
+            c.svc.stats.count_in(w, len);
+            t.totals.count_in(w, len);
         }
         Direction::Output => {
-            c.dest.stats.add_out(len);
-            c.svc.stats.add_out(len);
-            t.totals.add_out(len);
+            c.dest.stats.count_out(w, len);
+            c.svc.stats.count_out(w, len);
+            t.totals.count_out(w, len);
         }
     }
 }
@@ -238,6 +239,45 @@ fn transition(
     }
 }
 
+/// The moment a packet is processed at and where its traffic is counted.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    now: Time,
+    w: Counting,
+}
+
+/// Verdicts of a batch, added to the engine's counters once per batch.
+#[derive(Debug, Default)]
+struct Tally {
+    forwarded: u64,
+    icmp_sent: u64,
+    passed: u64,
+}
+
+impl Tally {
+    fn count(&mut self, v: Verdict) -> Verdict {
+        match v {
+            Verdict::Forward { .. } => self.forwarded += 1,
+            Verdict::Reply(_) => self.icmp_sent += 1,
+            Verdict::Pass => self.passed += 1,
+            Verdict::Drop(_) => {}
+        }
+        v
+    }
+
+    fn add_to(&self, c: &EngineCounters) {
+        for (n, a) in [
+            (self.forwarded, &c.forwarded),
+            (self.icmp_sent, &c.icmp_sent),
+            (self.passed, &c.passed),
+        ] {
+            if n > 0 {
+                a.fetch_add(n, Relaxed);
+            }
+        }
+    }
+}
+
 /// What the prefetching pass learned of a packet's first table lookup: whether it is a NAT
 /// reply lookup (the packet comes from a NAT real server), and the hash of its client side.
 #[derive(Debug, Clone, Copy)]
@@ -267,7 +307,9 @@ impl Engine {
     }
 
     /// Process a batch of frames received on one interface. `verdicts` must be as long as
-    /// `frames`. Each frame is rewritten in place according to its verdict.
+    /// `frames`. Each frame is rewritten in place according to its verdict. Traffic is counted
+    /// in `slot` (a worker's own counters when it has one, see [`WorkerSlot`]), verdicts once
+    /// per batch.
     pub fn process(
         &self,
         tables: &Tables,
@@ -275,10 +317,14 @@ impl Engine {
         frames: &mut [Frame<'_>],
         now: Time,
         verdicts: &mut [Verdict],
+        slot: &mut WorkerSlot,
     ) {
+        let w = slot.counting();
+        let mut tally = Tally::default();
         for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
-            *v = self.process_frame(tables, routes, f, now);
+            *v = tally.count(self.classify(tables, routes, f, Step { now, w }));
         }
+        tally.add_to(&self.counters);
     }
 
     /// Like [`Engine::process`], with the connection-table lookups of the batch announced
@@ -291,6 +337,7 @@ impl Engine {
     /// after the other. The addresses are hints: xvs-core never dereferences them, and a stale one
     /// (an index that grew meanwhile, an entry moved by a removal) only makes a useless prefetch
     /// and a lookup that probes as [`Engine::process`] does.
+    #[allow(clippy::too_many_arguments)]
     pub fn process_prefetched(
         &self,
         tables: &Tables,
@@ -298,8 +345,11 @@ impl Engine {
         frames: &mut [Frame<'_>],
         now: Time,
         verdicts: &mut [Verdict],
+        slot: &mut WorkerSlot,
         prefetch: &dyn Fn(usize),
     ) {
+        let w = slot.counting();
+        let mut tally = Tally::default();
         for (fs, vs) in frames
             .chunks_mut(PREFETCH_GROUP)
             .zip(verdicts.chunks_mut(PREFETCH_GROUP))
@@ -337,12 +387,15 @@ impl Engine {
             }
             for ((f, v), p) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed) {
                 let v1 = match p {
-                    Some((p, first)) => self.classify_parsed(tables, routes, f, p, first, now),
-                    None => self.classify(tables, routes, f, now),
+                    Some((p, first)) => {
+                        self.classify_parsed(tables, routes, f, p, first, Step { now, w })
+                    }
+                    None => self.classify(tables, routes, f, Step { now, w }),
                 };
-                *v = self.count_verdict(v1);
+                *v = tally.count(v1);
             }
         }
+        tally.add_to(&self.counters);
     }
 
     /// Process one frame.
@@ -353,17 +406,22 @@ impl Engine {
         frame: &mut Frame<'_>,
         now: Time,
     ) -> Verdict {
-        let v = self.classify(t, routes, frame, now);
+        let v = self.classify(
+            t,
+            routes,
+            frame,
+            Step {
+                now,
+                w: Counting::SHARED,
+            },
+        );
         self.count_verdict(v)
     }
 
     fn count_verdict(&self, v: Verdict) -> Verdict {
-        match v {
-            Verdict::Forward { .. } => self.counters.forwarded.fetch_add(1, Relaxed),
-            Verdict::Reply(_) => self.counters.icmp_sent.fetch_add(1, Relaxed),
-            Verdict::Pass => self.counters.passed.fetch_add(1, Relaxed),
-            Verdict::Drop(_) => 0,
-        };
+        let mut tally = Tally::default();
+        tally.count(v);
+        tally.add_to(&self.counters);
         v
     }
 
@@ -372,10 +430,10 @@ impl Engine {
         t: &Tables,
         routes: &dyn Routes,
         frame: &mut Frame<'_>,
-        now: Time,
+        cx: Step,
     ) -> Verdict {
         let p = parse(frame.data());
-        self.classify_parsed(t, routes, frame, p, None, now)
+        self.classify_parsed(t, routes, frame, p, None, cx)
     }
 
     #[inline(always)]
@@ -386,7 +444,7 @@ impl Engine {
         frame: &mut Frame<'_>,
         parsed: Result<Packet, ParseError>,
         first: Option<FirstLookup>,
-        now: Time,
+        cx: Step,
     ) -> Verdict {
         let p = match parsed {
             Ok(p) => p,
@@ -397,7 +455,7 @@ impl Engine {
         };
         let proto = match Protocol::from_number(p.proto) {
             Some(proto) => proto,
-            None if is_icmp_error(&p) => return self.icmp(t, routes, frame, &p, now),
+            None if is_icmp_error(&p) => return self.icmp(t, routes, frame, &p, cx.now),
             None => return Verdict::Pass,
         };
         // The prefetching pass has already asked whether this is a NAT source, and hashed the
@@ -409,7 +467,7 @@ impl Engine {
         let h = first.map(|fl| fl.h);
         let (h_reply, h_in) = if from_nat { (h, None) } else { (None, h) };
         if from_nat {
-            if let Some(v) = self.reply(t, routes, frame, &p, h_reply, now) {
+            if let Some(v) = self.reply(t, routes, frame, &p, h_reply, cx) {
                 return v;
             }
         }
@@ -420,7 +478,7 @@ impl Engine {
             vaddr: p.daddr,
             vport: p.dport,
         };
-        match self.existing(t, &key, &p, proto, h_in, now) {
+        match self.existing(t, &key, &p, proto, h_in, cx) {
             Some(InResult::Hit(hit, tpl)) => {
                 if let Some(tk) = tpl {
                     self.conns.assure_template(&tk);
@@ -439,7 +497,7 @@ impl Engine {
             return Verdict::Pass;
         }
         match t.lookup(proto, p.daddr, p.dport, frame.mark()) {
-            Some(svc) => self.new_conn(t, routes, frame, &p, proto, key, svc, now),
+            Some(svc) => self.new_conn(t, routes, frame, &p, proto, key, svc, cx),
             None => Verdict::Pass,
         }
     }
@@ -452,8 +510,9 @@ impl Engine {
         p: &Packet,
         proto: Protocol,
         h: Option<ClientHash>,
-        now: Time,
+        cx: Step,
     ) -> Option<InResult> {
+        let Step { now, w } = cx;
         self.conns.with_conn_at(h, key, now, |c| {
             if proto == Protocol::Tcp
                 && p.tcp.syn
@@ -478,7 +537,7 @@ impl Engine {
             }
             c.in_pkts = c.in_pkts.wrapping_add(1);
             let assure = transition(c, proto, Direction::Input, p.tcp, &t.timeouts, now);
-            account(c, t, Direction::Input, p.ip_len);
+            account(c, t, Direction::Input, p.ip_len, w);
             InResult::Hit(
                 Hit {
                     daddr: c.dest.addr,
@@ -498,8 +557,9 @@ impl Engine {
         frame: &mut Frame<'_>,
         p: &Packet,
         h: Option<ClientHash>,
-        now: Time,
+        cx: Step,
     ) -> Option<Verdict> {
+        let Step { now, w } = cx;
         let proto = Protocol::from_number(p.proto)?;
         let rk = ReplyKey {
             proto: p.proto,
@@ -510,7 +570,7 @@ impl Engine {
         };
         let (vaddr, vport, tpl) = self.conns.with_reply_at(h, &rk, now, |key, c| {
             let assure = transition(c, proto, Direction::Output, p.tcp, &t.timeouts, now);
-            account(c, t, Direction::Output, p.ip_len);
+            account(c, t, Direction::Output, p.ip_len, w);
             (
                 key.vaddr,
                 key.vport,
@@ -720,8 +780,9 @@ impl Engine {
         proto: Protocol,
         key: ConnKey,
         svc: &Arc<Service>,
-        now: Time,
+        cx: Step,
     ) -> Verdict {
+        let Step { now, w } = cx;
         if proto == Protocol::Tcp && !t.settings.sloppy_tcp && (!p.tcp.syn || p.tcp.rst) {
             return self.drop(DropReason::NonSynNoConn);
         }
@@ -772,11 +833,11 @@ impl Engine {
             in_pkts: 1,
         };
         if dest.is_available() {
-            dest.stats.add_conn();
-            svc.live.stats.add_conn();
-            t.totals.add_conn();
+            dest.stats.count_conn(w);
+            svc.live.stats.count_conn(w);
+            t.totals.count_conn(w);
         }
-        account(&c, t, Direction::Input, p.ip_len);
+        account(&c, t, Direction::Input, p.ip_len, w);
         transition(&mut c, proto, Direction::Input, p.tcp, &t.timeouts, now);
         let hit = Hit {
             daddr: c.dest.addr,
@@ -828,7 +889,7 @@ impl Engine {
             vport: q.sport,
         };
         let hit = self.conns.with_conn(&key, now, |c| {
-            account(c, t, Direction::Input, p.ip_len);
+            account(c, t, Direction::Input, p.ip_len, Counting::SHARED);
             Hit {
                 daddr: c.dest.addr,
                 dport: c.dport,
@@ -870,7 +931,7 @@ impl Engine {
             cport: q.sport,
         };
         let back = self.conns.with_reply(&rk, now, |k, c| {
-            account(c, t, Direction::Output, p.ip_len);
+            account(c, t, Direction::Output, p.ip_len, Counting::SHARED);
             (k.vaddr, k.vport)
         });
         if let Some((vaddr, vport)) = back {

@@ -1168,6 +1168,7 @@ fn prefetched_batches_match_frame_by_frame_processing() {
     let expect: Vec<(Verdict, Vec<u8>)> = second.iter().map(|f| one.run(f, 1001)).collect();
 
     let announced = std::cell::RefCell::new(Vec::new());
+    let slot = std::cell::RefCell::new(WorkerSlot::claim());
     let run_batch = |frames: &[Vec<u8>], now: u64| -> Vec<(Verdict, Vec<u8>)> {
         let mut bufs: Vec<Vec<u8>> = frames
             .iter()
@@ -1189,6 +1190,7 @@ fn prefetched_batches_match_frame_by_frame_processing() {
             &mut fs,
             Time(now),
             &mut vs,
+            &mut slot.borrow_mut(),
             &|a| announced.borrow_mut().push(a),
         );
         vs.into_iter()
@@ -1199,11 +1201,31 @@ fn prefetched_batches_match_frame_by_frame_processing() {
     assert_eq!(run_batch(&syns, 1000), first);
     announced.borrow_mut().clear();
     assert_eq!(run_batch(&second, 1001), expect);
-    // Three addresses per TCP frame of a shard with entries: most of the 80.
+    // Five addresses per TCP frame of a shard with entries (two of the index, three of the
+    // candidate entry): most of the 80.
     assert!(
-        announced.borrow().len() >= 3 * 60,
+        announced.borrow().len() >= 5 * 60,
         "{}",
         announced.borrow().len()
     );
     assert_eq!(one.engine.conns.len(), batched.engine.conns.len());
+    // The same traffic counted, in the shared counters for one, in a worker's slot (when it got
+    // one) for the other.
+    assert_eq!(
+        one.tables.totals.counters(),
+        batched.tables.totals.counters()
+    );
+    let svc = |lb: &Lb| {
+        let s = lb
+            .tables
+            .lookup(Protocol::Tcp, ip("10.0.0.1"), 80, 0)
+            .unwrap();
+        s.live.stats.counters()
+    };
+    assert_eq!(svc(&one), svc(&batched));
+    assert_eq!(
+        one.engine.counters.forwarded.load(Relaxed),
+        batched.engine.counters.forwarded.load(Relaxed)
+    );
+    assert_eq!(one.engine.counters.forwarded.load(Relaxed), 120);
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use xsk_rs::FrameDesc;
+use xvs_core::stats::WorkerSlot;
 use xvs_core::{Engine, Frame, Routes, Tables, Time, Verdict};
 
 use crate::xsk::QueueSet;
@@ -60,6 +61,8 @@ pub struct EngineHandler {
     /// Next hops.
     pub routes: Arc<dyn Routes + Send + Sync>,
     current: Arc<Tables>,
+    /// This worker's own traffic counters (one writer, no locked instructions).
+    slot: WorkerSlot,
 }
 
 impl std::fmt::Debug for EngineHandler {
@@ -81,6 +84,7 @@ impl EngineHandler {
             tables,
             routes,
             current,
+            slot: WorkerSlot::claim(),
         }
     }
 }
@@ -108,6 +112,7 @@ impl Handler for EngineHandler {
             frames,
             now,
             verdicts,
+            &mut self.slot,
             &crate::prefetch,
         );
     }
