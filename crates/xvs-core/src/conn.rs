@@ -879,6 +879,76 @@ mod tests {
         assert_eq!(d.inactive() as usize, t.len());
     }
 
+    proptest::proptest! {
+        /// The dense shards against a model: any sequence of inserts, removals, lookups (by
+        /// connection and by NAT reply, with and without position hints) and expiry sweeps
+        /// leaves exactly the model's entries reachable, each by its own key.
+        #[test]
+        fn random_operations_match_a_model(
+            ops in proptest::collection::vec((0u8..5, 0u16..200), 1..400)
+        ) {
+            let t = ConnTable::new(64 * 16, 11);
+            let d = dest();
+            let mut model = std::collections::HashMap::new();
+            for (op, p) in ops {
+                let k = key(p);
+                match op {
+                    0 | 1 => {
+                        let expect = if model.contains_key(&k) {
+                            Err(InsertError::Exists)
+                        } else {
+                            Ok(())
+                        };
+                        match t.insert(k, conn(&d, Time(0), 10 + u32::from(p % 3))) {
+                            Ok(()) => {
+                                proptest::prop_assert_eq!(expect, Ok(()));
+                                model.insert(k, 10 + u32::from(p % 3));
+                            }
+                            Err((e, c)) => {
+                                c.unbind();
+                                // A shard may fill before the table does.
+                                proptest::prop_assert!(
+                                    e == InsertError::Full || expect == Err(e)
+                                );
+                            }
+                        }
+                    }
+                    2 => {
+                        proptest::prop_assert_eq!(t.remove(&k), model.remove(&k).is_some());
+                    }
+                    3 => {
+                        let mut ch = t.client_hash(k.proto, k.caddr, k.cport);
+                        t.candidate(&mut ch);
+                        let got = t.with_conn_at(Some(ch), &k, Time(1), |c| c.timeout);
+                        proptest::prop_assert_eq!(got, model.get(&k).copied());
+                    }
+                    _ => {
+                        // Entries of 10 s expire at 10.5 s; sweep every shard.
+                        if p % 8 == 0 {
+                            for _ in 0..t.shard_count() {
+                                t.expire_step(Time(10_500));
+                            }
+                            model.retain(|_, secs| *secs > 10);
+                        }
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(t.len(), model.len());
+            proptest::prop_assert_eq!(d.inactive() as usize, model.len());
+            for (k, secs) in &model {
+                proptest::prop_assert_eq!(t.with_conn(k, Time(1), |c| c.timeout), Some(*secs));
+                let rk = ReplyKey {
+                    proto: 6,
+                    daddr: d.addr,
+                    dport: 80,
+                    caddr: k.caddr,
+                    cport: k.cport,
+                };
+                proptest::prop_assert_eq!(t.with_reply(&rk, Time(1), |k, _| k.cport), Some(k.cport));
+            }
+        }
+    }
+
     #[test]
     fn capacity_is_enforced() {
         let t = ConnTable::new(16, 1);
