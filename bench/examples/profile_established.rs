@@ -4,8 +4,10 @@
 //! 256 with the worker's own counter slot, in 20 rounds.
 //!
 //! Run: `cargo build --release -p xvs-bench --example profile_established`, then
-//! `profile_established [N] [F] [plain|prefetch]` (`prefetch`, the default, is
-//! `Engine::process_prefetched` with the CPU prefetch; `plain` is `Engine::process`). It prints
+//! `profile_established [N] [F] [plain|prefetch|always]` (`prefetch`, the default, is
+//! `Engine::process_prefetched` with the CPU prefetch, as xvsd's workers run it: it prefetches
+//! from `xvs_core::datapath::PREFETCH_FROM` entries on; `always` prefetches whatever the
+//! table's size; `plain` is `Engine::process`). It prints
 //! the wall-clock ns per packet of the fastest and of the median round: the fastest round is the
 //! one least disturbed by other tenants of the machine. The frame copy is not timed.
 
@@ -27,9 +29,13 @@ fn main() {
     };
     let n = arg(1, 200_000) as usize;
     let flows = arg(2, 10_000).max(1);
-    let prefetch = std::env::args().nth(3).as_deref() != Some("plain");
-    let (_d, tables, engine, routes) =
+    let mode = std::env::args().nth(3).unwrap_or_else(|| "prefetch".into());
+    let prefetch = mode != "plain";
+    let (_d, tables, mut engine, routes) =
         balancer("rr", ForwardMethod::Route, 100, flows as usize * 2);
+    if mode == "always" {
+        engine.set_prefetch_from(0);
+    }
     let mut slot = WorkerSlot::claim();
     let mut buf = vec![0u8; BATCH * SLOT];
     let mut verdicts = vec![Verdict::Pass; BATCH];
@@ -99,8 +105,7 @@ fn main() {
     }
     rounds.sort_by(f64::total_cmp);
     println!(
-        "{} path, {flows} flows: forwarded {fwd} of {}; ns per packet: fastest round {:.0}, median {:.0}",
-        if prefetch { "prefetching" } else { "plain" },
+        "{mode} path, {flows} flows: forwarded {fwd} of {}; ns per packet: fastest round {:.0}, median {:.0}",
         ROUNDS * per_round * BATCH,
         rounds[0],
         rounds[ROUNDS / 2]

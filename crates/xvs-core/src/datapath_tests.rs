@@ -1135,7 +1135,9 @@ fn prefetched_batches_match_frame_by_frame_processing() {
             ],
         )
     };
-    let (one, batched) = (mk(), mk());
+    let (one, mut batched) = (mk(), mk());
+    // Prefetch whatever the table's size (by default a table this small is not prefetched).
+    batched.engine.set_prefetch_from(0);
     let client = |i: u16| format!("10.9.{}.{}", i / 200, i % 200 + 1);
     let syns: Vec<Vec<u8>> = (0..40)
         .map(|i| tcp4(&client(i), 1000 + i, "10.0.0.1", 80, Flags::Syn, 64, b""))
@@ -1169,7 +1171,7 @@ fn prefetched_batches_match_frame_by_frame_processing() {
 
     let announced = std::cell::RefCell::new(Vec::new());
     let slot = std::cell::RefCell::new(WorkerSlot::claim());
-    let run_batch = |frames: &[Vec<u8>], now: u64| -> Vec<(Verdict, Vec<u8>)> {
+    let run_on = |lb: &Lb, frames: &[Vec<u8>], now: u64| -> Vec<(Verdict, Vec<u8>)> {
         let mut bufs: Vec<Vec<u8>> = frames
             .iter()
             .map(|f| {
@@ -1184,9 +1186,9 @@ fn prefetched_batches_match_frame_by_frame_processing() {
             .map(|(b, f)| Frame::new(b, HEADROOM, f.len()))
             .collect();
         let mut vs = vec![Verdict::Pass; fs.len()];
-        batched.engine.process_prefetched(
-            &batched.tables,
-            &batched.routes,
+        lb.engine.process_prefetched(
+            &lb.tables,
+            &lb.routes,
             &mut fs,
             Time(now),
             &mut vs,
@@ -1198,6 +1200,7 @@ fn prefetched_batches_match_frame_by_frame_processing() {
             .map(|(v, f)| (v, f.data().to_vec()))
             .collect()
     };
+    let run_batch = |frames: &[Vec<u8>], now: u64| run_on(&batched, frames, now);
     assert_eq!(run_batch(&syns, 1000), first);
     announced.borrow_mut().clear();
     assert_eq!(run_batch(&second, 1001), expect);
@@ -1228,4 +1231,10 @@ fn prefetched_batches_match_frame_by_frame_processing() {
         batched.engine.counters.forwarded.load(Relaxed)
     );
     assert_eq!(one.engine.counters.forwarded.load(Relaxed), 120);
+    // By default a table this small is processed without prefetching, with the same results.
+    let small = mk();
+    announced.borrow_mut().clear();
+    assert_eq!(run_on(&small, &syns, 1000), first);
+    assert_eq!(run_on(&small, &second, 1001), expect);
+    assert!(announced.borrow().is_empty());
 }
