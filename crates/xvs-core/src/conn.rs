@@ -291,7 +291,8 @@ impl ConnTable {
         // Few shards keep the table dense (caches, TLB); 4,096 entries per shard at most for
         // tables up to 1 M keep an expiry sweep of one shard and a growth rehash short.
         let shards = (capacity / 4096).next_power_of_two().clamp(16, 256);
-        let per_shard = capacity.div_ceil(shards);
+        // Positions in a shard are `u32`s.
+        let per_shard = capacity.div_ceil(shards).min(u32::MAX as usize);
         let hasher = ahash::RandomState::with_seeds(
             seed,
             seed ^ 0x9E37_79B9_7F4A_7C15,
