@@ -20,7 +20,7 @@ divided by packets received. The table gives the median and min-max of all full-
 a path and the median of its CPU costs; target/bench-e2e.csv feeds bench's xvs-plot.
 
 Rig:  snd --veth-- lb --veth-- sink      (and snd --veth-- sink for the ceiling)
-Usage: bench/e2e/run.py [--rounds 3] [--runs 1] [--duration 3] [--paced 100000] [--only PATH]
+Usage: bench/e2e/run.py [--rounds 5] [--runs 1] [--duration 3] [--paced 100000] [--only PATH]
        bench/e2e/run.py --scaling | --memory
 """
 import argparse
@@ -35,12 +35,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 REL = os.path.join(ROOT, "target", "release")
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--rounds", type=int, default=3,
+ap.add_argument("--rounds", type=int, default=5,
                 help="passes over all paths; each path's runs are spread over the whole benchmark")
 ap.add_argument("--runs", type=int, default=1, help="full-speed runs per path and round")
 ap.add_argument("--duration", type=float, default=3.0)
 ap.add_argument("--paced", type=int, default=100_000, help="offered load for the CPU-cost run, packets/s")
 ap.add_argument("--only", default="")
+ap.add_argument("--xvsd-args", default="", help="extra xvsd arguments for the xvs paths, e.g. '--prefetch-from 0'")
 ap.add_argument("--no-pin", action="store_true",
                 help="let the scheduler place the sender and the forwarder (default: sender on CPU 0, "
                      "forwarding thread on CPU 1)")
@@ -320,7 +321,8 @@ def one_round(tmp):
             open(path, "w").write(rules(method))
             cores = [] if not pin(1) else ["--cores", "1"]
             xv = Proc("l", [os.path.join(REL, "xvsd"), "-i", f"l0{ID}", "-i", f"l1{ID}", "--rules", path,
-                            "--control", os.path.join(tmp, "sock"), "--conn-capacity", str(1 << 22)] + cores)
+                            "--control", os.path.join(tmp, "sock"), "--conn-capacity", str(1 << 22)] + cores
+                     + shlex.split(A.xvsd_args))
             time.sleep(2)
             sock = os.path.join(tmp, "sock")
             stats = lambda: subprocess.run([os.path.join(REL, "xvsadm"), "--xvs-stats"], capture_output=True,

@@ -76,6 +76,10 @@ pub struct DaemonArgs {
     /// Connection table capacity.
     #[arg(long, default_value_t = 1 << 20)]
     pub conn_capacity: usize,
+    /// Table size (entries) from which workers prefetch their batch's table lookups; 0: always
+    /// (see docs/performance.md, "Prefetching the table lookups").
+    #[arg(long, default_value_t = xvs_core::datapath::PREFETCH_FROM)]
+    pub prefetch_from: usize,
 }
 
 fn sysfs(ifname: &str, what: &str) -> Result<String, String> {
@@ -240,7 +244,9 @@ fn reals(t: &Tables) -> HashSet<IpAddr> {
 
 /// Run until a signal arrives.
 pub fn run(args: &DaemonArgs) -> Result<(), String> {
-    let engine = Arc::new(Engine::new(args.conn_capacity, seed()));
+    let mut engine = Engine::new(args.conn_capacity, seed());
+    engine.set_prefetch_from(args.prefetch_from);
+    let engine = Arc::new(engine);
     let st = load_config(args, &engine)?;
     let tables = Arc::new(ArcSwap::from_pointee(st.director.snapshot()));
     let stop = Arc::new(AtomicBool::new(false));
