@@ -40,7 +40,7 @@ ap.add_argument("--rounds", type=int, default=5,
 ap.add_argument("--runs", type=int, default=1, help="full-speed runs per path and round")
 ap.add_argument("--duration", type=float, default=3.0)
 ap.add_argument("--paced", type=int, default=100_000, help="offered load for the CPU-cost run, packets/s")
-ap.add_argument("--only", default="")
+ap.add_argument("--only", default="", help="only the paths containing one of these comma-separated words")
 ap.add_argument("--xvsd-args", default="", help="extra xvsd arguments for the xvs paths, e.g. '--prefetch-from 0'")
 ap.add_argument("--no-pin", action="store_true",
                 help="let the scheduler place the sender and the forwarder (default: sender on CPU 0, "
@@ -296,7 +296,7 @@ def memory(tmp):
 def one_round(tmp):
     """Every path once, in order; returns their raw samples."""
     results = []
-    want = lambda p: not A.only or A.only in p
+    want = lambda p: not A.only or any(o in p for o in A.only.split(","))
     lmac = mac("l", f"l0{ID}")
     # 1. ceiling: sender straight into the sink.
     if want("ceiling"):
