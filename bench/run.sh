@@ -8,7 +8,7 @@
 #   4. memory with 0, 1 M and 10 M connections         -> target/bench-e2e-memory.md
 #   5. the engine alone (criterion)                    -> target/criterion/
 #   6. plots                                           -> docs/img/*.png
-# Usage: bench/run.sh [--quick]   (--quick: steps 1, 2 and 6 only, about 5 minutes)
+# Usage: bench/run.sh [--quick]   (--quick: steps 1, 2 and 6 only, about 10 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
