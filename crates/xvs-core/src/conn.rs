@@ -1,17 +1,18 @@
 //! The connection table: (protocol, client, virtual) → destination, state and expiry; NAT
 //! replies (protocol, real server, client) are found in the same map.
 //!
-//! Layout: a fixed number of shards, each a mutex around one `hashbrown` map that grows with
-//! its entries up to the shard's share of the capacity. Memory follows the connections, and a
-//! small table stays small enough for the caches and the TLB (a table allocated at its full
-//! capacity spreads 10 K connections over hundreds of megabytes: one TLB and cache miss per
-//! lookup). A growth rehashes *one shard* (at most capacity / shards entries, 4,096 at 1 M),
-//! never the table, so its cost on the data path is bounded.
+//! Layout: a fixed number of shards, each a mutex around its entries, packed in a vector, and a
+//! `hashbrown` index of their positions; both grow with the entries up to the shard's share of
+//! the capacity. Memory follows the connections (about 110 bytes each), and a small table stays
+//! small enough for the caches and the TLB (a table allocated at its full capacity spreads 10 K
+//! connections over hundreds of megabytes: one TLB and cache miss per lookup). A growth
+//! rehashes *one shard's* index (at most capacity / shards entries, 4,096 at 1 M), never the
+//! table, so its cost on the data path is bounded.
 //! Entries are hashed by their client side only (protocol, client address, client port), which
 //! both directions of a connection carry: a NAT reply hashes to the very group of buckets its
 //! connection sits in, so it is found by the same probe with another comparison (real server
 //! instead of virtual service), under one lock, even when it arrives on another NIC queue than
-//! its request. No second index, no second entry, no second cache miss per NAT connection.
+//! its request. No reply index, no second entry, no second cache miss per NAT connection.
 //! Templates live in the same table; a connection refers to its template by key and the two are
 //! never locked at the same time (no lock ordering to get wrong).
 
