@@ -3,16 +3,12 @@
 //!
 //! Run: `cargo bench -p xvs-bench --bench engine`.
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use xvs_bench::{balancer, client_frame, flow, Rng, HEADROOM, SLOT};
+use xvs_bench::{balancer, client_frame, flow, Rng, Scratch, BATCH};
 use xvs_core::conn::ConnKey;
-use xvs_core::stats::WorkerSlot;
-use xvs_core::{ForwardMethod, Frame, Time, Verdict};
-
-const BATCH: usize = 256;
+use xvs_core::{ForwardMethod, Verdict};
 
 /// Table sizes: 10 K and 1 M when benchmarking (`cargo bench` passes `--bench`); a small one
 /// when `cargo test` runs the benchmarks once as a smoke test.
@@ -21,85 +17,6 @@ fn sizes() -> &'static [u64] {
         &[10_000, 1_000_000]
     } else {
         &[1_000]
-    }
-}
-
-/// Frame buffers, verdicts and the worker counter slot of a benchmark.
-struct Scratch {
-    buf: Vec<u8>,
-    verdicts: Vec<Verdict>,
-    slot: WorkerSlot,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        Scratch {
-            buf: vec![0u8; BATCH * SLOT],
-            verdicts: vec![Verdict::Pass; BATCH],
-            slot: WorkerSlot::claim(),
-        }
-    }
-}
-
-/// Process `frames` (templates) through the engine in one batch; returns the elapsed time.
-fn run_batch(
-    engine: &xvs_core::Engine,
-    tables: &xvs_core::Tables,
-    routes: &xvs_core::routes::StaticRoutes,
-    templates: &[Vec<u8>],
-    scratch: &mut Scratch,
-    prefetch: bool,
-) -> Duration {
-    let Scratch {
-        buf,
-        verdicts,
-        slot,
-    } = scratch;
-    let verdicts = &mut verdicts[..templates.len()];
-    for (i, t) in templates.iter().enumerate() {
-        buf[i * SLOT + HEADROOM..i * SLOT + HEADROOM + t.len()].copy_from_slice(t);
-    }
-    let mut frames: Vec<Frame<'_>> = buf
-        .chunks_mut(SLOT)
-        .zip(templates)
-        .map(|(slot, t)| Frame::new(slot, HEADROOM, t.len()))
-        .collect();
-    let start = Instant::now();
-    if prefetch {
-        engine.process_prefetched(
-            tables,
-            routes,
-            &mut frames,
-            Time(1000),
-            verdicts,
-            slot,
-            &xvs_xdp::prefetch,
-        );
-    } else {
-        engine.process(tables, routes, &mut frames, Time(1000), verdicts, slot);
-    }
-    let e = start.elapsed();
-    black_box(verdicts);
-    e
-}
-
-/// Create `flows` connections with SYNs.
-fn prefill(
-    engine: &xvs_core::Engine,
-    tables: &xvs_core::Tables,
-    routes: &xvs_core::routes::StaticRoutes,
-    flows: u64,
-    scratch: &mut Scratch,
-) {
-    for chunk in (0..flows).collect::<Vec<_>>().chunks(BATCH) {
-        let t: Vec<Vec<u8>> = chunk
-            .iter()
-            .map(|&i| {
-                let (a, p) = flow(i);
-                client_frame(a, p, true)
-            })
-            .collect();
-        run_batch(engine, tables, routes, &t, scratch, false);
     }
 }
 
@@ -118,7 +35,7 @@ fn established(c: &mut Criterion) {
             let (_d, tables, engine, routes) = balancer("rr", method, 100, flows as usize * 2);
             let mut scratch = Scratch::new();
             // Create the flows with SYNs.
-            prefill(&engine, &tables, &routes, flows, &mut scratch);
+            scratch.prefill(&engine, &tables, &routes, flows);
             let mut rng = Rng::new(7);
             // Each size twice, in the same run: `process`, and `process_prefetched` with the CPU
             // prefetch of xvs-xdp's worker.
@@ -138,10 +55,9 @@ fn established(c: &mut Criterion) {
                                     client_frame(a, p, false)
                                 })
                                 .collect();
-                            total +=
-                                run_batch(&engine, &tables, &routes, &t, &mut scratch, prefetch);
+                            total += scratch.run(&engine, &tables, &routes, &t, prefetch);
                             debug_assert!(scratch
-                                .verdicts
+                                .verdicts(t.len())
                                 .iter()
                                 .all(|v| matches!(v, Verdict::Forward { .. })));
                         }
@@ -169,7 +85,7 @@ fn new_connections(c: &mut Criterion) {
             let (_d, tables, engine, routes) =
                 balancer(sched, ForwardMethod::Route, 100, flows as usize * 2);
             let mut scratch = Scratch::new();
-            prefill(&engine, &tables, &routes, flows, &mut scratch);
+            scratch.prefill(&engine, &tables, &routes, flows);
             let mut next = flows;
             g.bench_function(BenchmarkId::new(sched, flows), |b| {
                 b.iter_custom(|iters| {
@@ -184,7 +100,7 @@ fn new_connections(c: &mut Criterion) {
                                 client_frame(a, p, true)
                             })
                             .collect();
-                        total += run_batch(&engine, &tables, &routes, &t, &mut scratch, false);
+                        total += scratch.run(&engine, &tables, &routes, &t, false);
                         // Keep the table at its size: remove what was inserted (not timed).
                         for &i in &ids {
                             let (a, p) = flow(i);

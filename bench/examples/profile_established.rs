@@ -11,13 +11,11 @@
 //! the wall-clock ns per packet of the fastest and of the median round: the fastest round is the
 //! one least disturbed by other tenants of the machine. The frame copy is not timed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use xvs_bench::{balancer, client_frame, flow, Rng, HEADROOM, SLOT};
-use xvs_core::stats::WorkerSlot;
-use xvs_core::{ForwardMethod, Frame, Time, Verdict};
+use xvs_bench::{balancer, client_frame, flow, Rng, Scratch, BATCH};
+use xvs_core::{ForwardMethod, Verdict};
 
-const BATCH: usize = 256;
 const ROUNDS: usize = 20;
 
 fn main() {
@@ -36,50 +34,8 @@ fn main() {
     if mode == "always" {
         engine.set_prefetch_from(0);
     }
-    let mut slot = WorkerSlot::claim();
-    let mut buf = vec![0u8; BATCH * SLOT];
-    let mut verdicts = vec![Verdict::Pass; BATCH];
-    let mut run = |templates: &[Vec<u8>], slot: &mut WorkerSlot| -> (Duration, usize) {
-        for (i, t) in templates.iter().enumerate() {
-            buf[i * SLOT + HEADROOM..i * SLOT + HEADROOM + t.len()].copy_from_slice(t);
-        }
-        let mut frames: Vec<Frame<'_>> = buf
-            .chunks_mut(SLOT)
-            .zip(templates)
-            .map(|(s, t)| Frame::new(s, HEADROOM, t.len()))
-            .collect();
-        let vs = &mut verdicts[..templates.len()];
-        let t0 = Instant::now();
-        if prefetch {
-            engine.process_prefetched(
-                &tables,
-                &routes,
-                &mut frames,
-                Time(1000),
-                vs,
-                slot,
-                &xvs_xdp::prefetch,
-            );
-        } else {
-            engine.process(&tables, &routes, &mut frames, Time(1000), vs, slot);
-        }
-        let fwd = vs
-            .iter()
-            .filter(|v| matches!(v, Verdict::Forward { .. }))
-            .count();
-        (t0.elapsed(), fwd)
-    };
-    let ids: Vec<u64> = (0..flows).collect();
-    for chunk in ids.chunks(BATCH) {
-        let syns: Vec<Vec<u8>> = chunk
-            .iter()
-            .map(|&i| {
-                let (a, p) = flow(i);
-                client_frame(a, p, true)
-            })
-            .collect();
-        run(&syns, &mut slot);
-    }
+    let mut scratch = Scratch::new();
+    scratch.prefill(&engine, &tables, &routes, flows);
     let mut rng = Rng::new(3);
     let batches: Vec<Vec<Vec<u8>>> = (0..64)
         .map(|_| {
@@ -97,9 +53,13 @@ fn main() {
     for _ in 0..ROUNDS {
         let mut t = Duration::ZERO;
         for k in 0..per_round {
-            let (dt, f) = run(&batches[k % batches.len()], &mut slot);
-            t += dt;
-            fwd += f;
+            let batch = &batches[k % batches.len()];
+            t += scratch.run(&engine, &tables, &routes, batch, prefetch);
+            fwd += scratch
+                .verdicts(batch.len())
+                .iter()
+                .filter(|v| matches!(v, Verdict::Forward { .. }))
+                .count();
         }
         rounds.push(t.as_nanos() as f64 / (per_round * BATCH) as f64);
     }

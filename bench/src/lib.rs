@@ -1,13 +1,19 @@
 //! Shared pieces of the benchmarks: a balancer with one service and 100 real servers, frame
-//! builders, and a small deterministic random generator (flows drawn uniformly at random).
+//! builders, a small deterministic random generator (flows drawn uniformly at random), and
+//! batches run through the engine as a worker runs them.
 
+use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
 use xvs_core::dest::DestConfig;
 use xvs_core::routes::StaticRoutes;
 use xvs_core::service::ServiceConfig;
-use xvs_core::{Director, Engine, ForwardMethod, Protocol, ServiceKey, Tables};
+use xvs_core::stats::WorkerSlot;
+use xvs_core::{
+    Director, Engine, ForwardMethod, Frame, Protocol, ServiceKey, Tables, Time, Verdict,
+};
 
 /// Headroom in front of each frame.
 pub const HEADROOM: usize = 128;
@@ -15,6 +21,8 @@ pub const HEADROOM: usize = 128;
 pub const SLOT: usize = 256;
 /// The VIP.
 pub const VIP: [u8; 4] = [10, 0, 0, 1];
+/// Frames per batch, as a worker receives them.
+pub const BATCH: usize = 256;
 
 /// xorshift64*: uniform enough for drawing flows, and deterministic.
 #[derive(Debug, Clone)]
@@ -91,4 +99,95 @@ pub fn balancer(
     }
     let tables = d.snapshot();
     (d, tables, Engine::new(capacity, 42), routes)
+}
+
+/// Frame buffers, verdicts and the worker counter slot for running batches through an engine.
+#[derive(Debug)]
+pub struct Scratch {
+    buf: Vec<u8>,
+    verdicts: Vec<Verdict>,
+    slot: WorkerSlot,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch::new()
+    }
+}
+
+impl Scratch {
+    /// Room for one batch of [`BATCH`] frames, and a worker counter slot of its own.
+    pub fn new() -> Scratch {
+        Scratch {
+            buf: vec![0u8; BATCH * SLOT],
+            verdicts: vec![Verdict::Pass; BATCH],
+            slot: WorkerSlot::claim(),
+        }
+    }
+
+    /// Copy `templates` (at most [`BATCH`]) into the buffers and process them as one batch:
+    /// `Engine::process_prefetched` with the CPU prefetch when `prefetch`, else
+    /// `Engine::process`. Returns the time of the processing alone (the copy is not timed).
+    pub fn run(
+        &mut self,
+        engine: &Engine,
+        tables: &Tables,
+        routes: &StaticRoutes,
+        templates: &[Vec<u8>],
+        prefetch: bool,
+    ) -> Duration {
+        let verdicts = &mut self.verdicts[..templates.len()];
+        for (i, t) in templates.iter().enumerate() {
+            self.buf[i * SLOT + HEADROOM..i * SLOT + HEADROOM + t.len()].copy_from_slice(t);
+        }
+        let mut frames: Vec<Frame<'_>> = self
+            .buf
+            .chunks_mut(SLOT)
+            .zip(templates)
+            .map(|(slot, t)| Frame::new(slot, HEADROOM, t.len()))
+            .collect();
+        let start = Instant::now();
+        if prefetch {
+            engine.process_prefetched(
+                tables,
+                routes,
+                &mut frames,
+                Time(1000),
+                verdicts,
+                &mut self.slot,
+                &xvs_xdp::prefetch,
+            );
+        } else {
+            engine.process(
+                tables,
+                routes,
+                &mut frames,
+                Time(1000),
+                verdicts,
+                &mut self.slot,
+            );
+        }
+        let e = start.elapsed();
+        black_box(&verdicts);
+        e
+    }
+
+    /// The verdicts of the last batch of `n` frames.
+    pub fn verdicts(&self, n: usize) -> &[Verdict] {
+        &self.verdicts[..n]
+    }
+
+    /// Create flows `0..flows` (see [`flow`]) with SYNs, batch by batch.
+    pub fn prefill(&mut self, engine: &Engine, tables: &Tables, routes: &StaticRoutes, flows: u64) {
+        for chunk in (0..flows).collect::<Vec<_>>().chunks(BATCH) {
+            let t: Vec<Vec<u8>> = chunk
+                .iter()
+                .map(|&i| {
+                    let (a, p) = flow(i);
+                    client_frame(a, p, true)
+                })
+                .collect();
+            self.run(engine, tables, routes, &t, false);
+        }
+    }
 }

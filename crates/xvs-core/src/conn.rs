@@ -686,6 +686,17 @@ mod tests {
         }
     }
 
+    /// The NAT reply of the connection `k` to destination `d` (port 80).
+    fn reply_to(d: &DestState, k: &ConnKey) -> ReplyKey {
+        ReplyKey {
+            proto: k.proto,
+            daddr: d.addr,
+            dport: 80,
+            caddr: k.caddr,
+            cport: k.cport,
+        }
+    }
+
     fn key(cport: u16) -> ConnKey {
         ConnKey {
             proto: 6,
@@ -703,13 +714,7 @@ mod tests {
         t.insert(key(1000), conn(&d, Time(0), 10)).unwrap();
         assert_eq!(d.inactive(), 1);
         assert_eq!(t.with_conn(&key(1000), Time(5000), |c| c.dport), Some(80));
-        let rk = ReplyKey {
-            proto: 6,
-            daddr: d.addr,
-            dport: 80,
-            caddr: key(1000).caddr,
-            cport: 1000,
-        };
+        let rk = reply_to(&d, &key(1000));
         assert_eq!(t.with_reply(&rk, Time(5000), |k, _| k.cport), Some(1000));
         // Lazy expiry on lookup.
         assert_eq!(t.with_conn(&key(1000), Time(10_000), |_| ()), None);
@@ -878,14 +883,7 @@ mod tests {
         for (n, k) in present.iter().enumerate() {
             let found = t.with_conn(k, Time(1), |c| c.dport).is_some();
             assert_eq!(found, n % 3 != 0, "entry {n}");
-            let rk = ReplyKey {
-                proto: 6,
-                daddr: d.addr,
-                dport: 80,
-                caddr: k.caddr,
-                cport: k.cport,
-            };
-            let replied = t.with_reply(&rk, Time(1), |k, _| k.cport);
+            let replied = t.with_reply(&reply_to(&d, k), Time(1), |k, _| k.cport);
             assert_eq!(replied, found.then_some(k.cport), "reply {n}");
         }
         assert_eq!(t.len(), present.len() - present.len().div_ceil(3));
@@ -951,14 +949,8 @@ mod tests {
             proptest::prop_assert_eq!(d.inactive() as usize, model.len());
             for (k, secs) in &model {
                 proptest::prop_assert_eq!(t.with_conn(k, Time(1), |c| c.timeout), Some(*secs));
-                let rk = ReplyKey {
-                    proto: 6,
-                    daddr: d.addr,
-                    dport: 80,
-                    caddr: k.caddr,
-                    cport: k.cport,
-                };
-                proptest::prop_assert_eq!(t.with_reply(&rk, Time(1), |k, _| k.cport), Some(k.cport));
+                let replied = t.with_reply(&reply_to(&d, k), Time(1), |k, _| k.cport);
+                proptest::prop_assert_eq!(replied, Some(k.cport));
             }
         }
     }

@@ -382,7 +382,10 @@ impl Engine {
         slot: &mut WorkerSlot,
         prefetch: &dyn Fn(usize),
     ) {
-        let w = slot.counting();
+        let step = Step {
+            now,
+            w: slot.counting(),
+        };
         let mut tally = Tally::default();
         for (fs, vs) in frames
             .chunks_mut(PREFETCH_GROUP)
@@ -390,7 +393,7 @@ impl Engine {
         {
             if self.conns.len_relaxed() < self.prefetch_from {
                 // A table this small is mostly in the caches: the plain path is faster.
-                self.classify_all(tables, routes, fs, vs, Step { now, w }, &mut tally);
+                self.classify_all(tables, routes, fs, vs, step, &mut tally);
                 continue;
             }
             let mut parsed: [Option<Parsed>; PREFETCH_GROUP] = [const { None }; PREFETCH_GROUP];
@@ -426,10 +429,8 @@ impl Engine {
             }
             for ((f, v), p) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed) {
                 let v1 = match p {
-                    Some((p, first)) => {
-                        self.classify_parsed(tables, routes, f, p, first, Step { now, w })
-                    }
-                    None => self.classify(tables, routes, f, Step { now, w }),
+                    Some((p, first)) => self.classify_parsed(tables, routes, f, p, first, step),
+                    None => self.classify(tables, routes, f, step),
                 };
                 *v = tally.count(v1);
             }
