@@ -10,9 +10,9 @@ use etherparse::PacketBuilder;
 use xvs_core::dest::DestConfig;
 use xvs_core::routes::StaticRoutes;
 use xvs_core::service::ServiceConfig;
-use xvs_core::stats::WorkerSlot;
 use xvs_core::{
     Director, Engine, ForwardMethod, Frame, Protocol, ServiceKey, Tables, Time, Verdict,
+    WorkerState,
 };
 
 /// Headroom in front of each frame.
@@ -95,7 +95,7 @@ pub fn balancer(
         dc.method = method;
         dc.weight = 1 + i32::from(i % 3);
         d.add_dest(&key, dc).expect("valid destination");
-        routes.neigh.insert(addr, [2, 0, 0, 0, 0xaa, i]);
+        routes.add_neighbour(addr, [2, 0, 0, 0, 0xaa, i]);
     }
     let tables = d.snapshot();
     (d, tables, Engine::new(capacity, 42), routes)
@@ -106,7 +106,7 @@ pub fn balancer(
 pub struct Scratch {
     buf: Vec<u8>,
     verdicts: Vec<Verdict>,
-    slot: WorkerSlot,
+    worker: WorkerState,
 }
 
 impl Default for Scratch {
@@ -121,7 +121,7 @@ impl Scratch {
         Scratch {
             buf: vec![0u8; BATCH * SLOT],
             verdicts: vec![Verdict::Pass; BATCH],
-            slot: WorkerSlot::claim(),
+            worker: WorkerState::new(),
         }
     }
 
@@ -154,7 +154,7 @@ impl Scratch {
                 &mut frames,
                 Time(1000),
                 verdicts,
-                &mut self.slot,
+                &mut self.worker,
                 &xvs_xdp::prefetch,
             );
         } else {
@@ -164,7 +164,7 @@ impl Scratch {
                 &mut frames,
                 Time(1000),
                 verdicts,
-                &mut self.slot,
+                &mut self.worker,
             );
         }
         let e = start.elapsed();

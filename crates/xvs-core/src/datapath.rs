@@ -10,6 +10,7 @@ use crate::conn::{
     CONN_F_ONE_PACKET, CONN_F_TEMPLATE, TPL_S_NONE,
 };
 use crate::dest::{ConnForward, DestState};
+use crate::hops::HopCache;
 use crate::proto::{tcp_next_state, Direction, TcpFlags, TcpState, Timeouts};
 use crate::sched::SchedInput;
 use crate::service::{Service, Tables};
@@ -25,6 +26,79 @@ use crate::wire::{
 pub trait Routes {
     /// How to reach `dst`: egress, MACs, MTU and the local source address of that family.
     fn next_hop(&self, dst: IpAddr) -> Option<NextHop>;
+
+    /// A number that changes whenever an answer of [`Routes::next_hop`] may have changed, and
+    /// that no other routes object uses (take them from [`crate::hops::next_routes_version`]).
+    /// Workers cache answers while it stays the same ([`HopCache`]). None, the default: answers
+    /// are never cached.
+    fn version(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The state a worker thread keeps of its own between batches: its counter slot and its
+/// next-hop cache.
+#[derive(Debug)]
+pub struct WorkerState {
+    slot: WorkerSlot,
+    hops: HopCache,
+}
+
+impl Default for WorkerState {
+    fn default() -> Self {
+        WorkerState::new()
+    }
+}
+
+impl WorkerState {
+    /// A worker with a counter slot of its own (see [`WorkerSlot::claim`]) and an empty
+    /// next-hop cache.
+    pub fn new() -> WorkerState {
+        WorkerState {
+            slot: WorkerSlot::claim(),
+            hops: HopCache::new(),
+        }
+    }
+
+    /// Its counter slot.
+    pub fn slot(&self) -> &WorkerSlot {
+        &self.slot
+    }
+
+    /// Its next-hop cache.
+    pub fn hop_cache(&self) -> &HopCache {
+        &self.hops
+    }
+
+    /// The start of a batch: where it counts, and its next hops, checked against `routes`.
+    fn start<'a>(&'a mut self, routes: &'a dyn Routes, now: Time) -> (Step, Hops<'a>) {
+        self.hops.sync(routes);
+        (
+            Step {
+                now,
+                w: self.slot.counting(),
+            },
+            Hops {
+                routes,
+                cache: Some(&mut self.hops),
+            },
+        )
+    }
+}
+
+/// Where the data path gets next hops: through a worker's cache, or straight from the routes.
+struct Hops<'a> {
+    routes: &'a dyn Routes,
+    cache: Option<&'a mut HopCache>,
+}
+
+impl Hops<'_> {
+    fn get(&mut self, dst: IpAddr) -> Option<NextHop> {
+        match &mut self.cache {
+            Some(c) => c.get(self.routes, dst),
+            None => self.routes.next_hop(dst),
+        }
+    }
 }
 
 /// Why a frame was dropped. Every drop is counted under its reason.
@@ -324,8 +398,8 @@ impl Engine {
 
     /// Process a batch of frames received on one interface. `verdicts` must be as long as
     /// `frames`. Each frame is rewritten in place according to its verdict. Traffic is counted
-    /// in `slot` (a worker's own counters when it has one, see [`WorkerSlot`]), verdicts once
-    /// per batch.
+    /// in `worker`'s counter slot (see [`WorkerSlot`]), verdicts once per batch; next hops come
+    /// from `worker`'s cache of `routes` (see [`HopCache`]).
     pub fn process(
         &self,
         tables: &Tables,
@@ -333,14 +407,11 @@ impl Engine {
         frames: &mut [Frame<'_>],
         now: Time,
         verdicts: &mut [Verdict],
-        slot: &mut WorkerSlot,
+        worker: &mut WorkerState,
     ) {
         let mut tally = Tally::default();
-        let step = Step {
-            now,
-            w: slot.counting(),
-        };
-        self.classify_all(tables, routes, frames, verdicts, step, &mut tally);
+        let (step, mut hops) = worker.start(routes, now);
+        self.classify_all(tables, &mut hops, frames, verdicts, step, &mut tally);
         tally.add_to(&self.counters);
     }
 
@@ -348,14 +419,14 @@ impl Engine {
     fn classify_all(
         &self,
         tables: &Tables,
-        routes: &dyn Routes,
+        hops: &mut Hops<'_>,
         frames: &mut [Frame<'_>],
         verdicts: &mut [Verdict],
         step: Step,
         tally: &mut Tally,
     ) {
         for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
-            *v = tally.count(self.classify(tables, routes, f, step));
+            *v = tally.count(self.classify(tables, hops, f, step));
         }
     }
 
@@ -379,13 +450,11 @@ impl Engine {
         frames: &mut [Frame<'_>],
         now: Time,
         verdicts: &mut [Verdict],
-        slot: &mut WorkerSlot,
+        worker: &mut WorkerState,
         prefetch: &dyn Fn(usize),
     ) {
-        let step = Step {
-            now,
-            w: slot.counting(),
-        };
+        let (step, mut hops) = worker.start(routes, now);
+        let hops = &mut hops;
         let mut tally = Tally::default();
         for (fs, vs) in frames
             .chunks_mut(PREFETCH_GROUP)
@@ -393,7 +462,7 @@ impl Engine {
         {
             if self.conns.len_relaxed() < self.prefetch_from {
                 // A table this small is mostly in the caches: the plain path is faster.
-                self.classify_all(tables, routes, fs, vs, step, &mut tally);
+                self.classify_all(tables, hops, fs, vs, step, &mut tally);
                 continue;
             }
             let mut parsed: [Option<Parsed>; PREFETCH_GROUP] = [const { None }; PREFETCH_GROUP];
@@ -429,8 +498,8 @@ impl Engine {
             }
             for ((f, v), p) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed) {
                 let v1 = match p {
-                    Some((p, first)) => self.classify_parsed(tables, routes, f, p, first, step),
-                    None => self.classify(tables, routes, f, step),
+                    Some((p, first)) => self.classify_parsed(tables, hops, f, p, first, step),
+                    None => self.classify(tables, hops, f, step),
                 };
                 *v = tally.count(v1);
             }
@@ -438,7 +507,7 @@ impl Engine {
         tally.add_to(&self.counters);
     }
 
-    /// Process one frame.
+    /// Process one frame (counting in the shared counters, next hops straight from `routes`).
     pub fn process_frame(
         &self,
         t: &Tables,
@@ -448,7 +517,10 @@ impl Engine {
     ) -> Verdict {
         let v = self.classify(
             t,
-            routes,
+            &mut Hops {
+                routes,
+                cache: None,
+            },
             frame,
             Step {
                 now,
@@ -468,19 +540,19 @@ impl Engine {
     fn classify(
         &self,
         t: &Tables,
-        routes: &dyn Routes,
+        hops: &mut Hops<'_>,
         frame: &mut Frame<'_>,
         cx: Step,
     ) -> Verdict {
         let p = parse(frame.data());
-        self.classify_parsed(t, routes, frame, p, None, cx)
+        self.classify_parsed(t, hops, frame, p, None, cx)
     }
 
     #[inline(always)]
     fn classify_parsed(
         &self,
         t: &Tables,
-        routes: &dyn Routes,
+        hops: &mut Hops<'_>,
         frame: &mut Frame<'_>,
         parsed: Result<Packet, ParseError>,
         first: Option<FirstLookup>,
@@ -495,7 +567,7 @@ impl Engine {
         };
         let proto = match Protocol::from_number(p.proto) {
             Some(proto) => proto,
-            None if is_icmp_error(&p) => return self.icmp(t, routes, frame, &p, cx.now),
+            None if is_icmp_error(&p) => return self.icmp(t, hops, frame, &p, cx.now),
             None => return Verdict::Pass,
         };
         // The prefetching pass has already asked whether this is a NAT source, and hashed the
@@ -507,7 +579,7 @@ impl Engine {
         let h = first.map(|fl| fl.h);
         let (h_reply, h_in) = if from_nat { (h, None) } else { (None, h) };
         if from_nat {
-            if let Some(v) = self.reply(t, routes, frame, &p, h_reply, cx) {
+            if let Some(v) = self.reply(t, hops, frame, &p, h_reply, cx) {
                 return v;
             }
         }
@@ -523,7 +595,7 @@ impl Engine {
                 if let Some(tk) = tpl {
                     self.conns.assure_template(&tk);
                 }
-                return self.forward_in(routes, frame, &p, hit);
+                return self.forward_in(hops, frame, &p, hit);
             }
             Some(InResult::Drop(r)) => return self.drop(r),
             Some(InResult::Reschedule) => {
@@ -537,7 +609,7 @@ impl Engine {
             return Verdict::Pass;
         }
         match t.lookup(proto, p.daddr, p.dport, frame.mark()) {
-            Some(svc) => self.new_conn(t, routes, frame, &p, proto, key, svc, cx),
+            Some(svc) => self.new_conn(t, hops, frame, &p, proto, key, svc, cx),
             None => Verdict::Pass,
         }
     }
@@ -593,7 +665,7 @@ impl Engine {
     fn reply(
         &self,
         t: &Tables,
-        routes: &dyn Routes,
+        hops: &mut Hops<'_>,
         frame: &mut Frame<'_>,
         p: &Packet,
         h: Option<ClientHash>,
@@ -620,7 +692,7 @@ impl Engine {
         if let Some(tk) = tpl {
             self.conns.assure_template(&tk);
         }
-        let Some(hop) = routes.next_hop(p.daddr) else {
+        let Some(hop) = hops.get(p.daddr) else {
             return Some(self.drop(DropReason::NoRoute));
         };
         if let Some(v) = self.check_size_and_ttl(frame, p, usize::from(hop.mtu)) {
@@ -669,12 +741,12 @@ impl Engine {
     /// Send a client packet to its real server by the connection's forwarding method.
     fn forward_in(
         &self,
-        routes: &dyn Routes,
+        hops: &mut Hops<'_>,
         frame: &mut Frame<'_>,
         p: &Packet,
         hit: Hit,
     ) -> Verdict {
-        let Some(hop) = routes.next_hop(hit.daddr) else {
+        let Some(hop) = hops.get(hit.daddr) else {
             return self.drop(DropReason::NoRoute);
         };
         let real = Some((hit.daddr, hit.dport));
@@ -814,7 +886,7 @@ impl Engine {
     fn new_conn(
         &self,
         t: &Tables,
-        routes: &dyn Routes,
+        hops: &mut Hops<'_>,
         frame: &mut Frame<'_>,
         p: &Packet,
         proto: Protocol,
@@ -897,7 +969,7 @@ impl Engine {
                 return self.drop(DropReason::TableFull);
             }
         }
-        self.forward_in(routes, frame, p, hit)
+        self.forward_in(hops, frame, p, hit)
     }
 
     fn no_dest(&self, frame: &mut Frame<'_>, p: &Packet) -> Verdict {
@@ -909,7 +981,7 @@ impl Engine {
     fn icmp(
         &self,
         t: &Tables,
-        routes: &dyn Routes,
+        hops: &mut Hops<'_>,
         frame: &mut Frame<'_>,
         p: &Packet,
         now: Time,
@@ -937,7 +1009,7 @@ impl Engine {
             }
         });
         if let Some(hit) = hit {
-            let Some(hop) = routes.next_hop(hit.daddr) else {
+            let Some(hop) = hops.get(hit.daddr) else {
                 return self.drop(DropReason::NoRoute);
             };
             match hit.fwd.method {
@@ -975,7 +1047,7 @@ impl Engine {
             (k.vaddr, k.vport)
         });
         if let Some((vaddr, vport)) = back {
-            let Some(hop) = routes.next_hop(p.daddr) else {
+            let Some(hop) = hops.get(p.daddr) else {
                 return self.drop(DropReason::NoRoute);
             };
             let d = frame.data_mut();

@@ -31,11 +31,10 @@ fn rs_mac(n: u8) -> [u8; 6] {
 fn routes() -> StaticRoutes {
     let mut r = StaticRoutes::new(7, LB_MAC, vec![ip("10.0.0.254"), ip("fd00::fe")], 1500);
     for n in 1..=3u8 {
-        r.neigh.insert(IpAddr::from([192, 168, 1, n]), rs_mac(n));
-        r.neigh
-            .insert(format!("fd01::{n}").parse().unwrap(), rs_mac(n));
+        r.add_neighbour(IpAddr::from([192, 168, 1, n]), rs_mac(n));
+        r.add_neighbour(format!("fd01::{n}").parse().unwrap(), rs_mac(n));
     }
-    r.gateway = Some(GW_MAC);
+    r.set_gateway(Some(GW_MAC));
     r
 }
 
@@ -78,6 +77,43 @@ impl Lb {
             .process_frame(&self.tables, &self.routes, &mut f, Time(now));
         (v, f.data().to_vec())
     }
+
+    /// Run one frame as a batch of a worker (its counter slot and next-hop cache).
+    fn run_as(&self, w: &mut WorkerState, frame: &[u8], now: u64) -> (Verdict, Vec<u8>) {
+        let mut buf = vec![0u8; HEADROOM + frame.len() + 64];
+        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        let mut fs = [Frame::new(&mut buf, HEADROOM, frame.len())];
+        let mut vs = [Verdict::Pass];
+        self.engine
+            .process(&self.tables, &self.routes, &mut fs, Time(now), &mut vs, w);
+        (vs[0], fs[0].data().to_vec())
+    }
+}
+
+#[test]
+fn a_worker_sees_a_changed_next_hop_at_its_next_batch() {
+    let svc = tcp_key("10.0.0.1", 80);
+    let mut lb = Lb::new(svc, "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
+    let mut w = WorkerState::new();
+    let syn = tcp4("1.2.3.4", 40000, "10.0.0.1", 80, Flags::Syn, 64, b"");
+    let ack = tcp4("1.2.3.4", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"");
+    let (v, out) = lb.run_as(&mut w, &syn, 0);
+    assert!(matches!(v, Verdict::Forward { .. }));
+    assert_eq!(out[..6], rs_mac(1));
+    let (_, out) = lb.run_as(&mut w, &ack, 1);
+    assert_eq!(out[..6], rs_mac(1));
+    assert_eq!(w.hop_cache().hits, 1);
+    // The real server moved to another MAC: the next batch must use it.
+    lb.routes
+        .add_neighbour(ip("192.168.1.1"), [2, 0, 0, 0, 0xbb, 1]);
+    let (_, out) = lb.run_as(&mut w, &ack, 2);
+    assert_eq!(out[..6], [2, 0, 0, 0, 0xbb, 1]);
+    // And when it is gone (no neighbour entry, no gateway), packets are dropped as no_route.
+    let mut r = StaticRoutes::new(7, LB_MAC, vec![ip("10.0.0.254")], 1500);
+    r.set_gateway(None);
+    lb.routes = r;
+    let (v, _) = lb.run_as(&mut w, &ack, 3);
+    assert_eq!(v, Verdict::Drop(DropReason::NoRoute));
 }
 
 fn tcp_key(vip: &str, port: u16) -> ServiceKey {
@@ -1170,7 +1206,7 @@ fn prefetched_batches_match_frame_by_frame_processing() {
     let expect: Vec<(Verdict, Vec<u8>)> = second.iter().map(|f| one.run(f, 1001)).collect();
 
     let announced = std::cell::RefCell::new(Vec::new());
-    let slot = std::cell::RefCell::new(WorkerSlot::claim());
+    let worker = std::cell::RefCell::new(WorkerState::new());
     let run_on = |lb: &Lb, frames: &[Vec<u8>], now: u64| -> Vec<(Verdict, Vec<u8>)> {
         let mut bufs: Vec<Vec<u8>> = frames
             .iter()
@@ -1192,7 +1228,7 @@ fn prefetched_batches_match_frame_by_frame_processing() {
             &mut fs,
             Time(now),
             &mut vs,
-            &mut slot.borrow_mut(),
+            &mut worker.borrow_mut(),
             &|a| announced.borrow_mut().push(a),
         );
         vs.into_iter()

@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod dest;
 pub mod director;
 pub mod hash;
+pub mod hops;
 pub mod proto;
 pub mod routes;
 pub mod sched;
@@ -19,7 +20,7 @@ pub mod stats;
 pub mod types;
 pub mod wire;
 
-pub use datapath::{DropReason, Engine, Routes, Verdict};
+pub use datapath::{DropReason, Engine, Routes, Verdict, WorkerState};
 pub use dest::{DestConfig, DestState};
 pub use director::{CtlError, Director};
 pub use service::{ServiceConfig, Tables};

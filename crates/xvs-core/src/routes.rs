@@ -6,54 +6,66 @@ use std::net::IpAddr;
 use hashbrown::HashMap;
 
 use crate::datapath::Routes;
+use crate::hops::next_routes_version;
 use crate::wire::NextHop;
 
 /// One interface with known neighbours and an optional gateway.
 #[derive(Debug, Clone)]
 pub struct StaticRoutes {
-    /// Interface index reported in verdicts.
-    pub ifindex: u32,
-    /// The interface's MAC.
-    pub local_mac: [u8; 6],
-    /// The box's own addresses (tunnel sources), one per family at most used.
-    pub local_ips: Vec<IpAddr>,
-    /// Route MTU.
-    pub mtu: u16,
-    /// Neighbours: address → MAC.
-    pub neigh: HashMap<IpAddr, [u8; 6]>,
-    /// MAC of the next hop for every other destination.
-    pub gateway: Option<[u8; 6]>,
+    ifindex: u32,
+    local_mac: [u8; 6],
+    mtu: u16,
+    /// The box's own address of each family (tunnel sources): IPv4, IPv6.
+    src: [Option<IpAddr>; 2],
+    neigh: HashMap<IpAddr, [u8; 6]>,
+    gateway: Option<[u8; 6]>,
+    /// Changes with every change (see [`Routes::version`]).
+    version: u64,
 }
 
 impl StaticRoutes {
-    /// An interface with no neighbours yet.
+    /// Interface `ifindex` with MAC `local_mac`, the box's own addresses `local_ips` (the first
+    /// of each family is the tunnel source) and route MTU `mtu`; no neighbours yet.
     pub fn new(ifindex: u32, local_mac: [u8; 6], local_ips: Vec<IpAddr>, mtu: u16) -> StaticRoutes {
+        let first = |v6: bool| local_ips.iter().find(|a| a.is_ipv6() == v6).copied();
         StaticRoutes {
             ifindex,
             local_mac,
-            local_ips,
             mtu,
+            src: [first(false), first(true)],
             neigh: HashMap::new(),
             gateway: None,
+            version: next_routes_version(),
         }
+    }
+
+    /// Reach `addr` on the link at `mac` (replacing what was known of it).
+    pub fn add_neighbour(&mut self, addr: IpAddr, mac: [u8; 6]) {
+        self.neigh.insert(addr, mac);
+        self.version = next_routes_version();
+    }
+
+    /// Send every destination that is not a neighbour to `mac` (None: drop it, no route).
+    pub fn set_gateway(&mut self, mac: Option<[u8; 6]>) {
+        self.gateway = mac;
+        self.version = next_routes_version();
     }
 }
 
 impl Routes for StaticRoutes {
     fn next_hop(&self, dst: IpAddr) -> Option<NextHop> {
         let dst_mac = self.neigh.get(&dst).copied().or(self.gateway)?;
-        let src_ip = self
-            .local_ips
-            .iter()
-            .find(|a| a.is_ipv6() == dst.is_ipv6())
-            .copied();
         Some(NextHop {
             ifindex: self.ifindex,
             src_mac: self.local_mac,
             dst_mac,
             mtu: self.mtu,
-            src_ip,
+            src_ip: self.src[usize::from(dst.is_ipv6())],
         })
+    }
+
+    fn version(&self) -> Option<u64> {
+        Some(self.version)
     }
 }
 

@@ -8,7 +8,10 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +25,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr as NlAddr};
+use xvs_core::hops::next_routes_version;
 use xvs_core::{NextHop, Routes};
 
 /// What a route lookup says about a destination.
@@ -67,6 +71,8 @@ type HopMap = HashMap<IpAddr, NextHop, ahash::RandomState>;
 #[derive(Debug)]
 pub struct KernelRoutes {
     cache: ArcSwap<HopMap>,
+    /// Moves on after every store to `cache`, so workers empty their own caches of it.
+    version: AtomicU64,
     wanted: Mutex<HashSet<IpAddr>>,
     statics: HashMap<IpAddr, [u8; 6]>,
     links: HashMap<u32, LinkInfo>,
@@ -82,6 +88,11 @@ impl Routes for KernelRoutes {
             w.insert(dst);
         }
         None
+    }
+
+    fn version(&self) -> Option<u64> {
+        // Acquire: a worker that sees a version finds a map at least as new in `cache`.
+        Some(self.version.load(Acquire))
     }
 }
 
@@ -289,6 +300,7 @@ impl KernelRoutes {
     ) -> Arc<KernelRoutes> {
         Arc::new(KernelRoutes {
             cache: ArcSwap::from_pointee(HopMap::default()),
+            version: AtomicU64::new(next_routes_version()),
             wanted: Mutex::new(HashSet::new()),
             statics,
             links,
@@ -345,6 +357,7 @@ impl KernelRoutes {
             }
         }
         self.cache.store(Arc::new(cache));
+        self.version.store(next_routes_version(), Release);
         Ok(unresolved)
     }
 

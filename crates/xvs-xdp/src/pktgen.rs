@@ -279,7 +279,7 @@ mod engine_tests {
         for i in 1..=100u8 {
             let a = std::net::IpAddr::from([10, 7, 1, i]);
             d.add_dest(&key, DestConfig::new(a, 80)).unwrap();
-            routes.neigh.insert(a, [3; 6]);
+            routes.add_neighbour(a, [3; 6]);
         }
         let t = d.snapshot();
         let e = Engine::new(1 << 22, 1);

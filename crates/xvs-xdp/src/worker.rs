@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use xsk_rs::FrameDesc;
-use xvs_core::stats::WorkerSlot;
-use xvs_core::{Engine, Frame, Routes, Tables, Time, Verdict};
+use xvs_core::{Engine, Frame, Routes, Tables, Time, Verdict, WorkerState};
 
 use crate::xsk::QueueSet;
 
@@ -61,8 +60,9 @@ pub struct EngineHandler {
     /// Next hops.
     pub routes: Arc<dyn Routes + Send + Sync>,
     current: Arc<Tables>,
-    /// This worker's own traffic counters (one writer, no locked instructions).
-    slot: WorkerSlot,
+    /// This worker's own traffic counters (one writer, no locked instructions) and next-hop
+    /// cache.
+    worker: WorkerState,
 }
 
 impl std::fmt::Debug for EngineHandler {
@@ -84,7 +84,7 @@ impl EngineHandler {
             tables,
             routes,
             current,
-            slot: WorkerSlot::claim(),
+            worker: WorkerState::new(),
         }
     }
 }
@@ -112,7 +112,7 @@ impl Handler for EngineHandler {
             frames,
             now,
             verdicts,
-            &mut self.slot,
+            &mut self.worker,
             &crate::prefetch,
         );
     }

@@ -125,9 +125,9 @@ pub fn run(args: &ReplayArgs) -> Result<String, ReplayError> {
         let ip: IpAddr = ip
             .parse()
             .map_err(|_| ReplayError::Usage(format!("invalid address `{ip}'")))?;
-        routes.neigh.insert(ip, mac(m)?);
+        routes.add_neighbour(ip, mac(m)?);
     }
-    routes.gateway = args.gateway_mac.as_deref().map(mac).transpose()?;
+    routes.set_gateway(args.gateway_mac.as_deref().map(mac).transpose()?);
 
     let engine = Engine::new(args.conn_capacity, 0x7876_7364);
     let mut reader = PcapReader::new(io("input", File::open(&args.input))?)?;
