@@ -165,6 +165,16 @@ impl ClientSide for ReplyKey {
     }
 }
 
+/// The hash of a client side, packed into one word for IPv4 (one hasher round instead of one
+/// per field; IPv4 and IPv6 keys never compare equal, so their hashes need not be comparable).
+fn hash_client(hasher: &ahash::RandomState, (proto, addr, port): (u8, IpAddr, u16)) -> u64 {
+    let tail = u32::from(proto) | u32::from(port) << 8;
+    match addr {
+        IpAddr::V4(a) => hasher.hash_one(u64::from(a.to_bits()) << 32 | u64::from(tail)),
+        IpAddr::V6(a) => hasher.hash_one((a.to_bits(), tail)),
+    }
+}
+
 /// One entry: key and connection.
 type Entry = (ConnKey, Conn);
 
@@ -321,7 +331,7 @@ impl ConnTable {
     }
 
     fn hash<K: ClientSide>(&self, k: &K) -> u64 {
-        self.hasher.hash_one(k.client())
+        hash_client(&self.hasher, k.client())
     }
 
     /// The shard from bits the maps do not use for their positions (low bits) or their
@@ -334,7 +344,7 @@ impl ConnTable {
     /// lookups and [`ConnTable::lookup_addresses`].
     pub fn client_hash(&self, proto: u8, addr: IpAddr, port: u16) -> ClientHash {
         ClientHash {
-            h: self.hasher.hash_one((proto, addr, port)),
+            h: hash_client(&self.hasher, (proto, addr, port)),
             hint: NO_HINT,
         }
     }
@@ -480,7 +490,7 @@ impl ConnTable {
         match index.entry(
             h,
             |&i| entries.get(i as usize).is_some_and(|(k, _)| *k == key),
-            |&i| hasher.hash_one(entries[i as usize].0.client()),
+            |&i| hash_client(hasher, entries[i as usize].0.client()),
         ) {
             hash_table::Entry::Occupied(_) => return Err((InsertError::Exists, conn)),
             hash_table::Entry::Vacant(_) if full => {
@@ -601,7 +611,9 @@ impl ConnTable {
                 let hasher = &self.hasher;
                 let keep = (len * 2).max(INITIAL_PER_SHARD);
                 let Shard { index, entries } = &mut *shard;
-                index.shrink_to(keep, |&i| hasher.hash_one(entries[i as usize].0.client()));
+                index.shrink_to(keep, |&i| {
+                    hash_client(hasher, entries[i as usize].0.client())
+                });
                 entries.shrink_to(keep);
                 // The map moved: no hints until the next insert publishes its new place.
                 self.layouts[i].ctrl.store(0, Relaxed);

@@ -290,6 +290,15 @@ fn transition(
             dir == Direction::Output && c.template.is_some()
         }
         Protocol::Tcp => {
+            // Most packets: a plain ACK of an established connection, which stays so in every
+            // direction (the test proto::tests::ack_keeps_established).
+            if c.state == TcpState::Established as u8 && flags == TcpFlags::ACK {
+                if dir == Direction::Output {
+                    c.flags &= !CONN_F_NOOUTPUT;
+                }
+                c.rearm(now, t.tcp[TcpState::Established as usize]);
+                return false;
+            }
             let cur = TcpState::from_u8(c.state).unwrap_or(TcpState::None);
             let no_output = c.flags & CONN_F_NOOUTPUT != 0;
             if dir == Direction::Output {

@@ -94,6 +94,16 @@ pub struct TcpFlags {
     pub rst: bool,
 }
 
+impl TcpFlags {
+    /// ACK alone.
+    pub const ACK: TcpFlags = TcpFlags {
+        syn: false,
+        fin: false,
+        ack: true,
+        rst: false,
+    };
+}
+
 use TcpState::{
     Close as CL, CloseWait as CW, Established as ES, FinWait as FW, LastAck as LA, Listen as LI,
     SynRecv as SR, SynSent as SS, TimeWait as TW,
@@ -192,6 +202,16 @@ impl Timeouts {
 mod tests {
     use super::*;
     use TcpState::{None as NO, Synack as SA};
+
+    /// The data path's shortcut (datapath::transition) relies on it.
+    #[test]
+    fn ack_keeps_established() {
+        for dir in [Direction::Input, Direction::Output] {
+            for no_output in [false, true] {
+                assert_eq!(tcp_next_state(ES, dir, no_output, TcpFlags::ACK), ES);
+            }
+        }
+    }
 
     const SYN: TcpFlags = TcpFlags {
         syn: true,
