@@ -6,7 +6,7 @@
 #   2. added latency (xvsd, xvsd --busy-poll, kernel)  -> target/bench-latency.csv
 #   3. one and two worker queues                       -> target/bench-e2e-scaling.md
 #   4. memory with 0, 1 M and 10 M connections         -> target/bench-e2e-memory.md
-#   5. the engine alone (criterion)                    -> target/criterion/
+#   5. the engine alone, and the machine's floor (criterion) -> target/criterion/
 #   6. plots                                           -> docs/img/*.png
 # Usage: bench/run.sh [--quick]   (--quick: steps 1, 2 and 6 only, about 10 minutes)
 set -euo pipefail
@@ -32,6 +32,8 @@ if [ "$quick" -eq 0 ]; then
     python3 bench/e2e/run.py --memory
     echo "== engine (criterion)"
     cargo bench -q -p xvs-bench --bench engine -- --noplot
+    echo "== the machine's floor (criterion)"
+    cargo bench -q -p xvs-bench --bench floor -- --noplot
 fi
 echo "== plots"
 ./target/release/xvs-plot --e2e target/bench-e2e.csv --latency target/bench-latency.csv --out docs/img
