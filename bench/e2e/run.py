@@ -367,6 +367,33 @@ def one_round(tmp):
     return results
 
 
+# The targets' ratios, each taken within one round (the two paths ran minutes apart, on the
+# machine as it was then), then summarised over the rounds.
+RATIOS = [
+    ("xvs-dr-est ÷ bare, Mpps", "xvs-dr-est", "bare", "rates"),
+    ("xvs-dr-est ÷ kernel-nft-dnat-est, Mpps", "xvs-dr-est", "kernel-nft-dnat-est", "rates"),
+    ("xvs-dr-est ÷ bare, process CPU per packet", "xvs-dr-est", "bare", "proc_ns"),
+    ("xvs-dr-new ÷ xvs-dr-est, Mpps", "xvs-dr-new", "xvs-dr-est", "rates"),
+    ("xvs-tun-new ÷ xvs-tun-est, Mpps", "xvs-tun-new", "xvs-tun-est", "rates"),
+    ("xvs-nat-new ÷ xvs-nat-est, Mpps", "xvs-nat-new", "xvs-nat-est", "rates"),
+]
+
+
+def paired_ratios(per_round):
+    lines = ["| ratio (per round) | median | min–max | rounds |", "|---|---|---|---|"]
+    for label, a, b, key in RATIOS:
+        v = []
+        for rnd in per_round:
+            if a in rnd and b in rnd and rnd[a][key] and rnd[b][key]:
+                x, y = median(sorted(rnd[a][key])), median(sorted(rnd[b][key]))
+                if y:
+                    v.append(x / y)
+        if v:
+            lines.append(f"| {label} | {median(sorted(v)):.2f} | {min(v):.2f}–{max(v):.2f} | "
+                         + ", ".join(f"{x:.2f}" for x in v) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main():
     if os.geteuid() != 0:
         print("bench/e2e/run.py: needs root", file=sys.stderr)
@@ -388,10 +415,13 @@ def main():
         with open(A.out.replace(".md", "-memory.md" if A.memory else "-scaling.md"), "w") as f:
             f.write(table + "\n")
         return 0
+    per_round = []
     try:
         for rnd in range(A.rounds):
             print(f"== round {rnd + 1} of {A.rounds}", flush=True)
-            for r in one_round(tmp):
+            got = one_round(tmp)
+            per_round.append({r["path"]: r for r in got})
+            for r in got:
                 acc = merged.setdefault(r["path"], {"path": r["path"], "rates": [], "proc_ns": [],
                                                     "softirq_ns": [], "drops": ""})
                 for k in ("rates", "proc_ns", "softirq_ns"):
@@ -418,6 +448,11 @@ def main():
     print(table)
     with open(A.out, "w") as f:
         f.write(table + "\n")
+    ratios = paired_ratios(per_round)
+    if ratios:
+        print(ratios)
+        with open(A.out.replace(".md", "-ratios.md"), "w") as f:
+            f.write(ratios + "\n")
     # For bench's xvs-plot.
     with open(A.out.replace(".md", ".csv"), "w") as f:
         for r in results:

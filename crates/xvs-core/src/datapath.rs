@@ -42,6 +42,8 @@ pub trait Routes {
 pub struct WorkerState {
     slot: WorkerSlot,
     hops: HopCache,
+    /// The prefetching path's frames parsed ahead (kept, so a batch allocates nothing).
+    parsed: Vec<Parsed>,
 }
 
 impl Default for WorkerState {
@@ -57,6 +59,7 @@ impl WorkerState {
         WorkerState {
             slot: WorkerSlot::claim(),
             hops: HopCache::new(),
+            parsed: Vec::with_capacity(PREFETCH_GROUP),
         }
     }
 
@@ -378,11 +381,11 @@ type Parsed = (Result<Packet, ParseError>, Option<FirstLookup>);
 pub const PREFETCH_GROUP: usize = 32;
 
 /// Table size (entries) from which [`Engine::process_prefetched`] prefetches by default. Below
-/// it the table is mostly in the caches and prefetching costs more than it saves: on the
-/// project's machine (AMD EPYC guest, 512 KiB L2, 32 MiB L3) the plain path was the faster up
-/// to about 30 K entries, on a par at 100 K, and the two-step prefetch 1.8 × faster at 300 K
-/// and 2.2 × at 1 M (docs/performance.md).
-pub const PREFETCH_FROM: usize = 65_536;
+/// it the table is in the caches and prefetching costs more than it saves: on the project's
+/// machine (AMD EPYC guest, 512 KiB L2, 32 MiB L3) the plain path was the faster up to about
+/// 1 K entries, on a par at 3 K, and the two-step prefetch 1.1 × faster at 10 K, 1.6 × at 30 K
+/// (docs/performance.md).
+pub const PREFETCH_FROM: usize = 4_096;
 
 impl Engine {
     /// An engine whose connection table holds `capacity` entries.
@@ -462,8 +465,20 @@ impl Engine {
         worker: &mut WorkerState,
         prefetch: &dyn Fn(usize),
     ) {
-        let (step, mut hops) = worker.start(routes, now);
-        let hops = &mut hops;
+        let WorkerState {
+            slot,
+            hops: cache,
+            parsed,
+        } = worker;
+        cache.sync(routes);
+        let step = Step {
+            now,
+            w: slot.counting(),
+        };
+        let hops = &mut Hops {
+            routes,
+            cache: Some(cache),
+        };
         let mut tally = Tally::default();
         for (fs, vs) in frames
             .chunks_mut(PREFETCH_GROUP)
@@ -474,8 +489,8 @@ impl Engine {
                 self.classify_all(tables, hops, fs, vs, step, &mut tally);
                 continue;
             }
-            let mut parsed: [Option<Parsed>; PREFETCH_GROUP] = [const { None }; PREFETCH_GROUP];
-            for (f, slot) in fs.iter().zip(parsed.iter_mut()) {
+            parsed.clear();
+            for f in fs.iter() {
                 let p = parse(f.data());
                 let mut first = None;
                 if let Ok(p) = &p {
@@ -488,29 +503,28 @@ impl Engine {
                             (p.saddr, p.sport)
                         };
                         let h = self.conns.client_hash(p.proto, caddr, cport);
-                        for a in self.conns.lookup_addresses(h).into_iter().flatten() {
-                            prefetch(a);
+                        if let Some([ctrl, slot]) = self.conns.lookup_addresses(h) {
+                            prefetch(ctrl);
+                            prefetch(slot);
                         }
                         first = Some(FirstLookup { from_nat, h });
                     }
                 }
-                *slot = Some((p, first));
+                parsed.push((p, first));
             }
             // The index memory is on its way; now read each frame's candidate position from it
             // and announce the entry itself.
-            for (_, first) in parsed.iter_mut().flatten() {
+            for (_, first) in parsed.iter_mut() {
                 if let Some(fl) = first {
-                    for a in self.conns.candidate(&mut fl.h).into_iter().flatten() {
+                    if let Some([a, b, c]) = self.conns.candidate(&mut fl.h) {
                         prefetch(a);
+                        prefetch(b);
+                        prefetch(c);
                     }
                 }
             }
-            for ((f, v), p) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed) {
-                let v1 = match p {
-                    Some((p, first)) => self.classify_parsed(tables, hops, f, p, first, step),
-                    None => self.classify(tables, hops, f, step),
-                };
-                *v = tally.count(v1);
+            for ((f, v), (p, first)) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed.drain(..)) {
+                *v = tally.count(self.classify_parsed(tables, hops, f, p, first, step));
             }
         }
         tally.add_to(&self.counters);
