@@ -6,19 +6,9 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use xvs_bench::{balancer, client_frame, flow, Rng, Scratch, BATCH};
+use xvs_bench::{balancer, client_frame, flow, table_sizes, Rng, Scratch, BATCH};
 use xvs_core::conn::ConnKey;
 use xvs_core::{ForwardMethod, Verdict};
-
-/// Table sizes: 10 K and 1 M when benchmarking (`cargo bench` passes `--bench`); a small one
-/// when `cargo test` runs the benchmarks once as a smoke test.
-fn sizes() -> &'static [u64] {
-    if std::env::args().any(|a| a == "--bench") {
-        &[10_000, 1_000_000]
-    } else {
-        &[1_000]
-    }
-}
 
 fn established(c: &mut Criterion) {
     let mut g = c.benchmark_group("established");
@@ -31,7 +21,7 @@ fn established(c: &mut Criterion) {
         (ForwardMethod::Masq, "nat"),
         (ForwardMethod::Tunnel, "tun"),
     ] {
-        for &flows in sizes() {
+        for &flows in table_sizes() {
             let (_d, tables, engine, routes) = balancer("rr", method, 100, flows as usize * 2);
             let mut scratch = Scratch::new();
             // Create the flows with SYNs.
@@ -80,7 +70,7 @@ fn new_connections(c: &mut Criterion) {
         "rr", "wrr", "lc", "wlc", "sed", "nq", "lblc", "lblcr", "dh", "sh", "mh", "fo", "ovf",
         "twos",
     ];
-    for &flows in sizes() {
+    for &flows in table_sizes() {
         for sched in scheds {
             let (_d, tables, engine, routes) =
                 balancer(sched, ForwardMethod::Route, 100, flows as usize * 2);

@@ -11,19 +11,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use xvs_bench::Rng;
+use xvs_bench::{table_sizes, Rng};
 
 /// Lookups per iteration (independent of each other, so the CPU may overlap their misses as it
 /// overlaps the misses of a batch of packets).
 const LOOKUPS: usize = 256;
-
-fn sizes() -> &'static [u64] {
-    if std::env::args().any(|a| a == "--bench") {
-        &[10_000, 1_000_000]
-    } else {
-        &[1_000]
-    }
-}
 
 fn lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("floor_lookup");
@@ -31,7 +23,7 @@ fn lookup(c: &mut Criterion) {
     g.sample_size(20)
         .measurement_time(Duration::from_secs(3))
         .warm_up_time(Duration::from_secs(1));
-    for &n in sizes() {
+    for &n in table_sizes() {
         let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
         let mut t = hashbrown::HashMap::with_capacity_and_hasher(n as usize, hasher);
         for k in 0..n {

@@ -48,6 +48,16 @@ impl Rng {
     }
 }
 
+/// Table sizes for the criterion benchmarks: 10 K and 1 M when benchmarking (`cargo bench`
+/// passes `--bench`); a small one when `cargo test` runs the benchmarks once as a smoke test.
+pub fn table_sizes() -> &'static [u64] {
+    if std::env::args().any(|a| a == "--bench") {
+        &[10_000, 1_000_000]
+    } else {
+        &[1_000]
+    }
+}
+
 /// A flow: client address and port.
 pub fn flow(i: u64) -> ([u8; 4], u16) {
     // 2^16 ports per address, addresses from 11.0.0.0 up: every i is a distinct flow.
