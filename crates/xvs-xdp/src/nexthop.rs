@@ -524,4 +524,51 @@ mod tests {
             .unwrap()
             .contains(&"fd00::1".parse().unwrap()));
     }
+
+    /// A fake whose one neighbour changes its MAC between resolutions.
+    struct Moving([u8; 6]);
+
+    impl ResolverIo for Moving {
+        fn route_get(&mut self, _: IpAddr) -> io::Result<Option<RouteInfo>> {
+            Ok(Some(RouteInfo {
+                oif: 2,
+                gateway: None,
+                src: None,
+            }))
+        }
+        fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>> {
+            Ok(HashMap::from([(
+                (2, "192.168.1.5".parse().unwrap()),
+                self.0,
+            )]))
+        }
+    }
+
+    #[test]
+    fn every_publish_moves_the_version_and_workers_follow() {
+        let links = HashMap::from([(
+            2,
+            LinkInfo {
+                mac: [9; 6],
+                mtu: 1500,
+            },
+        )]);
+        let r = KernelRoutes::new(links, HashMap::new());
+        let dst: IpAddr = "192.168.1.5".parse().unwrap();
+        let targets = HashSet::from([dst]);
+        let mut cache = xvs_core::hops::HopCache::new();
+        let v0 = r.version();
+        r.resolve(&mut Moving([1; 6]), &targets).unwrap();
+        let v1 = r.version();
+        assert_ne!(v0, v1);
+        cache.sync(&*r);
+        assert_eq!(cache.get(&*r, dst).unwrap().dst_mac, [1; 6]);
+        assert_eq!(cache.get(&*r, dst).unwrap().dst_mac, [1; 6]);
+        assert_eq!(cache.hits, 1);
+        // The neighbour moved: the next publish moves the version, the next batch sees it.
+        r.resolve(&mut Moving([2; 6]), &targets).unwrap();
+        assert_ne!(r.version(), v1);
+        cache.sync(&*r);
+        assert_eq!(cache.get(&*r, dst).unwrap().dst_mac, [2; 6]);
+    }
 }
