@@ -36,8 +36,8 @@ pub trait Routes {
     }
 }
 
-/// The state a worker thread keeps of its own between batches: its counter slot and its
-/// next-hop cache.
+/// The state a worker thread keeps of its own between batches: its counter slot, its
+/// next-hop cache and the prefetching path's scratch.
 #[derive(Debug)]
 pub struct WorkerState {
     slot: WorkerSlot,
@@ -73,8 +73,13 @@ impl WorkerState {
         &self.hops
     }
 
-    /// The start of a batch: where it counts, and its next hops, checked against `routes`.
-    fn start<'a>(&'a mut self, routes: &'a dyn Routes, now: Time) -> (Step, Hops<'a>) {
+    /// The start of a batch: where it counts, its next hops (the cache checked against
+    /// `routes`) and the prefetching path's scratch.
+    fn start<'a>(
+        &'a mut self,
+        routes: &'a dyn Routes,
+        now: Time,
+    ) -> (Step, Hops<'a>, &'a mut Vec<Parsed>) {
         self.hops.sync(routes);
         (
             Step {
@@ -85,6 +90,7 @@ impl WorkerState {
                 routes,
                 cache: Some(&mut self.hops),
             },
+            &mut self.parsed,
         )
     }
 }
@@ -422,7 +428,7 @@ impl Engine {
         worker: &mut WorkerState,
     ) {
         let mut tally = Tally::default();
-        let (step, mut hops) = worker.start(routes, now);
+        let (step, mut hops, _) = worker.start(routes, now);
         self.classify_all(tables, &mut hops, frames, verdicts, step, &mut tally);
         tally.add_to(&self.counters);
     }
@@ -465,20 +471,8 @@ impl Engine {
         worker: &mut WorkerState,
         prefetch: &dyn Fn(usize),
     ) {
-        let WorkerState {
-            slot,
-            hops: cache,
-            parsed,
-        } = worker;
-        cache.sync(routes);
-        let step = Step {
-            now,
-            w: slot.counting(),
-        };
-        let hops = &mut Hops {
-            routes,
-            cache: Some(cache),
-        };
+        let (step, mut hops, parsed) = worker.start(routes, now);
+        let hops = &mut hops;
         let mut tally = Tally::default();
         for (fs, vs) in frames
             .chunks_mut(PREFETCH_GROUP)
