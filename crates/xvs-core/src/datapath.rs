@@ -89,6 +89,7 @@ impl WorkerState {
             Hops {
                 routes,
                 cache: Some(&mut self.hops),
+                uncached: None,
             },
             &mut self.parsed,
         )
@@ -99,13 +100,15 @@ impl WorkerState {
 struct Hops<'a> {
     routes: &'a dyn Routes,
     cache: Option<&'a mut HopCache>,
+    /// The last answer when there is no cache.
+    uncached: Option<NextHop>,
 }
 
 impl Hops<'_> {
-    fn get(&mut self, dst: IpAddr) -> Option<NextHop> {
+    fn get(&mut self, dst: IpAddr) -> Option<&NextHop> {
         match &mut self.cache {
             Some(c) => c.get(self.routes, dst),
-            None => self.routes.next_hop(dst),
+            None => Some(&*self.uncached.insert(self.routes.next_hop(dst)?)),
         }
     }
 }
@@ -537,6 +540,7 @@ impl Engine {
             &mut Hops {
                 routes,
                 cache: None,
+                uncached: None,
             },
             frame,
             Step {
@@ -718,7 +722,7 @@ impl Engine {
         let d = frame.data_mut();
         nat_rewrite(d, p, NatSide::Src, vaddr, vport);
         dec_ttl(d, p);
-        set_macs(d, &hop);
+        set_macs(d, hop);
         Some(Verdict::Forward {
             ifindex: hop.ifindex,
             real: None,
@@ -777,7 +781,7 @@ impl Engine {
                     nat_rewrite(d, p, NatSide::Dst, hit.daddr, hit.dport);
                 }
                 dec_ttl(d, p);
-                set_macs(d, &hop);
+                set_macs(d, hop);
             }
             ForwardMethod::Tunnel => {
                 let over = tunnel_overhead(hit.daddr.is_ipv6(), &hit.fwd.tunnel);
@@ -797,7 +801,7 @@ impl Engine {
                         return self.drop(DropReason::NoTunnelSource)
                     }
                 }
-                set_macs(frame.data_mut(), &hop);
+                set_macs(frame.data_mut(), hop);
             }
         }
         Verdict::Forward {
@@ -1033,9 +1037,9 @@ impl Engine {
                 ForwardMethod::Masq => {
                     let d = frame.data_mut();
                     nat_icmp(d, p, &q, NatSide::Src, hit.daddr, hit.dport);
-                    set_macs(d, &hop);
+                    set_macs(d, hop);
                 }
-                ForwardMethod::Route => set_macs(frame.data_mut(), &hop),
+                ForwardMethod::Route => set_macs(frame.data_mut(), hop),
                 ForwardMethod::Tunnel => {
                     if let Err(e) = encapsulate(frame, p, hop.src_ip, hit.daddr, &hit.fwd.tunnel) {
                         return self.drop(match e {
@@ -1043,7 +1047,7 @@ impl Engine {
                             wire::EncapError::NoSource => DropReason::NoTunnelSource,
                         });
                     }
-                    set_macs(frame.data_mut(), &hop);
+                    set_macs(frame.data_mut(), hop);
                 }
             }
             return Verdict::Forward {
@@ -1069,7 +1073,7 @@ impl Engine {
             };
             let d = frame.data_mut();
             nat_icmp(d, p, &q, NatSide::Dst, vaddr, vport);
-            set_macs(d, &hop);
+            set_macs(d, hop);
             return Verdict::Forward {
                 ifindex: hop.ifindex,
                 real: None,

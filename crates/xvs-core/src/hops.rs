@@ -33,6 +33,8 @@ pub fn next_routes_version() -> u64 {
 pub struct HopCache {
     version: Option<u64>,
     entries: Box<[Option<(IpAddr, NextHop)>]>,
+    /// The last answer of routes that are not cached.
+    uncached: Option<NextHop>,
     /// Answers from the cache.
     pub hits: u64,
     /// Answers from the routes.
@@ -51,6 +53,7 @@ impl HopCache {
         HopCache {
             version: None,
             entries: vec![None; HOP_CACHE_ENTRIES].into_boxed_slice(),
+            uncached: None,
             hits: 0,
             misses: 0,
         }
@@ -74,20 +77,19 @@ impl HopCache {
 
     /// The next hop to `dst`: from the cache, else from `routes` (and then cached). Call
     /// [`HopCache::sync`] with the same `routes` first.
-    pub fn get(&mut self, routes: &dyn Routes, dst: IpAddr) -> Option<NextHop> {
+    pub fn get(&mut self, routes: &dyn Routes, dst: IpAddr) -> Option<&NextHop> {
         let e = &mut self.entries[Self::index(&dst)];
-        if let Some((a, hop)) = e {
-            if *a == dst {
-                self.hits += 1;
-                return Some(*hop);
+        if matches!(e, Some((a, _)) if *a == dst) {
+            self.hits += 1;
+        } else {
+            self.misses += 1;
+            let hop = routes.next_hop(dst)?;
+            if self.version.is_none() {
+                return Some(self.uncached.insert(hop));
             }
-        }
-        self.misses += 1;
-        let hop = routes.next_hop(dst)?;
-        if self.version.is_some() {
             *e = Some((dst, hop));
         }
-        Some(hop)
+        e.as_ref().map(|(_, hop)| hop)
     }
 }
 
@@ -111,9 +113,9 @@ mod tests {
         let mut r = routes();
         let mut c = HopCache::new();
         c.sync(&r);
-        let a = c.get(&r, ip("10.0.0.2")).unwrap();
+        let a = *c.get(&r, ip("10.0.0.2")).unwrap();
         assert_eq!(a.dst_mac, [4; 6]);
-        assert_eq!(c.get(&r, ip("10.0.0.2")), Some(a));
+        assert_eq!(c.get(&r, ip("10.0.0.2")), Some(&a));
         assert_eq!((c.hits, c.misses), (1, 1));
         // Unresolved destinations are not cached.
         assert_eq!(c.get(&r, ip("10.0.0.9")), None);

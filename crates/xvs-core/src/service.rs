@@ -251,7 +251,7 @@ impl Tables {
     }
 
     /// Whether (proto, addr, port) is the source of a NAT destination's replies.
-    #[inline]
+    #[inline(always)]
     pub fn is_nat_source(&self, proto: Protocol, addr: IpAddr, port: u16) -> bool {
         // Most packets are not from real servers: skip the hashing when there is no NAT dest.
         (!self.nat_sources.is_empty() && self.nat_sources.contains(&(proto, addr, port)))

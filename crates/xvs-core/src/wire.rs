@@ -510,12 +510,14 @@ fn l4_csum_off(proto: u8) -> Option<usize> {
 // ---- rewrites --------------------------------------------------------------------------------
 
 /// Set the Ethernet addresses for the next hop.
+#[inline]
 pub fn set_macs(frame: &mut [u8], hop: &NextHop) {
     frame[0..6].copy_from_slice(&hop.dst_mac);
     frame[6..12].copy_from_slice(&hop.src_mac);
 }
 
 /// Decrement TTL / hop limit (the caller checked it is > 1).
+#[inline]
 pub fn dec_ttl(frame: &mut [u8], p: &Packet) {
     let ip = &mut frame[ETH_LEN..];
     if p.v6 {
