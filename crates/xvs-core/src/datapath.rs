@@ -520,8 +520,8 @@ impl Engine {
                     }
                 }
             }
-            for ((f, v), (p, first)) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed.drain(..)) {
-                *v = tally.count(self.classify_parsed(tables, hops, f, p, first, step));
+            for ((f, v), (p, first)) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed.iter()) {
+                *v = tally.count(self.classify_parsed(tables, hops, f, p, *first, step));
             }
         }
         tally.add_to(&self.counters);
@@ -566,7 +566,7 @@ impl Engine {
         cx: Step,
     ) -> Verdict {
         let p = parse(frame.data());
-        self.classify_parsed(t, hops, frame, p, None, cx)
+        self.classify_parsed(t, hops, frame, &p, None, cx)
     }
 
     #[inline(always)]
@@ -575,7 +575,7 @@ impl Engine {
         t: &Tables,
         hops: &mut Hops<'_>,
         frame: &mut Frame<'_>,
-        parsed: Result<Packet, ParseError>,
+        parsed: &Result<Packet, ParseError>,
         first: Option<FirstLookup>,
         cx: Step,
     ) -> Verdict {
@@ -588,7 +588,7 @@ impl Engine {
         };
         let proto = match Protocol::from_number(p.proto) {
             Some(proto) => proto,
-            None if is_icmp_error(&p) => return self.icmp(t, hops, frame, &p, cx.now),
+            None if is_icmp_error(p) => return self.icmp(t, hops, frame, p, cx.now),
             None => return Verdict::Pass,
         };
         // The prefetching pass has already asked whether this is a NAT source, and hashed the
@@ -600,7 +600,7 @@ impl Engine {
         let h = first.map(|fl| fl.h);
         let (h_reply, h_in) = if from_nat { (h, None) } else { (None, h) };
         if from_nat {
-            if let Some(v) = self.reply(t, hops, frame, &p, h_reply, cx) {
+            if let Some(v) = self.reply(t, hops, frame, p, h_reply, cx) {
                 return v;
             }
         }
@@ -611,12 +611,12 @@ impl Engine {
             vaddr: p.daddr,
             vport: p.dport,
         };
-        match self.existing(t, &key, &p, proto, h_in, cx) {
+        match self.existing(t, &key, p, proto, h_in, cx) {
             Some(InResult::Hit(hit, tpl)) => {
                 if let Some(tk) = tpl {
                     self.conns.assure_template(&tk);
                 }
-                return self.forward_in(hops, frame, &p, hit);
+                return self.forward_in(hops, frame, p, hit);
             }
             Some(InResult::Drop(r)) => return self.drop(r),
             Some(InResult::Reschedule) => {
@@ -630,7 +630,7 @@ impl Engine {
             return Verdict::Pass;
         }
         match t.lookup(proto, p.daddr, p.dport, frame.mark()) {
-            Some(svc) => self.new_conn(t, hops, frame, &p, proto, key, svc, cx),
+            Some(svc) => self.new_conn(t, hops, frame, p, proto, key, svc, cx),
             None => Verdict::Pass,
         }
     }
