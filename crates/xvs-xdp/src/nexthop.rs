@@ -454,7 +454,9 @@ impl ResolverIo for Netlink {
 mod tests {
     use super::*;
 
-    struct Fake;
+    /// Routes 192.168.1.0/24 on the link, the rest via the gateway 192.168.1.1 (a neighbour at
+    /// the MAC it holds), IPv6 out of an interface xvs does not use.
+    struct Fake([u8; 6]);
 
     impl ResolverIo for Fake {
         fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<RouteInfo>> {
@@ -479,29 +481,33 @@ mod tests {
         fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>> {
             Ok(HashMap::from([(
                 (2, "192.168.1.1".parse().unwrap()),
-                [1; 6],
+                self.0,
             )]))
         }
     }
 
-    #[test]
-    fn gateway_neighbour_and_misses() {
-        let links = HashMap::from([(
+    /// Interface 2, the one xvs transmits on.
+    fn links() -> HashMap<u32, LinkInfo> {
+        HashMap::from([(
             2,
             LinkInfo {
                 mac: [9; 6],
                 mtu: 1500,
             },
-        )]);
+        )])
+    }
+
+    #[test]
+    fn gateway_neighbour_and_misses() {
         let r = KernelRoutes::new(
-            links,
+            links(),
             HashMap::from([("192.168.1.7".parse().unwrap(), [7; 6])]),
         );
         let targets: HashSet<IpAddr> = ["10.9.9.9", "192.168.1.7", "192.168.1.8", "fd00::1"]
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        let unresolved = r.resolve(&mut Fake, &targets).unwrap();
+        let unresolved = r.resolve(&mut Fake([1; 6]), &targets).unwrap();
         // Via the gateway 192.168.1.1 (known neighbour).
         let h = r.next_hop("10.9.9.9".parse().unwrap()).unwrap();
         assert_eq!(
@@ -525,40 +531,15 @@ mod tests {
             .contains(&"fd00::1".parse().unwrap()));
     }
 
-    /// A fake whose one neighbour changes its MAC between resolutions.
-    struct Moving([u8; 6]);
-
-    impl ResolverIo for Moving {
-        fn route_get(&mut self, _: IpAddr) -> io::Result<Option<RouteInfo>> {
-            Ok(Some(RouteInfo {
-                oif: 2,
-                gateway: None,
-                src: None,
-            }))
-        }
-        fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>> {
-            Ok(HashMap::from([(
-                (2, "192.168.1.5".parse().unwrap()),
-                self.0,
-            )]))
-        }
-    }
-
     #[test]
     fn every_publish_moves_the_version_and_workers_follow() {
-        let links = HashMap::from([(
-            2,
-            LinkInfo {
-                mac: [9; 6],
-                mtu: 1500,
-            },
-        )]);
-        let r = KernelRoutes::new(links, HashMap::new());
-        let dst: IpAddr = "192.168.1.5".parse().unwrap();
+        let r = KernelRoutes::new(links(), HashMap::new());
+        // Via the gateway, whose MAC changes between the two resolutions.
+        let dst: IpAddr = "10.9.9.9".parse().unwrap();
         let targets = HashSet::from([dst]);
         let mut cache = xvs_core::hops::HopCache::new();
         let v0 = r.version();
-        r.resolve(&mut Moving([1; 6]), &targets).unwrap();
+        r.resolve(&mut Fake([1; 6]), &targets).unwrap();
         let v1 = r.version();
         assert_ne!(v0, v1);
         cache.sync(&*r);
@@ -566,7 +547,7 @@ mod tests {
         assert_eq!(cache.get(&*r, dst).unwrap().dst_mac, [1; 6]);
         assert_eq!(cache.hits, 1);
         // The neighbour moved: the next publish moves the version, the next batch sees it.
-        r.resolve(&mut Moving([2; 6]), &targets).unwrap();
+        r.resolve(&mut Fake([2; 6]), &targets).unwrap();
         assert_ne!(r.version(), v1);
         cache.sync(&*r);
         assert_eq!(cache.get(&*r, dst).unwrap().dst_mac, [2; 6]);
