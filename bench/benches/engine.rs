@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use xvs_bench::{balancer, client_frame, flow, table_sizes, Rng, Scratch, BATCH};
+use xvs_bench::{balancer, client_frame, flow, syn_frames, table_sizes, Rng, Scratch, BATCH};
 use xvs_core::conn::ConnKey;
 use xvs_core::{ForwardMethod, Verdict};
 
@@ -83,13 +83,7 @@ fn new_connections(c: &mut Criterion) {
                     for _ in 0..iters {
                         let ids: Vec<u64> = (0..BATCH as u64).map(|k| next + k).collect();
                         next += BATCH as u64;
-                        let t: Vec<Vec<u8>> = ids
-                            .iter()
-                            .map(|&i| {
-                                let (a, p) = flow(i);
-                                client_frame(a, p, true)
-                            })
-                            .collect();
+                        let t = syn_frames(&ids);
                         total += scratch.run(&engine, &tables, &routes, &t, false);
                         // Keep the table at its size: remove what was inserted (not timed).
                         for &i in &ids {

@@ -58,6 +58,16 @@ pub fn table_sizes() -> &'static [u64] {
     }
 }
 
+/// The SYNs that open flows `ids` (see [`flow`]).
+pub fn syn_frames(ids: &[u64]) -> Vec<Vec<u8>> {
+    ids.iter()
+        .map(|&i| {
+            let (a, p) = flow(i);
+            client_frame(a, p, true)
+        })
+        .collect()
+}
+
 /// A flow: client address and port.
 pub fn flow(i: u64) -> ([u8; 4], u16) {
     // 2^16 ports per address, addresses from 11.0.0.0 up: every i is a distinct flow.
@@ -190,14 +200,7 @@ impl Scratch {
     /// Create flows `0..flows` (see [`flow`]) with SYNs, batch by batch.
     pub fn prefill(&mut self, engine: &Engine, tables: &Tables, routes: &StaticRoutes, flows: u64) {
         for chunk in (0..flows).collect::<Vec<_>>().chunks(BATCH) {
-            let t: Vec<Vec<u8>> = chunk
-                .iter()
-                .map(|&i| {
-                    let (a, p) = flow(i);
-                    client_frame(a, p, true)
-                })
-                .collect();
-            self.run(engine, tables, routes, &t, false);
+            self.run(engine, tables, routes, &syn_frames(chunk), false);
         }
     }
 }

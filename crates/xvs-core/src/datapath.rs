@@ -63,11 +63,6 @@ impl WorkerState {
         }
     }
 
-    /// Its counter slot.
-    pub fn slot(&self) -> &WorkerSlot {
-        &self.slot
-    }
-
     /// Its next-hop cache.
     pub fn hop_cache(&self) -> &HopCache {
         &self.hops
