@@ -18,7 +18,9 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use hashbrown::hash_table;
 use hashbrown::HashTable;
@@ -397,8 +399,7 @@ impl ConnTable {
     }
 
     fn lock(&self, i: usize) -> MutexGuard<'_, Shard> {
-        // A panic while holding a shard would be a bug; the maps themselves stay consistent.
-        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+        self.shards[i].lock()
     }
 
     /// Run `f` on the live entry for `key`. An expired entry is removed first and counts as

@@ -416,6 +416,7 @@ impl Engine {
     /// `frames`. Each frame is rewritten in place according to its verdict. Traffic is counted
     /// in `worker`'s counter slot (see [`WorkerSlot`]), verdicts once per batch; next hops come
     /// from `worker`'s cache of `routes` (see [`HopCache`]).
+    #[inline(never)] // As process_prefetched.
     pub fn process(
         &self,
         tables: &Tables,
@@ -459,6 +460,7 @@ impl Engine {
     /// (an index that grew meanwhile, an entry moved by a removal) only makes a useless prefetch
     /// and a lookup that probes as [`Engine::process`] does.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)] // Called once a batch; kept whole for profilers (callgrind's --toggle-collect).
     pub fn process_prefetched(
         &self,
         tables: &Tables,
@@ -467,7 +469,7 @@ impl Engine {
         now: Time,
         verdicts: &mut [Verdict],
         worker: &mut WorkerState,
-        prefetch: &dyn Fn(usize),
+        prefetch: impl Fn(usize),
     ) {
         let (step, mut hops, parsed) = worker.start(routes, now);
         let hops = &mut hops;
