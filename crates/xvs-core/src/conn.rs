@@ -208,6 +208,7 @@ impl Shard {
     }
 
     /// Position of `key`: the hinted one when it holds `key`, else a probe.
+    #[inline(always)] // The hot lookup: 670 against 693 Ir per packet out of line.
     fn position(&self, h: u64, hint: u32, key: &ConnKey) -> Option<usize> {
         match self.entries.get(hint as usize) {
             Some((k, _)) if k == key => Some(hint as usize),
