@@ -3,19 +3,18 @@
 //!
 //! Run: `cargo bench -p xvs-bench --bench engine`.
 
+mod common;
+
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use common::{group, Pace};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use xvs_bench::{balancer, client_frame, flow, syn_frames, table_sizes, Rng, Scratch, BATCH};
 use xvs_core::conn::ConnKey;
 use xvs_core::{ForwardMethod, Verdict};
 
 fn established(c: &mut Criterion) {
-    let mut g = c.benchmark_group("established");
-    g.throughput(Throughput::Elements(BATCH as u64));
-    g.sample_size(20)
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_secs(1));
+    let mut g = group(c, "established", BATCH as u64, Pace::Steady);
     for (method, name) in [
         (ForwardMethod::Route, "dr"),
         (ForwardMethod::Masq, "nat"),
@@ -61,11 +60,7 @@ fn established(c: &mut Criterion) {
 }
 
 fn new_connections(c: &mut Criterion) {
-    let mut g = c.benchmark_group("new_conn");
-    g.throughput(Throughput::Elements(BATCH as u64));
-    g.sample_size(10)
-        .measurement_time(Duration::from_secs(2))
-        .warm_up_time(Duration::from_millis(500));
+    let mut g = group(c, "new_conn", BATCH as u64, Pace::Quick);
     let scheds = [
         "rr", "wrr", "lc", "wlc", "sed", "nq", "lblc", "lblcr", "dh", "sh", "mh", "fo", "ovf",
         "twos",

@@ -175,7 +175,7 @@ impl Scratch {
                 Time(1000),
                 verdicts,
                 &mut self.worker,
-                &xvs_xdp::prefetch,
+                xvs_xdp::prefetch,
             );
         } else {
             engine.process(

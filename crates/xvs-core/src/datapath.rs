@@ -83,28 +83,23 @@ impl WorkerState {
             },
             Hops {
                 routes,
-                cache: Some(&mut self.hops),
-                uncached: None,
+                cache: &mut self.hops,
             },
             &mut self.parsed,
         )
     }
 }
 
-/// Where the data path gets next hops: through a worker's cache, or straight from the routes.
+/// Where the data path gets next hops: a worker's cache of `routes` (synced once a batch), or
+/// a cache never synced, which asks `routes` every time.
 struct Hops<'a> {
     routes: &'a dyn Routes,
-    cache: Option<&'a mut HopCache>,
-    /// The last answer when there is no cache.
-    uncached: Option<NextHop>,
+    cache: &'a mut HopCache,
 }
 
 impl Hops<'_> {
     fn get(&mut self, dst: IpAddr) -> Option<&NextHop> {
-        match &mut self.cache {
-            Some(c) => c.get(self.routes, dst),
-            None => Some(&*self.uncached.insert(self.routes.next_hop(dst)?)),
-        }
+        self.cache.get(self.routes, dst)
     }
 }
 
@@ -537,8 +532,7 @@ impl Engine {
             t,
             &mut Hops {
                 routes,
-                cache: None,
-                uncached: None,
+                cache: &mut HopCache::new(),
             },
             frame,
             Step {

@@ -1229,7 +1229,7 @@ fn prefetched_batches_match_frame_by_frame_processing() {
             Time(now),
             &mut vs,
             &mut worker.borrow_mut(),
-            &|a| announced.borrow_mut().push(a),
+            |a| announced.borrow_mut().push(a),
         );
         vs.into_iter()
             .zip(fs.iter())

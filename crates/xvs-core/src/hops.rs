@@ -8,7 +8,10 @@
 //! The cache is kept true by [`Routes::version`]: a routes object whose answers may change
 //! returns a new version after every change (numbers from [`next_routes_version`], so two
 //! objects never share one). The cache compares it once per batch and empties itself when it
-//! moved. A routes object that returns `None` is never cached.
+//! moved. A routes object that returns `None` is never cached, nor is any answer before the
+//! first [`HopCache::sync`] (the cache's entries are allocated by the first sync with versioned
+//! routes: a cache that is never synced, as [`crate::Engine::process_frame`] uses for one
+//! frame, costs no allocation).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -32,8 +35,9 @@ pub fn next_routes_version() -> u64 {
 #[derive(Debug)]
 pub struct HopCache {
     version: Option<u64>,
+    /// Empty until the first sync with versioned routes.
     entries: Box<[Option<(IpAddr, NextHop)>]>,
-    /// The last answer of routes that are not cached.
+    /// The last answer of routes that are not cached (or before any sync).
     uncached: Option<NextHop>,
     /// Answers from the cache.
     pub hits: u64,
@@ -48,11 +52,11 @@ impl Default for HopCache {
 }
 
 impl HopCache {
-    /// An empty cache.
+    /// An empty cache (it allocates nothing until synced with versioned routes).
     pub fn new() -> HopCache {
         HopCache {
             version: None,
-            entries: vec![None; HOP_CACHE_ENTRIES].into_boxed_slice(),
+            entries: Box::default(),
             uncached: None,
             hits: 0,
             misses: 0,
@@ -64,7 +68,9 @@ impl HopCache {
     pub fn sync(&mut self, routes: &dyn Routes) {
         let v = routes.version();
         if v != self.version || v.is_none() {
-            if self.entries.iter().any(Option::is_some) {
+            if v.is_some() && self.entries.is_empty() {
+                self.entries = vec![None; HOP_CACHE_ENTRIES].into_boxed_slice();
+            } else if self.entries.iter().any(Option::is_some) {
                 self.entries.fill(None);
             }
             self.version = v;
@@ -75,19 +81,20 @@ impl HopCache {
         hash_32(fold_addr(dst), HOP_CACHE_ENTRIES.trailing_zeros()) as usize
     }
 
-    /// The next hop to `dst`: from the cache, else from `routes` (and then cached). Call
-    /// [`HopCache::sync`] with the same `routes` first.
+    /// The next hop to `dst`: from the cache, else from `routes` (and then cached when
+    /// `routes` has a version). Call [`HopCache::sync`] with the same `routes` first; without
+    /// it, nothing is cached.
     pub fn get(&mut self, routes: &dyn Routes, dst: IpAddr) -> Option<&NextHop> {
+        if self.version.is_none() {
+            self.misses += 1;
+            return Some(self.uncached.insert(routes.next_hop(dst)?));
+        }
         let e = &mut self.entries[Self::index(&dst)];
         if matches!(e, Some((a, _)) if *a == dst) {
             self.hits += 1;
         } else {
             self.misses += 1;
-            let hop = routes.next_hop(dst)?;
-            if self.version.is_none() {
-                return Some(self.uncached.insert(hop));
-            }
-            *e = Some((dst, hop));
+            *e = Some((dst, routes.next_hop(dst)?));
         }
         e.as_ref().map(|(_, hop)| hop)
     }
@@ -179,5 +186,16 @@ mod tests {
         c.get(&Fixed, ip("10.0.0.2"));
         c.get(&Fixed, ip("10.0.0.2"));
         assert_eq!((c.hits, c.misses), (0, 2));
+        assert!(c.entries.is_empty());
+    }
+
+    #[test]
+    fn a_cache_never_synced_caches_nothing() {
+        let r = routes();
+        let mut c = HopCache::new();
+        assert_eq!(c.get(&r, ip("10.0.0.2")).unwrap().dst_mac, [4; 6]);
+        assert_eq!(c.get(&r, ip("10.0.0.2")).unwrap().dst_mac, [4; 6]);
+        assert_eq!((c.hits, c.misses), (0, 2));
+        assert!(c.entries.is_empty());
     }
 }

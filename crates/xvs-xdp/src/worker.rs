@@ -113,7 +113,7 @@ impl Handler for EngineHandler {
             now,
             verdicts,
             &mut self.worker,
-            &crate::prefetch,
+            crate::prefetch,
         );
     }
 
