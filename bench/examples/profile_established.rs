@@ -1,10 +1,11 @@
 //! A fixed workload for profilers (`valgrind --tool=callgrind`, `perf record`) and for A/B
-//! comparisons of two builds on a noisy machine: F established DR flows (default 10,000), then
+//! comparisons of two builds on a noisy machine: F established flows (default 10,000; direct
+//! routing, or NAT or tunnel by the fourth argument), then
 //! N ACKs drawn at random (default 200,000) through the batch path a worker uses, in batches of
 //! 256 with the worker's own counter slot, in 20 rounds.
 //!
 //! Run: `cargo build --release -p xvs-bench --example profile_established`, then
-//! `profile_established [N] [F] [plain|prefetch|always]` (`prefetch`, the default, is
+//! `profile_established [N] [F] [plain|prefetch|always] [dr|nat|tun]` (`prefetch`, the default, is
 //! `Engine::process_prefetched` with the CPU prefetch, as xvsd's workers run it: it prefetches
 //! from `xvs_core::datapath::PREFETCH_FROM` entries on; `always` prefetches whatever the
 //! table's size; `plain` is `Engine::process`). It prints
@@ -29,8 +30,12 @@ fn main() {
     let flows = arg(2, 10_000).max(1);
     let mode = std::env::args().nth(3).unwrap_or_else(|| "prefetch".into());
     let prefetch = mode != "plain";
-    let (_d, tables, mut engine, routes) =
-        balancer("rr", ForwardMethod::Route, 100, flows as usize * 2);
+    let method = match std::env::args().nth(4).as_deref() {
+        Some("nat") => ForwardMethod::Masq,
+        Some("tun") => ForwardMethod::Tunnel,
+        _ => ForwardMethod::Route,
+    };
+    let (_d, tables, mut engine, routes) = balancer("rr", method, 100, flows as usize * 2);
     if mode == "always" {
         engine.set_prefetch_from(0);
     }

@@ -259,6 +259,8 @@ pub struct TableCounters {
 pub struct ClientHash {
     h: u64,
     hint: u32,
+    /// Its shard ([`ConnTable::shard_of`] of `h`), computed once.
+    shard: u32,
 }
 
 /// No position hint.
@@ -346,9 +348,25 @@ impl ConnTable {
     /// The hash of a client side (protocol, client address, client port), for the `_at`
     /// lookups and [`ConnTable::lookup_addresses`].
     pub fn client_hash(&self, proto: u8, addr: IpAddr, port: u16) -> ClientHash {
+        let h = hash_client(&self.hasher, (proto, addr, port));
         ClientHash {
-            h: hash_client(&self.hasher, (proto, addr, port)),
+            h,
             hint: NO_HINT,
+            shard: self.shard_of(h) as u32,
+        }
+    }
+
+    /// The hash, hint and shard of a lookup: the caller's [`ClientHash`], or the key's own.
+    fn hash_hint_shard<K: ClientSide>(&self, h: Option<ClientHash>, key: &K) -> (u64, u32, usize) {
+        match h {
+            Some(c) => {
+                debug_assert_eq!(c.h, self.hash(key));
+                (c.h, c.hint, c.shard as usize)
+            }
+            None => {
+                let h = self.hash(key);
+                (h, NO_HINT, self.shard_of(h))
+            }
         }
     }
 
@@ -357,8 +375,8 @@ impl ConnTable {
     /// kept unless that group was crowded). Addresses for a prefetch, from the shard's published
     /// layout; none while a shard has no published layout. Reads no table memory.
     pub fn lookup_addresses(&self, h: ClientHash) -> Option<[usize; 2]> {
+        let l = &self.layouts[h.shard as usize];
         let h = h.h;
-        let l = &self.layouts[self.shard_of(h)];
         let ctrl = l.ctrl.load(Relaxed);
         if ctrl == 0 {
             return None;
@@ -375,7 +393,7 @@ impl ConnTable {
     /// addresses of that entry's cache lines (an entry of up to 128 bytes touches at most three),
     /// without reading the entry itself.
     pub fn candidate(&self, h: &mut ClientHash) -> Option<[usize; 3]> {
-        let shard = self.lock(self.shard_of(h.h));
+        let shard = self.lock(h.shard as usize);
         let i = *shard.index.find(h.h, |_| true)?;
         h.hint = i;
         let start = shard.entries.as_ptr() as usize + i as usize * ENTRY;
@@ -422,9 +440,8 @@ impl ConnTable {
         now: Time,
         f: impl FnOnce(&mut Conn) -> R,
     ) -> Option<R> {
-        let (h, hint) = h.map_or_else(|| (self.hash(key), NO_HINT), |h| (h.h, h.hint));
-        debug_assert_eq!(h, self.hash(key));
-        let mut shard = self.lock(self.shard_of(h));
+        let (h, hint, i) = self.hash_hint_shard(h, key);
+        let mut shard = self.lock(i);
         let pos = shard.position(h, hint, key)?;
         let c = &mut shard.entries[pos].1;
         if c.expires > now {
@@ -461,9 +478,8 @@ impl ConnTable {
     ) -> Option<R> {
         // The reply and its connection share the client side, hence the hash, the shard and
         // the probe sequence; only the comparison differs.
-        let (h, hint) = h.map_or_else(|| (self.hash(rk), NO_HINT), |h| (h.h, h.hint));
-        debug_assert_eq!(h, self.hash(rk));
-        let mut shard = self.lock(self.shard_of(h));
+        let (h, hint, i) = self.hash_hint_shard(h, rk);
+        let mut shard = self.lock(i);
         let pos = match shard.entries.get(hint as usize) {
             Some((k, c)) if c.answers(k, rk) => hint as usize,
             _ => shard.find(h, |(k, c)| c.answers(k, rk))?,

@@ -123,6 +123,34 @@ impl Scheduler for NoScheduler {
     }
 }
 
+/// The destination a list scheduler (rr, wrr) picked last: its id, which survives changes of
+/// the list, and where it was, which finds it at once while the list has not changed (the
+/// kernel keeps a pointer into its list; a snapshot of ours may be another list).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub(crate) id: u32,
+    at: usize,
+}
+
+impl Cursor {
+    /// The cursor at `dests[at]`.
+    pub(crate) fn at(dests: &[Arc<DestState>], at: usize) -> Cursor {
+        Cursor {
+            id: dests[at].id,
+            at,
+        }
+    }
+
+    /// Its position in `dests`: where it was, else by a search for its id; None when its
+    /// destination is not in the list.
+    pub(crate) fn position(&self, dests: &[Arc<DestState>]) -> Option<usize> {
+        match dests.get(self.at) {
+            Some(d) if d.id == self.id => Some(self.at),
+            _ => dests.iter().position(|d| d.id == self.id),
+        }
+    }
+}
+
 /// Eligible for a new connection by the common rule: not OVERLOAD and weight > 0.
 pub(crate) fn eligible(d: &DestState) -> bool {
     !d.is_overloaded() && d.weight() > 0

@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use super::{gcd, DestEvent, SchedInput, Scheduler};
+use super::{gcd, Cursor, DestEvent, SchedInput, Scheduler};
 use crate::dest::DestState;
 
 /// `struct ip_vs_wrr_mark`.
 #[derive(Debug)]
 pub struct WeightedRoundRobin {
     /// Last picked destination (None = the list head).
-    cl: Option<u32>,
+    cl: Option<Cursor>,
     /// Current weight level.
     cw: i32,
     /// Maximum weight minus (gcd − 1).
@@ -72,7 +72,7 @@ impl Scheduler for WeightedRoundRobin {
             return None;
         }
         // Position of the cursor: None stands for the list head (before index 0).
-        let last: Option<usize> = self.cl.and_then(|id| dests.iter().position(|d| d.id == id));
+        let last: Option<usize> = self.cl.and_then(|c| c.position(dests));
         let mut pos = last; // the scan continues after `pos`
         let mut stop: Option<usize> = None;
         let mut last_pass = false;
@@ -81,7 +81,7 @@ impl Scheduler for WeightedRoundRobin {
             let from = pos.map_or(0, |p| p + 1);
             for (i, d) in dests.iter().enumerate().skip(from) {
                 if !d.is_overloaded() && d.weight() >= self.cw {
-                    self.cl = Some(d.id);
+                    self.cl = Some(Cursor::at(dests, i));
                     return Some(d.clone());
                 }
                 if stop == Some(i) {
