@@ -458,14 +458,25 @@ pub fn checksum(data: &[u8]) -> u16 {
     !fold(sum16(data, 0))
 }
 
-/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for a field changing from `old` to `new` (even length).
-pub fn csum_replace(hc: u16, old: &[u8], new: &[u8]) -> u16 {
-    let mut acc = u32::from(!hc);
-    for c in old.chunks_exact(2) {
-        acc = acc.wrapping_add(u32::from(!u16::from_be_bytes([c[0], c[1]])));
+/// Write `new` over the `N` bytes at `at` (`N` even) and return what the change adds to a
+/// checksum by RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'): the sum of ~m + m' over its 16-bit
+/// words (at most 16 words of 0x1FFFE: no overflow). The fixed size lets the compiler unroll
+/// it and copy without a call.
+#[inline(always)]
+fn replace_words<const N: usize>(frame: &mut [u8], at: usize, new: [u8; N]) -> u32 {
+    let field = &mut frame[at..at + N];
+    let mut acc = 0u32;
+    for (o, n) in field.chunks_exact(2).zip(new.chunks_exact(2)) {
+        acc += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+        acc += u32::from(u16::from_be_bytes([n[0], n[1]]));
     }
-    acc = sum16(new, acc);
-    !fold(acc)
+    field.copy_from_slice(&new);
+    acc
+}
+
+/// A checksum `hc` updated by a change whose [`replace_words`] sum is `delta`.
+fn csum_update(hc: u16, delta: u32) -> u16 {
+    !fold(u32::from(!hc) + delta)
 }
 
 fn addr_bytes(a: &IpAddr) -> ([u8; 16], usize) {
@@ -545,39 +556,36 @@ pub enum NatSide {
 /// Rewrite one address and port, patching the IP and L4 checksums incrementally. A UDP
 /// checksum of 0 (none, IPv4) stays 0; a computed 0 becomes 0xFFFF.
 pub fn nat_rewrite(frame: &mut [u8], p: &Packet, side: NatSide, addr: IpAddr, port: u16) {
-    let (new, n) = addr_bytes(&addr);
-    let new = &new[..n];
     let (aoff, poff) = match (p.v6, side) {
         (false, NatSide::Src) => (ETH_LEN + 12, 0),
         (false, NatSide::Dst) => (ETH_LEN + 16, 2),
         (true, NatSide::Src) => (ETH_LEN + 8, 0),
         (true, NatSide::Dst) => (ETH_LEN + 24, 2),
     };
-    let mut old = [0u8; 16];
-    old[..n].copy_from_slice(&frame[aoff..aoff + n]);
-    let old = &old[..n];
-    let old_port = [frame[p.l4 + poff], frame[p.l4 + poff + 1]];
-    let new_port = port.to_be_bytes();
+    // The address's change enters the IPv4 header's checksum and, through the pseudo-header,
+    // the L4 one; the port's only the L4 one.
+    let addr_delta = match addr {
+        IpAddr::V4(a) => replace_words(frame, aoff, a.octets()),
+        IpAddr::V6(a) => replace_words(frame, aoff, a.octets()),
+    };
+    let mut l4_delta = addr_delta;
+    if matches!(p.proto, IPPROTO_TCP | IPPROTO_UDP) {
+        l4_delta += replace_words(frame, p.l4 + poff, port.to_be_bytes());
+    }
     if let Some(co) = l4_csum_off(p.proto) {
         let at = p.l4 + co;
         let hc = be16(frame, at);
         if !(p.proto == IPPROTO_UDP && hc == 0 && !p.v6) {
-            let mut c = csum_replace(hc, old, new);
-            c = csum_replace(c, &old_port, &new_port);
+            let mut c = csum_update(hc, l4_delta);
             if p.proto == IPPROTO_UDP && c == 0 {
                 c = 0xffff;
             }
             put16(frame, at, c);
         }
     }
-    frame[aoff..aoff + n].copy_from_slice(new);
-    if matches!(p.proto, IPPROTO_TCP | IPPROTO_UDP) {
-        frame[p.l4 + poff..p.l4 + poff + 2].copy_from_slice(&new_port);
-    }
     if !p.v6 {
-        let ip = &mut frame[ETH_LEN..];
-        let c = csum_replace(be16(ip, 10), old, new);
-        put16(ip, 10, c);
+        let c = csum_update(be16(frame, ETH_LEN + 10), addr_delta);
+        put16(frame, ETH_LEN + 10, c);
     }
 }
 
@@ -918,6 +926,71 @@ mod tests {
                 (40000, if tcp { 80 } else { 53 }, 64)
             );
             assert_eq!(p.tcp.syn && p.tcp.ack, tcp);
+        }
+    }
+
+    /// Every checksum of `f` verifies (IPv4 header; TCP/UDP with the pseudo-header, a UDP
+    /// checksum of 0 over IPv4 meaning none).
+    fn checksums_hold(f: &[u8]) -> bool {
+        let Ok(p) = parse(f) else { return false };
+        let end = ETH_LEN + p.ip_len;
+        let ip_ok = p.v6 || checksum(&f[ETH_LEN..p.l4]) == 0;
+        let co = l4_csum_off(p.proto).map_or(0, |co| p.l4 + co);
+        let no_udp_sum = p.proto == IPPROTO_UDP && !p.v6 && be16(f, co) == 0;
+        ip_ok && (no_udp_sum || l4_checksum(&p.saddr, &p.daddr, p.proto, &f[p.l4..end]) == 0)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+        /// A NAT rewrite of either side, to any address and port, leaves every checksum right,
+        /// IPv4 and IPv6, TCP and UDP (and an IPv4 UDP datagram without a checksum without one).
+        #[test]
+        fn nat_rewrites_keep_every_checksum(
+            v6 in any::<bool>(),
+            tcp in any::<bool>(),
+            no_udp_sum in any::<bool>(),
+            src in any::<[u8; 16]>(),
+            dst in any::<[u8; 16]>(),
+            to in any::<[u8; 16]>(),
+            ports in any::<(u16, u16, u16)>(),
+            dst_side in any::<bool>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..41),
+        ) {
+            let b = PacketBuilder::ethernet2([1; 6], [2; 6]);
+            let b = if v6 {
+                b.ipv6(src, dst, 64)
+            } else {
+                let four = |a: [u8; 16]| [a[0], a[1], a[2], a[3]];
+                b.ipv4(four(src), four(dst), 64)
+            };
+            let mut f = Vec::new();
+            if tcp {
+                b.tcp(ports.0, ports.1, 1, 1000).ack(7).write(&mut f, &payload).unwrap();
+            } else {
+                b.udp(ports.0, ports.1).write(&mut f, &payload).unwrap();
+            }
+            let p = parse(&f).unwrap();
+            if !tcp && !v6 && no_udp_sum {
+                put16(&mut f, p.l4 + 6, 0);
+            }
+            prop_assert!(checksums_hold(&f));
+            let to = if v6 {
+                IpAddr::from(to)
+            } else {
+                IpAddr::from([to[0], to[1], to[2], to[3]])
+            };
+            let side = if dst_side { NatSide::Dst } else { NatSide::Src };
+            nat_rewrite(&mut f, &p, side, to, ports.2);
+            let q = parse(&f).unwrap();
+            if dst_side {
+                prop_assert_eq!((q.daddr, q.dport, q.saddr, q.sport), (to, ports.2, p.saddr, p.sport));
+            } else {
+                prop_assert_eq!((q.saddr, q.sport, q.daddr, q.dport), (to, ports.2, p.daddr, p.dport));
+            }
+            prop_assert!(checksums_hold(&f));
+            if !tcp && !v6 && no_udp_sum {
+                prop_assert_eq!(be16(&f, p.l4 + 6), 0);
+            }
         }
     }
 
