@@ -5,12 +5,19 @@
 //! 256 with the worker's own counter slot, in 20 rounds.
 //!
 //! Run: `cargo build --release -p xvs-bench --example profile_established`, then
-//! `profile_established [N] [F] [plain|prefetch|always] [dr|nat|tun]` (`prefetch`, the default, is
+//! `profile_established [N] [F] [plain|prefetch|always] [dr|nat|tun] [EVICT_KIB] [B]` (`prefetch`, the default, is
 //! `Engine::process_prefetched` with the CPU prefetch, as xvsd's workers run it: it prefetches
 //! from `xvs_core::datapath::PREFETCH_FROM` entries on; `always` prefetches whatever the
 //! table's size; `plain` is `Engine::process`). It prints
 //! the wall-clock ns per packet of the fastest and of the median round: the fastest round is the
 //! one least disturbed by other tenants of the machine. The frame copy is not timed.
+//!
+//! EVICT_KIB (default 0) models the engine's place in xvsd: there, between two batches, the
+//! kernel's transmit and receive work runs on the same core and pushes the engine's working set
+//! (table, counters, next hops) out of the core's caches. With EVICT_KIB > 0 the program writes
+//! a buffer of that size between batches (not timed), so each batch starts as cold as that.
+//! B (default 256, at most 256) is the number of frames per batch: an xvsd worker at a
+//! moderate rate wakes up to a handful of frames, not 256.
 
 use std::time::Duration;
 
@@ -41,10 +48,11 @@ fn main() {
     }
     let mut scratch = Scratch::new();
     scratch.prefill(&engine, &tables, &routes, flows);
+    let batch_len = (arg(6, BATCH as u64) as usize).clamp(1, BATCH);
     let mut rng = Rng::new(3);
     let batches: Vec<Vec<Vec<u8>>> = (0..64)
         .map(|_| {
-            (0..BATCH)
+            (0..batch_len)
                 .map(|_| {
                     let (a, p) = flow(rng.below(flows));
                     client_frame(a, p, false)
@@ -52,13 +60,19 @@ fn main() {
                 .collect()
         })
         .collect();
-    let per_round = n.div_ceil(BATCH);
+    let per_round = n.div_ceil(batch_len);
+    let evict_kib = arg(5, 0) as usize;
+    let mut evict = vec![0u8; evict_kib * 1024];
     let mut rounds = Vec::with_capacity(ROUNDS);
     let mut fwd = 0;
     for _ in 0..ROUNDS {
         let mut t = Duration::ZERO;
         for k in 0..per_round {
             let batch = &batches[k % batches.len()];
+            for line in evict.chunks_mut(64) {
+                line[0] = line[0].wrapping_add(1);
+            }
+            std::hint::black_box(&mut evict);
             t += scratch.run(&engine, &tables, &routes, batch, prefetch);
             fwd += scratch
                 .verdicts(batch.len())
@@ -66,12 +80,12 @@ fn main() {
                 .filter(|v| matches!(v, Verdict::Forward { .. }))
                 .count();
         }
-        rounds.push(t.as_nanos() as f64 / (per_round * BATCH) as f64);
+        rounds.push(t.as_nanos() as f64 / (per_round * batch_len) as f64);
     }
     rounds.sort_by(f64::total_cmp);
     println!(
-        "{mode} path, {flows} flows: forwarded {fwd} of {}; ns per packet: fastest round {:.0}, median {:.0}",
-        ROUNDS * per_round * BATCH,
+        "{mode} path, {flows} flows, batches of {batch_len}, {evict_kib} KiB evicted between batches: forwarded {fwd} of {}; ns per packet: fastest round {:.0}, median {:.0}",
+        ROUNDS * per_round * batch_len,
         rounds[0],
         rounds[ROUNDS / 2]
     );
