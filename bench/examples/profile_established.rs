@@ -1,12 +1,12 @@
-//! A fixed workload for profilers (`valgrind --tool=callgrind`, `perf record`) and for A/B
-//! comparisons of two builds on a noisy machine: F established flows (default 10,000; direct
-//! routing, or NAT or tunnel by the fourth argument), then
-//! N ACKs drawn at random (default 200,000) through the batch path a worker uses, in batches of
-//! 256 with the worker's own counter slot, in 20 rounds.
+//! A fixed workload for profilers (`valgrind --tool=callgrind` or `--tool=cachegrind`, `perf
+//! record`) and for A/B comparisons of two builds on a noisy machine: F established flows
+//! (default 10,000; direct routing, or NAT or tunnel by the fourth argument), then N ACKs drawn
+//! at random (default 200,000) through the batch path a worker uses, in batches of B (default
+//! 256) with the worker's own counter slot, in 20 rounds.
 //!
 //! Run: `cargo build --release -p xvs-bench --example profile_established`, then
-//! `profile_established [N] [F] [plain|prefetch|always] [dr|nat|tun] [EVICT_KIB] [B]` (`prefetch`, the default, is
-//! `Engine::process_prefetched` with the CPU prefetch, as xvsd's workers run it: it prefetches
+//! `profile_established [N] [F] [plain|prefetch|always] [dr|nat|tun] [EVICT_KIB] [B]`
+//! (`prefetch`, the default, is `Engine::process_prefetched` with the CPU prefetch, as xvsd's workers run it: it prefetches
 //! from `xvs_core::datapath::PREFETCH_FROM` entries on; `always` prefetches whatever the
 //! table's size; `plain` is `Engine::process`). It prints
 //! the wall-clock ns per packet of the fastest and of the median round: the fastest round is the
