@@ -16,6 +16,7 @@
 //! Templates live in the same table; a connection refers to its template by key and the two are
 //! never locked at the same time (no lock ordering to get wrong).
 
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use hashbrown::hash_table;
 use hashbrown::HashTable;
 
 use crate::dest::{ConnForward, DestState};
+use crate::hash::hash_endpoint;
 use crate::service::ServiceLive;
 use crate::types::{ForwardMethod, Time};
 
@@ -167,14 +169,11 @@ impl ClientSide for ReplyKey {
     }
 }
 
-/// The hash of a client side, packed into one word for IPv4 (one hasher round instead of one
-/// per field; IPv4 and IPv6 keys never compare equal, so their hashes need not be comparable).
+/// The hash of a client side ([`hash_endpoint`]).
 fn hash_client(hasher: &ahash::RandomState, (proto, addr, port): (u8, IpAddr, u16)) -> u64 {
-    let tail = u32::from(proto) | u32::from(port) << 8;
-    match addr {
-        IpAddr::V4(a) => hasher.hash_one(u64::from(a.to_bits()) << 32 | u64::from(tail)),
-        IpAddr::V6(a) => hasher.hash_one((a.to_bits(), tail)),
-    }
+    let mut state = hasher.build_hasher();
+    hash_endpoint(&mut state, proto, &addr, port);
+    state.finish()
 }
 
 /// One entry: key and connection.

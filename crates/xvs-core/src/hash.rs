@@ -28,6 +28,22 @@ pub fn fold_addr(addr: &IpAddr) -> u32 {
     }
 }
 
+/// Feed (protocol number, address, port) to `state`: one word for IPv4, protocol and port
+/// packed beside the address (one hasher round instead of one per field), the address and
+/// then protocol and port for IPv6. The connection table's client sides and the data path's
+/// service and NAT-source keys are hashed this way. IPv4 and IPv6 keys never compare equal, so
+/// their hashes need not be comparable.
+pub(crate) fn hash_endpoint<H: Hasher>(state: &mut H, proto: u8, addr: &IpAddr, port: u16) {
+    let tail = u32::from(proto) | u32::from(port) << 8;
+    match addr {
+        IpAddr::V4(a) => state.write_u64(u64::from(a.to_bits()) << 32 | u64::from(tail)),
+        IpAddr::V6(a) => {
+            state.write_u128(a.to_bits());
+            state.write_u32(tail);
+        }
+    }
+}
+
 /// A 64-bit kernel's `hsiphash` key (two machine words).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HsipKey(pub u64, pub u64);

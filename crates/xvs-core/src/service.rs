@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use hashbrown::{HashMap, HashSet};
 
 use crate::dest::DestState;
+use crate::hash::hash_endpoint;
 use crate::proto::Timeouts;
 use crate::sched::{SchedInput, Scheduler};
 use crate::stats::Stats;
@@ -147,9 +148,8 @@ pub struct Steering {
 }
 
 /// (protocol, address, port) as the data path's sets key it (services, NAT sources; port 0 in
-/// the sets that match every port). Hashed in one hasher round for IPv4, as the connection
-/// table's client side is (the derived hash of the tuple took several: about 110 instructions
-/// a lookup against 50).
+/// the sets that match every port). Hashed by [`hash_endpoint`], as the connection table's
+/// client sides are (the derived hash of the tuple took several hasher rounds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Endpoint {
     proto: Protocol,
@@ -165,14 +165,7 @@ impl Endpoint {
 
 impl Hash for Endpoint {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let tail = u32::from(self.proto.number()) | u32::from(self.port) << 8;
-        match self.addr {
-            IpAddr::V4(a) => state.write_u64(u64::from(a.to_bits()) << 32 | u64::from(tail)),
-            IpAddr::V6(a) => {
-                state.write_u128(a.to_bits());
-                state.write_u32(tail);
-            }
-        }
+        hash_endpoint(state, self.proto.number(), &self.addr, self.port);
     }
 }
 
