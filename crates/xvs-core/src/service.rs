@@ -175,8 +175,6 @@ impl Hash for Endpoint {
 pub struct Tables {
     pub(crate) by_addr: HashMap<Endpoint, Arc<Service>, ahash::RandomState>,
     pub(crate) by_mark: HashMap<(Af, u32), Arc<Service>, ahash::RandomState>,
-    /// VIPs with a port-0 service (as endpoints of port 0).
-    pub(crate) port0_vips: HashSet<Endpoint, ahash::RandomState>,
     pub(crate) nat_sources: HashSet<Endpoint, ahash::RandomState>,
     /// NAT destinations of port 0 (as endpoints of port 0).
     pub(crate) nat_sources_any_port: HashSet<Endpoint, ahash::RandomState>,
@@ -201,7 +199,6 @@ impl Tables {
         let mut t = Tables {
             by_addr: HashMap::with_hasher(hasher.clone()),
             by_mark: HashMap::with_hasher(hasher.clone()),
-            port0_vips: HashSet::with_hasher(hasher.clone()),
             nat_sources: HashSet::with_hasher(hasher.clone()),
             nat_sources_any_port: HashSet::with_hasher(hasher),
             services: Vec::new(),
@@ -214,9 +211,6 @@ impl Tables {
                 ServiceKey::Addr { proto, addr, port } => {
                     t.by_addr
                         .insert(Endpoint::new(proto, addr, port), s.clone());
-                    if port == 0 {
-                        t.port0_vips.insert(Endpoint::new(proto, addr, 0));
-                    }
                 }
                 ServiceKey::Fwmark { af, mark } => {
                     t.by_mark.insert((af, mark), s.clone());
@@ -272,11 +266,8 @@ impl Tables {
         if let Some(s) = self.by_addr.get(&Endpoint::new(proto, vaddr, vport)) {
             return Some(s);
         }
-        let any_port = Endpoint::new(proto, vaddr, 0);
-        if self.port0_vips.contains(&any_port) {
-            return self.by_addr.get(&any_port);
-        }
-        None
+        // A port-0 service of the VIP takes every other port.
+        self.by_addr.get(&Endpoint::new(proto, vaddr, 0))
     }
 
     /// Whether (proto, addr, port) is the source of a NAT destination's replies.
@@ -309,5 +300,49 @@ impl Tables {
         st.services.sort();
         st.nat_sources.sort();
         st
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::director::Director;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn add(d: &mut Director, vip: &str, port: u16) {
+        let mut c = ServiceConfig::new(ServiceKey::Addr {
+            proto: Protocol::Tcp,
+            addr: ip(vip),
+            port,
+        });
+        if port == 0 {
+            c.flags |= SVC_F_PERSISTENT;
+        }
+        d.add_service(c).unwrap();
+    }
+
+    #[test]
+    fn a_port_zero_service_takes_the_other_ports_of_its_vip() {
+        let mut d = Director::new();
+        add(&mut d, "10.0.0.1", 0);
+        add(&mut d, "10.0.0.1", 80);
+        add(&mut d, "10.0.0.2", 80);
+        let t = d.snapshot();
+        let port = |vip: &str, port: u16| {
+            t.lookup(Protocol::Tcp, ip(vip), port, 0)
+                .map(|s| s.cfg.key.port())
+        };
+        // The exact service first, then the VIP's port-0 service, nothing on another VIP.
+        assert_eq!(port("10.0.0.1", 80), Some(80));
+        assert_eq!(port("10.0.0.1", 443), Some(0));
+        assert_eq!(port("10.0.0.2", 80), Some(80));
+        assert_eq!(port("10.0.0.2", 443), None);
+        assert_eq!(
+            t.lookup(Protocol::Udp, ip("10.0.0.1"), 443, 0).map(|_| ()),
+            None
+        );
     }
 }
