@@ -1,8 +1,9 @@
 //! The machine's floor under the engine's figures: what one lookup of a random key in a
 //! hashbrown table of 96-byte entries costs at 10 K and 1 M entries (the connection table's
 //! entry size), and one uncontended lock and unlock of a `parking_lot::Mutex`, the connection
-//! table's shard lock (two per packet on the workers' path). No xvs code runs here: these are the costs no engine on this machine can go
-//! below, for comparison with `engine` (docs/performance.md).
+//! table's shard lock (two per packet on the workers' path). No xvs code runs here: these are
+//! the costs no engine on this machine can go below, for comparison with `engine`
+//! (docs/performance.md).
 //!
 //! Run: `cargo bench -p xvs-bench --bench floor`.
 
