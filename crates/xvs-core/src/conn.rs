@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 
 use hashbrown::hash_table;
 use hashbrown::HashTable;
@@ -439,22 +439,34 @@ impl ConnTable {
         now: Time,
         f: impl FnOnce(&mut Conn) -> R,
     ) -> Option<R> {
+        self.conn_at(h, key, now).map(|mut c| f(&mut c))
+    }
+
+    /// The live entry for `key` (hash `h` when the caller has it), locked in its shard until
+    /// the guard is dropped: [`ConnTable::with_conn_at`] without a closure, for the data path,
+    /// whose work on the entry then compiles into its own loop.
+    #[inline(always)] // Once per packet of the data path.
+    pub fn conn_at(
+        &self,
+        h: Option<ClientHash>,
+        key: &ConnKey,
+        now: Time,
+    ) -> Option<MappedMutexGuard<'_, Conn>> {
         let (h, hint, i) = self.hash_hint_shard(h, key);
         let mut shard = self.lock(i);
         let pos = shard.position(h, hint, key)?;
         let c = &mut shard.entries[pos].1;
-        if c.expires > now {
-            return Some(f(c));
-        }
-        if c.controlled > 0 {
+        if c.expires <= now {
+            if c.controlled == 0 {
+                let tpl = self.remove_at(&mut shard, h, pos);
+                drop(shard);
+                self.counters.expired.fetch_add(1, Relaxed);
+                self.release_template(tpl);
+                return None;
+            }
             c.rearm(now, TEMPLATE_REARM_SECS);
-            return Some(f(c));
         }
-        let tpl = self.remove_at(&mut shard, h, pos);
-        drop(shard);
-        self.counters.expired.fetch_add(1, Relaxed);
-        self.release_template(tpl);
-        None
+        Some(MutexGuard::map(shard, |s| &mut s.entries[pos].1))
     }
 
     /// Run `f` on the connection a NAT reply belongs to.

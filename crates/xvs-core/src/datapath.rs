@@ -237,7 +237,10 @@ struct Hit {
 }
 
 enum InResult {
-    Hit(Hit, Option<ConnKey>),
+    /// The hit, and the template to assure when this packet established the connection (boxed:
+    /// a copy of the connection's own box, made once in a connection's life, keeps this result
+    /// small for the other packets).
+    Hit(Hit, Option<Box<ConnKey>>),
     Drop(DropReason),
     Reschedule,
 }
@@ -325,6 +328,52 @@ fn transition(
             established && c.template.is_some()
         }
     }
+}
+
+/// What a client → server packet does to its connection `c` (under the shard's lock): the
+/// connection-reuse and unavailable-destination checks, then the state, the timer and the
+/// counters; the hit to forward by.
+#[inline(always)] // Once per established packet: its result stays in registers.
+fn hit_in(
+    c: &mut Conn,
+    t: &Tables,
+    p: &Packet,
+    proto: Protocol,
+    now: Time,
+    w: Counting,
+) -> InResult {
+    if proto == Protocol::Tcp
+        && p.tcp.syn
+        && c.template.is_none()
+        && t.settings.conn_reuse_mode != 0
+    {
+        let s = TcpState::from_u8(c.state);
+        let reuse = matches!(s, Some(TcpState::TimeWait | TcpState::Close))
+            || (t.settings.conn_reuse_mode & 2 != 0
+                && s == Some(TcpState::FinWait)
+                && c.flags & CONN_F_NOOUTPUT != 0);
+        if reuse {
+            return InResult::Reschedule;
+        }
+    }
+    if !c.dest.is_available() {
+        return if t.settings.expire_nodest_conn {
+            InResult::Reschedule
+        } else {
+            InResult::Drop(DropReason::DestUnavailable)
+        };
+    }
+    c.in_pkts = c.in_pkts.wrapping_add(1);
+    let assure = transition(c, proto, Direction::Input, p.tcp, &t.timeouts, now);
+    account(c, t, Direction::Input, p.ip_len, w);
+    InResult::Hit(
+        Hit {
+            daddr: c.dest.addr,
+            dport: c.dport,
+            fwd: c.fwd,
+        },
+        assure.then(|| c.template.clone()).flatten(),
+    )
 }
 
 /// The moment a packet is processed at and where its traffic is counted.
@@ -550,6 +599,7 @@ impl Engine {
         v
     }
 
+    #[inline(always)] // The per-frame step of `process`'s loop.
     fn classify(
         &self,
         t: &Tables,
@@ -628,6 +678,7 @@ impl Engine {
     }
 
     /// A packet of a known connection, client → server.
+    #[inline(always)] // Once per established packet: its result stays in registers.
     fn existing(
         &self,
         t: &Tables,
@@ -638,40 +689,8 @@ impl Engine {
         cx: Step,
     ) -> Option<InResult> {
         let Step { now, w } = cx;
-        self.conns.with_conn_at(h, key, now, |c| {
-            if proto == Protocol::Tcp
-                && p.tcp.syn
-                && c.template.is_none()
-                && t.settings.conn_reuse_mode != 0
-            {
-                let s = TcpState::from_u8(c.state);
-                let reuse = matches!(s, Some(TcpState::TimeWait | TcpState::Close))
-                    || (t.settings.conn_reuse_mode & 2 != 0
-                        && s == Some(TcpState::FinWait)
-                        && c.flags & CONN_F_NOOUTPUT != 0);
-                if reuse {
-                    return InResult::Reschedule;
-                }
-            }
-            if !c.dest.is_available() {
-                return if t.settings.expire_nodest_conn {
-                    InResult::Reschedule
-                } else {
-                    InResult::Drop(DropReason::DestUnavailable)
-                };
-            }
-            c.in_pkts = c.in_pkts.wrapping_add(1);
-            let assure = transition(c, proto, Direction::Input, p.tcp, &t.timeouts, now);
-            account(c, t, Direction::Input, p.ip_len, w);
-            InResult::Hit(
-                Hit {
-                    daddr: c.dest.addr,
-                    dport: c.dport,
-                    fwd: c.fwd,
-                },
-                assure.then(|| c.template.as_deref().copied()).flatten(),
-            )
-        })
+        let mut c = self.conns.conn_at(h, key, now)?;
+        Some(hit_in(&mut c, t, p, proto, now, w))
     }
 
     /// A NAT reply, server → client. None when it belongs to no connection.
