@@ -58,16 +58,6 @@ pub fn table_sizes() -> &'static [u64] {
     }
 }
 
-/// The SYNs that open flows `ids` (see [`flow`]).
-pub fn syn_frames(ids: &[u64]) -> Vec<Vec<u8>> {
-    ids.iter()
-        .map(|&i| {
-            let (a, p) = flow(i);
-            client_frame(a, p, true)
-        })
-        .collect()
-}
-
 /// A flow: client address and port.
 pub fn flow(i: u64) -> ([u8; 4], u16) {
     // 2^16 ports per address, addresses from 11.0.0.0 up: every i is a distinct flow.
@@ -77,14 +67,23 @@ pub fn flow(i: u64) -> ([u8; 4], u16) {
 
 /// A TCP frame from a client to the VIP (SYN or ACK), 64 bytes on the wire.
 pub fn client_frame(client: [u8; 4], port: u16, syn: bool) -> Vec<u8> {
+    let mut v = vec![0u8; CLIENT_FRAME_LEN];
+    write_client_frame(&mut v, client, port, syn);
+    v
+}
+
+/// Bytes of a [`client_frame`].
+pub const CLIENT_FRAME_LEN: usize = 64;
+
+/// Write [`client_frame`] into the first [`CLIENT_FRAME_LEN`] bytes of `out` (no allocation).
+pub fn write_client_frame(out: &mut [u8], client: [u8; 4], port: u16, syn: bool) {
     let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc1], [2, 0, 0, 0, 0, 0x1b])
         .ipv4(client, VIP, 64)
         .tcp(port, 80, 1, 64240);
     let b = if syn { b.syn() } else { b.ack(1) };
-    let mut v = Vec::new();
-    b.write(&mut v, &[0u8; 6])
-        .expect("writing to a Vec cannot fail");
-    v
+    let mut w = std::io::Cursor::new(&mut out[..CLIENT_FRAME_LEN]);
+    b.write(&mut w, &[0u8; 6])
+        .expect("a client frame is 64 bytes");
 }
 
 /// One service on VIP:80 with `n` real servers using `sched` and `method`.
@@ -125,6 +124,7 @@ pub fn balancer(
 #[derive(Debug)]
 pub struct Scratch {
     buf: Vec<u8>,
+    lens: Vec<usize>,
     verdicts: Vec<Verdict>,
     worker: WorkerState,
 }
@@ -140,6 +140,7 @@ impl Scratch {
     pub fn new() -> Scratch {
         Scratch {
             buf: vec![0u8; BATCH * SLOT],
+            lens: Vec::with_capacity(BATCH),
             verdicts: vec![Verdict::Pass; BATCH],
             worker: WorkerState::new(),
         }
@@ -156,15 +157,52 @@ impl Scratch {
         templates: &[Vec<u8>],
         prefetch: bool,
     ) -> Duration {
-        let verdicts = &mut self.verdicts[..templates.len()];
         for (i, t) in templates.iter().enumerate() {
             self.buf[i * SLOT + HEADROOM..i * SLOT + HEADROOM + t.len()].copy_from_slice(t);
         }
+        let lens: Vec<usize> = templates.iter().map(Vec::len).collect();
+        self.process(engine, tables, routes, &lens, prefetch)
+    }
+
+    /// Write the ACKs (or SYNs) of flows `ids` (see [`flow`], at most [`BATCH`]) straight into
+    /// the buffers and process them as [`Scratch::run`] does: the frames are built without an
+    /// allocation, so the untimed part leaves the caches as a worker's receive would.
+    pub fn run_flows(
+        &mut self,
+        engine: &Engine,
+        tables: &Tables,
+        routes: &StaticRoutes,
+        ids: &[u64],
+        syn: bool,
+        prefetch: bool,
+    ) -> Duration {
+        for (i, &id) in ids.iter().enumerate() {
+            let (a, p) = flow(id);
+            write_client_frame(&mut self.buf[i * SLOT + HEADROOM..], a, p, syn);
+        }
+        self.lens.clear();
+        self.lens.resize(ids.len(), CLIENT_FRAME_LEN);
+        let lens = std::mem::take(&mut self.lens);
+        let t = self.process(engine, tables, routes, &lens, prefetch);
+        self.lens = lens;
+        t
+    }
+
+    /// Process the frames in the buffers (lengths `lens`) as one batch; the time it took.
+    fn process(
+        &mut self,
+        engine: &Engine,
+        tables: &Tables,
+        routes: &StaticRoutes,
+        lens: &[usize],
+        prefetch: bool,
+    ) -> Duration {
+        let verdicts = &mut self.verdicts[..lens.len()];
         let mut frames: Vec<Frame<'_>> = self
             .buf
             .chunks_mut(SLOT)
-            .zip(templates)
-            .map(|(slot, t)| Frame::new(slot, HEADROOM, t.len()))
+            .zip(lens)
+            .map(|(slot, &len)| Frame::new(slot, HEADROOM, len))
             .collect();
         let start = Instant::now();
         if prefetch {
@@ -200,7 +238,7 @@ impl Scratch {
     /// Create flows `0..flows` (see [`flow`]) with SYNs, batch by batch.
     pub fn prefill(&mut self, engine: &Engine, tables: &Tables, routes: &StaticRoutes, flows: u64) {
         for chunk in (0..flows).collect::<Vec<_>>().chunks(BATCH) {
-            self.run(engine, tables, routes, &syn_frames(chunk), false);
+            self.run_flows(engine, tables, routes, chunk, true, false);
         }
     }
 }
