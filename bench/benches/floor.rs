@@ -5,23 +5,28 @@
 //! established-flow packet costs with a table of the same kind: a minimal direct-routing path
 //! for IPv4 TCP alone (fixed-offset parse, hash, shard lock, lookup by a key of plain integers,
 //! state and timer, three counter sets, MAC and TTL rewrite), without anything else IPVS asks
-//! of a packet. No xvs code runs here: these are the costs no engine on this machine can go
-//! below, for comparison with `engine` (docs/performance.md).
+//! of a packet, one packet after the other; and the same path with its lookups announced
+//! ahead, on a table laid out for it (open addressing, 32-byte slots holding key and
+//! connection, whose address follows from the hash alone): a group of 32 frames is read and
+//! its slots prefetched before any is processed. No xvs code runs here (but xvs-xdp's
+//! prefetch): these are what the machine allows, for comparison with `engine`
+//! (docs/performance.md).
 //!
 //! Run: `cargo bench -p xvs-bench --bench floor`.
 
 mod common;
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use common::{group, Pace};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use xvs_bench::{
     flow, table_sizes, write_client_frame, Rng, BATCH, CLIENT_FRAME_LEN, HEADROOM, SLOT,
 };
+use xvs_core::datapath::PREFETCH_GROUP;
 
 /// Lookups per iteration (independent of each other, so the CPU may overlap their misses as it
 /// overlaps the misses of a batch of packets).
@@ -64,8 +69,8 @@ fn mutex(c: &mut Criterion) {
     });
 }
 
-/// `floor_path`'s connection key: integers only.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// `floor_path`'s connection key: integers only (protocol 0: an empty slot of the open table).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 struct Key {
     proto: u8,
     caddr: u32,
@@ -75,12 +80,27 @@ struct Key {
 }
 
 /// `floor_path`'s connection: its destination, state and timer.
+#[derive(Clone, Copy, Default)]
 struct Entry {
     dest: u16,
     state: u8,
     timeout: u32,
     expires: u64,
     packets: u32,
+}
+
+impl Entry {
+    /// The packet's work on its connection: None unless it is an ACK of a live, established
+    /// one; else its destination.
+    #[inline(always)]
+    fn ack(&mut self, flags: u8, now: u64) -> Option<usize> {
+        if self.expires <= now || self.state != 1 || flags != 0x10 {
+            return None;
+        }
+        self.packets += 1;
+        self.expires = now + u64::from(self.timeout) * 1000;
+        Some(usize::from(self.dest))
+    }
 }
 
 /// Packets and bytes, one writer (a worker's slot in the engine).
@@ -103,21 +123,22 @@ struct Dest {
     count: Count,
 }
 
-type Shards = Vec<Mutex<hashbrown::HashMap<Key, Entry, ahash::RandomState>>>;
+/// What `floor_path` reads of a frame.
+#[derive(Clone, Copy, Default)]
+struct Hdr {
+    key: Key,
+    flags: u8,
+    ttl: u8,
+    total: u16,
+}
 
-/// One established ACK through the minimal path; 0 when it is not one.
+/// Ethernet, IPv4 without options and TCP without options.
+const ETH_IP_TCP: usize = 14 + 20 + 20;
+
+/// An IPv4 TCP frame's key, flags, TTL and length; None for anything else.
 #[inline(always)]
-fn floor_packet(
-    frame: &mut [u8],
-    hasher: &ahash::RandomState,
-    shards: &Shards,
-    dests: &mut [Dest],
-    counts: &mut [Count; 2],
-    now: u64,
-) -> u32 {
-    let Some(h) = frame.get(..ETH_IP_TCP) else {
-        return 0;
-    };
+fn floor_read(frame: &[u8]) -> Option<Hdr> {
+    let h = frame.get(..ETH_IP_TCP)?;
     let total = u16::from_be_bytes([h[16], h[17]]);
     if h[12..14] != [8, 0]
         || h[14] != 0x45
@@ -125,37 +146,40 @@ fn floor_packet(
         || u16::from_be_bytes([h[20], h[21]]) & 0x3fff != 0
         || usize::from(total) + 14 > frame.len()
     {
-        return 0;
+        return None;
     }
-    let key = Key {
-        proto: 6,
-        caddr: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
-        cport: u16::from_be_bytes([h[34], h[35]]),
-        vaddr: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
-        vport: u16::from_be_bytes([h[36], h[37]]),
-    };
-    let (flags, ttl) = (h[47], h[22]);
-    let hash = hasher.hash_one(key);
-    let dest = {
-        let mut shard = shards[(hash >> 40) as usize % shards.len()].lock();
-        let Some(e) = shard.get_mut(&key) else {
-            return 0;
-        };
-        if e.expires <= now || e.state != 1 || flags != 0x10 {
-            return 0;
-        }
-        e.packets += 1;
-        e.expires = now + u64::from(e.timeout) * 1000;
-        usize::from(e.dest)
-    };
-    let len = u64::from(total);
+    Some(Hdr {
+        key: Key {
+            proto: 6,
+            caddr: u32::from_be_bytes([h[26], h[27], h[28], h[29]]),
+            cport: u16::from_be_bytes([h[34], h[35]]),
+            vaddr: u32::from_be_bytes([h[30], h[31], h[32], h[33]]),
+            vport: u16::from_be_bytes([h[36], h[37]]),
+        },
+        flags: h[47],
+        ttl: h[22],
+        total,
+    })
+}
+
+/// The rest of the packet once its connection named `dest`: three counter sets, the TTL and
+/// MTU checks, the MAC and TTL rewrite. 2 (forward) or 0.
+#[inline(always)]
+fn floor_forward(
+    frame: &mut [u8],
+    hdr: &Hdr,
+    dest: usize,
+    dests: &mut [Dest],
+    counts: &mut [Count; 2],
+) -> u32 {
+    let len = u64::from(hdr.total);
     let Some(d) = dests.get_mut(dest) else {
         return 0;
     };
     d.count.add(len);
     counts[0].add(len);
     counts[1].add(len);
-    if ttl <= 1 || total > 1500 {
+    if hdr.ttl <= 1 || hdr.total > 1500 {
         return 0;
     }
     let f: &mut [u8; 26] = (&mut frame[..26]).try_into().expect("26 bytes");
@@ -167,8 +191,145 @@ fn floor_packet(
     2
 }
 
-/// Ethernet, IPv4 without options and TCP without options.
-const ETH_IP_TCP: usize = 14 + 20 + 20;
+type Shards = Vec<Mutex<hashbrown::HashMap<Key, Entry, ahash::RandomState>>>;
+
+/// One established ACK through the minimal path, hashbrown table; 0 when it is not one.
+#[inline(always)]
+fn floor_packet(
+    frame: &mut [u8],
+    hasher: &ahash::RandomState,
+    shards: &Shards,
+    dests: &mut [Dest],
+    counts: &mut [Count; 2],
+    now: u64,
+) -> u32 {
+    let Some(hdr) = floor_read(frame) else {
+        return 0;
+    };
+    let hash = hasher.hash_one(hdr.key);
+    let dest = {
+        let mut shard = shards[(hash >> 40) as usize % shards.len()].lock();
+        match shard.get_mut(&hdr.key).and_then(|e| e.ack(hdr.flags, now)) {
+            Some(d) => d,
+            None => return 0,
+        }
+    };
+    floor_forward(frame, &hdr, dest, dests, counts)
+}
+
+/// A slot of the open table: a key and its connection, on half a cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(align(32))]
+struct Slot {
+    key: Key,
+    entry: Entry,
+}
+
+/// One shard of the open table: slots at a power-of-two count, linear probing, allocated
+/// once (its address never changes, so a lookup's first slot is known from the hash alone).
+struct OpenShard {
+    slots: Vec<Slot>,
+}
+
+impl OpenShard {
+    fn position(&self, hash: u64, key: &Key) -> Option<usize> {
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        for _ in 0..self.slots.len() {
+            let k = &self.slots[i].key;
+            if k == key {
+                return Some(i);
+            }
+            if k.proto == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+        None
+    }
+
+    fn insert(&mut self, hash: u64, key: Key, entry: Entry) {
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        while self.slots[i].key.proto != 0 {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = Slot { key, entry };
+    }
+}
+
+/// The open table: shards behind `parking_lot` locks, and each shard's slot array address and
+/// mask for prefetching (hints: read without the lock, never dereferenced).
+struct Open {
+    shards: Vec<Mutex<OpenShard>>,
+    bases: Vec<(usize, usize)>,
+}
+
+impl Open {
+    fn new(shards: usize, entries: u64) -> Open {
+        let per = ((entries as usize * 2).div_ceil(shards)).next_power_of_two();
+        let shards: Vec<Mutex<OpenShard>> = (0..shards)
+            .map(|_| {
+                Mutex::new(OpenShard {
+                    slots: vec![Slot::default(); per],
+                })
+            })
+            .collect();
+        let bases = shards
+            .iter()
+            .map(|s| (s.lock().slots.as_ptr() as usize, per - 1))
+            .collect();
+        Open { shards, bases }
+    }
+
+    fn shard(&self, hash: u64) -> usize {
+        (hash >> 40) as usize % self.shards.len()
+    }
+}
+
+/// A group of frames through the minimal path with its lookups announced ahead: every frame
+/// read, hashed and its first slot prefetched, then every frame processed.
+#[allow(clippy::too_many_arguments)]
+fn floor_group_prefetched(
+    frames: &mut [&mut [u8]],
+    verdicts: &mut [u32],
+    hasher: &ahash::RandomState,
+    open: &Open,
+    dests: &mut [Dest],
+    counts: &mut [Count; 2],
+    now: u64,
+    ahead: &mut [(Option<Hdr>, u64)],
+) {
+    for (f, a) in frames.iter().zip(ahead.iter_mut()) {
+        *a = (floor_read(f), 0);
+        if let Some(hdr) = &a.0 {
+            let hash = hasher.hash_one(hdr.key);
+            let (base, mask) = open.bases[open.shard(hash)];
+            xvs_xdp::prefetch(base + (hash as usize & mask) * std::mem::size_of::<Slot>());
+            a.1 = hash;
+        }
+    }
+    for ((f, v), (hdr, hash)) in frames.iter_mut().zip(verdicts.iter_mut()).zip(ahead.iter()) {
+        let Some(hdr) = hdr else {
+            *v = 0;
+            continue;
+        };
+        let dest = {
+            let mut shard = open.shards[open.shard(*hash)].lock();
+            let e = shard
+                .position(*hash, &hdr.key)
+                .and_then(|i| shard.slots[i].entry.ack(hdr.flags, now));
+            match e {
+                Some(d) => d,
+                None => {
+                    *v = 0;
+                    continue;
+                }
+            }
+        };
+        *v = floor_forward(f, hdr, dest, dests, counts);
+    }
+}
 
 fn path(c: &mut Criterion) {
     let mut g = group(c, "floor_path", BATCH as u64, Pace::Steady);
@@ -177,6 +338,7 @@ fn path(c: &mut Criterion) {
         let shards: Shards = (0..16)
             .map(|_| Mutex::new(hashbrown::HashMap::with_hasher(hasher.clone())))
             .collect();
+        let open = Open::new(16, n);
         for i in 0..n {
             let (a, p) = flow(i);
             let key = Key {
@@ -197,6 +359,7 @@ fn path(c: &mut Criterion) {
             shards[(h >> 40) as usize % shards.len()]
                 .lock()
                 .insert(key, entry);
+            open.shards[open.shard(h)].lock().insert(h, key, entry);
         }
         let mut dests: Vec<Dest> = (0..100u8)
             .map(|i| Dest {
@@ -207,27 +370,63 @@ fn path(c: &mut Criterion) {
         let mut counts: [Count; 2] = Default::default();
         let mut buf = vec![0u8; BATCH * SLOT];
         let mut verdicts = vec![0u32; BATCH];
+        let mut ahead = vec![(None, 0u64); PREFETCH_GROUP];
         let mut rng = Rng::new(7);
-        g.bench_function(BenchmarkId::new("dr_ipv4_tcp", n), |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    for slot in buf.chunks_mut(SLOT) {
-                        let (a, p) = flow(rng.below(n));
-                        write_client_frame(&mut slot[HEADROOM..], a, p, false);
+        for prefetch in [false, true] {
+            let id = if prefetch {
+                "dr_ipv4_tcp+prefetch_open_table"
+            } else {
+                "dr_ipv4_tcp"
+            };
+            g.bench_function(BenchmarkId::new(id, n), |b| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        for slot in buf.chunks_mut(SLOT) {
+                            let (a, p) = flow(rng.below(n));
+                            write_client_frame(&mut slot[HEADROOM..], a, p, false);
+                        }
+                        let mut frames: Vec<&mut [u8]> = buf
+                            .chunks_mut(SLOT)
+                            .map(|s| &mut s[HEADROOM..HEADROOM + CLIENT_FRAME_LEN])
+                            .collect();
+                        let start = Instant::now();
+                        if prefetch {
+                            for (fs, vs) in frames
+                                .chunks_mut(PREFETCH_GROUP)
+                                .zip(verdicts.chunks_mut(PREFETCH_GROUP))
+                            {
+                                floor_group_prefetched(
+                                    fs,
+                                    vs,
+                                    &hasher,
+                                    &open,
+                                    &mut dests,
+                                    &mut counts,
+                                    1000,
+                                    &mut ahead,
+                                );
+                            }
+                        } else {
+                            for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
+                                *v = floor_packet(
+                                    f,
+                                    &hasher,
+                                    &shards,
+                                    &mut dests,
+                                    &mut counts,
+                                    1000,
+                                );
+                            }
+                        }
+                        total += start.elapsed();
+                        black_box(&verdicts);
+                        debug_assert!(verdicts.iter().all(|&v| v == 2));
                     }
-                    let start = Instant::now();
-                    for (slot, v) in buf.chunks_mut(SLOT).zip(verdicts.iter_mut()) {
-                        let frame = &mut slot[HEADROOM..HEADROOM + CLIENT_FRAME_LEN];
-                        *v = floor_packet(frame, &hasher, &shards, &mut dests, &mut counts, 1000);
-                    }
-                    total += start.elapsed();
-                    black_box(&verdicts);
-                    debug_assert!(verdicts.iter().all(|&v| v == 2));
-                }
-                total
-            })
-        });
+                    total
+                })
+            });
+        }
     }
     g.finish();
 }
