@@ -444,7 +444,9 @@ impl ConnTable {
 
     /// The live entry for `key` (hash `h` when the caller has it), locked in its shard until
     /// the guard is dropped: [`ConnTable::with_conn_at`] without a closure, for the data path,
-    /// whose work on the entry then compiles into its own loop.
+    /// whose work on the entry then compiles into its own loop. Drop the guard before calling
+    /// any other method of the table: they may lock the same shard (the lock is not
+    /// reentrant).
     #[inline(always)] // Once per packet of the data path.
     pub fn conn_at(
         &self,
