@@ -460,10 +460,7 @@ impl ConnTable {
         let c = &mut shard.entries[pos].1;
         if c.expires <= now {
             if c.controlled == 0 {
-                let tpl = self.remove_at(&mut shard, h, pos);
-                drop(shard);
-                self.counters.expired.fetch_add(1, Relaxed);
-                self.release_template(tpl);
+                self.expire_at(shard, h, pos);
                 return None;
             }
             c.rearm(now, TEMPLATE_REARM_SECS);
@@ -501,11 +498,17 @@ impl ConnTable {
         if c.expires > now {
             return Some(f(k, c));
         }
+        self.expire_at(shard, h, pos);
+        None
+    }
+
+    /// Remove the expired entry at `pos` (hash `h`) of the locked `shard`, count it, and release
+    /// its template once the shard's lock is dropped (the two are never locked together).
+    fn expire_at(&self, mut shard: MutexGuard<'_, Shard>, h: u64, pos: usize) {
         let tpl = self.remove_at(&mut shard, h, pos);
         drop(shard);
         self.counters.expired.fetch_add(1, Relaxed);
         self.release_template(tpl);
-        None
     }
 
     /// Insert a new entry. The caller has bound it to its destination; on error it must unbind.
