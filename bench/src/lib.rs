@@ -160,8 +160,9 @@ impl Scratch {
         for (i, t) in templates.iter().enumerate() {
             self.buf[i * SLOT + HEADROOM..i * SLOT + HEADROOM + t.len()].copy_from_slice(t);
         }
-        let lens: Vec<usize> = templates.iter().map(Vec::len).collect();
-        self.process(engine, tables, routes, &lens, prefetch)
+        self.lens.clear();
+        self.lens.extend(templates.iter().map(Vec::len));
+        self.process(engine, tables, routes, prefetch)
     }
 
     /// Write the ACKs (or SYNs) of flows `ids` (see [`flow`], at most [`BATCH`]) straight into
@@ -182,21 +183,19 @@ impl Scratch {
         }
         self.lens.clear();
         self.lens.resize(ids.len(), CLIENT_FRAME_LEN);
-        let lens = std::mem::take(&mut self.lens);
-        let t = self.process(engine, tables, routes, &lens, prefetch);
-        self.lens = lens;
-        t
+        self.process(engine, tables, routes, prefetch)
     }
 
-    /// Process the frames in the buffers (lengths `lens`) as one batch; the time it took.
+    /// Process the frames in the buffers (their lengths in `self.lens`) as one batch; the time
+    /// it took.
     fn process(
         &mut self,
         engine: &Engine,
         tables: &Tables,
         routes: &StaticRoutes,
-        lens: &[usize],
         prefetch: bool,
     ) -> Duration {
+        let lens = &self.lens;
         let verdicts = &mut self.verdicts[..lens.len()];
         let mut frames: Vec<Frame<'_>> = self
             .buf
