@@ -124,7 +124,7 @@ struct Dest {
 }
 
 /// What `floor_path` reads of a frame.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Hdr {
     key: Key,
     flags: u8,
@@ -193,6 +193,12 @@ fn floor_forward(
 
 type Shards = Vec<Mutex<hashbrown::HashMap<Key, Entry, ahash::RandomState>>>;
 
+/// The shard of `shards` a hash falls in, for both tables: bits the tables' own positions do
+/// not use, as in the engine.
+fn shard_of(hash: u64, shards: usize) -> usize {
+    (hash >> 40) as usize % shards
+}
+
 /// One established ACK through the minimal path, hashbrown table; 0 when it is not one.
 #[inline(always)]
 fn floor_packet(
@@ -208,7 +214,7 @@ fn floor_packet(
     };
     let hash = hasher.hash_one(hdr.key);
     let dest = {
-        let mut shard = shards[(hash >> 40) as usize % shards.len()].lock();
+        let mut shard = shards[shard_of(hash, shards.len())].lock();
         match shard.get_mut(&hdr.key).and_then(|e| e.ack(hdr.flags, now)) {
             Some(d) => d,
             None => return 0,
@@ -283,7 +289,7 @@ impl Open {
     }
 
     fn shard(&self, hash: u64) -> usize {
-        (hash >> 40) as usize % self.shards.len()
+        shard_of(hash, self.shards.len())
     }
 }
 
@@ -356,9 +362,7 @@ fn path(c: &mut Criterion) {
                 expires: u64::MAX,
                 packets: 0,
             };
-            shards[(h >> 40) as usize % shards.len()]
-                .lock()
-                .insert(key, entry);
+            shards[shard_of(h, shards.len())].lock().insert(key, entry);
             open.shards[open.shard(h)].lock().insert(h, key, entry);
         }
         let mut dests: Vec<Dest> = (0..100u8)
