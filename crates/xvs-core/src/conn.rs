@@ -428,22 +428,11 @@ impl ConnTable {
         now: Time,
         f: impl FnOnce(&mut Conn) -> R,
     ) -> Option<R> {
-        self.with_conn_at(None, key, now, f)
-    }
-
-    /// [`ConnTable::with_conn`] with the key's [`ClientHash`] when the caller has it already.
-    pub fn with_conn_at<R>(
-        &self,
-        h: Option<ClientHash>,
-        key: &ConnKey,
-        now: Time,
-        f: impl FnOnce(&mut Conn) -> R,
-    ) -> Option<R> {
-        self.conn_at(h, key, now).map(|mut c| f(&mut c))
+        self.conn_at(None, key, now).map(|mut c| f(&mut c))
     }
 
     /// The live entry for `key` (hash `h` when the caller has it), locked in its shard until
-    /// the guard is dropped: [`ConnTable::with_conn_at`] without a closure, for the data path,
+    /// the guard is dropped: [`ConnTable::with_conn`] without a closure, for the data path,
     /// whose work on the entry then compiles into its own loop. Drop the guard before calling
     /// any other method of the table: they may lock the same shard (the lock is not
     /// reentrant).
@@ -976,7 +965,7 @@ mod tests {
                     3 => {
                         let mut ch = t.client_hash(k.proto, k.caddr, k.cport);
                         t.candidate(&mut ch);
-                        let got = t.with_conn_at(Some(ch), &k, Time(1), |c| c.timeout);
+                        let got = t.conn_at(Some(ch), &k, Time(1)).map(|c| c.timeout);
                         proptest::prop_assert_eq!(got, model.get(&k).copied());
                     }
                     _ => {
