@@ -169,9 +169,18 @@ def gen(dst_mac, iface, new=False, rate=0, count=None, duration=None, flows=10_0
     return int(r.stdout.strip() or 0)
 
 
-def measure(name, sink, dst_mac, iface, new, fwd_pid):
-    """RUNS full-speed runs and one paced run of one path; returns its raw samples."""
+def per_batch(c0, c1):
+    """Frames per wake-up of the forwarding worker between two (rx, rx_batches) readings."""
+    if c0 is None or c1 is None or c1[1] == c0[1]:
+        return float("nan")
+    return (c1[0] - c0[0]) / (c1[1] - c0[1])
+
+
+def measure(name, sink, dst_mac, iface, new, fwd_pid, counters=lambda: None):
+    """RUNS full-speed runs and one paced run of one path; returns its raw samples. `counters`
+    reads the forwarding worker's (rx, rx_batches), for the frames per wake-up."""
     rates = []
+    w0 = counters()
     for _ in range(A.runs):
         c0 = sink.count()
         t0 = time.time()
@@ -179,6 +188,7 @@ def measure(name, sink, dst_mac, iface, new, fwd_pid):
         time.sleep(0.05)
         rates.append((sink.count() - c0) / (time.time() - t0 - 0.05))
     # CPU cost at a fixed offered load.
+    w1 = counters()
     c0, s0 = sink.count(), softirq()
     p0 = cpu_of(fwd_pid) if fwd_pid else 0.0
     gen(dst_mac, iface, new=new, rate=A.paced, duration=A.duration)
@@ -186,12 +196,35 @@ def measure(name, sink, dst_mac, iface, new, fwd_pid):
     n = sink.count() - c0
     p1 = cpu_of(fwd_pid) if fwd_pid else 0.0
     s1 = softirq()
+    w2 = counters()
     nan = float("nan")
     res = {"path": name, "rates": rates, "proc_ns": [(p1 - p0) / n * 1e9 if n else nan],
-           "softirq_ns": [(s1 - s0) / n * 1e9 if n else nan]}
+           "softirq_ns": [(s1 - s0) / n * 1e9 if n else nan],
+           "batch_full": [per_batch(w0, w1)], "batch_paced": [per_batch(w1, w2)]}
     print(f"{name:20s} {' '.join(f'{r / 1e6:.3f}' for r in rates)} Mpps  paced rx={n} "
-          f"proc={res['proc_ns'][0]:.0f} ns/pkt softirq={res['softirq_ns'][0]:.0f} ns/pkt", flush=True)
+          f"proc={res['proc_ns'][0]:.0f} ns/pkt softirq={res['softirq_ns'][0]:.0f} ns/pkt "
+          f"frames/wake-up full={res['batch_full'][0]:.1f} paced={res['batch_paced'][0]:.1f}", flush=True)
     return res
+
+
+def worker_counters(text):
+    """(rx, rx_batches) summed over the worker lines of `xvsadm --xvs-stats` or of xvs-fwd's
+    stats file; None when there are none."""
+    rx = nb = 0
+    found = False
+    for line in text.splitlines():
+        f = dict(w.split("=", 1) for w in line.split() if "=" in w)
+        if "rx" in f and "rx_batches" in f:
+            rx, nb, found = rx + int(f["rx"]), nb + int(f["rx_batches"]), True
+    return (rx, nb) if found else None
+
+
+def read_file(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def median(v):
@@ -306,10 +339,15 @@ def one_round(tmp):
     sink = Sink(f"k0{ID}")
     # 2. bare AF_XDP forwarder.
     if want("bare"):
+        fstats = os.path.join(tmp, "fwd-stats")
         fwd = Proc("l", pin(1) + [os.path.join(REL, "xvs-fwd"), "--in", f"l0{ID}", "--out", f"l1{ID}",
-                         "--next-hop-mac", mac("k", f"k0{ID}"), "--vip", VIP])
+                         "--next-hop-mac", mac("k", f"k0{ID}"), "--vip", VIP, "--stats", fstats])
         time.sleep(1)
-        results.append(measure("bare", sink, lmac, f"s0{ID}", False, fwd.p.pid))
+
+        def fwd_counters():
+            time.sleep(0.2)  # the file is rewritten every 100 ms
+            return worker_counters(read_file(fstats))
+        results.append(measure("bare", sink, lmac, f"s0{ID}", False, fwd.p.pid, fwd_counters))
         fwd.stop()
     # 3. xvsd in DR, tunnel and NAT modes, established and new connections.
     for method, label in (("-g", "dr"), ("-i", "tun"), ("-m", "nat")):
@@ -339,7 +377,7 @@ def one_round(tmp):
                     if conns and conns[0] >= 10_000:
                         break
                 print(f"  {name}: {conns[0] if conns else '?'} connections before the run", flush=True)
-            r = measure(name, sink, lmac, f"s0{ID}", new, xv.p.pid)
+            r = measure(name, sink, lmac, f"s0{ID}", new, xv.p.pid, lambda: worker_counters(stats()))
             drops = [l.split()[1] for l in stats().splitlines() if l.startswith("drop ") and not l.endswith("=0")]
             r["drops"] = " ".join(drops)
             if drops:
@@ -423,8 +461,9 @@ def main():
             per_round.append({r["path"]: r for r in got})
             for r in got:
                 acc = merged.setdefault(r["path"], {"path": r["path"], "rates": [], "proc_ns": [],
-                                                    "softirq_ns": [], "drops": ""})
-                for k in ("rates", "proc_ns", "softirq_ns"):
+                                                    "softirq_ns": [], "batch_full": [], "batch_paced": [],
+                                                    "drops": ""})
+                for k in ("rates", "proc_ns", "softirq_ns", "batch_full", "batch_paced"):
                     acc[k] += r[k]
                 acc["drops"] = (acc["drops"] + " " + r.get("drops", "")).strip()
     finally:
@@ -434,16 +473,19 @@ def main():
         rates = sorted(r["rates"])
         results.append({"path": r["path"], "mpps": median(rates) / 1e6, "min": rates[0] / 1e6,
                         "max": rates[-1] / 1e6, "proc_ns": median(r["proc_ns"]),
-                        "softirq_ns": median(r["softirq_ns"]), "drops": r["drops"]})
+                        "softirq_ns": median(r["softirq_ns"]), "drops": r["drops"],
+                        "batch": [median([b for b in r[k] if b == b]) for k in ("batch_full", "batch_paced")]})
     bare = next((r["mpps"] for r in results if r["path"] == "bare"), None)
     kern = next((r["mpps"] for r in results if r["path"] == "kernel-nft-dnat-est"), None)
-    lines = ["| path | Mpps (median) | min–max | ÷ bare | ÷ kernel nft | process ns/pkt | softirq ns/pkt |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| path | Mpps (median) | min–max | ÷ bare | ÷ kernel nft | process ns/pkt | softirq ns/pkt "
+             "| frames/wake-up (full, paced) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         rb = f"{r['mpps'] / bare:.2f}" if bare else "–"
         rk = f"{r['mpps'] / kern:.2f}" if kern else "–"
+        wb = ", ".join(f"{b:.1f}" for b in r["batch"]) if all(b == b for b in r["batch"]) else "–"
         lines.append(f"| {r['path']} | {r['mpps']:.3f} | {r['min']:.3f}–{r['max']:.3f} | {rb} | {rk} | "
-                     f"{r['proc_ns']:.0f} | {r['softirq_ns']:.0f} |")
+                     f"{r['proc_ns']:.0f} | {r['softirq_ns']:.0f} | {wb} |")
     table = "\n".join(lines)
     print(table)
     with open(A.out, "w") as f:

@@ -388,10 +388,17 @@ def multiqueue():
         check(f"{name}: download intact", rc == 0 and hashlib.sha256(body).hexdigest() ==
               hashlib.sha256(blob(size)).hexdigest(), rc)
         st, out, err = rig.adm("--xvs-stats")
-        rx = [int(l.split("rx=")[1].split()[0]) for l in out.splitlines() if l.startswith("worker ")]
+        workers = [dict(w.split("=", 1) for w in l.split()[2:]) for l in out.splitlines()
+                   if l.startswith("worker ")]
+        rx = [int(w.get("rx", 0)) for w in workers]
         sockets = [l for l in out.splitlines() if l.startswith("socket ")]
         check(f"{name}: --xvs-stats shows two workers, four sockets, both workers busy",
               st == 0 and len(rx) == 2 and all(r > 0 for r in rx) and len(sockets) == 4, out + err)
+        # Each wake-up that received frames counts once: at least one frame, at most a batch (64)
+        # from each of the worker's two sockets.
+        batches = [int(w.get("rx_batches", 0)) for w in workers]
+        check(f"{name}: --xvs-stats counts the workers' wake-ups (rx / 128 <= rx_batches <= rx)",
+              len(batches) == 2 and all(r / 128 <= b <= r and b > 0 for r, b in zip(rx, batches)), out)
         check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
 
     on_rig(name, "nat", False, "xvsd starts with two queues", body, queues=2)

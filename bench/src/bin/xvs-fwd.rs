@@ -3,9 +3,9 @@
 //! next hop on the other interface. It measures the limit of xvs's own I/O.
 
 use std::net::IpAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use xvs_core::service::Steering;
@@ -30,6 +30,32 @@ struct Args {
     vip: IpAddr,
     #[arg(long, default_value_t = 80)]
     port: u16,
+    /// Write the worker's counters ("rx=N rx_batches=N tx=N") to this file every 100 ms, for
+    /// the benchmark to read between its runs.
+    #[arg(long)]
+    stats: Option<std::path::PathBuf>,
+}
+
+/// The counters as one line.
+fn counters_line(c: &WorkerCounters) -> String {
+    format!(
+        "rx={} rx_batches={} tx={}",
+        c.rx.load(Relaxed),
+        c.rx_batches.load(Relaxed),
+        c.tx.load(Relaxed)
+    )
+}
+
+/// Rewrite `path` with the counters every 100 ms until `stop` (each time whole: a new file
+/// renamed over the old one).
+fn write_stats(path: std::path::PathBuf, c: Arc<WorkerCounters>, stop: Arc<AtomicBool>) {
+    let tmp = path.with_extension("tmp");
+    while !stop.load(Relaxed) {
+        if std::fs::write(&tmp, counters_line(&c) + "\n").is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn sys(ifname: &str, what: &str) -> String {
@@ -77,6 +103,10 @@ fn main() {
         signal_hook::flag::register(sig, stop.clone()).expect("signal handler");
     }
     let counters = Arc::new(WorkerCounters::default());
+    if let Some(path) = a.stats.clone() {
+        let (c, stop) = (counters.clone(), stop.clone());
+        std::thread::spawn(move || write_stats(path, c, stop));
+    }
     let mut w = Worker {
         qs,
         handler,
@@ -88,9 +118,5 @@ fn main() {
     };
     eprintln!("xvs-fwd: forwarding {} -> {}", a.input, a.output);
     w.run();
-    eprintln!(
-        "xvs-fwd: rx={} tx={}",
-        counters.rx.load(std::sync::atomic::Ordering::Relaxed),
-        counters.tx.load(std::sync::atomic::Ordering::Relaxed)
-    );
+    eprintln!("xvs-fwd: {}", counters_line(&counters));
 }

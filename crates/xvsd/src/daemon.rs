@@ -434,8 +434,9 @@ fn data_stats(
     for (i, w) in workers.iter().enumerate() {
         let _ = writeln!(
             out,
-            "worker {i}: rx={} tx={} tx_ring_full={} no_egress={} passed_to_kernel={} pass_dropped={} engine_drops={}",
+            "worker {i}: rx={} rx_batches={} tx={} tx_ring_full={} no_egress={} passed_to_kernel={} pass_dropped={} engine_drops={}",
             w.rx.load(Relaxed),
+            w.rx_batches.load(Relaxed),
             w.tx.load(Relaxed),
             w.tx_ring_full.load(Relaxed),
             w.no_egress.load(Relaxed),
