@@ -6,7 +6,7 @@ sender (bench's AF_XDP generator), the same 64-byte frames and the same duration
   bare       the bare AF_XDP forwarder (xvs-xdp's rings and steering, no engine)
   xvs-dr / xvs-tun / xvs-nat   xvsd with 1 service and 100 real servers,
              (a) established: ACKs over 10,000 flows created first, (b) new: SYNs from new clients
-  kernel     IPv4 forwarding, and nftables DNAT (numgen over the 100 real servers)
+  kernel     IPv4 forwarding, and nftables DNAT over the 100 real servers (numgen, then jhash)
 
 Packets are counted at the receiver (an XDP program on the sink's veth that counts and drops),
 never at the sender. The sender runs on CPU 0 and the forwarding thread (xvs-fwd, xvsd's
@@ -16,8 +16,10 @@ samples are spread over the whole run and a slow phase of the shared machine doe
 one path only. In each pass, a path gets RUNS runs of DURATION seconds at full speed, then one
 paced run at a fixed offered load for the CPU cost per packet: CPU time of the forwarding
 process (utime+stime of all its threads) and softirq time of the whole machine (/proc/stat),
-divided by packets received. The table gives the median and min-max of all full-speed runs of
-a path and the median of its CPU costs; target/bench-e2e.csv feeds bench's xvs-plot.
+divided by packets received, and the same two CPU times over the paced run's wall time (the
+cores the path keeps busy). The forwarding workers' frames per wake-up come from their rx and
+rx_batches counters. The table gives the median and min-max of all full-speed runs of a path and
+the medians of the rest; target/bench-e2e.csv feeds bench's xvs-plot.
 
 Rig:  snd --veth-- lb --veth-- sink      (and snd --veth-- sink for the ceiling)
 Usage: bench/e2e/run.py [--rounds 5] [--runs 1] [--duration 3] [--paced 100000] [--only PATH]
@@ -191,18 +193,25 @@ def measure(name, sink, dst_mac, iface, new, fwd_pid, counters=lambda: None):
     w1 = counters()
     c0, s0 = sink.count(), softirq()
     p0 = cpu_of(fwd_pid) if fwd_pid else 0.0
+    t0 = time.time()
     gen(dst_mac, iface, new=new, rate=A.paced, duration=A.duration)
     time.sleep(0.05)
     n = sink.count() - c0
     p1 = cpu_of(fwd_pid) if fwd_pid else 0.0
     s1 = softirq()
+    wall = time.time() - t0
     w2 = counters()
     nan = float("nan")
     res = {"path": name, "rates": rates, "proc_ns": [(p1 - p0) / n * 1e9 if n else nan],
            "softirq_ns": [(s1 - s0) / n * 1e9 if n else nan],
+           # Cores kept busy at the paced load: the forwarding process's CPU time, and the softirq
+           # time of all CPUs (the veths' receive work on both sides, and all of a kernel path's
+           # forwarding), each over the wall time of the paced run.
+           "proc_cores": [(p1 - p0) / wall], "softirq_cores": [(s1 - s0) / wall],
            "batch_full": [per_batch(w0, w1)], "batch_paced": [per_batch(w1, w2)]}
     print(f"{name:20s} {' '.join(f'{r / 1e6:.3f}' for r in rates)} Mpps  paced rx={n} "
           f"proc={res['proc_ns'][0]:.0f} ns/pkt softirq={res['softirq_ns'][0]:.0f} ns/pkt "
+          f"cores={res['proc_cores'][0]:.2f}+{res['softirq_cores'][0]:.2f} "
           f"frames/wake-up full={res['batch_full'][0]:.1f} paced={res['batch_paced'][0]:.1f}", flush=True)
     return res
 
@@ -397,6 +406,12 @@ def one_round(tmp):
         nsx("l", f"nft add rule ip xvsb pre ip daddr {VIP} tcp dport 80 dnat to numgen inc mod 100 map {{ {m} }}")
         results.append(measure("kernel-nft-dnat-est", sink, lmac, f"s0{ID}", False, None))
         results.append(measure("kernel-nft-dnat-new", sink, lmac, f"s0{ID}", True, None))
+        # The same with nftables' other balancing expression: a hash of the client side.
+        nsx("l", "nft flush chain ip xvsb pre")
+        nsx("l", f"nft add rule ip xvsb pre ip daddr {VIP} tcp dport 80 "
+                 f"dnat to jhash ip saddr . tcp sport mod 100 map {{ {m} }}")
+        results.append(measure("kernel-nft-jhash-est", sink, lmac, f"s0{ID}", False, None))
+        results.append(measure("kernel-nft-jhash-new", sink, lmac, f"s0{ID}", True, None))
         sink.stop()
         # Back to the state the next round starts from.
         nsx("l", "nft delete table ip xvsb")
@@ -410,6 +425,7 @@ def one_round(tmp):
 RATIOS = [
     ("xvs-dr-est ÷ bare, Mpps", "xvs-dr-est", "bare", "rates"),
     ("xvs-dr-est ÷ kernel-nft-dnat-est, Mpps", "xvs-dr-est", "kernel-nft-dnat-est", "rates"),
+    ("xvs-dr-est ÷ kernel-nft-jhash-est, Mpps", "xvs-dr-est", "kernel-nft-jhash-est", "rates"),
     ("xvs-dr-est ÷ bare, process CPU per packet", "xvs-dr-est", "bare", "proc_ns"),
     ("xvs-dr-new ÷ xvs-dr-est, Mpps", "xvs-dr-new", "xvs-dr-est", "rates"),
     ("xvs-tun-new ÷ xvs-tun-est, Mpps", "xvs-tun-new", "xvs-tun-est", "rates"),
@@ -461,9 +477,10 @@ def main():
             per_round.append({r["path"]: r for r in got})
             for r in got:
                 acc = merged.setdefault(r["path"], {"path": r["path"], "rates": [], "proc_ns": [],
-                                                    "softirq_ns": [], "batch_full": [], "batch_paced": [],
-                                                    "drops": ""})
-                for k in ("rates", "proc_ns", "softirq_ns", "batch_full", "batch_paced"):
+                                                    "softirq_ns": [], "proc_cores": [], "softirq_cores": [],
+                                                    "batch_full": [], "batch_paced": [], "drops": ""})
+                for k in ("rates", "proc_ns", "softirq_ns", "proc_cores", "softirq_cores", "batch_full",
+                          "batch_paced"):
                     acc[k] += r[k]
                 acc["drops"] = (acc["drops"] + " " + r.get("drops", "")).strip()
     finally:
@@ -474,18 +491,19 @@ def main():
         results.append({"path": r["path"], "mpps": median(rates) / 1e6, "min": rates[0] / 1e6,
                         "max": rates[-1] / 1e6, "proc_ns": median(r["proc_ns"]),
                         "softirq_ns": median(r["softirq_ns"]), "drops": r["drops"],
+                        "cores": (median(r["proc_cores"]), median(r["softirq_cores"])),
                         "batch": [median([b for b in r[k] if b == b]) for k in ("batch_full", "batch_paced")]})
     bare = next((r["mpps"] for r in results if r["path"] == "bare"), None)
     kern = next((r["mpps"] for r in results if r["path"] == "kernel-nft-dnat-est"), None)
     lines = ["| path | Mpps (median) | min–max | ÷ bare | ÷ kernel nft | process ns/pkt | softirq ns/pkt "
-             "| frames/wake-up (full, paced) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| cores busy, paced (process + softirq) | frames/wake-up (full, paced) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rb = f"{r['mpps'] / bare:.2f}" if bare else "–"
         rk = f"{r['mpps'] / kern:.2f}" if kern else "–"
         wb = ", ".join(f"{b:.1f}" for b in r["batch"]) if all(b == b for b in r["batch"]) else "–"
         lines.append(f"| {r['path']} | {r['mpps']:.3f} | {r['min']:.3f}–{r['max']:.3f} | {rb} | {rk} | "
-                     f"{r['proc_ns']:.0f} | {r['softirq_ns']:.0f} | {wb} |")
+                     f"{r['proc_ns']:.0f} | {r['softirq_ns']:.0f} | {r['cores'][0]:.2f} + {r['cores'][1]:.2f} | {wb} |")
     table = "\n".join(lines)
     print(table)
     with open(A.out, "w") as f:
