@@ -30,8 +30,9 @@ pub const IPPROTO_GRE: u8 = 47;
 /// ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
 
-/// A frame in a buffer the caller owns: `buf[start..start + len]` is the Ethernet frame and
-/// `buf[..start]` is headroom that encapsulation may use.
+/// A frame in a buffer the caller owns: `buf[start..start + len]` is the Ethernet frame;
+/// encapsulation grows it into the room behind it or, when there is none, into the headroom
+/// `buf[..start]`.
 #[derive(Debug)]
 pub struct Frame<'a> {
     buf: &'a mut [u8],
@@ -94,12 +95,25 @@ impl<'a> Frame<'a> {
         self.len == 0
     }
 
-    /// Grow the frame at the front by `n` bytes of headroom; false if there is not enough.
+    /// Grow the frame at the front by `n` bytes: its old bytes then begin at offset `n` of
+    /// [`Frame::data`]. False if the buffer has no room for them.
+    ///
+    /// When the buffer has room behind the frame, the frame keeps its start and its bytes move
+    /// back by `n`: the copy stays within the lines the packet's processing has just read,
+    /// where new headers written into the headroom would go to a line nothing has touched
+    /// since the buffer's last use (a cold line, whose stores hold up every later one: about
+    /// 150 ns per tunnelled packet in xvsd, docs/performance.md "Session 7"), and the I/O
+    /// layer, which transmits from the frame's original start, would have to move the whole
+    /// frame back anyway. Only a buffer full behind the frame grows into the headroom.
     fn push(&mut self, n: usize) -> bool {
-        if self.start < n {
+        let end = self.start + self.len;
+        if self.buf.len() - end >= n {
+            self.buf.copy_within(self.start..end, self.start + n);
+        } else if self.start >= n {
+            self.start -= n;
+        } else {
             return false;
         }
-        self.start -= n;
         self.len += n;
         true
     }
@@ -509,6 +523,48 @@ fn ipv4_fix_checksum(ip: &mut [u8]) {
     put16(ip, 10, c);
 }
 
+/// An IPv4 header without options, as xvs writes one (a tunnel's outer header, an ICMP error).
+struct Ipv4Fields {
+    tos: u8,
+    total_len: u16,
+    id: u16,
+    df: bool,
+    ttl: u8,
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+}
+
+/// Write `h` over the first 20 bytes of `o`, its checksum included. The checksum is summed
+/// from the fields, not read back from the frame: a load of bytes just written by several
+/// smaller stores cannot be forwarded from the store buffer and waits for those stores to reach
+/// the cache, and the headroom line a tunnel header goes to is usually cold. Reading the header
+/// back cost about 150 ns per tunnelled packet in xvsd (docs/performance.md, "Session 7").
+fn write_ipv4_header(o: &mut [u8], h: &Ipv4Fields) {
+    let frag: u16 = if h.df { 0x4000 } else { 0 };
+    let (s, d) = (u32::from(h.src), u32::from(h.dst));
+    let sum = (0x4500 | u32::from(h.tos))
+        + u32::from(h.total_len)
+        + u32::from(h.id)
+        + u32::from(frag)
+        + (u32::from(h.ttl) << 8 | u32::from(h.proto))
+        + (s >> 16)
+        + (s & 0xffff)
+        + (d >> 16)
+        + (d & 0xffff);
+    let o = &mut o[..20];
+    o[0] = 0x45;
+    o[1] = h.tos;
+    put16(o, 2, h.total_len);
+    put16(o, 4, h.id);
+    put16(o, 6, frag);
+    o[8] = h.ttl;
+    o[9] = h.proto;
+    put16(o, 10, !fold(sum));
+    o[12..16].copy_from_slice(&h.src.octets());
+    o[16..20].copy_from_slice(&h.dst.octets());
+}
+
 /// Offset of the L4 checksum field for TCP/UDP, relative to the L4 header.
 fn l4_csum_off(proto: u8) -> Option<usize> {
     match proto {
@@ -743,26 +799,24 @@ pub fn encapsulate(
                 o[8..24].copy_from_slice(&s.octets());
                 o[24..40].copy_from_slice(&dst.octets());
             }
-        } else {
-            o[0] = 0x45;
-            o[1] = tos;
-            put16(o, 2, (ip_hlen + payload_len) as u16);
+        } else if let (IpAddr::V4(s), IpAddr::V4(dst)) = (src, outer_dst) {
             // With DF set the ID carries no meaning (RFC 6864); without it, reuse the inner ID.
             let id = if inner_df || p.v6 {
                 0
             } else {
                 be16(d, inner + 4)
             };
-            let o = &mut d[ETH_LEN..ETH_LEN + ip_hlen];
-            put16(o, 4, id);
-            put16(o, 6, if inner_df { 0x4000 } else { 0 });
-            o[8] = inner_ttl;
-            o[9] = outer_proto;
-            if let (IpAddr::V4(s), IpAddr::V4(dst)) = (src, outer_dst) {
-                o[12..16].copy_from_slice(&s.octets());
-                o[16..20].copy_from_slice(&dst.octets());
-            }
-            ipv4_fix_checksum(o);
+            let h = Ipv4Fields {
+                tos,
+                total_len: (ip_hlen + payload_len) as u16,
+                id,
+                df: inner_df,
+                ttl: inner_ttl,
+                proto: outer_proto,
+                src: s,
+                dst,
+            };
+            write_ipv4_header(&mut d[ETH_LEN..], &h);
         }
     }
     let l4 = ETH_LEN + ip_hlen;
@@ -863,19 +917,18 @@ pub fn icmp_error_in_place(
                 o[8..24].copy_from_slice(&s.octets());
                 o[24..40].copy_from_slice(&dst.octets());
             }
-        } else {
-            o[0] = 0x45;
-            o[1] = 0xc0; // network control, as the kernel's icmp_send uses
-            put16(o, 2, (20 + icmp_len) as u16);
-            put16(o, 4, 0);
-            put16(o, 6, 0x4000);
-            o[8] = 64;
-            o[9] = IPPROTO_ICMP;
-            if let (IpAddr::V4(s), IpAddr::V4(dst)) = (p.daddr, p.saddr) {
-                o[12..16].copy_from_slice(&s.octets());
-                o[16..20].copy_from_slice(&dst.octets());
-            }
-            ipv4_fix_checksum(o);
+        } else if let (IpAddr::V4(s), IpAddr::V4(dst)) = (p.daddr, p.saddr) {
+            let h = Ipv4Fields {
+                tos: 0xc0, // network control, as the kernel's icmp_send uses
+                total_len: (20 + icmp_len) as u16,
+                id: 0,
+                df: true,
+                ttl: 64,
+                proto: IPPROTO_ICMP,
+                src: s,
+                dst,
+            };
+            write_ipv4_header(o, &h);
         }
     }
     d[icmp_at] = ty;
@@ -946,6 +999,27 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_grows_in_place_when_it_can_else_into_the_headroom() {
+        // Room behind the frame: it keeps its start, its bytes move back.
+        let mut buf: Vec<u8> = (0..16).collect();
+        let mut f = Frame::new(&mut buf, 4, 4);
+        assert!(f.push(3));
+        assert_eq!((f.start(), f.len()), (4, 7));
+        assert_eq!(&f.data()[3..], &[4, 5, 6, 7]);
+        // None behind it: into the headroom, the bytes stay where they are.
+        let mut buf: Vec<u8> = (0..8).collect();
+        let mut f = Frame::new(&mut buf, 4, 4);
+        assert!(f.push(3));
+        assert_eq!((f.start(), f.len()), (1, 7));
+        assert_eq!(&f.data()[3..], &[4, 5, 6, 7]);
+        // Neither: refused, the frame unchanged.
+        let mut buf: Vec<u8> = (0..8).collect();
+        let mut f = Frame::new(&mut buf, 2, 5);
+        assert!(!f.push(3));
+        assert_eq!((f.start(), f.data()), (2, &[2, 3, 4, 5, 6][..]));
+    }
+
+    #[test]
     fn the_fast_reader_takes_plain_tcp_and_udp() {
         for tcp in [true, false] {
             let f = frame(tcp, 10);
@@ -1010,6 +1084,42 @@ mod tests {
             if !tcp && !v6 && no_udp_sum {
                 prop_assert_eq!(be16(&f, p.l4 + 6), 0);
             }
+        }
+    }
+
+    proptest! {
+        /// The header `write_ipv4_header` writes, with the checksum it sums from the fields,
+        /// verifies, and etherparse reads back the fields it was given.
+        #[test]
+        fn written_ipv4_headers_verify(
+            tos in any::<u8>(),
+            total_len in 20u16..,
+            id in any::<u16>(),
+            df in any::<bool>(),
+            ttl in any::<u8>(),
+            proto in any::<u8>(),
+            src in any::<[u8; 4]>(),
+            dst in any::<[u8; 4]>(),
+        ) {
+            let h = Ipv4Fields {
+                tos, total_len, id, df, ttl, proto, src: Ipv4Addr::from(src), dst: Ipv4Addr::from(dst),
+            };
+            // Whatever was there before is overwritten.
+            let mut o = [0xa5u8; 24];
+            write_ipv4_header(&mut o, &h);
+            prop_assert_eq!(checksum(&o[..20]), 0);
+            prop_assert_eq!(&o[20..], &[0xa5u8; 4]);
+            let ip = Ipv4HeaderSlice::from_slice(&o[..20]).unwrap();
+            prop_assert_eq!(
+                (ip.dcp().value() << 2 | ip.ecn().value(), ip.total_len(), ip.identification()),
+                (tos, total_len, id)
+            );
+            prop_assert_eq!(
+                (ip.dont_fragment(), ip.more_fragments(), ip.fragments_offset().value()),
+                (df, false, 0)
+            );
+            prop_assert_eq!((ip.ttl(), ip.protocol().0), (ttl, proto));
+            prop_assert_eq!((ip.source(), ip.destination()), (src, dst));
         }
     }
 

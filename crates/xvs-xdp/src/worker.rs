@@ -366,8 +366,9 @@ impl<H: Handler> Worker<H> {
             return;
         };
         if start != data_off {
-            // The frame grew into the headroom (tunnel, ICMP error). xsk-rs transmits from the
-            // descriptor's fixed address, so move the frame there: one copy, only on these paths.
+            // The frame grew into the headroom (tunnel, ICMP error, and no room behind it in the
+            // chunk). xsk-rs transmits from the descriptor's fixed address, so move the frame
+            // there: one copy, only on these paths.
             frame
                 .buffer_mut()
                 .copy_within(start..start + new_len, data_off);
