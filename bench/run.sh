@@ -30,10 +30,12 @@ if [ "$quick" -eq 0 ]; then
     python3 bench/e2e/run.py --scaling
     echo "== memory"
     python3 bench/e2e/run.py --memory
+    # The engine's heap as xvsd runs it: on transparent huge pages (crates/xvsd/src/malloc.rs).
+    tunables=glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1
     echo "== engine (criterion)"
-    cargo bench -q -p xvs-bench --bench engine -- --noplot
+    GLIBC_TUNABLES=$tunables cargo bench -q -p xvs-bench --bench engine -- --noplot
     echo "== the machine's floor (criterion)"
-    cargo bench -q -p xvs-bench --bench floor -- --noplot
+    GLIBC_TUNABLES=$tunables cargo bench -q -p xvs-bench --bench floor -- --noplot
 fi
 echo "== plots"
 ./target/release/xvs-plot --e2e target/bench-e2e.csv --latency target/bench-latency.csv --out docs/img

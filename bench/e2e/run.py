@@ -296,6 +296,14 @@ def rss_kib(pid):
     return 0
 
 
+def huge_kib(pid):
+    """Of its resident memory, how much is on transparent huge pages."""
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        if line.startswith("AnonHugePages:"):
+            return int(line.split()[1])
+    return 0
+
+
 def memory(tmp):
     """RSS of xvsd (DR, 100 real servers) with 0, 1 M and 10 M connections in the table."""
     path = os.path.join(tmp, "rules")
@@ -309,7 +317,7 @@ def memory(tmp):
         [os.path.join(REL, "xvsadm"), "--xvs-stats"], capture_output=True, text=True,
         env=dict(os.environ, XVS_CONTROL=sock)).stdout.split() if w.startswith("connections=")))
     lmac = mac("l", f"l0{ID}")
-    rows = [(0, rss_kib(xv.p.pid))]
+    rows = [(0, rss_kib(xv.p.pid), huge_kib(xv.p.pid))]
     seq = 0
     for target in (1_000_000, 10_000_000):
         # SYNs from distinct clients: the generator's stride walks a 2^24 space without repeats,
@@ -323,14 +331,16 @@ def memory(tmp):
                                 "--count", str(missing), "--rate", "150000", "--duration", "120",
                                 "--seq-start", str(seq)], capture_output=True, text=True, timeout=200)
             seq += int(r.stdout.strip() or 0)
-        rows.append((conns(), rss_kib(xv.p.pid)))
-        print(f"memory: {rows[-1][0]} connections, RSS {rows[-1][1]} KiB", flush=True)
+        rows.append((conns(), rss_kib(xv.p.pid), huge_kib(xv.p.pid)))
+        print(f"memory: {rows[-1][0]} connections, RSS {rows[-1][1]} KiB, {rows[-1][2]} KiB on huge pages",
+              flush=True)
     xv.stop()
     base = rows[0][1]
-    lines = ["| connections | RSS (MiB) | bytes per connection above the empty table |", "|---|---|---|"]
-    for n, kib in rows:
+    lines = ["| connections | RSS (MiB) | bytes per connection above the empty table | on huge pages (MiB) |",
+             "|---|---|---|---|"]
+    for n, kib, huge in rows:
         per = f"{(kib - base) * 1024 / n:.0f}" if n else "–"
-        lines.append(f"| {n:,} | {kib / 1024:.0f} | {per} |")
+        lines.append(f"| {n:,} | {kib / 1024:.0f} | {per} | {huge / 1024:.0f} |")
     lines.append(f"\n(capacity {cap:,}; the table's maps grow with the connections)")
     return "\n".join(lines)
 

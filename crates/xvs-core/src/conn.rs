@@ -1,9 +1,9 @@
 //! The connection table: (protocol, client, virtual) → destination, state and expiry; NAT
 //! replies (protocol, real server, client) are found in the same map.
 //!
-//! Layout: a fixed number of shards, each a mutex around its entries, packed in a vector, and a
-//! `hashbrown` index of their positions; both grow with the entries up to the shard's share of
-//! the capacity. Memory follows the connections (about 110 bytes each), and a small table stays
+//! Layout: a fixed number of shards, each a mutex around its entries, packed in a vector of
+//! fixed-size chunks ([`Chunked`]), and a `hashbrown` index of their positions; both grow with
+//! the entries up to the shard's share of the capacity. Memory follows the connections (about 110 bytes each), and a small table stays
 //! small enough for the caches and the TLB (a table allocated at its full capacity spreads 10 K
 //! connections over hundreds of megabytes: one TLB and cache miss per lookup). A growth
 //! rehashes *one shard's* index (at most capacity / shards entries, 4,096 at 1 M), never the
@@ -26,6 +26,7 @@ use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use hashbrown::hash_table;
 use hashbrown::HashTable;
 
+use crate::chunks::Chunked;
 use crate::dest::{ConnForward, DestState};
 use crate::hash::hash_endpoint;
 use crate::service::ServiceLive;
@@ -179,22 +180,23 @@ fn hash_client(hasher: &ahash::RandomState, (proto, addr, port): (u8, IpAddr, u1
 /// One entry: key and connection.
 type Entry = (ConnKey, Conn);
 
-/// One shard's entries, packed in a vector with no empty buckets between them, and a
-/// `hashbrown` index of their positions (4 bytes and a control byte per bucket). An index at
-/// hashbrown's load of 7/16 to 7/8 costs 6 to 12 bytes per entry, where a map holding the
-/// entries themselves would leave 1/8 to 9/16 of its entry-sized buckets empty. A removal moves
-/// the last entry into the hole and re-points its index slot.
+/// One shard's entries, packed in a vector of fixed-size chunks ([`Chunked`]: growth never
+/// moves an entry) with no empty buckets between them, and a `hashbrown` index of their
+/// positions (4 bytes and a control byte per bucket). An index at hashbrown's load of 7/16 to
+/// 7/8 costs 6 to 12 bytes per entry, where a map holding the entries themselves would leave
+/// 1/8 to 9/16 of its entry-sized buckets empty. A removal moves the last entry into the hole
+/// and re-points its index slot.
 #[derive(Debug)]
 struct Shard {
     index: HashTable<u32>,
-    entries: Vec<Entry>,
+    entries: Chunked<Entry>,
 }
 
 impl Shard {
     fn with_capacity(n: usize) -> Shard {
         Shard {
             index: HashTable::with_capacity(n),
-            entries: Vec::with_capacity(n),
+            entries: Chunked::new(),
         }
     }
 
@@ -395,7 +397,8 @@ impl ConnTable {
         let shard = self.lock(h.shard as usize);
         let i = *shard.index.find(h.h, |_| true)?;
         h.hint = i;
-        let start = shard.entries.as_ptr() as usize + i as usize * ENTRY;
+        // Not read: only its address is taken.
+        let start = shard.entries.address(i as usize)?;
         Some([start, start + 64, start + ENTRY - 1])
     }
 
@@ -685,7 +688,7 @@ impl ConnTable {
             let mut shard = self.lock(i);
             shard.index.clear();
             self.count.fetch_sub(shard.entries.len(), Relaxed);
-            for (_, c) in shard.entries.drain(..) {
+            for (_, c) in shard.entries.take_all() {
                 c.unbind();
             }
         }

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chunks;
 pub mod conn;
 pub mod datapath;
 pub mod dest;

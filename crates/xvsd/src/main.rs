@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod control;
 mod daemon;
+mod malloc;
 mod names;
 mod replay;
 
@@ -32,6 +33,8 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Before anything else (no thread, no allocation of note yet): it may execute xvsd again.
+    let malloc_note = malloc::apply();
     let cli = Cli::parse();
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
@@ -39,6 +42,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(why) = malloc_note {
+        tracing::warn!("huge pages for the heap not set: {why}");
+    }
     match cli.cmd {
         Some(Cmd::Replay(args)) => match replay::run(&args) {
             Ok(summary) => {
