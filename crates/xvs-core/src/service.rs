@@ -272,14 +272,16 @@ impl Tables {
 
     /// Whether (proto, addr, port) is the source of a NAT destination's replies.
     #[inline(always)]
-    pub fn is_nat_source(&self, proto: Protocol, addr: IpAddr, port: u16) -> bool {
+    pub fn is_nat_source(&self, proto: Protocol, addr: &IpAddr, port: u16) -> bool {
         // Most packets are not from real servers: skip the hashing when there is no NAT dest.
         (!self.nat_sources.is_empty()
-            && self.nat_sources.contains(&Endpoint::new(proto, addr, port)))
+            && self
+                .nat_sources
+                .contains(&Endpoint::new(proto, *addr, port)))
             || (!self.nat_sources_any_port.is_empty()
                 && self
                     .nat_sources_any_port
-                    .contains(&Endpoint::new(proto, addr, 0)))
+                    .contains(&Endpoint::new(proto, *addr, 0)))
     }
 
     /// What the XDP program must redirect.
