@@ -42,8 +42,9 @@ pub trait Routes {
 pub struct WorkerState {
     slot: WorkerSlot,
     hops: HopCache,
-    /// The prefetching path's frames parsed ahead (kept, so a batch allocates nothing).
-    parsed: Vec<Parsed>,
+    /// The prefetching path's frames parsed ahead, a slot for each frame of a group (kept, so
+    /// a batch allocates nothing).
+    parsed: Box<[Parsed]>,
 }
 
 impl Default for WorkerState {
@@ -59,7 +60,7 @@ impl WorkerState {
         WorkerState {
             slot: WorkerSlot::claim(),
             hops: HopCache::new(),
-            parsed: Vec::with_capacity(PREFETCH_GROUP),
+            parsed: vec![(Err(ParseError::NotIp), None); PREFETCH_GROUP].into_boxed_slice(),
         }
     }
 
@@ -74,7 +75,7 @@ impl WorkerState {
         &'a mut self,
         routes: &'a dyn Routes,
         now: Time,
-    ) -> (Step, Hops<'a>, &'a mut Vec<Parsed>) {
+    ) -> (Step, Hops<'a>, &'a mut [Parsed]) {
         self.hops.sync(routes);
         (
             Step {
@@ -528,11 +529,11 @@ impl Engine {
                 self.classify_all(tables, hops, fs, vs, step, &mut tally);
                 continue;
             }
-            parsed.clear();
-            for f in fs.iter() {
-                let p = parse(f.data());
-                let mut first = None;
-                if let Ok(p) = &p {
+            // Each frame parsed straight into its slot of the scratch (see `wire::parse_into`).
+            for (f, (p, first)) in fs.iter().zip(parsed.iter_mut()) {
+                wire::parse_into(f.data(), p);
+                *first = None;
+                if let Ok(p) = &*p {
                     if let Some(proto) = Protocol::from_number(p.proto) {
                         // The client side of the lookup classify will make first.
                         // Addresses by reference, each hashed where it is: a copy of an
@@ -549,14 +550,13 @@ impl Engine {
                             prefetch(ctrl);
                             prefetch(slot);
                         }
-                        first = Some(FirstLookup { from_nat, h });
+                        *first = Some(FirstLookup { from_nat, h });
                     }
                 }
-                parsed.push((p, first));
             }
             // The index memory is on its way; now read each frame's candidate position from it
             // and announce the entry itself.
-            for (_, first) in parsed.iter_mut() {
+            for (_, first) in parsed[..fs.len()].iter_mut() {
                 if let Some(fl) = first {
                     if let Some([a, b, c]) = self.conns.candidate(&mut fl.h) {
                         prefetch(a);

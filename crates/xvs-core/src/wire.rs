@@ -201,6 +201,17 @@ pub fn parse(frame: &[u8]) -> Result<Packet, ParseError> {
     }
 }
 
+/// [`parse`] into `out`. The fast reader's packet is stored there field by field; a packet
+/// built aside and then moved would be copied with wider loads than the stores that wrote it,
+/// and wait for them (a store-forwarding stall).
+#[inline(always)]
+pub fn parse_into(frame: &[u8], out: &mut Result<Packet, ParseError>) {
+    match parse_ipv4_fast(frame) {
+        Some(p) => *out = Ok(p),
+        None => *out = parse_general(frame),
+    }
+}
+
 /// An IPv4 TCP or UDP packet whose headers are whole and consistent, read straight from the
 /// frame; None for anything else (including every malformed frame, so that the error comes
 /// from [`parse_general`]).
