@@ -12,10 +12,10 @@
 //! - A block over the mmap threshold (128 KiB at first) is mapped on its own and fills no
 //!   aligned 2 MiB page unless it is larger: the table keeps its entries in chunks of 24 KiB
 //!   (`xvs_core::chunks`), which come from the heap.
-//! - The arenas of other threads grow in small steps, so an aligned 2 MiB page is never wholly
-//!   mapped when it is first touched, and gets 4 KiB pages: with the table filled by the
-//!   workers, none of 145 MiB was on huge pages. `glibc.malloc.arena_max=1` keeps every thread
-//!   on the main heap (108 of 148 MiB on huge pages). Workers allocate seldom (a chunk per 256
+//! - Memory from other threads' arenas did not get huge pages: with the table filled by the
+//!   workers, none of 145 MiB was on them (the arenas grow in small steps, so an aligned 2 MiB
+//!   page is likely never wholly mapped when first touched). `glibc.malloc.arena_max=1` keeps
+//!   every thread on the main heap (108 of 148 MiB on huge pages). Workers allocate seldom (a chunk per 256
 //!   new connections, an index growth) and small blocks come from per-thread caches, so the
 //!   one arena's lock is not a bottleneck (docs/performance.md, "Huge pages").
 //!
