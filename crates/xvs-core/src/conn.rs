@@ -3,11 +3,12 @@
 //!
 //! Layout: a fixed number of shards, each a mutex around its entries, packed in a vector of
 //! fixed-size chunks ([`Chunked`]), and a `hashbrown` index of their positions; both grow with
-//! the entries up to the shard's share of the capacity. Memory follows the connections (about 110 bytes each), and a small table stays
-//! small enough for the caches and the TLB (a table allocated at its full capacity spreads 10 K
-//! connections over hundreds of megabytes: one TLB and cache miss per lookup). A growth
-//! rehashes *one shard's* index (at most capacity / shards entries, 4,096 at 1 M), never the
-//! table, so its cost on the data path is bounded.
+//! the entries up to the shard's share of the capacity. Memory follows the connections (about
+//! 110 bytes each), and a small table stays small enough for the caches and the TLB (a table
+//! allocated at its full capacity spreads 10 K connections over hundreds of megabytes: one TLB
+//! and cache miss per lookup). A growth rehashes *one shard's* index (at most capacity / shards
+//! entries, 4,096 at 1 M) and moves no entry, never the whole table, so its cost on the data
+//! path is bounded.
 //! Entries are hashed by their client side only (protocol, client address, client port), which
 //! both directions of a connection carry: a NAT reply hashes to the very group of buckets its
 //! connection sits in, so it is found by the same probe with another comparison (real server
