@@ -3,7 +3,7 @@
 //! A connection table of a million entries spreads over about 120 MB. Looked up at random on
 //! 4 KiB pages, nearly every packet misses the TLB, and on a virtual machine a page walk is a
 //! two-dimensional one (guest and host tables), dearer than the cache miss for the entry itself.
-//! On 2 MiB pages the whole table fits in the TLB (docs/performance.md, "Huge pages").
+//! On 2 MiB pages the whole table fits in the TLB (docs/performance.md, "Session 8").
 //!
 //! glibc (2.35 and later) gives its main heap huge pages with the tunable
 //! `glibc.malloc.hugetlb=1`: it advises the kernel (`madvise(MADV_HUGEPAGE)`, which works with
@@ -17,7 +17,7 @@
 //!   page is likely never wholly mapped when first touched). `glibc.malloc.arena_max=1` keeps
 //!   every thread on the main heap (108 of 148 MiB on huge pages). Workers allocate seldom (a chunk per 256
 //!   new connections, an index growth) and small blocks come from per-thread caches, so the
-//!   one arena's lock is not a bottleneck (docs/performance.md, "Huge pages").
+//!   one arena's lock is not a bottleneck (docs/performance.md, "Session 8").
 //!
 //! Tunables are read only when a program starts: xvsd sets them and executes itself again,
 //! once, before it does anything else. A tunable the environment already names is left as it
