@@ -558,10 +558,9 @@ impl Engine {
             // and announce the entry itself.
             for (_, first) in parsed[..fs.len()].iter_mut() {
                 if let Some(fl) = first {
-                    if let Some([a, b, c]) = self.conns.candidate(&mut fl.h) {
+                    if let Some([a, b]) = self.conns.candidate(&mut fl.h) {
                         prefetch(a);
                         prefetch(b);
-                        prefetch(c);
                     }
                 }
             }
