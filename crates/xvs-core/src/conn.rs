@@ -288,6 +288,10 @@ const SLOT: usize = std::mem::size_of::<u32>();
 /// Bytes of one entry.
 const ENTRY: usize = std::mem::size_of::<Entry>();
 
+// At most 96 bytes from a 32-byte boundary: never more than two cache lines, which the
+// candidate's two addresses (first and last byte) cover.
+const _: () = assert!(ENTRY <= 96 && std::mem::align_of::<Entry>() == 32);
+
 /// The sharded connection table.
 #[derive(Debug)]
 pub struct ConnTable {
