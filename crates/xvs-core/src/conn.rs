@@ -156,25 +156,27 @@ pub enum InsertError {
 /// Keys hashed by their client side (protocol, client address, client port): the one hash
 /// both picks the shard and indexes the map, for connections and NAT replies alike.
 trait ClientSide: Eq {
-    fn client(&self) -> (u8, IpAddr, u16);
+    fn client(&self) -> (u8, &IpAddr, u16);
 }
 
 impl ClientSide for ConnKey {
-    fn client(&self) -> (u8, IpAddr, u16) {
-        (self.proto, self.caddr, self.cport)
+    fn client(&self) -> (u8, &IpAddr, u16) {
+        (self.proto, &self.caddr, self.cport)
     }
 }
 
 impl ClientSide for ReplyKey {
-    fn client(&self) -> (u8, IpAddr, u16) {
-        (self.proto, self.caddr, self.cport)
+    fn client(&self) -> (u8, &IpAddr, u16) {
+        (self.proto, &self.caddr, self.cport)
     }
 }
 
-/// The hash of a client side ([`hash_endpoint`]).
-fn hash_client(hasher: &ahash::RandomState, (proto, addr, port): (u8, IpAddr, u16)) -> u64 {
+/// The hash of a client side ([`hash_endpoint`]). The address by reference: the data path
+/// hashes addresses the parser has just written, and a copy would wait for those stores.
+#[inline(always)]
+fn hash_client(hasher: &ahash::RandomState, (proto, addr, port): (u8, &IpAddr, u16)) -> u64 {
     let mut state = hasher.build_hasher();
-    hash_endpoint(&mut state, proto, &addr, port);
+    hash_endpoint(&mut state, proto, addr, port);
     state.finish()
 }
 
@@ -359,9 +361,7 @@ impl ConnTable {
     /// lookups and [`ConnTable::lookup_addresses`].
     #[inline(always)] // Takes the address by reference: see its caller in the data path.
     pub fn client_hash(&self, proto: u8, addr: &IpAddr, port: u16) -> ClientHash {
-        let mut state = self.hasher.build_hasher();
-        hash_endpoint(&mut state, proto, addr, port);
-        let h = state.finish();
+        let h = hash_client(&self.hasher, (proto, addr, port));
         ClientHash {
             h,
             hint: NO_HINT,
