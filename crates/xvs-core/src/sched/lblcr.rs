@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use super::lblc::{LocalityGc, EXPIRATION_MS};
-use super::{locality_overloaded, weighted_least, SchedInput, Scheduler};
+use super::{heavier, locality_overloaded, weighted_least, SchedInput, Scheduler};
 use crate::dest::DestState;
 use crate::types::Time;
 
@@ -41,10 +41,7 @@ impl Entry {
                 continue;
             }
             let doh = d.overhead();
-            if i128::from(loh) * i128::from(d.weight())
-                > i128::from(doh) * i128::from(least.weight())
-                && d.is_available()
-            {
+            if heavier(loh, least.weight(), doh, d.weight()) && d.is_available() {
                 least = d;
                 loh = doh;
             }
@@ -59,10 +56,7 @@ impl Entry {
         let mut moh = self.set[first].overhead();
         for (i, d) in self.set.iter().enumerate().skip(first + 1) {
             let doh = d.overhead();
-            if i128::from(moh) * i128::from(d.weight())
-                < i128::from(doh) * i128::from(self.set[most].weight())
-                && d.weight() > 0
-            {
+            if heavier(doh, d.weight(), moh, self.set[most].weight()) && d.weight() > 0 {
                 most = i;
                 moh = doh;
             }

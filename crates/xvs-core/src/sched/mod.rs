@@ -164,18 +164,29 @@ pub(crate) fn weighted_least(
 ) -> Option<Arc<DestState>> {
     let first = dests.iter().position(|d| eligible(d))?;
     let mut least = &dests[first];
-    let mut loh = overhead(least);
+    let (mut loh, mut lw) = (overhead(least), least.weight());
     for d in &dests[first + 1..] {
         if d.is_overloaded() {
             continue;
         }
-        let doh = overhead(d);
-        if i128::from(loh) * i128::from(d.weight()) > i128::from(doh) * i128::from(least.weight()) {
+        let (doh, dw) = (overhead(d), d.weight());
+        if heavier(loh, lw, doh, dw) {
             least = d;
-            loh = doh;
+            (loh, lw) = (doh, dw);
         }
     }
     Some(least.clone())
+}
+
+/// Whether overhead `aoh` at weight `aw` is more than `boh` at `bw` per unit of weight:
+/// `aoh / aw > boh / bw` compared as the kernel does, by cross products (`aoh * bw > boh * aw`),
+/// here without overflow. Weights are never negative (ipvsadm takes 0 to 65,535; a negative
+/// one would count as 0), so each product is one 64 × 64 → 128-bit multiplication; the signed
+/// 128-bit products this replaced took three, and made wlc cost twice lc.
+#[inline]
+pub(crate) fn heavier(aoh: u64, aw: i32, boh: u64, bw: i32) -> bool {
+    let w = |x: i32| u128::from(u32::try_from(x).unwrap_or(0));
+    u128::from(aoh) * w(bw) > u128::from(boh) * w(aw)
 }
 
 /// `is_overloaded()` of lblc/lblcr: more active connections than weight while some destination of

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::sed::sed_overhead;
-use super::{SchedInput, Scheduler};
+use super::{heavier, SchedInput, Scheduler};
 use crate::dest::DestState;
 
 /// Stateless.
@@ -27,10 +27,7 @@ impl Scheduler for NeverQueue {
             }
             let better = match least {
                 None => true,
-                Some((l, loh)) => {
-                    i128::from(loh) * i128::from(d.weight())
-                        > i128::from(doh) * i128::from(l.weight())
-                }
+                Some((l, loh)) => heavier(loh, l.weight(), doh, d.weight()),
             };
             if better {
                 least = Some((d, doh));

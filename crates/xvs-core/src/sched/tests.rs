@@ -411,3 +411,18 @@ fn none_scheduler_never_picks() {
     r.add(1, 1);
     assert_eq!(r.pick(), 0);
 }
+
+proptest::proptest! {
+    /// The one-multiplication comparison agrees with the exact signed one it replaced, up to
+    /// the largest overheads (2^32 active connections, shifted) and weights.
+    #[test]
+    fn heavier_is_the_exact_cross_product(
+        aoh in 0u64..(1 << 41),
+        boh in 0u64..(1 << 41),
+        aw in 0..=i32::MAX,
+        bw in 0..=i32::MAX,
+    ) {
+        let exact = i128::from(aoh) * i128::from(bw) > i128::from(boh) * i128::from(aw);
+        proptest::prop_assert_eq!(heavier(aoh, aw, boh, bw), exact);
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{eligible, SchedInput, Scheduler};
+use super::{eligible, heavier, SchedInput, Scheduler};
 use crate::dest::DestState;
 
 /// Holds its own random generator (xorshift64*), seeded at creation: the core reads no entropy.
@@ -57,8 +57,7 @@ impl Scheduler for TwoChoices {
             }
         }
         let (c1, c2) = (c1?, c2?);
-        let (oh1, oh2) = (i128::from(c1.overhead()), i128::from(c2.overhead()));
-        if i128::from(c2.weight()) * oh1 > i128::from(c1.weight()) * oh2 {
+        if heavier(c1.overhead(), c1.weight(), c2.overhead(), c2.weight()) {
             Some(c2.clone())
         } else {
             Some(c1.clone())
