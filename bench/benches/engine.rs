@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use common::{group, Pace};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use xvs_bench::{balancer, flow, table_sizes, Rng, Scratch, BATCH};
-use xvs_core::conn::ConnKey;
+use xvs_bench::{balancer, remove_flows, table_sizes, Rng, Scratch, BATCH};
 use xvs_core::{ForwardMethod, Verdict};
 
 fn established(c: &mut Criterion) {
@@ -80,16 +79,7 @@ fn new_connections(c: &mut Criterion) {
                         next += BATCH as u64;
                         total += scratch.run_flows(&engine, &tables, &routes, &ids, true, false);
                         // Keep the table at its size: remove what was inserted (not timed).
-                        for &i in &ids {
-                            let (a, p) = flow(i);
-                            engine.conns.remove(&ConnKey {
-                                proto: 6,
-                                caddr: a.into(),
-                                cport: p,
-                                vaddr: xvs_bench::VIP.into(),
-                                vport: 80,
-                            });
-                        }
+                        remove_flows(&engine, &ids);
                     }
                     total
                 })

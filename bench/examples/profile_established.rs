@@ -5,10 +5,12 @@
 //! uses, in batches of B (default 256) with the worker's own counter slot, in 20 rounds.
 //!
 //! Run: `cargo build --release -p xvs-bench --example profile_established`, then
-//! `profile_established [N] [F] [plain|prefetch|always] [dr|nat|tun] [EVICT_KIB] [B]`
+//! `profile_established [N] [F] [plain|prefetch|always|new] [dr|nat|tun] [EVICT_KIB] [B]`
 //! (`prefetch`, the default, is `Engine::process_prefetched` with the CPU prefetch, as xvsd's workers run it: it prefetches
 //! from `xvs_core::datapath::PREFETCH_FROM` entries on; `always` prefetches whatever the
-//! table's size; `plain` is `Engine::process`). It prints
+//! table's size; `plain` is `Engine::process`; `new` sends SYNs of flows never seen, as
+//! `new_conn` in the criterion benchmark does: each one schedules and inserts a connection
+//! (`rr`), and they are removed again after each batch, not timed). It prints
 //! the wall-clock ns per packet of the fastest and of the median round: the fastest round is the
 //! one least disturbed by other tenants of the machine. The frame copy is not timed.
 //!
@@ -21,7 +23,7 @@
 
 use std::time::Duration;
 
-use xvs_bench::{balancer, Rng, Scratch, BATCH};
+use xvs_bench::{balancer, remove_flows, Rng, Scratch, BATCH};
 use xvs_core::{ForwardMethod, Verdict};
 
 const ROUNDS: usize = 20;
@@ -59,20 +61,30 @@ fn main() {
     let mut evict = vec![0u8; evict_kib * 1024];
     let mut rounds = Vec::with_capacity(ROUNDS);
     let mut fwd = 0;
+    let new = mode == "new";
+    let mut next = flows;
     for _ in 0..ROUNDS {
         let mut t = Duration::ZERO;
         for _ in 0..per_round {
-            ids.iter_mut().for_each(|i| *i = rng.below(flows));
+            if new {
+                ids.iter_mut().zip(next..).for_each(|(i, n)| *i = n);
+                next += batch_len as u64;
+            } else {
+                ids.iter_mut().for_each(|i| *i = rng.below(flows));
+            }
             for line in evict.chunks_mut(64) {
                 line[0] = line[0].wrapping_add(1);
             }
             std::hint::black_box(&mut evict);
-            t += scratch.run_flows(&engine, &tables, &routes, &ids, false, prefetch);
+            t += scratch.run_flows(&engine, &tables, &routes, &ids, new, prefetch);
             fwd += scratch
                 .verdicts(ids.len())
                 .iter()
                 .filter(|v| matches!(v, Verdict::Forward { .. }))
                 .count();
+            if new {
+                remove_flows(&engine, &ids);
+            }
         }
         rounds.push(t.as_nanos() as f64 / (per_round * batch_len) as f64);
     }

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use etherparse::PacketBuilder;
+use xvs_core::conn::ConnKey;
 use xvs_core::dest::DestConfig;
 use xvs_core::routes::StaticRoutes;
 use xvs_core::service::ServiceConfig;
@@ -63,6 +64,21 @@ pub fn flow(i: u64) -> ([u8; 4], u16) {
     // 2^16 ports per address, addresses from 11.0.0.0 up: every i is a distinct flow.
     let a = 0x0b00_0000u32 + (i >> 14) as u32;
     (a.to_be_bytes(), 1024 + (i & 0x3fff) as u16)
+}
+
+/// Remove the connections of flows `ids` (see [`flow`]) from `engine`'s table: what a
+/// new-connection benchmark inserted, so that the table keeps its size.
+pub fn remove_flows(engine: &Engine, ids: &[u64]) {
+    for &i in ids {
+        let (a, p) = flow(i);
+        engine.conns.remove(&ConnKey {
+            proto: 6,
+            caddr: a.into(),
+            cport: p,
+            vaddr: VIP.into(),
+            vport: 80,
+        });
+    }
 }
 
 /// A TCP frame from a client to the VIP (SYN or ACK), 64 bytes on the wire.

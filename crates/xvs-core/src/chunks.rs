@@ -67,6 +67,12 @@ impl<T> Chunked<T> {
         self.chunks.get(i / CHUNK)?.get(i % CHUNK)
     }
 
+    /// The element at `i`, to change.
+    #[inline]
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
+    }
+
     /// The address of the element at `i` (for a prefetch); None past the end.
     pub fn address(&self, i: usize) -> Option<usize> {
         self.get(i).map(|e| e as *const T as usize)

@@ -459,17 +459,29 @@ impl ConnTable {
         now: Time,
     ) -> Option<MappedMutexGuard<'_, Conn>> {
         let (h, hint, i) = self.hash_hint_shard(h, key);
-        let mut shard = self.lock(i);
-        let pos = shard.position(h, hint, key)?;
-        let c = &mut shard.entries[pos].1;
-        if c.expires <= now {
-            if c.controlled == 0 {
-                self.expire_at(shard, h, pos);
-                return None;
+        let mut expired = None;
+        // Found and checked inside the mapping: the entry is indexed once more after the
+        // lookup, not three times (a lookup, a check, a map).
+        let found = MutexGuard::try_map(self.lock(i), |s| {
+            let pos = s.position(h, hint, key)?;
+            let c = &mut s.entries.get_mut(pos)?.1;
+            if c.expires <= now {
+                if c.controlled == 0 {
+                    expired = Some(pos);
+                    return None;
+                }
+                c.rearm(now, TEMPLATE_REARM_SECS);
             }
-            c.rearm(now, TEMPLATE_REARM_SECS);
+            Some(c)
+        });
+        match (found, expired) {
+            (Ok(c), _) => Some(c),
+            (Err(shard), Some(pos)) => {
+                self.expire_at(shard, h, pos);
+                None
+            }
+            (Err(_), None) => None,
         }
-        Some(MutexGuard::map(shard, |s| &mut s.entries[pos].1))
     }
 
     /// Run `f` on the connection a NAT reply belongs to.
@@ -517,8 +529,17 @@ impl ConnTable {
 
     /// Insert a new entry. The caller has bound it to its destination; on error it must unbind.
     pub fn insert(&self, key: ConnKey, conn: Conn) -> Result<(), (InsertError, Conn)> {
-        let h = self.hash(&key);
-        let i = self.shard_of(h);
+        self.insert_at(None, key, conn)
+    }
+
+    /// [`ConnTable::insert`] with the key's [`ClientHash`] when the caller has it already.
+    pub fn insert_at(
+        &self,
+        h: Option<ClientHash>,
+        key: ConnKey,
+        conn: Conn,
+    ) -> Result<(), (InsertError, Conn)> {
+        let (h, _, i) = self.hash_hint_shard(h, &key);
         let mut shard = self.lock(i);
         let full = shard.len() >= self.per_shard;
         let hasher = &self.hasher;

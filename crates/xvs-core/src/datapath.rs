@@ -674,7 +674,7 @@ impl Engine {
             return Verdict::Pass;
         }
         match t.lookup(proto, p.daddr, p.dport, frame.mark()) {
-            Some(svc) => self.new_conn(t, hops, frame, p, proto, key, svc, cx),
+            Some(svc) => self.new_conn(t, hops, frame, p, proto, (key, h_in), svc, cx),
             None => Verdict::Pass,
         }
     }
@@ -925,7 +925,7 @@ impl Engine {
         frame: &mut Frame<'_>,
         p: &Packet,
         proto: Protocol,
-        key: ConnKey,
+        (key, h): (ConnKey, Option<ClientHash>),
         svc: &Arc<Service>,
         cx: Step,
     ) -> Verdict {
@@ -966,9 +966,17 @@ impl Engine {
             flags |= CONN_F_ONE_PACKET;
         }
         dest.bind(false, true);
+        let available = dest.is_available();
+        if available {
+            dest.stats.count_conn(w);
+            svc.live.stats.count_conn(w);
+            t.totals.count_conn(w);
+        }
+        // The scheduler's reference moves into the connection: a clone and a drop are two
+        // locked instructions.
         let mut c = Conn {
             dport,
-            dest: dest.clone(),
+            dest,
             svc: svc.live.clone(),
             fwd,
             state: 0,
@@ -979,11 +987,6 @@ impl Engine {
             controlled: 0,
             in_pkts: 1,
         };
-        if dest.is_available() {
-            dest.stats.count_conn(w);
-            svc.live.stats.count_conn(w);
-            t.totals.count_conn(w);
-        }
         account(&c, t, Direction::Input, p.ip_len, w);
         transition(&mut c, proto, Direction::Input, p.tcp, &t.timeouts, now);
         let hit = Hit {
@@ -995,7 +998,7 @@ impl Engine {
             // Not inserted: every datagram is scheduled on its own.
             c.dest.unbind(false, c.is_inactive());
             self.conns.release_template(tpl);
-        } else if let Err((e, c)) = self.conns.insert(key, c) {
+        } else if let Err((e, c)) = self.conns.insert_at(h, key, c) {
             c.dest.unbind(false, c.is_inactive());
             self.conns.release_template(tpl);
             // `Exists`: another worker inserted the same connection first; this packet is
