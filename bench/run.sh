@@ -3,6 +3,7 @@
 # needs, builds in release mode, then on veth-namespace rigs it creates and removes itself:
 #   1. end to end: ceiling, bare AF_XDP forwarder, xvsd DR/TUN/NAT (established, new),
 #      kernel forwarding and nftables DNAT             -> target/bench-e2e.{md,csv}
+#      and xvsd DR against the bare forwarder in alternating bursts -> target/bench-e2e-paired.md
 #   2. added latency (xvsd, xvsd --busy-poll, kernel)  -> target/bench-latency.csv
 #   3. one and two worker queues                       -> target/bench-e2e-scaling.md
 #   4. memory with 0, 1 M and 10 M connections         -> target/bench-e2e-memory.md
@@ -23,6 +24,8 @@ install_packages clang m4 libelf-dev zlib1g-dev pkg-config iproute2 ethtool pyth
 cargo build --release -q -p xvs-bench -p xvsd -p xvsadm
 echo "== end to end"
 python3 bench/e2e/run.py
+echo "== xvsd DR and the bare forwarder side by side, alternating bursts"
+python3 bench/e2e/run.py --paired
 echo "== latency"
 python3 bench/e2e/latency.py
 if [ "$quick" -eq 0 ]; then

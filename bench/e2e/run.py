@@ -21,11 +21,19 @@ cores the path keeps busy). The forwarding workers' frames per wake-up come from
 rx_batches counters. The table gives the median and min-max of all full-speed runs of a path and
 the medians of the rest; target/bench-e2e.csv feeds bench's xvs-plot.
 
-Rig:  snd --veth-- lb --veth-- sink      (and snd --veth-- sink for the ceiling)
+--paired measures the first target's ratio (xvsd DR, established, against the bare forwarder)
+another way: both forwarders run side by side, each on a chain of its own through the balancer's
+namespace, and take turns in short bursts (ABBA order), so that each ratio compares two bursts
+a second apart instead of two paths minutes apart; the machine's slow and fast spells then fall
+on both.
+
+Rig:  snd --veth-- lb --veth-- sink      (and snd --veth-- sink for the ceiling; with --paired
+      a second snd --veth-- lb --veth-- sink chain for the bare forwarder)
 Usage: bench/e2e/run.py [--rounds 5] [--runs 1] [--duration 3] [--paced 100000] [--only PATH]
-       bench/e2e/run.py --scaling | --memory
+       bench/e2e/run.py --scaling | --memory | --paired [--pairs 30] [--burst 1]
 """
 import argparse
+import math
 import os
 import shlex
 import subprocess
@@ -52,6 +60,10 @@ ap.add_argument("--scaling", action="store_true",
                 help="instead: xvsd DR, established flows, with 1 and with 2 worker queues")
 ap.add_argument("--memory", action="store_true",
                 help="instead: RSS of xvsd with 0, 1 M and 10 M connections in its table")
+ap.add_argument("--paired", action="store_true",
+                help="instead: xvsd DR (established) and the bare forwarder side by side, in alternating bursts")
+ap.add_argument("--pairs", type=int, default=30, help="--paired: pairs of bursts")
+ap.add_argument("--burst", type=float, default=1.0, help="--paired: seconds per burst")
 A = ap.parse_args()
 
 ID = f"{os.getpid() & 0xffff:04x}"
@@ -75,11 +87,14 @@ def mac(role, ifname):
     return nsx(role, f"cat /sys/class/net/{ifname}/address").strip()
 
 
-def rig_up(queues=1):
+def rig_up(queues=1, second_chain=False):
     for n in NS.values():
         sh(f"ip netns add {n}")
         sh(f"ip netns exec {n} ip link set lo up")
     pairs = [("s0", "s", "l0", "l"), ("l1", "l", "k0", "k"), ("s1", "s", "k1", "k")]
+    if second_chain:
+        # snd s2 -- l2 lb l3 -- k2 sink: the bare forwarder's own chain for --paired.
+        pairs += [("s2", "s", "l2", "l"), ("l3", "l", "k2", "k")]
     for a, na, b, nb in pairs:
         q = queues if a in ("s0", "l1") else 1
         sh(f"ip link add {a}{ID} numtxqueues {q} numrxqueues {q} type veth peer name {b}{ID} "
@@ -236,6 +251,17 @@ def read_file(path):
         return ""
 
 
+def median_ci(v, level=0.95):
+    """Distribution-free confidence interval of the median of sorted samples `v` (order statistics
+    from the binomial distribution); (None, None) when there are too few samples for the level."""
+    n = len(v)
+    cdf = lambda k: sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    k = max((k for k in range(n // 2 + 1) if cdf(k - 1) <= (1 - level) / 2), default=0)
+    if k < 1:
+        return None, None
+    return v[k - 1], v[n - k]
+
+
 def median(v):
     v = sorted(v)
     return v[len(v) // 2] if v else float("nan")
@@ -345,6 +371,85 @@ def memory(tmp):
     return "\n".join(lines)
 
 
+def establish(name, lmac, stats):
+    """Create the 10,000 flows with SYNs first (same client/port space as the ACKs), slowly enough
+    that none is lost, and check that the table holds them all."""
+    conns = []
+    for _ in range(5):
+        subprocess.run(["ip", "netns", "exec", NS["s"], os.path.join(REL, "xvs-pktgen"),
+                        "--interface", f"s0{ID}", "--dst-mac", lmac, "--dst", VIP, "--flows", "10000",
+                        "--new-conns", "--count", "10000", "--duration", "5", "--rate", "20000"],
+                       capture_output=True, timeout=60)
+        conns = [int(w.split("=")[1]) for w in stats().split() if w.startswith("connections=")]
+        if conns and conns[0] >= 10_000:
+            break
+    print(f"  {name}: {conns[0] if conns else '?'} connections before the run", flush=True)
+
+
+def start_xvsd(tmp, method):
+    """xvsd on l0 (clients) and l1 (real servers) with the benchmark's service; returns it and a
+    function that reads its --xvs-stats."""
+    path = os.path.join(tmp, "rules")
+    open(path, "w").write(rules(method))
+    cores = [] if not pin(1) else ["--cores", "1"]
+    sock = os.path.join(tmp, "sock")
+    xv = Proc("l", [os.path.join(REL, "xvsd"), "-i", f"l0{ID}", "-i", f"l1{ID}", "--rules", path,
+                    "--control", sock, "--conn-capacity", str(1 << 22)] + cores + shlex.split(A.xvsd_args))
+    time.sleep(2)
+    stats = lambda: subprocess.run([os.path.join(REL, "xvsadm"), "--xvs-stats"], capture_output=True,
+                                   text=True, env=dict(os.environ, XVS_CONTROL=sock)).stdout
+    return xv, stats
+
+
+def paired(tmp):
+    """xvsd DR (established flows) on l0 -> l1 and the bare forwarder on l2 -> l3, both alive; bursts
+    at full speed alternate between them (ABBA), each pair giving one ratio."""
+    lmac, bmac = mac("l", f"l0{ID}"), mac("l", f"l2{ID}")
+    sinks = {"xvs": Sink(f"k0{ID}"), "bare": Sink(f"k2{ID}")}
+    fwd = Proc("l", pin(1) + [os.path.join(REL, "xvs-fwd"), "--in", f"l2{ID}", "--out", f"l3{ID}",
+                              "--next-hop-mac", mac("k", f"k2{ID}"), "--vip", VIP])
+    xv, stats = start_xvsd(tmp, "-g")
+    try:
+        establish("xvs-dr-est", lmac, stats)
+        target = {"xvs": (lmac, f"s0{ID}", xv.p.pid), "bare": (bmac, f"s2{ID}", fwd.p.pid)}
+        rows = []
+        for i in range(A.pairs):
+            got = {}
+            for path in (("bare", "xvs") if i % 2 == 0 else ("xvs", "bare")):
+                dst, iface, pid = target[path]
+                c0, p0, t0 = sinks[path].count(), cpu_of(pid), time.time()
+                gen(dst, iface, duration=A.burst)
+                time.sleep(0.05)
+                n = sinks[path].count() - c0
+                got[path] = (n / (time.time() - t0 - 0.05), (cpu_of(pid) - p0) / n * 1e9 if n else float("nan"))
+            rows.append(got)
+            print(f"  pair {i + 1}: bare {got['bare'][0] / 1e6:.3f} Mpps, xvs {got['xvs'][0] / 1e6:.3f} Mpps, "
+                  f"ratio {got['xvs'][0] / got['bare'][0]:.3f}", flush=True)
+    finally:
+        xv.stop()
+        fwd.stop()
+        for s in sinks.values():
+            s.stop()
+    r = sorted(g["xvs"][0] / g["bare"][0] for g in rows)
+    c = sorted(g["xvs"][1] / g["bare"][1] for g in rows)
+    q = lambda v, f: v[min(len(v) - 1, int(f * len(v)))]
+
+    def ci(v):
+        lo, hi = median_ci(v)
+        return f"{lo:.3f}–{hi:.3f}" if lo is not None else "–"
+    lines = [f"xvsd DR (established, 10,000 flows) against the bare forwarder, {A.pairs} pairs of "
+             f"{A.burst:g}-second bursts at full speed, alternating (ABBA)", "",
+             "| ratio, xvs-dr-est ÷ bare | median | 95 % confidence interval of the median | quartiles | "
+             "min–max | pairs ≥ 0.95 |", "|---|---|---|---|---|---|",
+             f"| Mpps | {median(r):.3f} | {ci(r)} | {q(r, 0.25):.3f}–{q(r, 0.75):.3f} | {r[0]:.3f}–{r[-1]:.3f} | "
+             f"{sum(x >= 0.95 for x in r)} of {len(r)} |",
+             f"| process CPU per packet (full speed) | {median(c):.3f} | {ci(c)} | {q(c, 0.25):.3f}–{q(c, 0.75):.3f} | "
+             f"{c[0]:.3f}–{c[-1]:.3f} | – |", "",
+             f"Mpps, medians: bare {median(sorted(g['bare'][0] for g in rows)) / 1e6:.3f}, "
+             f"xvs-dr-est {median(sorted(g['xvs'][0] for g in rows)) / 1e6:.3f}"]
+    return "\n".join(lines)
+
+
 def one_round(tmp):
     """Every path once, in order; returns their raw samples."""
     results = []
@@ -374,28 +479,9 @@ def one_round(tmp):
             name = f"xvs-{label}-{'new' if new else 'est'}"
             if not want(name):
                 continue
-            path = os.path.join(tmp, "rules")
-            open(path, "w").write(rules(method))
-            cores = [] if not pin(1) else ["--cores", "1"]
-            xv = Proc("l", [os.path.join(REL, "xvsd"), "-i", f"l0{ID}", "-i", f"l1{ID}", "--rules", path,
-                            "--control", os.path.join(tmp, "sock"), "--conn-capacity", str(1 << 22)] + cores
-                     + shlex.split(A.xvsd_args))
-            time.sleep(2)
-            sock = os.path.join(tmp, "sock")
-            stats = lambda: subprocess.run([os.path.join(REL, "xvsadm"), "--xvs-stats"], capture_output=True,
-                                           text=True, env=dict(os.environ, XVS_CONTROL=sock)).stdout
+            xv, stats = start_xvsd(tmp, method)
             if not new:
-                # Create the 10,000 flows with SYNs first (same client/port space as the ACKs), slowly
-                # enough that none is lost, and check that the table holds them all.
-                for _ in range(5):
-                    subprocess.run(["ip", "netns", "exec", NS["s"], os.path.join(REL, "xvs-pktgen"),
-                                    "--interface", f"s0{ID}", "--dst-mac", lmac, "--dst", VIP, "--flows", "10000",
-                                    "--new-conns", "--count", "10000", "--duration", "5", "--rate", "20000"],
-                                   capture_output=True, timeout=60)
-                    conns = [int(w.split("=")[1]) for w in stats().split() if w.startswith("connections=")]
-                    if conns and conns[0] >= 10_000:
-                        break
-                print(f"  {name}: {conns[0] if conns else '?'} connections before the run", flush=True)
+                establish(name, lmac, stats)
             r = measure(name, sink, lmac, f"s0{ID}", new, xv.p.pid, lambda: worker_counters(stats()))
             drops = [l.split()[1] for l in stats().splitlines() if l.startswith("drop ") and not l.endswith("=0")]
             r["drops"] = " ".join(drops)
@@ -468,15 +554,16 @@ def main():
                   file=sys.stderr)
             return 1
     merged = {}
-    rig_up()
+    rig_up(second_chain=A.paired)
     tmp = tempfile.mkdtemp(prefix="xvsb")
-    if A.memory or A.scaling:
+    if A.memory or A.scaling or A.paired:
         try:
-            table = memory(tmp) if A.memory else scaling(tmp)
+            table = memory(tmp) if A.memory else scaling(tmp) if A.scaling else paired(tmp)
         finally:
             rig_down()
         print(table)
-        with open(A.out.replace(".md", "-memory.md" if A.memory else "-scaling.md"), "w") as f:
+        suffix = "-memory.md" if A.memory else "-scaling.md" if A.scaling else "-paired.md"
+        with open(A.out.replace(".md", suffix), "w") as f:
             f.write(table + "\n")
         return 0
     per_round = []
