@@ -33,6 +33,7 @@ Usage: bench/e2e/run.py [--rounds 5] [--runs 1] [--duration 3] [--paced 100000] 
        bench/e2e/run.py --scaling | --memory | --paired [--pairs 30] [--burst 1]
 """
 import argparse
+import ipaddress
 import math
 import os
 import shlex
@@ -67,7 +68,7 @@ ap.add_argument("--burst", type=float, default=1.0, help="--paired: seconds per 
 A = ap.parse_args()
 
 ID = f"{os.getpid() & 0xffff:04x}"
-NS = {r: f"xvsb{ID}-{r}" for r in ("s", "l", "k")}
+NS = {r: f"xvsb{ID}-{r}" for r in ("s", "l", "k", "m")}
 VIP = "10.0.0.1"
 REALS = [f"10.7.1.{i}" for i in range(1, 101)]
 
@@ -93,8 +94,8 @@ def rig_up(queues=1, second_chain=False):
         sh(f"ip netns exec {n} ip link set lo up")
     pairs = [("s0", "s", "l0", "l"), ("l1", "l", "k0", "k"), ("s1", "s", "k1", "k")]
     if second_chain:
-        # snd s2 -- l2 lb l3 -- k2 sink: the bare forwarder's own chain for --paired.
-        pairs += [("s2", "s", "l2", "l"), ("l3", "l", "k2", "k")]
+        # snd s2 -- m0 lb' m1 -- k2 sink: a second balancer namespace for --paired.
+        pairs += [("s2", "s", "m0", "m"), ("m1", "m", "k2", "k")]
     for a, na, b, nb in pairs:
         q = queues if a in ("s0", "l1") else 1
         sh(f"ip link add {a}{ID} numtxqueues {q} numrxqueues {q} type veth peer name {b}{ID} "
@@ -113,6 +114,13 @@ def rig_up(queues=1, second_chain=False):
         nsx("l", f"ip neigh replace {r} lladdr {kmac} dev l1{ID} nud permanent")
     nsx("s", f"ip route add 10.0.0.0/24 via 10.8.0.1")
     nsx("l", "sysctl -qw net.ipv4.ip_forward=0")
+    if second_chain:
+        nsx("m", f"ip addr add 10.8.0.1/24 dev m0{ID}")
+        nsx("m", f"ip addr add 10.7.0.1/16 dev m1{ID}")
+        kmac2 = mac("k", f"k2{ID}")
+        for r in REALS:
+            nsx("m", f"ip neigh replace {r} lladdr {kmac2} dev m1{ID} nud permanent")
+        nsx("m", "sysctl -qw net.ipv4.ip_forward=0")
 
 
 def rig_down():
@@ -172,9 +180,11 @@ def pin(cpu):
     return [] if A.no_pin or os.cpu_count() < 2 else ["taskset", "-c", str(cpu)]
 
 
-def gen(dst_mac, iface, new=False, rate=0, count=None, duration=None, flows=10_000):
+def gen(dst_mac, iface, new=False, rate=0, count=None, duration=None, flows=10_000, client_base=None):
     args = pin(0) + [os.path.join(REL, "xvs-pktgen"), "--interface", iface, "--dst-mac", dst_mac, "--dst", VIP,
             "--flows", str(4_000_000 if new else flows), "--rate", str(rate)]
+    if client_base:
+        args += ["--client-base", client_base]
     if new:
         args.append("--new-conns")
     if count:
@@ -371,13 +381,13 @@ def memory(tmp):
     return "\n".join(lines)
 
 
-def establish(name, lmac, stats):
+def establish(name, lmac, stats, iface=None):
     """Create the 10,000 flows with SYNs first (same client/port space as the ACKs), slowly enough
     that none is lost, and check that the table holds them all."""
     conns = []
     for _ in range(5):
         subprocess.run(["ip", "netns", "exec", NS["s"], os.path.join(REL, "xvs-pktgen"),
-                        "--interface", f"s0{ID}", "--dst-mac", lmac, "--dst", VIP, "--flows", "10000",
+                        "--interface", iface or f"s0{ID}", "--dst-mac", lmac, "--dst", VIP, "--flows", "10000",
                         "--new-conns", "--count", "10000", "--duration", "5", "--rate", "20000"],
                        capture_output=True, timeout=60)
         conns = [int(w.split("=")[1]) for w in stats().split() if w.startswith("connections=")]
@@ -386,67 +396,95 @@ def establish(name, lmac, stats):
     print(f"  {name}: {conns[0] if conns else '?'} connections before the run", flush=True)
 
 
-def start_xvsd(tmp, method):
-    """xvsd on l0 (clients) and l1 (real servers) with the benchmark's service; returns it and a
-    function that reads its --xvs-stats."""
-    path = os.path.join(tmp, "rules")
+def start_xvsd(tmp, method, role="l", capacity=1 << 22):
+    """xvsd in balancer namespace `role` ("l", or "m" of --paired's second chain) on its interfaces
+    0 (clients) and 1 (real servers) with the benchmark's service; returns it and a function that
+    reads its --xvs-stats."""
+    path = os.path.join(tmp, f"rules-{role}")
     open(path, "w").write(rules(method))
     cores = [] if not pin(1) else ["--cores", "1"]
-    sock = os.path.join(tmp, "sock")
-    xv = Proc("l", [os.path.join(REL, "xvsd"), "-i", f"l0{ID}", "-i", f"l1{ID}", "--rules", path,
-                    "--control", sock, "--conn-capacity", str(1 << 22)] + cores + shlex.split(A.xvsd_args))
+    sock = os.path.join(tmp, f"sock-{role}")
+    xv = Proc(role, [os.path.join(REL, "xvsd"), "-i", f"{role}0{ID}", "-i", f"{role}1{ID}", "--rules", path,
+                     "--control", sock, "--conn-capacity", str(capacity)] + cores + shlex.split(A.xvsd_args))
     time.sleep(2)
     stats = lambda: subprocess.run([os.path.join(REL, "xvsadm"), "--xvs-stats"], capture_output=True,
                                    text=True, env=dict(os.environ, XVS_CONTROL=sock)).stdout
     return xv, stats
 
 
+# --paired: (A, B, what A ÷ B should reach). A runs on the first chain (namespace l), B on the second (m).
+PAIRED = [("xvs-dr-est", "bare", 0.95), ("xvs-dr-new", "xvs-dr-est", 0.70), ("xvs-tun-new", "xvs-tun-est", 0.70),
+          ("xvs-nat-new", "xvs-nat-est", 0.70)]
+
+
+def start_path(tmp, path, role):
+    """Start the forwarder of `path` in balancer namespace `role`; returns (process, pid, is_new)."""
+    if path == "bare":
+        fwd = Proc(role, pin(1) + [os.path.join(REL, "xvs-fwd"), "--in", f"{role}0{ID}", "--out", f"{role}1{ID}",
+                                   "--next-hop-mac", mac("k", f"k{'0' if role == 'l' else '2'}{ID}"), "--vip", VIP])
+        time.sleep(1)
+        return fwd, False
+    method = {"dr": "-g", "tun": "-i", "nat": "-m"}[path.split("-")[1]]
+    new = path.endswith("-new")
+    # New connections live 60 s in SYN_RECV: room for a minute of them at full speed.
+    xv, stats = start_xvsd(tmp, method, role, capacity=(1 << 24) if new else (1 << 22))
+    if not new:
+        establish(path, mac(role, f"{role}0{ID}"), stats, f"s{'0' if role == 'l' else '2'}{ID}")
+    return xv, new
+
+
 def paired(tmp):
-    """xvsd DR (established flows) on l0 -> l1 and the bare forwarder on l2 -> l3, both alive; bursts
-    at full speed alternate between them (ABBA), each pair giving one ratio."""
-    lmac, bmac = mac("l", f"l0{ID}"), mac("l", f"l2{ID}")
-    sinks = {"xvs": Sink(f"k0{ID}"), "bare": Sink(f"k2{ID}")}
-    fwd = Proc("l", pin(1) + [os.path.join(REL, "xvs-fwd"), "--in", f"l2{ID}", "--out", f"l3{ID}",
-                              "--next-hop-mac", mac("k", f"k2{ID}"), "--vip", VIP])
-    xv, stats = start_xvsd(tmp, "-g")
+    """Each comparison of PAIRED: path A on the first chain and path B on the second, both alive;
+    bursts at full speed alternate between them (ABBA), and each pair of bursts gives one ratio."""
+    sinks = {"l": Sink(f"k0{ID}"), "m": Sink(f"k2{ID}")}
+    lines = [f"{A.pairs} pairs of {A.burst:g}-second bursts at full speed per comparison, alternating (ABBA); "
+             "the two paths run side by side on two chains of the rig", "",
+             "| ratio | median | 95 % confidence interval of the median | quartiles | min–max | pairs ≥ target |",
+             "|---|---|---|---|---|---|"]
     try:
-        establish("xvs-dr-est", lmac, stats)
-        target = {"xvs": (lmac, f"s0{ID}", xv.p.pid), "bare": (bmac, f"s2{ID}", fwd.p.pid)}
-        rows = []
-        for i in range(A.pairs):
-            got = {}
-            for path in (("bare", "xvs") if i % 2 == 0 else ("xvs", "bare")):
-                dst, iface, pid = target[path]
-                c0, p0, t0 = sinks[path].count(), cpu_of(pid), time.time()
-                gen(dst, iface, duration=A.burst)
-                time.sleep(0.05)
-                n = sinks[path].count() - c0
-                got[path] = (n / (time.time() - t0 - 0.05), (cpu_of(pid) - p0) / n * 1e9 if n else float("nan"))
-            rows.append(got)
-            print(f"  pair {i + 1}: bare {got['bare'][0] / 1e6:.3f} Mpps, xvs {got['xvs'][0] / 1e6:.3f} Mpps, "
-                  f"ratio {got['xvs'][0] / got['bare'][0]:.3f}", flush=True)
+        for a, b, goal in PAIRED:
+            if A.only and not any(o in a or o in b for o in A.only.split(",")):
+                continue
+            procs = {}
+            try:
+                for path, role in ((a, "l"), (b, "m")):
+                    procs[role] = start_path(tmp, path, role)
+                rows = []
+                for i in range(A.pairs):
+                    got = {}
+                    for role in (("m", "l") if i % 2 == 0 else ("l", "m")):
+                        proc, new = procs[role]
+                        c0, p0, t0 = sinks[role].count(), cpu_of(proc.p.pid), time.time()
+                        # Every burst of SYNs from clients of its own (the generator starts its walk of
+                        # the client space afresh each time; 4 M flows span 245 addresses).
+                        base = str(ipaddress.IPv4Address("10.200.0.0") + 256 * (i + 1)) if new else None
+                        gen(mac(role, f"{role}0{ID}"), f"s{'0' if role == 'l' else '2'}{ID}", new=new,
+                            duration=A.burst, client_base=base)
+                        time.sleep(0.05)
+                        n = sinks[role].count() - c0
+                        got[role] = (n / (time.time() - t0 - 0.05),
+                                     (cpu_of(proc.p.pid) - p0) / n * 1e9 if n else float("nan"))
+                    rows.append(got)
+                    print(f"  {a} ÷ {b}, pair {i + 1}: {got['l'][0] / 1e6:.3f} / {got['m'][0] / 1e6:.3f} Mpps = "
+                          f"{got['l'][0] / got['m'][0]:.3f}", flush=True)
+            finally:
+                for proc, _ in procs.values():
+                    proc.stop()
+            q = lambda v, f: v[min(len(v) - 1, int(f * len(v)))]
+
+            def row(label, v, goal):
+                lo, hi = median_ci(v)
+                ci = f"{lo:.3f}–{hi:.3f}" if lo is not None else "–"
+                hits = f"{sum(x >= goal for x in v)} of {len(v)} (≥ {goal:g})" if goal else "–"
+                return (f"| {label} | {median(v):.3f} | {ci} | {q(v, 0.25):.3f}–{q(v, 0.75):.3f} | "
+                        f"{v[0]:.3f}–{v[-1]:.3f} | {hits} |")
+            lines.append(row(f"{a} ÷ {b}, Mpps", sorted(g["l"][0] / g["m"][0] for g in rows), goal))
+            if b == "bare":
+                lines.append(row(f"{a} ÷ {b}, process CPU per packet at full speed",
+                                 sorted(g["l"][1] / g["m"][1] for g in rows), None))
     finally:
-        xv.stop()
-        fwd.stop()
         for s in sinks.values():
             s.stop()
-    r = sorted(g["xvs"][0] / g["bare"][0] for g in rows)
-    c = sorted(g["xvs"][1] / g["bare"][1] for g in rows)
-    q = lambda v, f: v[min(len(v) - 1, int(f * len(v)))]
-
-    def ci(v):
-        lo, hi = median_ci(v)
-        return f"{lo:.3f}–{hi:.3f}" if lo is not None else "–"
-    lines = [f"xvsd DR (established, 10,000 flows) against the bare forwarder, {A.pairs} pairs of "
-             f"{A.burst:g}-second bursts at full speed, alternating (ABBA)", "",
-             "| ratio, xvs-dr-est ÷ bare | median | 95 % confidence interval of the median | quartiles | "
-             "min–max | pairs ≥ 0.95 |", "|---|---|---|---|---|---|",
-             f"| Mpps | {median(r):.3f} | {ci(r)} | {q(r, 0.25):.3f}–{q(r, 0.75):.3f} | {r[0]:.3f}–{r[-1]:.3f} | "
-             f"{sum(x >= 0.95 for x in r)} of {len(r)} |",
-             f"| process CPU per packet (full speed) | {median(c):.3f} | {ci(c)} | {q(c, 0.25):.3f}–{q(c, 0.75):.3f} | "
-             f"{c[0]:.3f}–{c[-1]:.3f} | – |", "",
-             f"Mpps, medians: bare {median(sorted(g['bare'][0] for g in rows)) / 1e6:.3f}, "
-             f"xvs-dr-est {median(sorted(g['xvs'][0] for g in rows)) / 1e6:.3f}"]
     return "\n".join(lines)
 
 
