@@ -189,9 +189,9 @@ struct Entry(ConnKey, Conn);
 
 /// One shard's entries, packed in a vector of fixed-size chunks ([`Chunked`]: growth never
 /// moves an entry) with no empty buckets between them, and a `hashbrown` index of their
-/// positions (4 bytes and a control byte per bucket). An index at hashbrown's load of 7/16 to
-/// 7/8 costs 6 to 12 bytes per entry, where a map holding the entries themselves would leave
-/// 1/8 to 9/16 of its entry-sized buckets empty. A removal moves the last entry into the hole
+/// positions (4 bytes and a control byte per bucket). An index at a load of 7/32 to 7/8 (see
+/// `grow_at`) costs 6 to 23 bytes per entry, where a map holding the entries themselves would
+/// leave 1/8 to 9/16 of its entry-sized buckets empty. A removal moves the last entry into the hole
 /// and re-points its index slot.
 ///
 /// The shard grows its index itself, before hashbrown would, at a load of its own
