@@ -209,7 +209,7 @@ struct Shard {
 /// The load (in 1/1024) at which shard `i` of `n` grows its index: from hashbrown's 7/8 down
 /// to half of it, evenly in log scale over the shards, so that as an evenly filled table
 /// doubles, its shards grow one after the other instead of all at once. On average an index
-/// is then a little emptier (about 3 bytes more per connection).
+/// is then a little emptier (1 to 4 bytes more per connection, measured at 1 M and 9 M).
 fn grow_load(i: usize, n: usize) -> u16 {
     (896.0 * (-(i as f64 + 0.5) / n as f64).exp2()) as u16
 }
