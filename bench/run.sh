@@ -9,7 +9,7 @@
 #   4. memory with 0, 1 M and 10 M connections         -> target/bench-e2e-memory.md
 #   5. the engine alone, and the machine's floor (criterion) -> target/criterion/
 #   6. plots                                           -> docs/img/*.png
-# Usage: bench/run.sh [--quick]   (--quick: steps 1, 2 and 6 only, about 10 minutes)
+# Usage: bench/run.sh [--quick]   (--quick: steps 1, 2 and 6 only, about 17 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
