@@ -418,7 +418,8 @@ PAIRED = [("xvs-dr-est", "bare", 0.95), ("xvs-dr-new", "xvs-dr-est", 0.70), ("xv
 
 
 def start_path(tmp, path, role):
-    """Start the forwarder of `path` in balancer namespace `role`; returns (process, pid, is_new)."""
+    """Start the forwarder of `path` in balancer namespace `role`; returns (process, whether it takes
+    new connections)."""
     if path == "bare":
         fwd = Proc(role, pin(1) + [os.path.join(REL, "xvs-fwd"), "--in", f"{role}0{ID}", "--out", f"{role}1{ID}",
                                    "--next-hop-mac", mac("k", f"k{'0' if role == 'l' else '2'}{ID}"), "--vip", VIP])

@@ -214,6 +214,15 @@ fn grow_load(i: usize, n: usize) -> u16 {
     (896.0 * (-(i as f64 + 0.5) / n as f64).exp2()) as u16
 }
 
+/// The hash of the entry an index slot points at: how a shard's index is rehashed (growth,
+/// shrinking, hashbrown's own resizes).
+fn slot_hash<'a>(
+    hasher: &'a ahash::RandomState,
+    entries: &'a Chunked<Entry>,
+) -> impl Fn(&u32) -> u64 + 'a {
+    move |&i| hash_client(hasher, entries[i as usize].0.client())
+}
+
 impl Shard {
     fn with_capacity(n: usize, grow_at: u16) -> Shard {
         Shard {
@@ -234,9 +243,9 @@ impl Shard {
         // hashbrown sizes a table for n entries at n × 8/7 buckets, rounded up to a power of two.
         let mut index = HashTable::with_capacity(buckets * 7 / 4);
         let entries = &self.entries;
-        let rehash = |&i: &u32| hash_client(hasher, entries[i as usize].0.client());
         for (pos, Entry(k, _)) in entries.iter().enumerate() {
-            index.insert_unique(hash_client(hasher, k.client()), pos as u32, rehash);
+            let h = hash_client(hasher, k.client());
+            index.insert_unique(h, pos as u32, slot_hash(hasher, entries));
         }
         self.index = index;
     }
@@ -591,7 +600,7 @@ impl ConnTable {
         match index.entry(
             h,
             |&i| entries.get(i as usize).is_some_and(|Entry(k, _)| *k == key),
-            |&i| hash_client(hasher, entries[i as usize].0.client()),
+            slot_hash(hasher, entries),
         ) {
             hash_table::Entry::Occupied(_) => return Err((InsertError::Exists, conn)),
             hash_table::Entry::Vacant(_) if full => {
@@ -712,9 +721,7 @@ impl ConnTable {
                 let hasher = &self.hasher;
                 let keep = (len * 2).max(INITIAL_PER_SHARD);
                 let Shard { index, entries, .. } = &mut *shard;
-                index.shrink_to(keep, |&i| {
-                    hash_client(hasher, entries[i as usize].0.client())
-                });
+                index.shrink_to(keep, slot_hash(hasher, entries));
                 entries.shrink_to(keep);
                 // The map moved: no hints until the next insert publishes its new place.
                 self.layouts[i].ctrl.store(0, Relaxed);

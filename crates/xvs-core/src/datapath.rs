@@ -966,8 +966,7 @@ impl Engine {
             flags |= CONN_F_ONE_PACKET;
         }
         dest.bind(false, true);
-        let available = dest.is_available();
-        if available {
+        if dest.is_available() {
             dest.stats.count_conn(w);
             svc.live.stats.count_conn(w);
             t.totals.count_conn(w);
