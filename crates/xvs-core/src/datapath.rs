@@ -99,7 +99,7 @@ struct Hops<'a> {
 }
 
 impl Hops<'_> {
-    fn get(&mut self, dst: IpAddr) -> Option<&NextHop> {
+    fn get(&mut self, dst: &IpAddr) -> Option<&NextHop> {
         self.cache.get(self.routes, dst)
     }
 }
@@ -229,19 +229,34 @@ pub struct Engine {
     prefetch_from: usize,
 }
 
-/// What a packet of an existing connection needs, copied out of the table under its lock.
+/// Where a client packet goes: its connection's real server and forwarding method. The address
+/// is borrowed where it lives (the destination's state, under the shard's lock on the
+/// established path): copied out through the stack, an `IpAddr` (a tag byte, then 16 bytes at
+/// an odd offset) is read back in words that straddle the stores that wrote it, and each such
+/// load waits for those stores to reach the cache (a store-forwarding stall; docs/performance.md,
+/// "Session 10").
 #[derive(Debug, Clone, Copy)]
-struct Hit {
-    daddr: IpAddr,
+struct Hit<'a> {
+    daddr: &'a IpAddr,
     dport: u16,
     fwd: ConnForward,
 }
 
+impl Hit<'_> {
+    fn of(c: &Conn) -> Hit<'_> {
+        Hit {
+            daddr: &c.dest.addr,
+            dport: c.dport,
+            fwd: c.fwd,
+        }
+    }
+}
+
 enum InResult {
-    /// The hit, and the template to assure when this packet established the connection (boxed:
-    /// a copy of the connection's own box, made once in a connection's life, keeps this result
-    /// small for the other packets).
-    Hit(Hit, Option<Box<ConnKey>>),
+    /// The connection takes the packet; the template to assure when this packet established the
+    /// connection (boxed: a copy of the connection's own box, made once in a connection's life,
+    /// keeps this result small for the other packets).
+    Hit(Option<Box<ConnKey>>),
     Drop(DropReason),
     Reschedule,
 }
@@ -367,14 +382,7 @@ fn hit_in(
     c.in_pkts = c.in_pkts.wrapping_add(1);
     let assure = transition(c, proto, Direction::Input, p.tcp, &t.timeouts, now);
     account(c, t, Direction::Input, p.ip_len, w);
-    InResult::Hit(
-        Hit {
-            daddr: c.dest.addr,
-            dport: c.dport,
-            fwd: c.fwd,
-        },
-        assure.then(|| c.template.clone()).flatten(),
-    )
+    InResult::Hit(assure.then(|| c.template.clone()).flatten())
 }
 
 /// The moment a packet is processed at and where its traffic is counted.
@@ -393,14 +401,22 @@ struct Tally {
 }
 
 impl Tally {
-    fn count(&mut self, v: Verdict) -> Verdict {
+    fn count(&mut self, v: &Verdict) {
         match v {
             Verdict::Forward { .. } => self.forwarded += 1,
             Verdict::Reply(_) => self.icmp_sent += 1,
             Verdict::Pass => self.passed += 1,
             Verdict::Drop(_) => {}
         }
-        v
+    }
+
+    /// Put `o` in the frame's verdict slot `v` (unless it is already there) and count it.
+    #[inline(always)]
+    fn settle(&mut self, o: Outcome, v: &mut Verdict) {
+        if let Some(o) = o {
+            *v = o;
+        }
+        self.count(v);
     }
 
     fn add_to(&self, c: &EngineCounters) {
@@ -415,6 +431,14 @@ impl Tally {
         }
     }
 }
+
+/// What a step of the data path returns: its verdict, or None when it wrote the verdict into
+/// the frame's slot itself. A forward verdict carries its real server's `IpAddr`; built aside
+/// and then moved into the slot, it is read back in words that straddle the stores that built
+/// it, and the copy waits for them (a store-forwarding stall: 7 to 12 % of the established
+/// path's samples at 10 K flows, docs/performance.md "Session 10"). So
+/// [`Engine::forward_in`] writes it in place.
+type Outcome = Option<Verdict>;
 
 /// What the prefetching pass learned of a packet's first table lookup: whether it is a NAT
 /// reply lookup (the packet comes from a NAT real server), and the hash of its client side.
@@ -489,7 +513,8 @@ impl Engine {
         tally: &mut Tally,
     ) {
         for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
-            *v = tally.count(self.classify(tables, hops, f, step));
+            let o = self.classify(tables, hops, f, step, v);
+            tally.settle(o, v);
         }
     }
 
@@ -565,7 +590,8 @@ impl Engine {
                 }
             }
             for ((f, v), (p, first)) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed.iter()) {
-                *v = tally.count(self.classify_parsed(tables, hops, f, p, *first, step));
+                let o = self.classify_parsed(tables, hops, f, p, *first, step, v);
+                tally.settle(o, v);
             }
         }
         tally.add_to(&self.counters);
@@ -579,7 +605,8 @@ impl Engine {
         frame: &mut Frame<'_>,
         now: Time,
     ) -> Verdict {
-        let v = self.classify(
+        let mut v = Verdict::Pass;
+        let o = self.classify(
             t,
             &mut Hops {
                 routes,
@@ -590,13 +617,10 @@ impl Engine {
                 now,
                 w: Counting::SHARED,
             },
+            &mut v,
         );
-        self.count_verdict(v)
-    }
-
-    fn count_verdict(&self, v: Verdict) -> Verdict {
         let mut tally = Tally::default();
-        tally.count(v);
+        tally.settle(o, &mut v);
         tally.add_to(&self.counters);
         v
     }
@@ -608,11 +632,14 @@ impl Engine {
         hops: &mut Hops<'_>,
         frame: &mut Frame<'_>,
         cx: Step,
-    ) -> Verdict {
+        out: &mut Verdict,
+    ) -> Outcome {
         let p = parse(frame.data());
-        self.classify_parsed(t, hops, frame, &p, None, cx)
+        self.classify_parsed(t, hops, frame, &p, None, cx, out)
     }
 
+    /// One frame's verdict, into `out` or returned (see [`Outcome`]).
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn classify_parsed(
         &self,
@@ -622,18 +649,19 @@ impl Engine {
         parsed: &Result<Packet, ParseError>,
         first: Option<FirstLookup>,
         cx: Step,
-    ) -> Verdict {
+        out: &mut Verdict,
+    ) -> Outcome {
         let p = match parsed {
             Ok(p) => p,
-            Err(ParseError::NotIp) => return Verdict::Pass,
-            Err(ParseError::Malformed) => return self.drop(DropReason::Malformed),
-            Err(ParseError::Fragment) => return self.drop(DropReason::Fragment),
-            Err(ParseError::Ipv6Extension) => return self.drop(DropReason::Ipv6Extension),
+            Err(ParseError::NotIp) => return Some(Verdict::Pass),
+            Err(ParseError::Malformed) => return Some(self.drop(DropReason::Malformed)),
+            Err(ParseError::Fragment) => return Some(self.drop(DropReason::Fragment)),
+            Err(ParseError::Ipv6Extension) => return Some(self.drop(DropReason::Ipv6Extension)),
         };
         let proto = match Protocol::from_number(p.proto) {
             Some(proto) => proto,
-            None if is_icmp_error(p) => return self.icmp(t, hops, frame, p, cx.now),
-            None => return Verdict::Pass,
+            None if is_icmp_error(p) => return Some(self.icmp(t, hops, frame, p, cx.now)),
+            None => return Some(Verdict::Pass),
         };
         // The prefetching pass has already asked whether this is a NAT source, and hashed the
         // client side of the first lookup (the reply's for a NAT source).
@@ -645,7 +673,7 @@ impl Engine {
         let (h_reply, h_in) = if from_nat { (h, None) } else { (None, h) };
         if from_nat {
             if let Some(v) = self.reply(t, hops, frame, p, h_reply, cx) {
-                return v;
+                return Some(v);
             }
         }
         let key = ConnKey {
@@ -655,44 +683,36 @@ impl Engine {
             vaddr: p.daddr,
             vport: p.dport,
         };
-        match self.existing(t, &key, p, proto, h_in, cx) {
-            Some(InResult::Hit(hit, tpl)) => {
-                if let Some(tk) = tpl {
-                    self.conns.assure_template(&tk);
+        if let Some(mut c) = self.conns.conn_at(h_in, &key, cx.now) {
+            match hit_in(&mut c, t, p, proto, cx.now, cx.w) {
+                InResult::Hit(tpl) => {
+                    // Forwarded under the shard's lock, reading the destination where it is.
+                    let v = self.forward_in(hops, frame, p, Hit::of(&c), out);
+                    drop(c);
+                    if let Some(tk) = tpl {
+                        self.conns.assure_template(&tk);
+                    }
+                    return v;
                 }
-                return self.forward_in(hops, frame, p, hit);
+                InResult::Drop(r) => {
+                    drop(c);
+                    return Some(self.drop(r));
+                }
+                InResult::Reschedule => {
+                    drop(c);
+                    self.conns.remove(&key);
+                }
             }
-            Some(InResult::Drop(r)) => return self.drop(r),
-            Some(InResult::Reschedule) => {
-                self.conns.remove(&key);
-            }
-            None => {}
         }
         if from_nat {
             // Not a reply of ours (e.g. a client talking to the real server directly through
             // this box): the kernel's business, as in IPVS.
-            return Verdict::Pass;
+            return Some(Verdict::Pass);
         }
         match t.lookup(proto, p.daddr, p.dport, frame.mark()) {
-            Some(svc) => self.new_conn(t, hops, frame, p, proto, (key, h_in), svc, cx),
-            None => Verdict::Pass,
+            Some(svc) => self.new_conn(t, hops, frame, p, proto, (key, h_in), svc, cx, out),
+            None => Some(Verdict::Pass),
         }
-    }
-
-    /// A packet of a known connection, client → server.
-    #[inline(always)] // Once per established packet: its result stays in registers.
-    fn existing(
-        &self,
-        t: &Tables,
-        key: &ConnKey,
-        p: &Packet,
-        proto: Protocol,
-        h: Option<ClientHash>,
-        cx: Step,
-    ) -> Option<InResult> {
-        let Step { now, w } = cx;
-        let mut c = self.conns.conn_at(h, key, now)?;
-        Some(hit_in(&mut c, t, p, proto, now, w))
     }
 
     /// A NAT reply, server → client. None when it belongs to no connection.
@@ -726,7 +746,7 @@ impl Engine {
         if let Some(tk) = tpl {
             self.conns.assure_template(&tk);
         }
-        let Some(hop) = hops.get(p.daddr) else {
+        let Some(hop) = hops.get(&p.daddr) else {
             return Some(self.drop(DropReason::NoRoute));
         };
         if let Some(v) = self.check_size_and_ttl(frame, p, usize::from(hop.mtu)) {
@@ -772,27 +792,28 @@ impl Engine {
         }
     }
 
-    /// Send a client packet to its real server by the connection's forwarding method.
+    /// Send a client packet to its real server by the connection's forwarding method; a forward
+    /// verdict is written into `out` (see [`Outcome`]).
     #[inline(always)]
     fn forward_in(
         &self,
         hops: &mut Hops<'_>,
         frame: &mut Frame<'_>,
         p: &Packet,
-        hit: Hit,
-    ) -> Verdict {
+        hit: Hit<'_>,
+        out: &mut Verdict,
+    ) -> Outcome {
         let Some(hop) = hops.get(hit.daddr) else {
-            return self.drop(DropReason::NoRoute);
+            return Some(self.drop(DropReason::NoRoute));
         };
-        let real = Some((hit.daddr, hit.dport));
         match hit.fwd.method {
             ForwardMethod::Route | ForwardMethod::Masq => {
                 if let Some(v) = self.check_size_and_ttl(frame, p, usize::from(hop.mtu)) {
-                    return v;
+                    return Some(v);
                 }
                 let d = frame.data_mut();
                 if hit.fwd.method == ForwardMethod::Masq {
-                    nat_rewrite(d, p, NatSide::Dst, hit.daddr, hit.dport);
+                    nat_rewrite(d, p, NatSide::Dst, *hit.daddr, hit.dport);
                 }
                 dec_ttl(d, p);
                 set_macs(d, hop);
@@ -802,26 +823,29 @@ impl Engine {
                 let mtu = usize::from(hop.mtu).saturating_sub(over);
                 let min = if p.v6 { 1280 } else { 68 };
                 if mtu < min {
-                    return self.drop(DropReason::TooBig);
+                    return Some(self.drop(DropReason::TooBig));
                 }
                 if let Some(v) = self.check_size_and_ttl(frame, p, mtu) {
-                    return v;
+                    return Some(v);
                 }
                 dec_ttl(frame.data_mut(), p);
-                match encapsulate(frame, p, hop.src_ip, hit.daddr, &hit.fwd.tunnel) {
+                match encapsulate(frame, p, hop.src_ip, *hit.daddr, &hit.fwd.tunnel) {
                     Ok(()) => {}
-                    Err(wire::EncapError::NoHeadroom) => return self.drop(DropReason::NoHeadroom),
+                    Err(wire::EncapError::NoHeadroom) => {
+                        return Some(self.drop(DropReason::NoHeadroom))
+                    }
                     Err(wire::EncapError::NoSource) => {
-                        return self.drop(DropReason::NoTunnelSource)
+                        return Some(self.drop(DropReason::NoTunnelSource))
                     }
                 }
                 set_macs(frame.data_mut(), hop);
             }
         }
-        Verdict::Forward {
+        *out = Verdict::Forward {
             ifindex: hop.ifindex,
-            real,
-        }
+            real: Some((*hit.daddr, hit.dport)),
+        };
+        None
     }
 
     /// The persistence template key for a packet of a persistent service (reference §4.4).
@@ -928,21 +952,22 @@ impl Engine {
         (key, h): (ConnKey, Option<ClientHash>),
         svc: &Arc<Service>,
         cx: Step,
-    ) -> Verdict {
+        out: &mut Verdict,
+    ) -> Outcome {
         let Step { now, w } = cx;
         if proto == Protocol::Tcp && !t.settings.sloppy_tcp && (!p.tcp.syn || p.tcp.rst) {
-            return self.drop(DropReason::NonSynNoConn);
+            return Some(self.drop(DropReason::NonSynNoConn));
         }
         let (dest, tpl) = if svc.cfg.is_persistent() {
             match self.persist(t, svc, p, now) {
                 Ok(Some((d, k))) => (d, Some(k)),
-                Ok(None) => return self.no_dest(frame, p),
-                Err(r) => return self.drop(r),
+                Ok(None) => return Some(self.no_dest(frame, p)),
+                Err(r) => return Some(self.drop(r)),
             }
         } else {
             match self.schedule(svc, p, now) {
                 Some(d) => (d, None),
-                None => return self.no_dest(frame, p),
+                None => return Some(self.no_dest(frame, p)),
             }
         };
         let dport = if svc.cfg.is_persistent() {
@@ -988,8 +1013,9 @@ impl Engine {
         };
         account(&c, t, Direction::Input, p.ip_len, w);
         transition(&mut c, proto, Direction::Input, p.tcp, &t.timeouts, now);
+        let daddr = c.dest.addr;
         let hit = Hit {
-            daddr: c.dest.addr,
+            daddr: &daddr,
             dport: c.dport,
             fwd,
         };
@@ -1003,10 +1029,10 @@ impl Engine {
             // `Exists`: another worker inserted the same connection first; this packet is
             // still forwarded to the destination it was scheduled to.
             if e == InsertError::Full {
-                return self.drop(DropReason::TableFull);
+                return Some(self.drop(DropReason::TableFull));
             }
         }
-        self.forward_in(hops, frame, p, hit)
+        self.forward_in(hops, frame, p, hit, out)
     }
 
     fn no_dest(&self, frame: &mut Frame<'_>, p: &Packet) -> Verdict {
@@ -1039,25 +1065,21 @@ impl Engine {
         };
         let hit = self.conns.with_conn(&key, now, |c| {
             account(c, t, Direction::Input, p.ip_len, Counting::SHARED);
-            Hit {
-                daddr: c.dest.addr,
-                dport: c.dport,
-                fwd: c.fwd,
-            }
+            (c.dest.addr, c.dport, c.fwd)
         });
-        if let Some(hit) = hit {
-            let Some(hop) = hops.get(hit.daddr) else {
+        if let Some((daddr, dport, fwd)) = hit {
+            let Some(hop) = hops.get(&daddr) else {
                 return self.drop(DropReason::NoRoute);
             };
-            match hit.fwd.method {
+            match fwd.method {
                 ForwardMethod::Masq => {
                     let d = frame.data_mut();
-                    nat_icmp(d, p, &q, NatSide::Src, hit.daddr, hit.dport);
+                    nat_icmp(d, p, &q, NatSide::Src, daddr, dport);
                     set_macs(d, hop);
                 }
                 ForwardMethod::Route => set_macs(frame.data_mut(), hop),
                 ForwardMethod::Tunnel => {
-                    if let Err(e) = encapsulate(frame, p, hop.src_ip, hit.daddr, &hit.fwd.tunnel) {
+                    if let Err(e) = encapsulate(frame, p, hop.src_ip, daddr, &fwd.tunnel) {
                         return self.drop(match e {
                             wire::EncapError::NoHeadroom => DropReason::NoHeadroom,
                             wire::EncapError::NoSource => DropReason::NoTunnelSource,
@@ -1068,7 +1090,7 @@ impl Engine {
             }
             return Verdict::Forward {
                 ifindex: hop.ifindex,
-                real: Some((hit.daddr, hit.dport)),
+                real: Some((daddr, dport)),
             };
         }
         // From a NAT real server: the quoted packet went client → real server.
@@ -1084,7 +1106,7 @@ impl Engine {
             (k.vaddr, k.vport)
         });
         if let Some((vaddr, vport)) = back {
-            let Some(hop) = hops.get(p.daddr) else {
+            let Some(hop) = hops.get(&p.daddr) else {
                 return self.drop(DropReason::NoRoute);
             };
             let d = frame.data_mut();

@@ -84,18 +84,28 @@ impl HopCache {
     /// The next hop to `dst`: from the cache, else from `routes` (and then cached when
     /// `routes` has a version). Call [`HopCache::sync`] with the same `routes` first; without
     /// it, nothing is cached.
-    pub fn get(&mut self, routes: &dyn Routes, dst: IpAddr) -> Option<&NextHop> {
+    #[inline(always)] // The hit, once per forwarded packet, in the caller's loop.
+    /// `dst` is taken by reference: the data path passes the address where it lives, and a copy
+    /// of an `IpAddr` through the stack is read back in straddling words (see `datapath::Hit`).
+    pub fn get(&mut self, routes: &dyn Routes, dst: &IpAddr) -> Option<&NextHop> {
+        let i = Self::index(dst);
+        if matches!(self.entries.get(i), Some(Some((a, _))) if a == dst) {
+            self.hits += 1;
+            return self.entries[i].as_ref().map(|(_, hop)| hop);
+        }
+        self.miss(routes, *dst)
+    }
+
+    /// [`HopCache::get`] when `dst` is not in the cache (or nothing is cached).
+    #[inline(never)]
+    fn miss(&mut self, routes: &dyn Routes, dst: IpAddr) -> Option<&NextHop> {
         if self.version.is_none() {
             self.misses += 1;
             return Some(self.uncached.insert(routes.next_hop(dst)?));
         }
+        self.misses += 1;
         let e = &mut self.entries[Self::index(&dst)];
-        if matches!(e, Some((a, _)) if *a == dst) {
-            self.hits += 1;
-        } else {
-            self.misses += 1;
-            *e = Some((dst, routes.next_hop(dst)?));
-        }
+        *e = Some((dst, routes.next_hop(dst)?));
         e.as_ref().map(|(_, hop)| hop)
     }
 }
@@ -120,21 +130,21 @@ mod tests {
         let mut r = routes();
         let mut c = HopCache::new();
         c.sync(&r);
-        let a = *c.get(&r, ip("10.0.0.2")).unwrap();
+        let a = *c.get(&r, &ip("10.0.0.2")).unwrap();
         assert_eq!(a.dst_mac, [4; 6]);
-        assert_eq!(c.get(&r, ip("10.0.0.2")), Some(&a));
+        assert_eq!(c.get(&r, &ip("10.0.0.2")), Some(&a));
         assert_eq!((c.hits, c.misses), (1, 1));
         // Unresolved destinations are not cached.
-        assert_eq!(c.get(&r, ip("10.0.0.9")), None);
-        assert_eq!(c.get(&r, ip("10.0.0.9")), None);
+        assert_eq!(c.get(&r, &ip("10.0.0.9")), None);
+        assert_eq!(c.get(&r, &ip("10.0.0.9")), None);
         assert_eq!(c.misses, 3);
 
         r.add_neighbour(ip("10.0.0.2"), [5; 6]);
         c.sync(&r);
-        assert_eq!(c.get(&r, ip("10.0.0.2")).unwrap().dst_mac, [5; 6]);
+        assert_eq!(c.get(&r, &ip("10.0.0.2")).unwrap().dst_mac, [5; 6]);
         r.set_gateway(Some([6; 6]));
         c.sync(&r);
-        assert_eq!(c.get(&r, ip("10.0.0.9")).unwrap().dst_mac, [6; 6]);
+        assert_eq!(c.get(&r, &ip("10.0.0.9")).unwrap().dst_mac, [6; 6]);
     }
 
     #[test]
@@ -144,9 +154,9 @@ mod tests {
         r2.add_neighbour(ip("10.0.0.2"), [7; 6]);
         let mut c = HopCache::new();
         c.sync(&r1);
-        assert_eq!(c.get(&r1, ip("10.0.0.2")).unwrap().dst_mac, [4; 6]);
+        assert_eq!(c.get(&r1, &ip("10.0.0.2")).unwrap().dst_mac, [4; 6]);
         c.sync(&r2);
-        assert_eq!(c.get(&r2, ip("10.0.0.2")).unwrap().dst_mac, [7; 6]);
+        assert_eq!(c.get(&r2, &ip("10.0.0.2")).unwrap().dst_mac, [7; 6]);
     }
 
     #[test]
@@ -162,7 +172,7 @@ mod tests {
         c.sync(&r);
         for _ in 0..2 {
             for (i, a) in addrs.iter().enumerate() {
-                assert_eq!(c.get(&r, *a).unwrap().dst_mac, [i as u8; 6]);
+                assert_eq!(c.get(&r, a).unwrap().dst_mac, [i as u8; 6]);
             }
         }
     }
@@ -183,8 +193,8 @@ mod tests {
         }
         let mut c = HopCache::new();
         c.sync(&Fixed);
-        c.get(&Fixed, ip("10.0.0.2"));
-        c.get(&Fixed, ip("10.0.0.2"));
+        c.get(&Fixed, &ip("10.0.0.2"));
+        c.get(&Fixed, &ip("10.0.0.2"));
         assert_eq!((c.hits, c.misses), (0, 2));
         assert!(c.entries.is_empty());
     }
@@ -193,8 +203,8 @@ mod tests {
     fn a_cache_never_synced_caches_nothing() {
         let r = routes();
         let mut c = HopCache::new();
-        assert_eq!(c.get(&r, ip("10.0.0.2")).unwrap().dst_mac, [4; 6]);
-        assert_eq!(c.get(&r, ip("10.0.0.2")).unwrap().dst_mac, [4; 6]);
+        assert_eq!(c.get(&r, &ip("10.0.0.2")).unwrap().dst_mac, [4; 6]);
+        assert_eq!(c.get(&r, &ip("10.0.0.2")).unwrap().dst_mac, [4; 6]);
         assert_eq!((c.hits, c.misses), (0, 2));
         assert!(c.entries.is_empty());
     }

@@ -61,16 +61,19 @@ impl<'a> Frame<'a> {
     }
 
     /// The frame's firewall mark (0 = none).
+    #[inline]
     pub fn mark(&self) -> u32 {
         self.mark
     }
 
     /// The frame's bytes.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
 
     /// The frame's bytes, writable.
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + self.len]
     }

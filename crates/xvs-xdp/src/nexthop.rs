@@ -543,13 +543,13 @@ mod tests {
         let v1 = r.version();
         assert_ne!(v0, v1);
         cache.sync(&*r);
-        assert_eq!(cache.get(&*r, dst).unwrap().dst_mac, [1; 6]);
-        assert_eq!(cache.get(&*r, dst).unwrap().dst_mac, [1; 6]);
+        assert_eq!(cache.get(&*r, &dst).unwrap().dst_mac, [1; 6]);
+        assert_eq!(cache.get(&*r, &dst).unwrap().dst_mac, [1; 6]);
         assert_eq!(cache.hits, 1);
         // The neighbour moved: the next publish moves the version, the next batch sees it.
         r.resolve(&mut Fake([2; 6]), &targets).unwrap();
         assert_ne!(r.version(), v1);
         cache.sync(&*r);
-        assert_eq!(cache.get(&*r, dst).unwrap().dst_mac, [2; 6]);
+        assert_eq!(cache.get(&*r, &dst).unwrap().dst_mac, [2; 6]);
     }
 }
