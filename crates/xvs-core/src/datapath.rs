@@ -571,9 +571,8 @@ impl Engine {
                         } else {
                             self.conns.client_hash(p.proto, &p.saddr, p.sport)
                         };
-                        if let Some([ctrl, slot]) = self.conns.lookup_addresses(h) {
-                            prefetch(ctrl);
-                            prefetch(slot);
+                        if let Some(bucket) = self.conns.lookup_address(h) {
+                            prefetch(bucket);
                         }
                         *first = Some(FirstLookup { from_nat, h });
                     }
@@ -763,6 +762,7 @@ impl Engine {
     }
 
     /// MTU and TTL checks before forwarding; Some(verdict) when the packet cannot go on.
+    #[inline(always)] // Once per forwarded packet: a call costs more than its two compares.
     fn check_size_and_ttl(&self, frame: &mut Frame<'_>, p: &Packet, mtu: usize) -> Option<Verdict> {
         if p.ip_len > mtu {
             if p.df {

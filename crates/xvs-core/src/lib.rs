@@ -13,6 +13,7 @@ pub mod dest;
 pub mod director;
 pub mod hash;
 pub mod hops;
+mod index;
 pub mod proto;
 pub mod routes;
 pub mod sched;
