@@ -212,7 +212,11 @@ impl Index {
         let mut x = home(h, self.buckets.len());
         while x != b {
             let n = self.buckets[x].passed();
-            self.buckets[x].set_passed(n - 1);
+            debug_assert!(
+                n > 0,
+                "bucket {x} counted fewer passing entries than passed it"
+            );
+            self.buckets[x].set_passed(n.saturating_sub(1));
             x = self.next(x);
         }
         true
@@ -238,7 +242,7 @@ impl Index {
                 return true;
             }
             let n = bk.passed();
-            bk.set_passed(n + 1);
+            bk.set_passed(n.saturating_add(1));
             b = self.next(b);
         }
     }
