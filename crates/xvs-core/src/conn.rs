@@ -24,6 +24,13 @@ use std::sync::Arc;
 
 use spin::relax::Yield;
 
+use crate::chunks::Chunked;
+use crate::dest::{ConnForward, DestState};
+use crate::hash::hash_endpoint;
+use crate::index::{self, Index, MAX_LOAD};
+use crate::service::ServiceLive;
+use crate::types::{ForwardMethod, Time};
+
 /// A shard's lock: a spin lock (the `spin` crate's, through `lock_api`), taken once or twice
 /// per packet and held for tens of nanoseconds. Its unlock is a plain release store, where a
 /// parking lock's is a locked compare-and-swap (it must look for parked waiters): two locked
@@ -35,14 +42,6 @@ type RawShardLock = spin::mutex::SpinMutex<(), Yield>;
 type Mutex<T> = lock_api::Mutex<RawShardLock, T>;
 type MutexGuard<'a, T> = lock_api::MutexGuard<'a, RawShardLock, T>;
 type MappedMutexGuard<'a, T> = lock_api::MappedMutexGuard<'a, RawShardLock, T>;
-
-use crate::index::{self, Index, MAX_LOAD};
-
-use crate::chunks::Chunked;
-use crate::dest::{ConnForward, DestState};
-use crate::hash::hash_endpoint;
-use crate::service::ServiceLive;
-use crate::types::{ForwardMethod, Time};
 
 /// Connection flag: the connection counts in InActConn.
 pub const CONN_F_INACTIVE: u16 = 0x100;
@@ -218,8 +217,8 @@ struct Shard {
 }
 
 /// The load (in 1/1024) at which shard `i` of `n` grows its index: from 7/8 (the index's
-/// highest, [`MAX_LOAD`]) down to half of it, evenly in log scale over the shards, so that as an evenly filled table
-/// doubles, its shards grow one after the other instead of all at once. On average an index
+/// highest, [`MAX_LOAD`]) down to half of it, evenly in log scale over the shards, so that as
+/// an evenly filled table doubles, its shards grow one after the other instead of all at once. On average an index
 /// is then a little emptier (1 to 4 bytes more per connection, measured at 1 M and 9 M).
 fn grow_load(i: usize, n: usize) -> u16 {
     (MAX_LOAD as f64 * (-(i as f64 + 0.5) / n as f64).exp2()) as u16

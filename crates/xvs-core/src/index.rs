@@ -88,7 +88,6 @@ pub(crate) fn home(h: u64, n: usize) -> usize {
 }
 
 /// A shard's index of entry positions.
-#[derive(Clone)]
 pub(crate) struct Index {
     /// Enough of them for `nominal` slots.
     buckets: Vec<Bucket>,
