@@ -1,15 +1,15 @@
 //! A shard's index: the positions of its entries by hash, in buckets of one cache line.
 //!
 //! A bucket holds up to [`SLOTS`] positions, each with a tag byte of its entry's hash, tags and
-//! positions on the same 64-byte line. A lookup starts at the bucket `hash & mask`, so the data
-//! path can compute that line's address from the index's published base and mask and prefetch
-//! it: one line, where an index that keeps its tags and its positions in two arrays (as
-//! hashbrown's does) needs two. An index is sized as hashbrown sizes its tables, at a power of
-//! two of slots ([`Index::nominal_slots`]), in as many whole buckets as that takes (so the
-//! bucket count is not a power of two, and a hash's home bucket is found by a multiplication,
-//! [`home`]). Buckets are probed one after the other; each counts the
-//! entries that found it full on their way from an earlier home bucket (`passed`), and a
-//! lookup stops after the first bucket whose count is zero.
+//! positions on the same 64-byte line. A lookup starts at the hash's home bucket ([`home`]), so
+//! the data path can compute that line's address from the index's published base and bucket
+//! count and prefetch it: one line, where an index that keeps its tags and its positions in two
+//! arrays (as hashbrown's does) needs two. An index is sized as hashbrown sizes its tables, at a
+//! power of two of slots ([`Index::nominal_slots`]), in as many whole buckets as that takes (so
+//! the bucket count is not a power of two, and the home bucket is found by a multiplication
+//! rather than a mask). Buckets are probed one after the other; each counts the entries that
+//! found it full on their way from an earlier home bucket (`passed`), and a lookup stops after
+//! the first bucket whose count is zero.
 //!
 //! The index does not know its entries' hashes: growing and shrinking it is the owner's
 //! business ([`Index::with_capacity`], then [`Index::insert`] for every entry).
@@ -23,8 +23,8 @@ pub(crate) const SLOTS: usize = 12;
 pub(crate) const MAX_LOAD: usize = 896;
 
 /// One cache line: 16 control bytes (`SLOTS` tags, 0 for a free slot, then the count of
-/// entries that passed the bucket full, a little-endian `u32`), and the positions. The control
-/// bytes are read as one 128-bit word and all tags compared at once.
+/// entries that passed the bucket full, a little-endian `u32`), and the positions. All tags
+/// are compared at once ([`Bucket::matching`]).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct Bucket {
@@ -73,7 +73,7 @@ impl Bucket {
 }
 
 /// The tag of a hash: its top byte, never 0 (a free slot). The shard takes bits 40 to 47 and
-/// the home bucket the low bits, so the tag is independent of both.
+/// the home bucket the low 32 bits, so the tag is independent of both.
 #[inline(always)]
 fn tag(h: u64) -> u8 {
     let t = (h >> 56) as u8;
