@@ -84,9 +84,10 @@ impl HopCache {
     /// The next hop to `dst`: from the cache, else from `routes` (and then cached when
     /// `routes` has a version). Call [`HopCache::sync`] with the same `routes` first; without
     /// it, nothing is cached.
-    #[inline(always)] // The hit, once per forwarded packet, in the caller's loop.
+    ///
     /// `dst` is taken by reference: the data path passes the address where it lives, and a copy
     /// of an `IpAddr` through the stack is read back in straddling words (see `datapath::Hit`).
+    #[inline(always)] // The hit, once per forwarded packet, in the caller's loop.
     pub fn get(&mut self, routes: &dyn Routes, dst: &IpAddr) -> Option<&NextHop> {
         let i = Self::index(dst);
         if matches!(self.entries.get(i), Some(Some((a, _))) if a == dst) {
@@ -99,11 +100,10 @@ impl HopCache {
     /// [`HopCache::get`] when `dst` is not in the cache (or nothing is cached).
     #[inline(never)]
     fn miss(&mut self, routes: &dyn Routes, dst: IpAddr) -> Option<&NextHop> {
+        self.misses += 1;
         if self.version.is_none() {
-            self.misses += 1;
             return Some(self.uncached.insert(routes.next_hop(dst)?));
         }
-        self.misses += 1;
         let e = &mut self.entries[Self::index(&dst)];
         *e = Some((dst, routes.next_hop(dst)?));
         e.as_ref().map(|(_, hop)| hop)
