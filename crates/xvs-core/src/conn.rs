@@ -326,9 +326,6 @@ struct Layout {
     buckets: AtomicUsize,
 }
 
-/// Bytes of one bucket of a shard's index.
-const BUCKET: usize = 64;
-
 /// Bytes of one entry.
 const ENTRY: usize = std::mem::size_of::<Entry>();
 
@@ -440,7 +437,7 @@ impl ConnTable {
         if base == 0 {
             return None;
         }
-        Some(base + index::home(h.h, l.buckets.load(Relaxed)) * BUCKET)
+        Some(index::home_address(base, l.buckets.load(Relaxed), h.h))
     }
 
     /// The second step of a prefetch: under the shard's lock, read the index (cheap once

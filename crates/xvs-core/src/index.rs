@@ -83,8 +83,16 @@ fn tag(h: u64) -> u8 {
 /// The home bucket of hash `h` among `n`: its low 32 bits scaled to `0..n` (the shard takes
 /// bits 40 to 47 and the tag the top byte, so all three are independent).
 #[inline(always)]
-pub(crate) fn home(h: u64, n: usize) -> usize {
+fn home(h: u64, n: usize) -> usize {
     (((h & 0xffff_ffff) * n as u64) >> 32) as usize
+}
+
+/// The address of hash `h`'s home bucket in an index laid out at `base` with `buckets`
+/// buckets ([`Index::layout`]): what a lookup reads first, for a prefetch. Computed, never
+/// dereferenced.
+#[inline(always)]
+pub(crate) fn home_address(base: usize, buckets: usize, h: u64) -> usize {
+    base + home(h, buckets) * std::mem::size_of::<Bucket>()
 }
 
 /// A shard's index of entry positions.
