@@ -918,13 +918,13 @@ mod tests {
         assert!(loads.windows(2).all(|w| w[0] > w[1]), "{loads:?}");
         assert!(loads[0] < 896 && loads[255] >= 448, "{loads:?}");
         let d = dest();
+        let client = |p: u32| ConnKey {
+            caddr: IpAddr::from([10, 2, (p >> 8) as u8, p as u8]),
+            ..key(1000)
+        };
         assert_eq!(t.lock(0).index.nominal_slots(), 32);
         for p in 0..256 * 24u32 {
-            let k = ConnKey {
-                caddr: IpAddr::from([10, 2, (p >> 8) as u8, p as u8]),
-                ..key(1000)
-            };
-            t.insert(k, conn(&d, Time(0), 1)).unwrap();
+            t.insert(client(p), conn(&d, Time(0), 1)).unwrap();
         }
         let slots: Vec<usize> = (0..256).map(|i| t.lock(i).index.nominal_slots()).collect();
         let grown = slots.iter().filter(|&&b| b > 32).count();
@@ -934,10 +934,7 @@ mod tests {
         );
         // Every entry is still found through the rebuilt indexes.
         for p in 0..256 * 24u32 {
-            let k = ConnKey {
-                caddr: IpAddr::from([10, 2, (p >> 8) as u8, p as u8]),
-                ..key(1000)
-            };
+            let k = client(p);
             assert!(t.with_conn(&k, Time(0), |_| ()).is_some(), "{k:?} lost");
         }
     }
