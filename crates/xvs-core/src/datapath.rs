@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crate::conn::{
-    ClientHash, Conn, ConnKey, ConnTable, InsertError, ReplyKey, CONN_F_INACTIVE, CONN_F_NOOUTPUT,
-    CONN_F_ONE_PACKET, CONN_F_TEMPLATE, TPL_S_NONE,
+    ClientHash, Conn, ConnKey, ConnTable, InsertError, KeyRef, ReplyKey, CONN_F_INACTIVE,
+    CONN_F_NOOUTPUT, CONN_F_ONE_PACKET, CONN_F_TEMPLATE, TPL_S_NONE,
 };
 use crate::dest::{ConnForward, DestState};
 use crate::hops::HopCache;
@@ -99,6 +99,7 @@ struct Hops<'a> {
 }
 
 impl Hops<'_> {
+    #[inline(always)] // The cache's hit is inlined for the data path's loop: keep it there.
     fn get(&mut self, dst: &IpAddr) -> Option<&NextHop> {
         self.cache.get(self.routes, dst)
     }
@@ -359,7 +360,7 @@ fn hit_in(
     w: Counting,
 ) -> InResult {
     if proto == Protocol::Tcp
-        && p.tcp.syn
+        && p.tcp.syn()
         && c.template.is_none()
         && t.settings.conn_reuse_mode != 0
     {
@@ -675,14 +676,14 @@ impl Engine {
                 return Some(v);
             }
         }
-        let key = ConnKey {
+        let key = KeyRef {
             proto: p.proto,
-            caddr: p.saddr,
+            caddr: &p.saddr,
             cport: p.sport,
-            vaddr: p.daddr,
+            vaddr: &p.daddr,
             vport: p.dport,
         };
-        if let Some(mut c) = self.conns.conn_at(h_in, &key, cx.now) {
+        if let Some(mut c) = self.conns.conn_at(h_in, key, cx.now) {
             match hit_in(&mut c, t, p, proto, cx.now, cx.w) {
                 InResult::Hit(tpl) => {
                     // Forwarded under the shard's lock, reading the destination where it is.
@@ -699,7 +700,7 @@ impl Engine {
                 }
                 InResult::Reschedule => {
                     drop(c);
-                    self.conns.remove(&key);
+                    self.conns.remove(&key.to_key());
                 }
             }
         }
@@ -709,7 +710,9 @@ impl Engine {
             return Some(Verdict::Pass);
         }
         match t.lookup(proto, p.daddr, p.dport, frame.mark()) {
-            Some(svc) => self.new_conn(t, hops, frame, p, proto, (key, h_in), svc, cx, out),
+            Some(svc) => {
+                self.new_conn(t, hops, frame, p, proto, (key.to_key(), h_in), svc, cx, out)
+            }
             None => Some(Verdict::Pass),
         }
     }
@@ -955,7 +958,7 @@ impl Engine {
         out: &mut Verdict,
     ) -> Outcome {
         let Step { now, w } = cx;
-        if proto == Protocol::Tcp && !t.settings.sloppy_tcp && (!p.tcp.syn || p.tcp.rst) {
+        if proto == Protocol::Tcp && !t.settings.sloppy_tcp && (!p.tcp.syn() || p.tcp.rst()) {
             return Some(self.drop(DropReason::NonSynNoConn));
         }
         let (dest, tpl) = if svc.cfg.is_persistent() {

@@ -81,27 +81,61 @@ pub enum Direction {
     Output,
 }
 
-/// The TCP flags that drive transitions.
+/// The TCP flags that drive transitions: FIN, SYN, RST and ACK at their bits of the header's
+/// flags byte (the others cleared). One byte: the parser stores it with one mask, and the
+/// common case, a plain ACK, is one comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TcpFlags {
-    /// SYN.
-    pub syn: bool,
-    /// FIN.
-    pub fin: bool,
-    /// ACK.
-    pub ack: bool,
-    /// RST.
-    pub rst: bool,
-}
+pub struct TcpFlags(u8);
 
 impl TcpFlags {
+    /// FIN.
+    pub const FIN: TcpFlags = TcpFlags(0x01);
+    /// SYN.
+    pub const SYN: TcpFlags = TcpFlags(0x02);
+    /// RST.
+    pub const RST: TcpFlags = TcpFlags(0x04);
     /// ACK alone.
-    pub const ACK: TcpFlags = TcpFlags {
-        syn: false,
-        fin: false,
-        ack: true,
-        rst: false,
-    };
+    pub const ACK: TcpFlags = TcpFlags(0x10);
+
+    /// The flags of a TCP header's flags byte (offset 13); the ones that drive no transition
+    /// (PSH, URG, ECE, CWR) are dropped.
+    #[inline(always)]
+    pub const fn from_header_byte(b: u8) -> TcpFlags {
+        TcpFlags(b & 0x17)
+    }
+
+    /// From the four flags.
+    pub fn new(syn: bool, fin: bool, ack: bool, rst: bool) -> TcpFlags {
+        let bit = |set: bool, f: TcpFlags| if set { f.0 } else { 0 };
+        TcpFlags(
+            bit(syn, Self::SYN) | bit(fin, Self::FIN) | bit(ack, Self::ACK) | bit(rst, Self::RST),
+        )
+    }
+
+    /// Both sets of flags.
+    pub const fn with(self, o: TcpFlags) -> TcpFlags {
+        TcpFlags(self.0 | o.0)
+    }
+
+    /// SYN set.
+    pub const fn syn(self) -> bool {
+        self.0 & Self::SYN.0 != 0
+    }
+
+    /// FIN set.
+    pub const fn fin(self) -> bool {
+        self.0 & Self::FIN.0 != 0
+    }
+
+    /// ACK set.
+    pub const fn ack(self) -> bool {
+        self.0 & Self::ACK.0 != 0
+    }
+
+    /// RST set.
+    pub const fn rst(self) -> bool {
+        self.0 & Self::RST.0 != 0
+    }
 }
 
 use TcpState::{
@@ -135,13 +169,13 @@ const INPUT_ONLY: [Row; 4] = [
 /// tunnel connections, or NAT before the first reply). Flag precedence RST, SYN, FIN, ACK; a
 /// packet with none of them closes the connection.
 pub fn tcp_next_state(cur: TcpState, dir: Direction, no_output: bool, f: TcpFlags) -> TcpState {
-    let row = if f.rst {
+    let row = if f.rst() {
         3
-    } else if f.syn {
+    } else if f.syn() {
         0
-    } else if f.fin {
+    } else if f.fin() {
         1
-    } else if f.ack {
+    } else if f.ack() {
         2
     } else {
         return CL;
@@ -213,30 +247,24 @@ mod tests {
         }
     }
 
-    const SYN: TcpFlags = TcpFlags {
-        syn: true,
-        fin: false,
-        ack: false,
-        rst: false,
-    };
-    const ACK: TcpFlags = TcpFlags {
-        syn: false,
-        fin: false,
-        ack: true,
-        rst: false,
-    };
-    const FIN: TcpFlags = TcpFlags {
-        syn: false,
-        fin: true,
-        ack: true,
-        rst: false,
-    };
-    const SYNACK: TcpFlags = TcpFlags {
-        syn: true,
-        fin: false,
-        ack: true,
-        rst: false,
-    };
+    const SYN: TcpFlags = TcpFlags::SYN;
+    const ACK: TcpFlags = TcpFlags::ACK;
+    const FIN: TcpFlags = TcpFlags::FIN.with(TcpFlags::ACK);
+    const SYNACK: TcpFlags = TcpFlags::SYN.with(TcpFlags::ACK);
+
+    #[test]
+    fn flags_from_the_header_byte() {
+        // PSH|ACK is a plain ACK to the state machine; CWR, ECE, URG are dropped too.
+        assert_eq!(TcpFlags::from_header_byte(0x18), TcpFlags::ACK);
+        assert_eq!(
+            TcpFlags::from_header_byte(0xff),
+            TcpFlags::new(true, true, true, true)
+        );
+        let f = TcpFlags::from_header_byte(0x12);
+        assert!(f.syn() && f.ack() && !f.fin() && !f.rst());
+        assert_eq!(f, SYNACK);
+        assert_eq!(TcpFlags::new(false, true, true, false), FIN);
+    }
 
     #[test]
     fn nat_handshake_and_close() {
@@ -261,10 +289,7 @@ mod tests {
             tcp_next_state(ES, Direction::Input, true, TcpFlags::default()),
             CL
         );
-        let rst = TcpFlags {
-            rst: true,
-            ..Default::default()
-        };
+        let rst = TcpFlags::RST;
         assert_eq!(tcp_next_state(SA, Direction::Input, true, rst), CL);
         assert_eq!(tcp_next_state(SA, Direction::Input, false, rst), SR);
     }

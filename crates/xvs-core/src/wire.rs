@@ -240,13 +240,7 @@ pub fn parse_ipv4_fast(frame: &[u8]) -> Option<Packet> {
             if doff < 20 || seg_len < doff {
                 return None;
             }
-            let f = h[l4 + 13];
-            tcp = TcpFlags {
-                fin: f & 0x01 != 0,
-                syn: f & 0x02 != 0,
-                rst: f & 0x04 != 0,
-                ack: f & 0x10 != 0,
-            };
+            tcp = TcpFlags::from_header_byte(h[l4 + 13]);
         }
         IPPROTO_UDP => {
             let ulen = usize::from(be16(h, l4 + 4));
@@ -368,12 +362,7 @@ fn finish(
             let t = TcpHeaderSlice::from_slice(seg).map_err(|_| ParseError::Malformed)?;
             p.sport = t.source_port();
             p.dport = t.destination_port();
-            p.tcp = TcpFlags {
-                syn: t.syn(),
-                fin: t.fin(),
-                ack: t.ack(),
-                rst: t.rst(),
-            };
+            p.tcp = TcpFlags::new(t.syn(), t.fin(), t.ack(), t.rst());
         }
         IPPROTO_UDP => {
             let u = UdpHeaderSlice::from_slice(seg).map_err(|_| ParseError::Malformed)?;
@@ -1042,7 +1031,7 @@ mod tests {
                 (p.sport, p.dport, p.ttl),
                 (40000, if tcp { 80 } else { 53 }, 64)
             );
-            assert_eq!(p.tcp.syn && p.tcp.ack, tcp);
+            assert_eq!(p.tcp.syn() && p.tcp.ack(), tcp);
         }
     }
 

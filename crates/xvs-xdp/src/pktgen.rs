@@ -233,7 +233,7 @@ mod tests {
         let p = xvs_core::wire::parse(&f).expect("parses");
         assert_eq!(p.saddr, std::net::IpAddr::V4(Ipv4Addr::new(10, 200, 0, 4)));
         assert_eq!(p.sport, 1024 + (70_000 & 0x3fff) as u16);
-        assert!(p.tcp.syn && !p.tcp.ack);
+        assert!(p.tcp.syn() && !p.tcp.ack());
         assert_eq!(xvs_core::wire::checksum(&f[14..34]), 0);
         assert_eq!(
             xvs_core::wire::l4_checksum(&p.saddr, &p.daddr, 6, &f[34..]),
