@@ -411,13 +411,21 @@ impl Tally {
         }
     }
 
-    /// Put `o` in the frame's verdict slot `v` (unless it is already there) and count it.
+    /// Put `o` in the frame's verdict slot `v` (unless it is already there) and count it. A
+    /// verdict written in place is a forward one (see [`Outcome`]): it is counted without being
+    /// read back.
     #[inline(always)]
     fn settle(&mut self, o: Outcome, v: &mut Verdict) {
-        if let Some(o) = o {
-            *v = o;
+        match o {
+            Some(o) => {
+                self.count(&o);
+                *v = o;
+            }
+            None => {
+                debug_assert!(matches!(v, Verdict::Forward { .. }));
+                self.forwarded += 1;
+            }
         }
-        self.count(v);
     }
 
     fn add_to(&self, c: &EngineCounters) {
@@ -433,8 +441,8 @@ impl Tally {
     }
 }
 
-/// What a step of the data path returns: its verdict, or None when it wrote the verdict into
-/// the frame's slot itself. A forward verdict carries its real server's `IpAddr`; built aside
+/// What a step of the data path returns: its verdict, or None when it wrote a forward verdict
+/// into the frame's slot itself (the only kind written in place). A forward verdict carries its real server's `IpAddr`; built aside
 /// and then moved into the slot, it is read back in words that straddle the stores that built
 /// it, and the copy waits for them (a store-forwarding stall: 7 to 12 % of the established
 /// path's samples at 10 K flows, docs/performance.md "Session 10"). So
@@ -665,17 +673,19 @@ impl Engine {
         };
         // The prefetching pass has already asked whether this is a NAT source, and hashed the
         // client side of the first lookup (the reply's for a NAT source).
-        let from_nat = first.map_or_else(
-            || t.is_nat_source(proto, &p.saddr, p.sport),
-            |fl| fl.from_nat,
-        );
-        let h = first.map(|fl| fl.h);
-        let (h_reply, h_in) = if from_nat { (h, None) } else { (None, h) };
-        if from_nat {
-            if let Some(v) = self.reply(t, hops, frame, p, h_reply, cx) {
+        let (from_nat, h) = match first {
+            Some(fl) => (fl.from_nat, Some(fl.h)),
+            None => (t.is_nat_source(proto, &p.saddr, p.sport), None),
+        };
+        // The first lookup's hash is the reply's for a NAT source, else the connection's.
+        let h_in = if from_nat {
+            if let Some(v) = self.reply(t, hops, frame, p, h, cx) {
                 return Some(v);
             }
-        }
+            None
+        } else {
+            h
+        };
         let key = KeyRef {
             proto: p.proto,
             caddr: &p.saddr,
