@@ -557,7 +557,7 @@ impl ConnTable {
         let found = MutexGuard::try_map(self.lock(i), |s| {
             let pos = s.position(h, hint, key)?;
             let c = &mut s.entries.get_mut(pos)?.1;
-            if c.expires <= now {
+            if c.expires.0 <= now.0 {
                 if c.controlled == 0 {
                     expired = Some(pos);
                     return None;

@@ -359,19 +359,8 @@ fn hit_in(
     now: Time,
     w: Counting,
 ) -> InResult {
-    if proto == Protocol::Tcp
-        && p.tcp.syn()
-        && c.template.is_none()
-        && t.settings.conn_reuse_mode != 0
-    {
-        let s = TcpState::from_u8(c.state);
-        let reuse = matches!(s, Some(TcpState::TimeWait | TcpState::Close))
-            || (t.settings.conn_reuse_mode & 2 != 0
-                && s == Some(TcpState::FinWait)
-                && c.flags & CONN_F_NOOUTPUT != 0);
-        if reuse {
-            return InResult::Reschedule;
-        }
+    if proto == Protocol::Tcp && p.tcp.syn() && reused_by_syn(c, t) {
+        return InResult::Reschedule;
     }
     if !c.dest.is_available() {
         return if t.settings.expire_nodest_conn {
@@ -384,6 +373,21 @@ fn hit_in(
     let assure = transition(c, proto, Direction::Input, p.tcp, &t.timeouts, now);
     account(c, t, Direction::Input, p.ip_len, w);
     InResult::Hit(assure.then(|| c.template.clone()).flatten())
+}
+
+/// Whether a SYN for the existing connection `c` starts a new one (`conn_reuse_mode`): out of
+/// the established path's loop, which only tests for the SYN.
+#[cold]
+#[inline(never)]
+fn reused_by_syn(c: &Conn, t: &Tables) -> bool {
+    if c.template.is_some() || t.settings.conn_reuse_mode == 0 {
+        return false;
+    }
+    let s = TcpState::from_u8(c.state);
+    matches!(s, Some(TcpState::TimeWait | TcpState::Close))
+        || (t.settings.conn_reuse_mode & 2 != 0
+            && s == Some(TcpState::FinWait)
+            && c.flags & CONN_F_NOOUTPUT != 0)
 }
 
 /// The moment a packet is processed at and where its traffic is counted.

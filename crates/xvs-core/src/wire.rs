@@ -599,11 +599,13 @@ pub fn dec_ttl(frame: &mut [u8], p: &Packet) {
             .expect("12 bytes");
         // TTL is the high byte of a 16-bit word: it drops by 0x0100, so by RFC 1624 the
         // checksum rises by 0x0100 (one's complement, end-around carry), as the kernel's
-        // ip_decrease_ttl does.
+        // ip_decrease_ttl does. A one's-complement sum does not depend on byte order (RFC
+        // 1071), so the checksum's two bytes are added to as a little-endian word, where that
+        // 0x0100 is 0x0001: no byte swaps.
         ip[8] = ip[8].saturating_sub(1);
-        let sum = u32::from(u16::from_be_bytes([ip[10], ip[11]])) + 0x0100;
+        let sum = u32::from(u16::from_le_bytes([ip[10], ip[11]])) + 0x0001;
         let c = (sum + (sum >> 16)) as u16;
-        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        ip[10..12].copy_from_slice(&c.to_le_bytes());
     }
 }
 
@@ -1019,6 +1021,30 @@ mod tests {
         let mut f = Frame::new(&mut buf, 2, 5);
         assert!(!f.push(3));
         assert_eq!((f.start(), f.data()), (2, &[2, 3, 4, 5, 6][..]));
+    }
+
+    #[test]
+    fn ttl_decrement_patches_the_checksum_as_rfc_1624_does() {
+        // Every checksum value (the carries included), against RFC 1624's update done in the
+        // header's own byte order, and against a full recomputation.
+        let f = frame(true, 0);
+        let p = parse(&f).unwrap();
+        for check in 0..=u16::MAX {
+            let mut g = f.clone();
+            g[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&check.to_be_bytes());
+            dec_ttl(&mut g, &p);
+            let sum = u32::from(check) + 0x0100;
+            let want = (sum + (sum >> 16)) as u16;
+            assert_eq!(be16(&g, ETH_LEN + 10), want, "checksum {check:#06x}");
+            assert_eq!(g[ETH_LEN + 8], 63);
+        }
+        let mut g = f.clone();
+        dec_ttl(&mut g, &p);
+        assert_eq!(
+            checksum(&g[ETH_LEN..ETH_LEN + 20]),
+            0,
+            "the header still verifies"
+        );
     }
 
     #[test]
