@@ -197,6 +197,16 @@ impl Index {
         Some(self.buckets[b].pos[i])
     }
 
+    /// The first position in `h`'s home bucket whose tag matches `h`, without probing further:
+    /// a hint for a prefetch (an entry is in its home bucket unless that bucket was full when it
+    /// came).
+    #[inline(always)]
+    pub(crate) fn home_candidate(&self, h: u64) -> Option<u32> {
+        let bk = self.buckets.get(home(h, self.buckets.len()))?;
+        let m = bk.matching(tag(h));
+        (m != 0).then(|| bk.pos[m.trailing_zeros() as usize])
+    }
+
     /// Point the slot holding position `old` (hash `h`) at `new`; false if there is none.
     pub(crate) fn replace(&mut self, h: u64, old: u32, new: u32) -> bool {
         match self.locate(h, |p| p == old) {
@@ -305,6 +315,32 @@ mod tests {
         }
         assert_eq!(ix.len(), 0);
         assert!(ix.buckets.iter().all(|b| b.ctrl == [0; 16]));
+    }
+
+    #[test]
+    fn the_home_candidate_is_the_first_tag_match_of_the_home_bucket() {
+        let mut ix = Index::with_capacity(200);
+        // Spread hashes, distinct tags: every position in its home bucket, found as its own
+        // candidate.
+        let spread = |k: u32| u64::from(k + 1) << 56 | u64::from(k).wrapping_mul(0x9E37_79B9);
+        for k in 0..100u32 {
+            assert!(ix.insert(spread(k), k));
+        }
+        for k in 0..100u32 {
+            assert_eq!(ix.home_candidate(spread(k)), Some(k));
+        }
+        // Crowded hashes: a candidate is a position stored under the hash's tag, or none when
+        // the home bucket holds no such tag (the entry went on to a later bucket).
+        let mut ix = Index::with_capacity(200);
+        for k in 0..200u32 {
+            assert!(ix.insert(crowded(k), k));
+        }
+        for k in 0..200u32 {
+            if let Some(p) = ix.home_candidate(crowded(k)) {
+                assert_eq!(tag(crowded(p)), tag(crowded(k)));
+            }
+        }
+        assert_eq!(Index::with_capacity(4).home_candidate(crowded(3)), None);
     }
 
     #[test]
