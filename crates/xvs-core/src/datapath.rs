@@ -240,7 +240,7 @@ pub struct Engine {
 struct Hit<'a> {
     daddr: &'a IpAddr,
     dport: u16,
-    fwd: ConnForward,
+    fwd: &'a ConnForward,
 }
 
 impl Hit<'_> {
@@ -248,7 +248,7 @@ impl Hit<'_> {
         Hit {
             daddr: &c.dest.addr,
             dport: c.dport,
-            fwd: c.fwd,
+            fwd: &c.fwd,
         }
     }
 }
@@ -1034,7 +1034,7 @@ impl Engine {
         let hit = Hit {
             daddr: &daddr,
             dport: c.dport,
-            fwd,
+            fwd: &fwd,
         };
         if one_packet {
             // Not inserted: every datagram is scheduled on its own.
