@@ -1,5 +1,6 @@
-//! Engine benchmarks: established-flow packets (lookup + rewrite) and new connections (schedule
-//! + insert), at 10 K and 1 M entries, flows drawn uniformly at random.
+//! Engine benchmarks: established-flow packets (lookup + rewrite; for NAT also the real
+//! servers' replies) and new connections (schedule + insert), at 10 K and 1 M entries, flows
+//! drawn uniformly at random.
 //!
 //! Run: `cargo bench -p xvs-bench --bench engine`.
 
@@ -9,21 +10,28 @@ use std::time::Duration;
 
 use common::{group, Pace};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use xvs_bench::{balancer, remove_flows, table_sizes, Rng, Scratch, BATCH};
+use xvs_bench::{balancer, real_servers, remove_flows, table_sizes, Rng, Scratch, BATCH};
 use xvs_core::{ForwardMethod, Verdict};
 
 fn established(c: &mut Criterion) {
     let mut g = group(c, "established", BATCH as u64, Pace::Steady);
-    for (method, name) in [
-        (ForwardMethod::Route, "dr"),
-        (ForwardMethod::Masq, "nat"),
-        (ForwardMethod::Tunnel, "tun"),
+    // "nat-reply": the real servers' replies to the clients of the NAT connections.
+    for (method, name, replies) in [
+        (ForwardMethod::Route, "dr", false),
+        (ForwardMethod::Masq, "nat", false),
+        (ForwardMethod::Masq, "nat-reply", true),
+        (ForwardMethod::Tunnel, "tun", false),
     ] {
         for &flows in table_sizes() {
             let (_d, tables, engine, routes) = balancer("rr", method, 100, flows as usize * 2);
             let mut scratch = Scratch::new();
             // Create the flows with SYNs.
             scratch.prefill(&engine, &tables, &routes, flows);
+            let servers = if replies {
+                real_servers(&engine, flows)
+            } else {
+                Vec::new()
+            };
             let mut rng = Rng::new(7);
             // Each size twice, in the same run: `process`, and `process_prefetched` with the CPU
             // prefetch of xvs-xdp's worker.
@@ -41,8 +49,13 @@ fn established(c: &mut Criterion) {
                             // Random flows, their ACKs written into the batch's buffers (not
                             // timed; no allocation between two timed batches).
                             ids.iter_mut().for_each(|i| *i = rng.below(flows));
-                            total +=
-                                scratch.run_flows(&engine, &tables, &routes, &ids, false, prefetch);
+                            total += if replies {
+                                scratch.run_replies(
+                                    &engine, &tables, &routes, &ids, &servers, prefetch,
+                                )
+                            } else {
+                                scratch.run_flows(&engine, &tables, &routes, &ids, false, prefetch)
+                            };
                             debug_assert!(scratch
                                 .verdicts(ids.len())
                                 .iter()

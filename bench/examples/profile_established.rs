@@ -1,11 +1,12 @@
 //! A fixed workload for profilers (`valgrind --tool=callgrind` or `--tool=cachegrind`, `perf
 //! record`) and for A/B comparisons of two builds on a noisy machine: F established flows
-//! (default 10,000; direct routing, or NAT or tunnel by the fourth argument), then N ACKs of
+//! (default 10,000; direct routing, or NAT or tunnel by the fourth argument; `nat-reply`: NAT,
+//! and the ACKs are the real servers' replies to the clients), then N ACKs of
 //! flows drawn at random for every batch (default 200,000) through the batch path a worker
 //! uses, in batches of B (default 256) with the worker's own counter slot, in 20 rounds.
 //!
 //! Run: `cargo build --release -p xvs-bench --example profile_established`, then
-//! `profile_established [N] [F] [plain|prefetch|always|new] [dr|nat|tun] [EVICT_KIB] [B]`
+//! `profile_established [N] [F] [plain|prefetch|always|new] [dr|nat|tun|nat-reply] [EVICT_KIB] [B]`
 //! (`prefetch`, the default, is `Engine::process_prefetched` with the CPU prefetch, as xvsd's workers run it: it prefetches
 //! from `xvs_core::datapath::PREFETCH_FROM` entries on; `always` prefetches whatever the
 //! table's size; `plain` is `Engine::process`; `new` sends SYNs of flows never seen, as
@@ -23,7 +24,7 @@
 
 use std::time::Duration;
 
-use xvs_bench::{balancer, remove_flows, Rng, Scratch, BATCH};
+use xvs_bench::{balancer, real_servers, remove_flows, Rng, Scratch, BATCH};
 use xvs_core::{ForwardMethod, Verdict};
 
 const ROUNDS: usize = 20;
@@ -39,8 +40,9 @@ fn main() {
     let flows = arg(2, 10_000).max(1);
     let mode = std::env::args().nth(3).unwrap_or_else(|| "prefetch".into());
     let prefetch = mode != "plain";
+    let replies = std::env::args().nth(4).as_deref() == Some("nat-reply");
     let method = match std::env::args().nth(4).as_deref() {
-        Some("nat") => ForwardMethod::Masq,
+        Some("nat" | "nat-reply") => ForwardMethod::Masq,
         Some("tun") => ForwardMethod::Tunnel,
         _ => ForwardMethod::Route,
     };
@@ -50,6 +52,11 @@ fn main() {
     }
     let mut scratch = Scratch::new();
     scratch.prefill(&engine, &tables, &routes, flows);
+    let servers = if replies {
+        real_servers(&engine, flows)
+    } else {
+        Vec::new()
+    };
     let batch_len = (arg(6, BATCH as u64) as usize).clamp(1, BATCH);
     let mut rng = Rng::new(3);
     // Flows drawn afresh for every batch, over the whole table (as the criterion benchmark
@@ -62,6 +69,10 @@ fn main() {
     let mut rounds = Vec::with_capacity(ROUNDS);
     let mut fwd = 0;
     let new = mode == "new";
+    if new && replies {
+        eprintln!("profile_established: `new` sends SYNs of new clients; replies need connections");
+        std::process::exit(2);
+    }
     let mut next = flows;
     for _ in 0..ROUNDS {
         let mut t = Duration::ZERO;
@@ -76,7 +87,11 @@ fn main() {
                 line[0] = line[0].wrapping_add(1);
             }
             std::hint::black_box(&mut evict);
-            t += scratch.run_flows(&engine, &tables, &routes, &ids, new, prefetch);
+            t += if replies {
+                scratch.run_replies(&engine, &tables, &routes, &ids, &servers, prefetch)
+            } else {
+                scratch.run_flows(&engine, &tables, &routes, &ids, new, prefetch)
+            };
             fwd += scratch
                 .verdicts(ids.len())
                 .iter()

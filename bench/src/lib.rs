@@ -102,6 +102,44 @@ pub fn write_client_frame(out: &mut [u8], client: [u8; 4], port: u16, syn: bool)
         .expect("a client frame is 64 bytes");
 }
 
+/// Write a TCP ACK from real server `server` (address, port) to a client's `port`, as a NAT
+/// real server answers through the balancer, into the first [`CLIENT_FRAME_LEN`] bytes of
+/// `out` (no allocation).
+pub fn write_reply_frame(out: &mut [u8], server: ([u8; 4], u16), client: [u8; 4], port: u16) {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0xaa, 0], [2, 0, 0, 0, 0, 0x1b])
+        .ipv4(server.0, client, 64)
+        .tcp(server.1, port, 1, 64240)
+        .ack(1);
+    let mut w = std::io::Cursor::new(&mut out[..CLIENT_FRAME_LEN]);
+    b.write(&mut w, &[0u8; 6])
+        .expect("a reply frame is 64 bytes");
+}
+
+/// The real server (address, port) of each of the connections of flows `0..flows` (see
+/// [`flow`]), for their replies ([`write_reply_frame`]); panics on an IPv6 or missing one.
+pub fn real_servers(engine: &Engine, flows: u64) -> Vec<([u8; 4], u16)> {
+    (0..flows)
+        .map(|i| {
+            let (a, p) = flow(i);
+            let key = ConnKey {
+                proto: 6,
+                caddr: a.into(),
+                cport: p,
+                vaddr: VIP.into(),
+                vport: 80,
+            };
+            let (addr, port) = engine
+                .conns
+                .with_conn(&key, Time(1000), |c| (c.dest.addr, c.dport))
+                .expect("the flow's connection is in the table");
+            match addr {
+                IpAddr::V4(a) => (a.octets(), port),
+                IpAddr::V6(_) => panic!("the benchmark's real servers are IPv4"),
+            }
+        })
+        .collect()
+}
+
 /// One service on VIP:80 with `n` real servers using `sched` and `method`.
 pub fn balancer(
     sched: &str,
@@ -124,6 +162,9 @@ pub fn balancer(
         vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 254))],
         1500,
     );
+    // The clients (11.0.0.0/8, see `flow`) are reached through a gateway: NAT replies go
+    // there.
+    routes.set_gateway(Some([2, 0, 0, 0, 0, 0xfe]));
     for i in 0..n {
         let addr = IpAddr::V4(Ipv4Addr::new(192, 168, 1, i + 1));
         let mut dc = DestConfig::new(addr, 80);
@@ -196,6 +237,31 @@ impl Scratch {
         for (i, &id) in ids.iter().enumerate() {
             let (a, p) = flow(id);
             write_client_frame(&mut self.buf[i * SLOT + HEADROOM..], a, p, syn);
+        }
+        self.lens.clear();
+        self.lens.resize(ids.len(), CLIENT_FRAME_LEN);
+        self.process(engine, tables, routes, prefetch)
+    }
+
+    /// Write the replies of flows `ids` from their real servers (`servers`, indexed by flow,
+    /// see [`real_servers`]) into the buffers and process them as [`Scratch::run_flows`] does.
+    pub fn run_replies(
+        &mut self,
+        engine: &Engine,
+        tables: &Tables,
+        routes: &StaticRoutes,
+        ids: &[u64],
+        servers: &[([u8; 4], u16)],
+        prefetch: bool,
+    ) -> Duration {
+        for (i, &id) in ids.iter().enumerate() {
+            let (a, p) = flow(id);
+            write_reply_frame(
+                &mut self.buf[i * SLOT + HEADROOM..],
+                servers[id as usize],
+                a,
+                p,
+            );
         }
         self.lens.clear();
         self.lens.resize(ids.len(), CLIENT_FRAME_LEN);

@@ -683,8 +683,8 @@ impl Engine {
         };
         // The first lookup's hash is the reply's for a NAT source, else the connection's.
         let h_in = if from_nat {
-            if let Some(v) = self.reply(t, hops, frame, p, h, cx) {
-                return Some(v);
+            if let Some(o) = self.reply(t, hops, frame, p, h, cx, out) {
+                return o;
             }
             None
         } else {
@@ -731,7 +731,10 @@ impl Engine {
         }
     }
 
-    /// A NAT reply, server → client. None when it belongs to no connection.
+    /// A NAT reply, server → client: None when it belongs to no connection, else its
+    /// outcome (a forward verdict written into `out`, as for client packets).
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)] // Out of the client packets' loop: inlined, it cost them 5 instructions.
     fn reply(
         &self,
         t: &Tables,
@@ -740,7 +743,8 @@ impl Engine {
         p: &Packet,
         h: Option<ClientHash>,
         cx: Step,
-    ) -> Option<Verdict> {
+        out: &mut Verdict,
+    ) -> Option<Outcome> {
         let Step { now, w } = cx;
         let proto = Protocol::from_number(p.proto)?;
         let rk = ReplyKey {
@@ -750,18 +754,33 @@ impl Engine {
             caddr: p.daddr,
             cport: p.dport,
         };
-        let (vaddr, vport, tpl) = self.conns.with_reply_at(h, &rk, now, |key, c| {
+        let (o, tpl) = self.conns.with_reply_at(h, &rk, now, |key, c| {
             let assure = transition(c, proto, Direction::Output, p.tcp, &t.timeouts, now);
             account(c, t, Direction::Output, p.ip_len, w);
-            (
-                key.vaddr,
-                key.vport,
-                assure.then(|| c.template.as_deref().copied()).flatten(),
-            )
+            // Rewritten under the shard's lock, the virtual address read where it lives:
+            // copied out through a result, it was read back in words that straddle the
+            // stores that wrote it (see `Hit`).
+            let o = self.forward_reply(hops, frame, p, &key.vaddr, key.vport, out);
+            (o, assure.then(|| c.template.clone()).flatten())
         })?;
         if let Some(tk) = tpl {
             self.conns.assure_template(&tk);
         }
+        Some(o)
+    }
+
+    /// Send a NAT reply to its client with the virtual service as its source; a forward
+    /// verdict is written into `out` (see [`Outcome`]).
+    #[inline(always)]
+    fn forward_reply(
+        &self,
+        hops: &mut Hops<'_>,
+        frame: &mut Frame<'_>,
+        p: &Packet,
+        vaddr: &IpAddr,
+        vport: u16,
+        out: &mut Verdict,
+    ) -> Outcome {
         let Some(hop) = hops.get(&p.daddr) else {
             return Some(self.drop(DropReason::NoRoute));
         };
@@ -769,13 +788,14 @@ impl Engine {
             return Some(v);
         }
         let d = frame.data_mut();
-        nat_rewrite(d, p, NatSide::Src, vaddr, vport);
+        nat_rewrite(d, p, NatSide::Src, *vaddr, vport);
         dec_ttl(d, p);
         set_macs(d, hop);
-        Some(Verdict::Forward {
+        *out = Verdict::Forward {
             ifindex: hop.ifindex,
             real: None,
-        })
+        };
+        None
     }
 
     /// MTU and TTL checks before forwarding; Some(verdict) when the packet cannot go on.
