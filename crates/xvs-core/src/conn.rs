@@ -501,9 +501,9 @@ impl ConnTable {
 
     /// The second step of a prefetch: under the shard's lock, read the index's home bucket
     /// (cheap once [`ConnTable::lookup_address`] was prefetched) for the position of the first
-    /// entry whose tag matches `h`, remember it in `h` as a hint for the lookup, and return the addresses of
-    /// that entry's first and last byte (its two cache lines: see `Entry`), without reading the
-    /// entry itself.
+    /// entry whose tag matches `h`, remember it in `h` as a hint for the lookup, and return the
+    /// addresses of that entry's first and last byte (its two cache lines: see `Entry`),
+    /// without reading the entry itself.
     pub fn candidate(&self, h: &mut ClientHash) -> Option<[usize; 2]> {
         let shard = self.lock(h.shard as usize);
         let i = shard.index.home_candidate(h.h)?;

@@ -446,11 +446,12 @@ impl Tally {
 }
 
 /// What a step of the data path returns: its verdict, or None when it wrote a forward verdict
-/// into the frame's slot itself (the only kind written in place). A forward verdict carries its real server's `IpAddr`; built aside
-/// and then moved into the slot, it is read back in words that straddle the stores that built
-/// it, and the copy waits for them (a store-forwarding stall: 7 to 12 % of the established
-/// path's samples at 10 K flows, docs/performance.md "Session 10"). So
-/// [`Engine::forward_in`] writes it in place.
+/// into the frame's slot itself (the only kind written in place). A forward verdict carries
+/// its real server's `IpAddr`; built aside and then moved into the slot, it is read back in
+/// words that straddle the stores that built it, and the copy waits for them (a
+/// store-forwarding stall: 7 to 12 % of the established path's samples at 10 K flows,
+/// docs/performance.md "Session 10"). So [`Engine::forward_in`] and
+/// [`Engine::forward_reply`] write it in place.
 type Outcome = Option<Verdict>;
 
 /// What the prefetching pass learned of a packet's first table lookup: whether it is a NAT
