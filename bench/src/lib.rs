@@ -66,18 +66,23 @@ pub fn flow(i: u64) -> ([u8; 4], u16) {
     (a.to_be_bytes(), 1024 + (i & 0x3fff) as u16)
 }
 
+/// The connection key of flow `i` (see [`flow`]): TCP to VIP:80.
+pub fn flow_key(i: u64) -> ConnKey {
+    let (a, p) = flow(i);
+    ConnKey {
+        proto: 6,
+        caddr: a.into(),
+        cport: p,
+        vaddr: VIP.into(),
+        vport: 80,
+    }
+}
+
 /// Remove the connections of flows `ids` (see [`flow`]) from `engine`'s table: what a
 /// new-connection benchmark inserted, so that the table keeps its size.
 pub fn remove_flows(engine: &Engine, ids: &[u64]) {
     for &i in ids {
-        let (a, p) = flow(i);
-        engine.conns.remove(&ConnKey {
-            proto: 6,
-            caddr: a.into(),
-            cport: p,
-            vaddr: VIP.into(),
-            vport: 80,
-        });
+        engine.conns.remove(&flow_key(i));
     }
 }
 
@@ -120,17 +125,9 @@ pub fn write_reply_frame(out: &mut [u8], server: ([u8; 4], u16), client: [u8; 4]
 pub fn real_servers(engine: &Engine, flows: u64) -> Vec<([u8; 4], u16)> {
     (0..flows)
         .map(|i| {
-            let (a, p) = flow(i);
-            let key = ConnKey {
-                proto: 6,
-                caddr: a.into(),
-                cport: p,
-                vaddr: VIP.into(),
-                vport: 80,
-            };
             let (addr, port) = engine
                 .conns
-                .with_conn(&key, Time(1000), |c| (c.dest.addr, c.dport))
+                .with_conn(&flow_key(i), Time(1000), |c| (c.dest.addr, c.dport))
                 .expect("the flow's connection is in the table");
             match addr {
                 IpAddr::V4(a) => (a.octets(), port),
