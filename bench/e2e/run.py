@@ -424,14 +424,16 @@ def start_path(tmp, path, role):
         fwd = Proc(role, pin(1) + [os.path.join(REL, "xvs-fwd"), "--in", f"{role}0{ID}", "--out", f"{role}1{ID}",
                                    "--next-hop-mac", mac("k", f"k{'0' if role == 'l' else '2'}{ID}"), "--vip", VIP])
         time.sleep(1)
-        return fwd, False
+        return fwd, False, None
     method = {"dr": "-g", "tun": "-i", "nat": "-m"}[path.split("-")[1]]
     new = path.endswith("-new")
-    # New connections live 60 s in SYN_RECV: room for a minute of them at full speed.
-    xv, stats = start_xvsd(tmp, method, role, capacity=(1 << 24) if new else (1 << 22))
+    # New connections live 60 s in SYN_RECV, and a comparison's bursts of SYNs (30 of 1 s, one
+    # every 2–3 s) all fall within a minute: room for 33 M of them, 0.6 Mpps for 55 s. A table
+    # that fills drops new connections (counted, and reported under the table by `paired`).
+    xv, stats = start_xvsd(tmp, method, role, capacity=(1 << 25) if new else (1 << 22))
     if not new:
         establish(path, mac(role, f"{role}0{ID}"), stats, f"s{'0' if role == 'l' else '2'}{ID}")
-    return xv, new
+    return xv, new, stats
 
 
 def paired(tmp):
@@ -442,6 +444,7 @@ def paired(tmp):
              "the two paths run side by side on two chains of the rig", "",
              "| ratio | median | 95 % confidence interval of the median | quartiles | min–max | pairs ≥ target |",
              "|---|---|---|---|---|---|"]
+    dropped = []
     try:
         for a, b, goal in PAIRED:
             if A.only and not any(o in a or o in b for o in A.only.split(",")):
@@ -454,7 +457,7 @@ def paired(tmp):
                 for i in range(A.pairs):
                     got = {}
                     for role in (("m", "l") if i % 2 == 0 else ("l", "m")):
-                        proc, new = procs[role]
+                        proc, new, _ = procs[role]
                         c0, p0, t0 = sinks[role].count(), cpu_of(proc.p.pid), time.time()
                         # Every burst of SYNs from clients of its own (the generator starts its walk of
                         # the client space afresh each time; 4 M flows span 245 addresses).
@@ -468,8 +471,17 @@ def paired(tmp):
                     rows.append(got)
                     print(f"  {a} ÷ {b}, pair {i + 1}: {got['l'][0] / 1e6:.3f} / {got['m'][0] / 1e6:.3f} Mpps = "
                           f"{got['l'][0] / got['m'][0]:.3f}", flush=True)
+                # The drops of xvsd's paths over the comparison: a ratio is only as good as the
+                # paths' forwarding (a full table, say, would show as a rate near zero).
+                for role, (_, _, stats) in procs.items():
+                    path = a if role == "l" else b
+                    drops = [] if stats is None else [
+                        l.split()[1] for l in stats().splitlines() if l.startswith("drop ") and not l.endswith("=0")]
+                    if drops:
+                        dropped.append(f"{path} (in {a} ÷ {b}): {' '.join(drops)}")
+                        print(f"  {path} drops: {' '.join(drops)}", flush=True)
             finally:
-                for proc, _ in procs.values():
+                for proc, _, _ in procs.values():
                     proc.stop()
             q = lambda v, f: v[min(len(v) - 1, int(f * len(v)))]
 
@@ -486,6 +498,7 @@ def paired(tmp):
     finally:
         for s in sinks.values():
             s.stop()
+    lines += ["", "Drops counted by xvsd during the bursts: " + ("; ".join(dropped) if dropped else "none")]
     return "\n".join(lines)
 
 
