@@ -9,6 +9,11 @@ xvsd is measured twice: as it runs by default (workers sleep in poll(2) when idl
 --busy-poll (workers spin). Every round trip is written to target/bench-latency.csv (path,µs)
 for bench's xvs-plot.
 
+Every path runs with the same placement: the client on CPU 0, the real server and xvsd's worker
+on CPU 1 (the forwarder on CPU 1, as in run.py). Left to the scheduler, the client and the
+server sometimes share a CPU, and then the kernel path is one CPU's softirq work end to end:
+18.5 µs at the median against 50–62 µs when they do not (docs/performance.md, "Added latency").
+
 Usage: bench/e2e/latency.py [-n 5000]
 """
 import argparse
@@ -43,6 +48,11 @@ print("\n".join(f"{r:.1f}" for r in rtts))
 """
 
 
+def pin(cpu):
+    """Command prefix that runs a process on one CPU (nothing on a single-CPU machine)."""
+    return ["taskset", "-c", str(cpu)] if os.cpu_count() >= 2 else []
+
+
 def main():
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
@@ -55,7 +65,7 @@ def main():
     procs = []
     tmp = tempfile.mkdtemp(prefix="xvslat")
     try:
-        procs.append(subprocess.Popen(ns("r1") + [sys.executable, os.path.join(ROOT, "tests", "e2e", "server.py"),
+        procs.append(subprocess.Popen(ns("r1") + pin(1) + [sys.executable, os.path.join(ROOT, "tests", "e2e", "server.py"),
                                                   "rs1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         rules = os.path.join(tmp, "rules")
         open(rules, "w").write("-A -u 10.0.0.1:53 -s rr\n-a -u 10.0.0.1:53 -r 192.168.10.1:53 -m\n")
@@ -64,16 +74,17 @@ def main():
         subprocess.run(ns("l") + ["sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
         subprocess.run(ns("c") + ["ip", "route", "add", "192.168.10.0/24", "via", "10.9.0.1"], check=True)
         res = {}
+        cores = ["--cores", "1"] if os.cpu_count() >= 2 else []
 
         def measure(name, dst):
-            r = subprocess.run(ns("c") + [sys.executable, "-c", CLIENT, dst, str(A.n)], capture_output=True,
+            r = subprocess.run(ns("c") + pin(0) + [sys.executable, "-c", CLIENT, dst, str(A.n)], capture_output=True,
                                text=True, timeout=600)
             res[name] = sorted(float(x) for x in r.stdout.split())
 
         for name, extra in (("xvsd (NAT)", []), ("xvsd --busy-poll (NAT)", ["--busy-poll"])):
             xvsd = subprocess.Popen(ns("l") + [os.path.join(ROOT, "target", "release", "xvsd"), "-i", f"xl{rid}",
                                                "-i", f"xs{rid}", "--rules", rules, "--control",
-                                               os.path.join(tmp, "sock")] + extra, stderr=subprocess.DEVNULL)
+                                               os.path.join(tmp, "sock")] + cores + extra, stderr=subprocess.DEVNULL)
             procs.append(xvsd)
             time.sleep(2)
             measure(name, "10.0.0.1")
