@@ -653,6 +653,10 @@ def main():
         wb = ", ".join(f"{b:.1f}" for b in r["batch"]) if all(b == b for b in r["batch"]) else "–"
         lines.append(f"| {r['path']} | {r['mpps']:.3f} | {r['min']:.3f}–{r['max']:.3f} | {rb} | {rk} | "
                      f"{r['proc_ns']:.0f} | {r['softirq_ns']:.0f} | {r['cores'][0]:.2f} + {r['cores'][1]:.2f} | {wb} |")
+    # What xvsd dropped over the rounds (e.g. a connection table that filled): a rate is only as
+    # good as the path's forwarding.
+    dropped = [f"{r['path']}: {r['drops']}" for r in results if r["drops"]]
+    lines += ["", "Drops counted by xvsd over the rounds: " + ("; ".join(dropped) if dropped else "none")]
     table = "\n".join(lines)
     print(table)
     with open(A.out, "w") as f:
