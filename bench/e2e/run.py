@@ -411,6 +411,11 @@ def establish(name, lmac, stats, iface=None):
     print(f"  {name}: {conns[0] if conns else '?'} connections before the run", flush=True)
 
 
+def xvsd_drops(stats):
+    """The drop reasons xvsd counted (`reason=count`, those above 0), from its --xvs-stats reader."""
+    return [l.split()[1] for l in stats().splitlines() if l.startswith("drop ") and not l.endswith("=0")]
+
+
 def start_xvsd(tmp, method, role="l", capacity=1 << 22):
     """xvsd in balancer namespace `role` ("l", or "m" of --paired's second chain) on its interfaces
     0 (clients) and 1 (real servers) with the benchmark's service; returns it and a function that
@@ -490,8 +495,7 @@ def paired(tmp):
                 # paths' forwarding (a full table, say, would show as a rate near zero).
                 for role, (_, _, stats) in procs.items():
                     path = a if role == "l" else b
-                    drops = [] if stats is None else [
-                        l.split()[1] for l in stats().splitlines() if l.startswith("drop ") and not l.endswith("=0")]
+                    drops = [] if stats is None else xvsd_drops(stats)
                     if drops:
                         dropped.append(f"{path} (in {a} ÷ {b}): {' '.join(drops)}")
                         print(f"  {path} drops: {' '.join(drops)}", flush=True)
@@ -550,7 +554,7 @@ def one_round(tmp):
             if not new:
                 establish(name, lmac, stats)
             r = measure(name, sink, lmac, f"s0{ID}", new, xv.p.pid, lambda: worker_counters(stats()))
-            drops = [l.split()[1] for l in stats().splitlines() if l.startswith("drop ") and not l.endswith("=0")]
+            drops = xvsd_drops(stats)
             r["drops"] = " ".join(drops)
             if drops:
                 print(f"  {name} drops: {r['drops']}", flush=True)
