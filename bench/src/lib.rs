@@ -98,26 +98,34 @@ pub const CLIENT_FRAME_LEN: usize = 64;
 
 /// Write [`client_frame`] into the first [`CLIENT_FRAME_LEN`] bytes of `out` (no allocation).
 pub fn write_client_frame(out: &mut [u8], client: [u8; 4], port: u16, syn: bool) {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc1], [2, 0, 0, 0, 0, 0x1b])
-        .ipv4(client, VIP, 64)
-        .tcp(port, 80, 1, 64240);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut w = std::io::Cursor::new(&mut out[..CLIENT_FRAME_LEN]);
-    b.write(&mut w, &[0u8; 6])
-        .expect("a client frame is 64 bytes");
+    let from_client = [2, 0, 0, 0, 0, 0xc1];
+    write_tcp_frame(out, from_client, (client, port), (VIP, 80), syn);
 }
 
 /// Write a TCP ACK from real server `server` (address, port) to a client's `port`, as a NAT
 /// real server answers through the balancer, into the first [`CLIENT_FRAME_LEN`] bytes of
 /// `out` (no allocation).
 pub fn write_reply_frame(out: &mut [u8], server: ([u8; 4], u16), client: [u8; 4], port: u16) {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0xaa, 0], [2, 0, 0, 0, 0, 0x1b])
-        .ipv4(server.0, client, 64)
-        .tcp(server.1, port, 1, 64240)
-        .ack(1);
+    let from_server = [2, 0, 0, 0, 0xaa, 0];
+    write_tcp_frame(out, from_server, server, (client, port), false);
+}
+
+/// A 64-byte TCP frame (SYN, or ACK of sequence 1) from `src_mac` to the balancer's MAC, `src`
+/// → `dst` (address, port), written into the first [`CLIENT_FRAME_LEN`] bytes of `out`.
+fn write_tcp_frame(
+    out: &mut [u8],
+    src_mac: [u8; 6],
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    syn: bool,
+) {
+    let b = PacketBuilder::ethernet2(src_mac, [2, 0, 0, 0, 0, 0x1b])
+        .ipv4(src.0, dst.0, 64)
+        .tcp(src.1, dst.1, 1, 64240);
+    let b = if syn { b.syn() } else { b.ack(1) };
     let mut w = std::io::Cursor::new(&mut out[..CLIENT_FRAME_LEN]);
     b.write(&mut w, &[0u8; 6])
-        .expect("a reply frame is 64 bytes");
+        .expect("a benchmark frame is 64 bytes");
 }
 
 /// The real server (address, port) of each of the connections of flows `0..flows` (see
