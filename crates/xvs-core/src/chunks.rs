@@ -16,7 +16,7 @@ use std::ops::{Index, IndexMut};
 pub const CHUNK: usize = 256;
 
 /// Capacity of a first chunk that is allocated small.
-const FIRST: usize = 16;
+pub const FIRST: usize = 16;
 
 /// A vector in chunks of [`CHUNK`] elements; all chunks but the last are full. At most one
 /// empty chunk is kept at the end, so that a table going back and forth across a chunk

@@ -24,10 +24,12 @@ use std::sync::Arc;
 
 use spin::relax::Yield;
 
-use crate::chunks::Chunked;
+use crate::chunks::{Chunked, CHUNK, FIRST};
+use crate::defence::DropEntryCounters;
 use crate::dest::{ConnForward, DestState};
 use crate::hash::hash_endpoint;
 use crate::index::{self, Index, MAX_LOAD};
+use crate::proto::TcpState;
 use crate::service::ServiceLive;
 use crate::types::{ForwardMethod, Time};
 
@@ -185,6 +187,14 @@ impl Conn {
         self.flags & CONN_F_INACTIVE != 0
     }
 
+    /// When its timer was last armed (its last packet, for a connection), at most `now`.
+    fn last_seen(&self, now: Time) -> u64 {
+        self.expires
+            .0
+            .saturating_sub(u64::from(self.timeout) * 1000)
+            .min(now.0)
+    }
+
     /// Re-arm the timer with `secs`.
     pub fn rearm(&mut self, now: Time, secs: u32) {
         self.timeout = secs;
@@ -273,6 +283,8 @@ struct Shard {
     entries: Chunked<Entry>,
     /// The index's load, in 1/1024, past which an insert first doubles its buckets.
     grow_at: u16,
+    /// Where the next search for an entry to evict starts (see [`ConnTable::admit`]).
+    hand: usize,
 }
 
 /// The load (in 1/1024) at which shard `i` of `n` grows its index: from 7/8 (the index's
@@ -289,6 +301,7 @@ impl Shard {
             index: Index::with_capacity(n),
             entries: Chunked::new(),
             grow_at,
+            hand: 0,
         }
     }
 
@@ -359,6 +372,146 @@ pub struct TableCounters {
     pub full: AtomicU64,
     /// Entries removed by expiry.
     pub expired: AtomicU64,
+    /// Entries evicted to make room for a new one, by [`Eviction`].
+    pub evicted: [AtomicU64; Eviction::ALL.len()],
+    /// Entries removed by the `drop_entry` defence.
+    pub dropped: AtomicU64,
+}
+
+/// Which kind of entry a full shard gave up for a new connection, from the first given up to
+/// the last ([`ConnTable::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum Eviction {
+    /// Already expired (not yet swept).
+    Expired = 0,
+    /// A TCP connection that is not established (half-open, closing) or a persistence
+    /// template not yet assured.
+    Unestablished,
+    /// A UDP connection.
+    Datagram,
+    /// An established TCP connection without a packet for 60 s, or an assured template that
+    /// controls no connection.
+    Idle,
+}
+
+impl Eviction {
+    /// Every kind, in order.
+    pub const ALL: [Eviction; 4] = [
+        Eviction::Expired,
+        Eviction::Unestablished,
+        Eviction::Datagram,
+        Eviction::Idle,
+    ];
+
+    /// Its counter's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Eviction::Expired => "evicted_expired",
+            Eviction::Unestablished => "evicted_unestablished",
+            Eviction::Datagram => "evicted_udp",
+            Eviction::Idle => "evicted_idle",
+        }
+    }
+}
+
+/// Entries a full shard looks at for one to evict, from its clock hand on: the first
+/// [`EVICT_SAMPLE`], and up to [`EVICT_SAMPLE_MAX`] while none of them is a half-open TCP
+/// connection, a UDP one or dead.
+pub const EVICT_SAMPLE: usize = 8;
+/// See [`EVICT_SAMPLE`].
+pub const EVICT_SAMPLE_MAX: usize = 32;
+
+/// Milliseconds without a packet after which an established connection may be evicted (and
+/// may be dropped by `drop_entry`, which uses the same 60 s).
+const IDLE_MS: u64 = 60_000;
+
+/// How readily an entry gives way to a new connection: its kind and its expiry (the earliest
+/// first: for UDP that is the longest idle), or None when it never does (it controls
+/// connections, or it is an established TCP connection that saw a packet in the last 60 s).
+fn eviction_rank(k: &ConnKey, c: &Conn, now: Time) -> Option<(Eviction, u64)> {
+    if c.controlled > 0 {
+        return None;
+    }
+    let kind = if c.expires.0 <= now.0 {
+        Eviction::Expired
+    } else if c.is_template() {
+        if c.state == TPL_S_ASSURED {
+            Eviction::Idle
+        } else {
+            Eviction::Unestablished
+        }
+    } else if k.proto == TCP {
+        if c.state != TcpState::Established as u8 {
+            Eviction::Unestablished
+        } else if c.last_seen(now) + IDLE_MS <= now.0 {
+            Eviction::Idle
+        } else {
+            return None;
+        }
+    } else {
+        Eviction::Datagram
+    };
+    Some((kind, c.expires.0))
+}
+
+/// TCP's protocol number.
+const TCP: u8 = 6;
+
+/// Heap bytes of a connection's boxed template key (persistent services only): the key and
+/// the allocator's header.
+pub const TEMPLATE_KEY_BYTES: usize = std::mem::size_of::<ConnKey>() + 16;
+
+/// The most memory one shard of `per_shard` entries takes, growing its index at `grow_at`:
+/// the index doubles while an insert below the capacity would take it past `grow_at`, and
+/// entries fill whole chunks (each a vector: its header and the allocator's).
+fn shard_max_bytes(per_shard: usize, grow_at: u16) -> usize {
+    let mut nominal = Index::with_capacity(per_shard.min(INITIAL_PER_SHARD)).nominal_slots();
+    while per_shard * 1024 > nominal * usize::from(grow_at) {
+        nominal *= 2;
+    }
+    let index = nominal.div_ceil(index::SLOTS) * 64;
+    // The first chunk doubles from FIRST up to a whole chunk as it fills.
+    let (chunks, room) = if per_shard <= CHUNK {
+        (1, per_shard.next_power_of_two().clamp(FIRST, CHUNK))
+    } else {
+        let n = per_shard.div_ceil(CHUNK);
+        (n, n * CHUNK)
+    };
+    index + room * ENTRY + chunks * (std::mem::size_of::<Vec<Entry>>() + 16)
+}
+
+/// Whether `drop_entry` drops this entry (`ip_vs_random_dropentry`'s choice).
+fn drop_candidate(k: &ConnKey, c: &Conn, now: Time, counters: &mut DropEntryCounters) -> bool {
+    if c.controlled > 0 {
+        return false;
+    }
+    if c.is_template() {
+        return c.state != TPL_S_ASSURED;
+    }
+    // `todrop_entry`: not if it saw a packet in the last 60 s; then one in k by its packets.
+    let todrop = |counters: &mut DropEntryCounters| {
+        c.last_seen(now) + IDLE_MS <= now.0 && counters.todrop(c.in_pkts)
+    };
+    if k.proto == TCP {
+        match TcpState::from_u8(c.state) {
+            Some(TcpState::SynRecv | TcpState::Synack) => true,
+            Some(TcpState::Established) => todrop(counters),
+            _ => false,
+        }
+    } else {
+        todrop(counters)
+    }
+}
+
+/// One step of xorshift64 (the `drop_entry` pass's random places).
+fn xorshift(s: &mut u64) -> u64 {
+    let mut x = (*s).max(1);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *s = x;
+    x
 }
 
 /// The table's hash of a client side (protocol, client address, client port): computed once
@@ -448,6 +601,75 @@ impl ConnTable {
     /// Total capacity.
     pub fn capacity(&self) -> usize {
         self.per_shard * self.shards.len()
+    }
+
+    /// The most memory the table takes, in bytes, with every shard full: entries in whole
+    /// chunks, each shard's index at the size its growth load gives it at its capacity, and
+    /// the shards themselves. (The boxed template key of each connection of a persistent
+    /// service, [`TEMPLATE_KEY_BYTES`], comes on top.)
+    pub fn max_bytes(&self) -> usize {
+        let shards = self.shards.len();
+        (0..shards)
+            .map(|i| shard_max_bytes(self.per_shard, grow_load(i, shards)))
+            .sum::<usize>()
+            + shards * (std::mem::size_of::<Mutex<Shard>>() + std::mem::size_of::<Layout>())
+    }
+
+    /// The table's free room in pages (4 KiB) of the memory its entries would take: the
+    /// unit of the `amemthresh` defence trigger ([`crate::defence`]).
+    pub fn free_pages(&self) -> u64 {
+        let free = self.capacity().saturating_sub(self.len_relaxed()) as u64;
+        let per_entry = (self.max_bytes() / self.capacity().max(1)) as u64;
+        free * per_entry / 4096
+    }
+
+    /// The `drop_entry` defence's once-a-second pass (`ip_vs_random_dropentry`): look at a
+    /// 32nd of the entries, in runs of 32 from random places (`rng` is the caller's xorshift
+    /// state), and drop, as the kernel does, templates not assured, TCP connections in
+    /// SYN_RECV or SYNACK, and, through `counters` (`todrop_entry`), established TCP and UDP
+    /// connections without a packet for 60 s that saw 1 to 8 packets; never an entry that
+    /// controls others. Returns the entries dropped.
+    pub fn drop_entries(
+        &self,
+        now: Time,
+        rng: &mut u64,
+        counters: &mut DropEntryCounters,
+    ) -> usize {
+        const RUN: usize = 32;
+        let runs = (self.len_relaxed() / 32).div_ceil(RUN);
+        let mut dropped = 0;
+        for _ in 0..runs {
+            let r = xorshift(rng);
+            let i = (r as usize) & (self.shards.len() - 1);
+            let mut released = Vec::new();
+            {
+                let mut shard = self.lock(i);
+                let n = shard.len();
+                if n == 0 {
+                    continue;
+                }
+                let mut pos = ((r >> 32) as usize) % n;
+                for _ in 0..RUN.min(n) {
+                    if pos >= shard.len() {
+                        break;
+                    }
+                    let Entry(k, c) = &shard.entries[pos];
+                    if drop_candidate(k, c, now, counters) {
+                        let h = self.hash(k);
+                        // The last entry moves into `pos`: look at it next.
+                        released.extend(self.remove_at(&mut shard, h, pos));
+                        dropped += 1;
+                    } else {
+                        pos += 1;
+                    }
+                }
+            }
+            for t in released {
+                self.release_template(Some(t));
+            }
+        }
+        self.counters.dropped.fetch_add(dropped as u64, Relaxed);
+        dropped
     }
 
     fn hash<K: ClientSide>(&self, k: &K) -> u64 {
@@ -620,36 +842,110 @@ impl ConnTable {
     }
 
     /// Insert a new entry. The caller has bound it to its destination; on error it must unbind.
+    /// A full shard refuses it ([`InsertError::Full`]); the data path inserts with
+    /// [`ConnTable::admit`], which makes room.
     pub fn insert(&self, key: ConnKey, conn: Conn) -> Result<(), (InsertError, Conn)> {
-        self.insert_at(None, key, conn)
+        self.insert_with(None, key, conn, None, |_| {})
     }
 
-    /// [`ConnTable::insert`] with the key's [`ClientHash`] when the caller has it already.
-    pub fn insert_at(
+    /// Insert a new connection or template (hash `h` when the caller has it). A full shard
+    /// makes room by evicting the entry that matters least among a few it looks at from its
+    /// clock hand on ([`EVICT_SAMPLE`], up to [`EVICT_SAMPLE_MAX`]): an expired one, else a TCP
+    /// connection not established or a template not assured, else a UDP connection, else an
+    /// established connection idle for 60 s or an idle assured template, the earliest to
+    /// expire first within a kind; never a template that controls connections or an
+    /// established connection with a packet in the last 60 s (then the new entry is refused,
+    /// [`InsertError::Full`]). The hand moves on by the entries looked at, so repeated
+    /// evictions walk the whole shard. `on_insert` runs on the entry once it is in, under the
+    /// shard's lock (a connection that was refused is never counted). The caller has bound the
+    /// entry to its destination; on error it must unbind.
+    pub fn admit(
         &self,
         h: Option<ClientHash>,
         key: ConnKey,
         conn: Conn,
+        now: Time,
+        on_insert: impl FnOnce(&Conn),
+    ) -> Result<(), (InsertError, Conn)> {
+        self.insert_with(h, key, conn, Some(now), on_insert)
+    }
+
+    /// Insert; with `evict_at`, make room in a full shard as [`ConnTable::admit`] says.
+    fn insert_with(
+        &self,
+        h: Option<ClientHash>,
+        key: ConnKey,
+        conn: Conn,
+        evict_at: Option<Time>,
+        on_insert: impl FnOnce(&Conn),
     ) -> Result<(), (InsertError, Conn)> {
         let (h, _, i) = self.hash_hint_shard(h, &key);
         let mut shard = self.lock(i);
-        let full = shard.len() >= self.per_shard;
-        let hasher = &self.hasher;
-        if !full {
-            shard.grow_if_due(hasher);
-        }
         if shard.find(h, |Entry(k, _)| *k == key).is_some() {
             return Err((InsertError::Exists, conn));
         }
+        let mut evicted = None;
+        if shard.len() >= self.per_shard {
+            match evict_at.and_then(|now| self.evict_one(&mut shard, now)) {
+                Some(tpl) => evicted = tpl,
+                None => {
+                    self.counters.full.fetch_add(1, Relaxed);
+                    return Err((InsertError::Full, conn));
+                }
+            }
+        } else {
+            shard.grow_if_due(&self.hasher);
+        }
         let pos = shard.entries.len();
-        if full || !shard.index.insert(h, pos as u32) {
+        if !shard.index.insert(h, pos as u32) {
+            drop(shard);
+            self.release_template(evicted);
+            debug_assert!(false, "an index below its shard's capacity has room");
             self.counters.full.fetch_add(1, Relaxed);
             return Err((InsertError::Full, conn));
         }
         shard.entries.push(Entry(key, conn));
+        on_insert(&shard.entries[pos].1);
         self.count.fetch_add(1, Relaxed);
         self.publish_layout(i, &shard);
+        drop(shard);
+        self.release_template(evicted);
         Ok(())
+    }
+
+    /// Evict one entry of the full, locked `shard` (see [`ConnTable::admit`]); None when none
+    /// of those looked at may go. Returns the evicted entry's template key, to release once
+    /// the lock is dropped.
+    fn evict_one(&self, shard: &mut Shard, now: Time) -> Option<Removed> {
+        let n = shard.len();
+        if n == 0 {
+            return None;
+        }
+        let start = shard.hand % n;
+        let mut best: Option<(Eviction, u64, usize)> = None;
+        let mut seen = 0;
+        while seen < EVICT_SAMPLE_MAX.min(n) {
+            if seen >= EVICT_SAMPLE && best.is_some_and(|b| b.0 < Eviction::Idle) {
+                break;
+            }
+            let pos = (start + seen) % n;
+            seen += 1;
+            let Entry(k, c) = &shard.entries[pos];
+            if let Some((kind, expires)) = eviction_rank(k, c, now) {
+                if best.is_none_or(|b| (kind, expires) < (b.0, b.1)) {
+                    best = Some((kind, expires, pos));
+                }
+                if kind == Eviction::Expired {
+                    break;
+                }
+            }
+        }
+        shard.hand = start + seen;
+        let (kind, _, pos) = best?;
+        let h = self.hash(&shard.entries[pos].0);
+        let tpl = self.remove_at(shard, h, pos);
+        self.counters.evicted[kind as usize].fetch_add(1, Relaxed);
+        Some(tpl)
     }
 
     /// Remove an entry now (expire it), unbinding it from its destination and template.
@@ -1178,6 +1474,112 @@ mod tests {
                 proptest::prop_assert_eq!(replied, Some(k.cport));
             }
         }
+    }
+
+    /// A table filled to its capacity takes no more than [`ConnTable::max_bytes`], and not
+    /// much less: the bound is what xvsd reserves.
+    #[test]
+    fn a_full_table_stays_within_its_reservation() {
+        for cap in [1000, 65_536, 300_000] {
+            let t = ConnTable::new(cap, 2);
+            let d = dest();
+            let mut p = 0u32;
+            while t.len_relaxed() < t.capacity() && p < 4 * cap as u32 {
+                let k = ConnKey {
+                    caddr: IpAddr::from((0x0a00_0000 + p).to_be_bytes()),
+                    ..key(1000)
+                };
+                t.insert(k, conn(&d, Time(0), 10))
+                    .unwrap_or_else(|(_, c)| c.unbind());
+                p += 1;
+            }
+            assert_eq!(t.len(), t.capacity());
+            let used: usize = (0..t.shard_count())
+                .map(|i| {
+                    let s = t.lock(i);
+                    s.index.slots() / index::SLOTS * 64 + s.entries.capacity() * ENTRY
+                })
+                .sum();
+            let max = t.max_bytes();
+            assert!(used <= max, "{cap}: {used} > {max}");
+            assert!(used * 10 > max * 7, "{cap}: {used} far below {max}");
+            assert!(
+                max / t.capacity() <= 136,
+                "{cap}: {} B each",
+                max / t.capacity()
+            );
+        }
+    }
+
+    /// Eviction order: an expired entry first, then a half-open TCP connection, then UDP (the
+    /// earliest to expire), then an idle established one; never a busy established one.
+    #[test]
+    fn admission_evicts_what_matters_least() {
+        // 16 shards of one entry: every key of one shard competes for its single place.
+        let t = ConnTable::new(16, 4);
+        assert_eq!(t.capacity(), 16);
+        let d = dest();
+        let h0 = t.hash(&key(0));
+        let same_shard: Vec<ConnKey> = (1..5000u16)
+            .map(key)
+            .filter(|k| t.shard_of(t.hash(k)) == t.shard_of(h0))
+            .take(8)
+            .collect();
+        let with_state = |state: TcpState, secs: u32, now: u64| {
+            let mut c = conn(&d, Time(now), secs);
+            c.state = state as u8;
+            c
+        };
+        let try_admit = |k: ConnKey, now: u64| {
+            t.admit(None, k, conn(&d, Time(now), 10), Time(now), |_| {})
+                .map_err(|(e, c)| {
+                    c.unbind();
+                    e
+                })
+        };
+        // Busy established: refused.
+        t.insert(same_shard[0], with_state(TcpState::Established, 900, 0))
+            .unwrap();
+        assert_eq!(try_admit(same_shard[1], 30_000), Err(InsertError::Full));
+        // Idle for 60 s: it goes.
+        assert_eq!(try_admit(same_shard[1], 61_000), Ok(()));
+        assert_eq!(t.counters.evicted[Eviction::Idle as usize].load(Relaxed), 1);
+        // The newcomer (TCP state NONE, half-open) gives way to the next.
+        assert_eq!(try_admit(same_shard[2], 61_001), Ok(()));
+        assert_eq!(
+            t.counters.evicted[Eviction::Unestablished as usize].load(Relaxed),
+            1
+        );
+        // Expired: it goes first, counted as such.
+        assert_eq!(try_admit(same_shard[3], 200_000), Ok(()));
+        assert_eq!(
+            t.counters.evicted[Eviction::Expired as usize].load(Relaxed),
+            1
+        );
+        // A UDP connection goes too.
+        t.remove(&same_shard[3]);
+        let udp = (1..5000u16)
+            .map(|p| ConnKey {
+                proto: 17,
+                ..key(p)
+            })
+            .find(|k| t.shard_of(t.hash(k)) == t.shard_of(h0))
+            .unwrap();
+        t.insert(udp, conn(&d, Time(200_000), 300)).unwrap();
+        assert_eq!(try_admit(same_shard[5], 200_001), Ok(()));
+        assert_eq!(
+            t.counters.evicted[Eviction::Datagram as usize].load(Relaxed),
+            1
+        );
+        // A template controlling connections never goes.
+        t.remove(&same_shard[5]);
+        let mut tpl = conn(&d, Time(0), 10);
+        tpl.flags |= CONN_F_TEMPLATE;
+        tpl.controlled = 1;
+        t.insert(same_shard[6], tpl).unwrap();
+        assert_eq!(try_admit(same_shard[7], 300_000), Err(InsertError::Full));
+        assert_eq!(t.counters.full.load(Relaxed), 2);
+        assert_eq!(d.inactive() as usize + d.active() as usize, t.len());
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //! frame in place. The AF_XDP workers and the offline pcap replay both call [`Engine::process`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 use crate::conn::{
     ClientHash, Conn, ConnKey, ConnTable, InsertError, KeyRef, ReplyKey, CONN_F_INACTIVE,
     CONN_F_NOOUTPUT, CONN_F_ONE_PACKET, CONN_F_TEMPLATE, TPL_S_NONE,
 };
+use crate::defence::{Defence, DropEntryCounters, SetError};
 use crate::dest::{ConnForward, DestState};
 use crate::hops::HopCache;
 use crate::proto::{tcp_next_state, Direction, TcpFlags, TcpState, Timeouts};
@@ -133,11 +134,16 @@ pub enum DropReason {
     NoTunnelSource,
     /// No destination available and the ICMP error could not be built.
     NoDest,
+    /// A new connection from a source no host may use (unspecified, broadcast, multicast,
+    /// loopback, or the virtual address itself), as the kernel's routing drops martians.
+    MartianSource,
+    /// A new connection dropped by the `drop_packet` defence.
+    DefenceDropPacket,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::Fragment,
         DropReason::Ipv6Extension,
@@ -150,6 +156,8 @@ impl DropReason {
         DropReason::NoHeadroom,
         DropReason::NoTunnelSource,
         DropReason::NoDest,
+        DropReason::MartianSource,
+        DropReason::DefenceDropPacket,
     ];
 
     /// A stable name for counters and logs.
@@ -167,6 +175,8 @@ impl DropReason {
             DropReason::NoHeadroom => "no_headroom",
             DropReason::NoTunnelSource => "no_tunnel_source",
             DropReason::NoDest => "no_dest",
+            DropReason::MartianSource => "martian_source",
+            DropReason::DefenceDropPacket => "defence_drop_packet",
         }
     }
 }
@@ -226,6 +236,10 @@ pub struct Engine {
     pub conns: ConnTable,
     /// Counters.
     pub counters: EngineCounters,
+    /// The DoS defences.
+    pub defence: Defence,
+    /// The `drop_entry` pass's random state and counters (the control thread's).
+    drop_entry: Mutex<(u64, DropEntryCounters)>,
     /// Table size (entries) from which [`Engine::process_prefetched`] prefetches.
     prefetch_from: usize,
 }
@@ -260,6 +274,21 @@ enum InResult {
     Hit(Option<Box<ConnKey>>),
     Drop(DropReason),
     Reschedule,
+}
+
+/// Whether `src` may not start a connection to `dst`: the sources the kernel's routing drops
+/// as martians before IPVS sees them (IPv4: `ip_route_input_slow` — 0.0.0.0/8, multicast,
+/// the limited broadcast, loopback; IPv6: `ip6_rcv_core` — multicast, loopback, and the
+/// unspecified address, which no TCP or UDP flow may use), and a packet from the virtual
+/// address to itself (a local source, refused by `fib_validate_source`).
+fn is_martian_source(src: &IpAddr, dst: &IpAddr) -> bool {
+    src == dst
+        || match src {
+            IpAddr::V4(a) => {
+                a.octets()[0] == 0 || a.is_multicast() || a.is_broadcast() || a.is_loopback()
+            }
+            IpAddr::V6(a) => a.is_multicast() || a.is_loopback() || a.is_unspecified(),
+        }
 }
 
 fn fwmark_addr(af_v6: bool, mark: u32) -> IpAddr {
@@ -303,6 +332,7 @@ fn transition(
     flags: TcpFlags,
     t: &Timeouts,
     now: Time,
+    secure: &AtomicBool,
 ) -> bool {
     match proto {
         Protocol::Udp => {
@@ -327,7 +357,7 @@ fn transition(
             if dir == Direction::Output {
                 c.flags &= !CONN_F_NOOUTPUT;
             }
-            let new = tcp_next_state(cur, dir, no_output, flags);
+            let new = tcp_next_state(cur, dir, no_output, flags, secure.load(Relaxed));
             let mut established = false;
             if new != cur {
                 let inactive = c.flags & CONN_F_INACTIVE != 0;
@@ -358,6 +388,7 @@ fn hit_in(
     proto: Protocol,
     now: Time,
     w: Counting,
+    secure: &AtomicBool,
 ) -> InResult {
     if proto == Protocol::Tcp && p.tcp.syn() && reused_by_syn(c, t) {
         return InResult::Reschedule;
@@ -370,7 +401,7 @@ fn hit_in(
         };
     }
     c.in_pkts = c.in_pkts.wrapping_add(1);
-    let assure = transition(c, proto, Direction::Input, p.tcp, &t.timeouts, now);
+    let assure = transition(c, proto, Direction::Input, p.tcp, &t.timeouts, now, secure);
     account(c, t, Direction::Input, p.ip_len, w);
     InResult::Hit(assure.then(|| c.template.clone()).flatten())
 }
@@ -481,8 +512,32 @@ impl Engine {
         Engine {
             conns: ConnTable::new(capacity, seed),
             counters: EngineCounters::default(),
+            defence: Defence::default(),
+            drop_entry: Mutex::new((seed | 1, DropEntryCounters::default())),
             prefetch_from: PREFETCH_FROM,
         }
+    }
+
+    /// The defences' once-a-second work (`defense_work_handler`): their levels from the
+    /// table's free room, then, while `drop_entry` is on, a pass of random entry dropping.
+    /// Returns the entries dropped.
+    pub fn defence_tick(&self, now: Time) -> usize {
+        if !self.defence.update(self.conns.free_pages()) {
+            return 0;
+        }
+        let mut g = self.drop_entry.lock().unwrap_or_else(|e| e.into_inner());
+        let (rng, counters) = &mut *g;
+        let n = self.conns.drop_entries(now, rng, counters);
+        self.defence
+            .counters
+            .dropped_entries
+            .fetch_add(n as u64, Relaxed);
+        n
+    }
+
+    /// Set a defence sysctl (see [`Defence::set`]), updating the levels at once.
+    pub fn set_defence(&self, name: &str, value: i32) -> Result<(), SetError> {
+        self.defence.set(name, value, self.conns.free_pages())
     }
 
     /// Set the table size (entries) from which [`Engine::process_prefetched`] prefetches; 0:
@@ -699,7 +754,15 @@ impl Engine {
             vport: p.dport,
         };
         if let Some(mut c) = self.conns.conn_at(h_in, key, cx.now) {
-            match hit_in(&mut c, t, p, proto, cx.now, cx.w) {
+            match hit_in(
+                &mut c,
+                t,
+                p,
+                proto,
+                cx.now,
+                cx.w,
+                self.defence.secure_flag(),
+            ) {
                 InResult::Hit(tpl) => {
                     // Forwarded under the shard's lock, reading the destination where it is.
                     let v = self.forward_in(hops, frame, p, Hit::of(&c), out);
@@ -756,7 +819,15 @@ impl Engine {
             cport: p.dport,
         };
         let (o, tpl) = self.conns.with_reply_at(h, &rk, now, |key, c| {
-            let assure = transition(c, proto, Direction::Output, p.tcp, &t.timeouts, now);
+            let assure = transition(
+                c,
+                proto,
+                Direction::Output,
+                p.tcp,
+                &t.timeouts,
+                now,
+                self.defence.secure_flag(),
+            );
             account(c, t, Direction::Output, p.ip_len, w);
             // Rewritten under the shard's lock, the virtual address read where it lives:
             // copied out through a result, it was read back in words that straddle the
@@ -954,7 +1025,7 @@ impl Engine {
                 controlled: 1,
                 in_pkts: 0,
             };
-            match self.conns.insert(tkey, tpl) {
+            match self.conns.admit(None, tkey, tpl, now, |_| {}) {
                 Ok(()) => return Ok(Some((dest, tkey))),
                 Err((InsertError::Full, tpl)) => {
                     tpl.dest.unbind(true, false);
@@ -996,6 +1067,12 @@ impl Engine {
         if proto == Protocol::Tcp && !t.settings.sloppy_tcp && (!p.tcp.syn() || p.tcp.rst()) {
             return Some(self.drop(DropReason::NonSynNoConn));
         }
+        if is_martian_source(&p.saddr, &p.daddr) {
+            return Some(self.drop(DropReason::MartianSource));
+        }
+        if self.defence.todrop() {
+            return Some(self.drop(DropReason::DefenceDropPacket));
+        }
         let (dest, tpl) = if svc.cfg.is_persistent() {
             match self.persist(t, svc, p, now) {
                 Ok(Some((d, k))) => (d, Some(k)),
@@ -1029,11 +1106,6 @@ impl Engine {
             flags |= CONN_F_ONE_PACKET;
         }
         dest.bind(false, true);
-        if dest.is_available() {
-            dest.stats.count_conn(w);
-            svc.live.stats.count_conn(w);
-            t.totals.count_conn(w);
-        }
         // The scheduler's reference moves into the connection: a clone and a drop are two
         // locked instructions.
         let mut c = Conn {
@@ -1049,26 +1121,46 @@ impl Engine {
             controlled: 0,
             in_pkts: 1,
         };
-        account(&c, t, Direction::Input, p.ip_len, w);
-        transition(&mut c, proto, Direction::Input, p.tcp, &t.timeouts, now);
+        let secure = self.defence.secure_flag();
+        transition(
+            &mut c,
+            proto,
+            Direction::Input,
+            p.tcp,
+            &t.timeouts,
+            now,
+            secure,
+        );
         let daddr = c.dest.addr;
         let hit = Hit {
             daddr: &daddr,
             dport: c.dport,
             fwd: &fwd,
         };
+        // A connection is counted (Conns, and its first packet in InPkts) once it is in the
+        // table: one refused for want of room is not.
+        let count_new = |c: &Conn| {
+            if c.dest.is_available() {
+                c.dest.stats.count_conn(w);
+                c.svc.stats.count_conn(w);
+                t.totals.count_conn(w);
+            }
+            account(c, t, Direction::Input, p.ip_len, w);
+        };
         if one_packet {
             // Not inserted: every datagram is scheduled on its own.
+            count_new(&c);
             c.dest.unbind(false, c.is_inactive());
             self.conns.release_template(tpl);
-        } else if let Err((e, c)) = self.conns.insert_at(h, key, c) {
+        } else if let Err((e, c)) = self.conns.admit(h, key, c, now, count_new) {
             c.dest.unbind(false, c.is_inactive());
             self.conns.release_template(tpl);
-            // `Exists`: another worker inserted the same connection first; this packet is
-            // still forwarded to the destination it was scheduled to.
             if e == InsertError::Full {
                 return Some(self.drop(DropReason::TableFull));
             }
+            // `Exists`: another worker inserted the same connection first (and counted it);
+            // this packet is still forwarded to the destination it was scheduled to.
+            account(&c, t, Direction::Input, p.ip_len, w);
         }
         self.forward_in(hops, frame, p, hit, out)
     }

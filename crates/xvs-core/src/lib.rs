@@ -9,6 +9,7 @@
 pub mod chunks;
 pub mod conn;
 pub mod datapath;
+pub mod defence;
 pub mod dest;
 pub mod director;
 pub mod hash;

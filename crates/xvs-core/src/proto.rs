@@ -140,7 +140,7 @@ impl TcpFlags {
 
 use TcpState::{
     Close as CL, CloseWait as CW, Established as ES, FinWait as FW, LastAck as LA, Listen as LI,
-    SynRecv as SR, SynSent as SS, TimeWait as TW,
+    SynRecv as SR, SynSent as SS, Synack as SA, TimeWait as TW,
 };
 
 type Row = [TcpState; TCP_STATES];
@@ -165,10 +165,39 @@ const INPUT_ONLY: [Row; 4] = [
     [CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, CL],
 ];
 
+// The secure table (`tcp_states_dos`, in force while `secure_tcp` is 2 or 3): a connection is
+// established only once the server has answered (NAT), and a fresh SYN seen alone (DR, tunnel)
+// lands in SYNACK, whose packets keep it there.
+const INPUT_DOS: [Row; 4] = [
+    [SR, ES, ES, SR, SR, SR, SR, SR, SR, SR, SA],
+    [CL, CW, SS, TW, TW, TW, CL, CW, LA, LI, SA],
+    [ES, ES, SS, SR, FW, TW, CL, CW, CL, LI, SA],
+    [CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, CL],
+];
+const OUTPUT_DOS: [Row; 4] = [
+    [SS, ES, SS, SA, SS, SS, SS, SS, SS, LI, SA],
+    [TW, FW, SS, TW, FW, TW, CL, TW, LA, LI, TW],
+    [ES, ES, SS, ES, FW, TW, CL, CW, LA, ES, ES],
+    [CL, CL, SS, CL, CL, TW, CL, CL, CL, CL, CL],
+];
+const INPUT_ONLY_DOS: [Row; 4] = [
+    [SA, ES, ES, SR, SA, SA, SA, SA, SA, SA, SA],
+    [CL, FW, SS, TW, FW, TW, CL, CW, LA, LI, TW],
+    [ES, ES, SS, ES, FW, TW, CL, CW, CL, LI, ES],
+    [CL, CL, CL, SR, CL, CL, CL, CL, LA, LI, CL],
+];
+
 /// The next TCP state (`set_tcp_state`). `no_output` is the connection's NOOUTPUT flag (DR and
-/// tunnel connections, or NAT before the first reply). Flag precedence RST, SYN, FIN, ACK; a
-/// packet with none of them closes the connection.
-pub fn tcp_next_state(cur: TcpState, dir: Direction, no_output: bool, f: TcpFlags) -> TcpState {
+/// tunnel connections, or NAT before the first reply); `secure`: the secure table is in force
+/// (`secure_tcp`, see [`crate::defence`]). Flag precedence RST, SYN, FIN, ACK; a packet with
+/// none of them closes the connection.
+pub fn tcp_next_state(
+    cur: TcpState,
+    dir: Direction,
+    no_output: bool,
+    f: TcpFlags,
+    secure: bool,
+) -> TcpState {
     let row = if f.rst() {
         3
     } else if f.syn() {
@@ -180,10 +209,13 @@ pub fn tcp_next_state(cur: TcpState, dir: Direction, no_output: bool, f: TcpFlag
     } else {
         return CL;
     };
-    let table = match (dir, no_output) {
-        (Direction::Output, _) => &OUTPUT,
-        (Direction::Input, true) => &INPUT_ONLY,
-        (Direction::Input, false) => &INPUT,
+    let table = match (dir, no_output, secure) {
+        (Direction::Output, _, false) => &OUTPUT,
+        (Direction::Input, true, false) => &INPUT_ONLY,
+        (Direction::Input, false, false) => &INPUT,
+        (Direction::Output, _, true) => &OUTPUT_DOS,
+        (Direction::Input, true, true) => &INPUT_ONLY_DOS,
+        (Direction::Input, false, true) => &INPUT_DOS,
     };
     table[row][cur as usize]
 }
@@ -235,14 +267,19 @@ impl Timeouts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use TcpState::{None as NO, Synack as SA};
+    use TcpState::None as NO;
 
     /// The data path's shortcut (datapath::transition) relies on it.
     #[test]
     fn ack_keeps_established() {
         for dir in [Direction::Input, Direction::Output] {
             for no_output in [false, true] {
-                assert_eq!(tcp_next_state(ES, dir, no_output, TcpFlags::ACK), ES);
+                for secure in [false, true] {
+                    assert_eq!(
+                        tcp_next_state(ES, dir, no_output, TcpFlags::ACK, secure),
+                        ES
+                    );
+                }
             }
         }
     }
@@ -269,29 +306,76 @@ mod tests {
     #[test]
     fn nat_handshake_and_close() {
         let mut s = NO;
-        s = tcp_next_state(s, Direction::Input, true, SYN);
+        s = tcp_next_state(s, Direction::Input, true, SYN, false);
         assert_eq!(s, SR);
-        s = tcp_next_state(s, Direction::Output, true, SYNACK); // SYN wins over ACK
+        s = tcp_next_state(s, Direction::Output, true, SYNACK, false); // SYN wins over ACK
         assert_eq!(s, SR);
-        s = tcp_next_state(s, Direction::Input, false, ACK);
+        s = tcp_next_state(s, Direction::Input, false, ACK, false);
         assert_eq!(s, ES);
-        s = tcp_next_state(s, Direction::Input, false, FIN);
+        s = tcp_next_state(s, Direction::Input, false, FIN, false);
         assert_eq!(s, CW);
-        s = tcp_next_state(s, Direction::Output, false, FIN);
+        s = tcp_next_state(s, Direction::Output, false, FIN, false);
         assert_eq!(s, TW);
     }
 
     #[test]
     fn dr_input_only_fin_goes_fin_wait() {
-        let s = tcp_next_state(ES, Direction::Input, true, FIN);
+        let s = tcp_next_state(ES, Direction::Input, true, FIN, false);
         assert_eq!(s, FW);
         assert_eq!(
-            tcp_next_state(ES, Direction::Input, true, TcpFlags::default()),
+            tcp_next_state(ES, Direction::Input, true, TcpFlags::default(), false),
             CL
         );
         let rst = TcpFlags::RST;
-        assert_eq!(tcp_next_state(SA, Direction::Input, true, rst), CL);
-        assert_eq!(tcp_next_state(SA, Direction::Input, false, rst), SR);
+        assert_eq!(tcp_next_state(SA, Direction::Input, true, rst, false), CL);
+        assert_eq!(tcp_next_state(SA, Direction::Input, false, rst, false), SR);
+    }
+
+    /// The secure table differs from the normal one exactly where the reference (§4.2) says.
+    #[test]
+    fn the_secure_table_differs_where_the_kernel_s_does() {
+        use Direction::{Input, Output};
+        let flags = [SYN, FIN, ACK, TcpFlags::RST];
+        let mut diffs = Vec::new();
+        for (dir, no_output) in [(Input, false), (Output, false), (Input, true)] {
+            for (row, &f) in flags.iter().enumerate() {
+                for cur in 0..TCP_STATES as u8 {
+                    let cur = TcpState::from_u8(cur).unwrap();
+                    let (a, b) = (
+                        tcp_next_state(cur, dir, no_output, f, false),
+                        tcp_next_state(cur, dir, no_output, f, true),
+                    );
+                    if a != b {
+                        diffs.push((dir, no_output, row, cur, b));
+                    }
+                }
+            }
+        }
+        let mut want = vec![
+            (Input, false, 0, SA, SA),
+            (Input, false, 1, SA, SA),
+            (Input, false, 2, SR, SR),
+            (Input, false, 2, SA, SA),
+            (Input, false, 3, SA, CL),
+            (Output, false, 0, SR, SA),
+            (Output, false, 0, SA, SA),
+        ];
+        for cur in [NO, FW, TW, CL, CW, LA, LI, SA] {
+            want.push((Input, true, 0, cur, SA));
+        }
+        assert_eq!(diffs.len(), want.len(), "{diffs:?}");
+        for w in want {
+            assert!(diffs.contains(&w), "{w:?} missing from {diffs:?}");
+        }
+        // A DR SYN lands in SYNACK, and its ACK establishes it.
+        let s = tcp_next_state(NO, Input, true, SYN, true);
+        assert_eq!(s, SA);
+        assert_eq!(tcp_next_state(s, Input, true, ACK, true), ES);
+        // NAT: the client's ACK alone does not establish, the server's answer does.
+        let s = tcp_next_state(NO, Input, true, SYN, true);
+        assert_eq!(tcp_next_state(SR, Input, false, ACK, true), SR);
+        assert_eq!(tcp_next_state(SR, Output, true, SYNACK, true), SA);
+        assert_eq!(s, SA);
     }
 
     #[test]
