@@ -151,6 +151,10 @@ Daemon Options:
   --mcast-group address               IPv4/IPv6 group (default=224.0.0.81)
   --mcast-port port                   UDP port (default=8848)
   --mcast-ttl ttl                     Multicast TTL (default=1)
+
+xvs's own commands (outside ipvsadm's syntax):
+  {prog} --xvs-stats                  the data plane's counters, evictions and DoS defences
+  {prog} --sysctl [name[=value]]      list, read or set an IPVS sysctl (net.ipv4.vs.name)
 ",
         version_text().trim_end()
     )

@@ -3,7 +3,9 @@
 //! `/run/xvs/xvsd.sock`), which runs it and returns ipvsadm's output and exit status.
 //!
 //! `xvsadm --xvs-stats` (not an ipvsadm command) prints the data plane's counters: the XDP
-//! program's, each worker's, each socket's `XDP_STATISTICS` and the engine's drop reasons.
+//! program's, each worker's, each socket's `XDP_STATISTICS`, the engine's drop reasons, the
+//! table's evictions and the DoS defences'. `xvsadm --sysctl [NAME[=VALUE]]` lists, reads or
+//! sets the IPVS sysctls xvs implements (`net.ipv4.vs.*`).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -23,8 +25,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let prog = "xvsadm";
     let path = std::env::var("XVS_CONTROL").unwrap_or_else(|_| DEFAULT_CONTROL.to_string());
-    // xvs's own command, outside ipvsadm's syntax: the data plane's counters.
-    if args.len() == 1 && args[0] == "--xvs-stats" {
+    // xvs's own commands, outside ipvsadm's syntax: the data plane's counters, the sysctls.
+    if (args.len() == 1 && args[0] == "--xvs-stats")
+        || (args.first().is_some_and(|a| a == "--sysctl") && args.len() <= 2)
+    {
         return send(
             &path,
             Request {

@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-use xvs_core::conn::{CONN_F_TEMPLATE, TPL_S_ASSURED};
+use xvs_core::conn::{Eviction, CONN_F_TEMPLATE, TPL_S_ASSURED};
 use xvs_core::proto::TcpState;
 use xvs_core::{Director, Engine, Tables, Time};
 use xvs_ipvsadm::control::{decode_request, encode_response, header, Response, MAX_REQUEST};
 use xvs_ipvsadm::exec::{execute, state_text, Session};
 use xvs_ipvsadm::list::{ConnRow, Names};
 use xvs_ipvsadm::parse::DaemonConfig;
+
+use crate::sysctl;
 
 /// Most clients served at once; more are answered with an error and closed.
 const MAX_CLIENTS: usize = 64;
@@ -158,6 +160,28 @@ impl Control {
         for (name, n) in c.drop_counts() {
             let _ = writeln!(out, "drop {name}={n}");
         }
+        let t = &self.engine.conns.counters;
+        let _ = write!(out, "table:");
+        for e in Eviction::ALL {
+            let _ = write!(out, " {}={}", e.name(), t.evicted[e as usize].load(Relaxed));
+        }
+        let _ = writeln!(out, " dropped_by_drop_entry={}", t.dropped.load(Relaxed));
+        let d = &self.engine.defence;
+        let _ = writeln!(
+            out,
+            "defence: drop_entry={} drop_packet={} secure_tcp={} drop_rate={} \
+             dropped_packets={} dropped_entries={} short_seconds={} secure_switches={} \
+             free_pages={}",
+            d.get("drop_entry").unwrap_or(0),
+            d.get("drop_packet").unwrap_or(0),
+            d.get("secure_tcp").unwrap_or(0),
+            d.drop_rate(),
+            d.counters.dropped_packets.load(Relaxed),
+            d.counters.dropped_entries.load(Relaxed),
+            d.counters.short_updates.load(Relaxed),
+            d.counters.secure_switches.load(Relaxed),
+            self.engine.conns.free_pages(),
+        );
         Response {
             status: 0,
             stdout: out,
@@ -165,10 +189,47 @@ impl Control {
         }
     }
 
+    /// `xvsadm --sysctl [NAME[=VALUE]]`: list, read or (root) set the IPVS sysctls.
+    fn sysctl(&self, arg: Option<&str>, uid: u32) -> Response {
+        let mut st = self.lock();
+        let reply = |status, stdout: String, stderr: String| Response {
+            status,
+            stdout,
+            stderr,
+        };
+        let Some(arg) = arg else {
+            return reply(0, sysctl::show(&self.engine, &st.director), String::new());
+        };
+        match arg.split_once('=') {
+            None => match sysctl::get(&self.engine, &st.director, arg) {
+                Ok(v) => reply(0, format!("{v}\n"), String::new()),
+                Err(e) => reply(1, String::new(), format!("{e}\n")),
+            },
+            Some(_) if uid != 0 => reply(
+                255,
+                String::new(),
+                "Permission denied (you must be root)\n".into(),
+            ),
+            Some((name, value)) => match sysctl::set(&self.engine, &mut st.director, name, value) {
+                Ok(changed) => {
+                    tracing::info!("sysctl {name} = {value}");
+                    if changed {
+                        self.publish(&st);
+                    }
+                    reply(0, String::new(), String::new())
+                }
+                Err(e) => reply(1, String::new(), format!("{e}\n")),
+            },
+        }
+    }
+
     /// Run one request for a peer with user id `uid`.
     pub fn handle(&self, args: &[String], stdin: &str, uid: u32) -> Response {
         if args.len() == 1 && args[0] == "--xvs-stats" {
             return self.xvs_stats();
+        }
+        if args.first().is_some_and(|a| a == "--sysctl") && args.len() <= 2 {
+            return self.sysctl(args.get(1).map(String::as_str), uid);
         }
         let mut st = self.lock();
         let connections = || self.connections();
@@ -190,6 +251,15 @@ impl Control {
             status: out.status,
             stdout: out.stdout,
             stderr: out.stderr,
+        }
+    }
+
+    /// Once a second: the DoS defences' levels and `drop_entry`'s pass.
+    pub fn defence_tick(&self) {
+        let now = Time(self.epoch.elapsed().as_millis() as u64);
+        let n = self.engine.defence_tick(now);
+        if n > 0 {
+            tracing::debug!("drop_entry removed {n} entries");
         }
     }
 

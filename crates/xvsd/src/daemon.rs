@@ -73,9 +73,18 @@ pub struct DaemonArgs {
     /// Static neighbour IP=MAC (repeatable); others are resolved through the kernel.
     #[arg(long = "neigh")]
     pub neigh: Vec<String>,
-    /// Connection table capacity.
-    #[arg(long, default_value_t = 1 << 20)]
-    pub conn_capacity: usize,
+    /// Connection table capacity (entries); default: as many as a 16th of the memory available
+    /// at start holds, a power of two between 2^16 and 2^26.
+    #[arg(long)]
+    pub conn_capacity: Option<usize>,
+    /// Set an IPVS sysctl at start, by its kernel name (`drop_packet=1`,
+    /// `net.ipv4.vs.secure_tcp=1`); repeatable; after --sysctl-file.
+    #[arg(long = "sysctl", value_name = "NAME=VALUE")]
+    pub sysctls: Vec<String>,
+    /// IPVS sysctls to set at start, in sysctl.conf syntax (`net.ipv4.vs.drop_entry = 1`; other
+    /// keys are ignored with a note).
+    #[arg(long, value_name = "FILE")]
+    pub sysctl_file: Option<PathBuf>,
     /// Table size (entries) from which workers prefetch their batch's table lookups; 0: always
     /// (see docs/performance.md, "Prefetching the table lookups").
     #[arg(long, default_value_t = xvs_core::datapath::PREFETCH_FROM)]
@@ -244,10 +253,26 @@ fn reals(t: &Tables) -> HashSet<IpAddr> {
 
 /// Run until a signal arrives.
 pub fn run(args: &DaemonArgs) -> Result<(), String> {
-    let mut engine = Engine::new(args.conn_capacity, seed());
+    let capacity = match args.conn_capacity {
+        Some(0) => return Err("--conn-capacity must be at least 1".into()),
+        Some(n) => n,
+        None => default_capacity(),
+    };
+    let seed = seed()?;
+    let mut engine = Engine::new(capacity, seed);
     engine.set_prefetch_from(args.prefetch_from);
+    tracing::info!(
+        "connection table: {} entries, at most {} MiB ({} B each; {} B more for each connection \
+         of a persistent service); hash seed from getrandom (fingerprint {:08x})",
+        engine.conns.capacity(),
+        engine.conns.max_bytes() >> 20,
+        engine.conns.max_bytes() / engine.conns.capacity(),
+        xvs_core::conn::TEMPLATE_KEY_BYTES,
+        fingerprint(seed)
+    );
     let engine = Arc::new(engine);
-    let st = load_config(args, &engine)?;
+    let mut st = load_config(args, &engine)?;
+    apply_sysctls(args, &engine, &mut st.director)?;
     let tables = Arc::new(ArcSwap::from_pointee(st.director.snapshot()));
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -479,8 +504,13 @@ fn spawn_control(
 
 fn wait(ctl: &Control, stop: &AtomicBool) {
     let mut last = Instant::now();
+    let mut defence = Instant::now();
     while !stop.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if defence.elapsed() >= Duration::from_secs(1) {
+            defence = Instant::now();
+            ctl.defence_tick();
+        }
         if last.elapsed() >= Duration::from_secs(2) {
             last = Instant::now();
             ctl.tick();
@@ -488,11 +518,60 @@ fn wait(ctl: &Control, stop: &AtomicBool) {
     }
 }
 
-/// A hash seed that differs between runs (the table's shard hash is keyed with it).
-fn seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    (t as u64) ^ (u64::from(std::process::id()) << 32)
+/// The connection table's hash seed, from the operating system's random source: clients
+/// cannot predict which of their addresses and ports share a shard or a bucket.
+fn seed() -> Result<u64, String> {
+    getrandom::u64().map_err(|e| format!("reading a hash seed from getrandom: {e}"))
+}
+
+/// A fingerprint of the seed for the log (tells two starts apart; reveals nothing usable of it).
+fn fingerprint(seed: u64) -> u32 {
+    use std::hash::Hasher;
+    // SipHash with fixed keys: the same seed, the same fingerprint.
+    let mut f = std::hash::DefaultHasher::new();
+    f.write_u64(seed);
+    f.write_u64(0x7876_7364_7365_6564);
+    f.finish() as u32
+}
+
+/// The default capacity: as many entries as a 16th of the memory available at start holds at
+/// their most ([`xvs_core::conn::ConnTable::max_bytes`]), a power of two from 2^16 to 2^26.
+fn default_capacity() -> usize {
+    let avail = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<usize>().ok())
+        })
+        .map_or(1 << 30, |kib| kib * 1024);
+    let budget = avail / 16;
+    let mut cap = 1usize << 16;
+    while cap < 1 << 26 && xvs_core::conn::ConnTable::new(cap * 2, 0).max_bytes() <= budget {
+        cap *= 2;
+    }
+    cap
+}
+
+/// `--sysctl-file`, then each `--sysctl`.
+fn apply_sysctls(
+    args: &DaemonArgs,
+    engine: &Engine,
+    director: &mut xvs_core::Director,
+) -> Result<(), String> {
+    if let Some(path) = &args.sysctl_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let notes = crate::sysctl::apply_conf(engine, director, &text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        for n in notes {
+            tracing::info!("{}: {n}", path.display());
+        }
+    }
+    for kv in &args.sysctls {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("--sysctl wants NAME=VALUE, got `{kv}'"))?;
+        crate::sysctl::set(engine, director, k, v)?;
+    }
+    Ok(())
 }

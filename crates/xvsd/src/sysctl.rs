@@ -1,0 +1,218 @@
+//! The IPVS sysctls (`/proc/sys/net/ipv4/vs/`) by their kernel names: set at start
+//! (`xvsd --sysctl NAME=VALUE`, `xvsd --sysctl-file FILE` in sysctl.conf syntax, so an
+//! existing `sysctl.d` fragment works) and read or set live (`xvsadm --sysctl [NAME[=VALUE]]`).
+//! A mainline name xvs does not implement yet is refused with a message naming it.
+
+use xvs_core::defence;
+use xvs_core::director::Director;
+use xvs_core::Engine;
+
+/// The sysctls of the connection settings ([`xvs_core::service::Settings`]).
+const SETTINGS: [&str; 4] = [
+    "conn_reuse_mode",
+    "expire_nodest_conn",
+    "expire_quiescent_template",
+    "sloppy_tcp",
+];
+
+/// Mainline's other names (v6.12, `ip_vs_ctl.c`'s `vs_vars` and `ip_vs_sync.c`): refused.
+const NOT_YET: [&str; 24] = [
+    "backup_only",
+    "cache_bypass",
+    "conntrack",
+    "debug_level",
+    "est_cpulist",
+    "est_nice",
+    "ignore_tunneled",
+    "lblc_expiration",
+    "lblcr_expiration",
+    "nat_icmp_send",
+    "pmtu_disc",
+    "run_estimation",
+    "schedule_icmp",
+    "sloppy_sctp",
+    "snat_reroute",
+    "sync_persist_mode",
+    "sync_ports",
+    "sync_qlen_max",
+    "sync_refresh_period",
+    "sync_retries",
+    "sync_sock_size",
+    "sync_threshold",
+    "sync_version",
+    "sync_ping_interval",
+];
+
+/// The prefix of the kernel's full names.
+pub const PREFIX: &str = "net.ipv4.vs.";
+
+/// Every name xvs implements, sorted.
+pub fn names() -> Vec<&'static str> {
+    let mut v: Vec<&str> = defence::NAMES.iter().chain(&SETTINGS).copied().collect();
+    v.sort_unstable();
+    v
+}
+
+/// The short name of `name` (`net.ipv4.vs.X`, `net/ipv4/vs/X` or `X`).
+fn short(name: &str) -> &str {
+    let n = name.trim();
+    n.strip_prefix(PREFIX)
+        .or_else(|| n.strip_prefix("net/ipv4/vs/"))
+        .unwrap_or(n)
+}
+
+fn unsupported(name: &str) -> String {
+    if NOT_YET.contains(&name) {
+        format!("sysctl {PREFIX}{name}: not supported by xvs yet")
+    } else {
+        format!("sysctl {PREFIX}{name}: no such IPVS sysctl")
+    }
+}
+
+/// The value of `name`.
+pub fn get(engine: &Engine, director: &Director, name: &str) -> Result<i32, String> {
+    let n = short(name);
+    if let Some(v) = engine.defence.get(n) {
+        return Ok(v);
+    }
+    let s = director.settings();
+    Ok(match n {
+        "conn_reuse_mode" => i32::from(s.conn_reuse_mode),
+        "expire_nodest_conn" => i32::from(s.expire_nodest_conn),
+        "expire_quiescent_template" => i32::from(s.expire_quiescent_template),
+        "sloppy_tcp" => i32::from(s.sloppy_tcp),
+        _ => return Err(unsupported(n)),
+    })
+}
+
+/// Set `name` to `value` (text, as written to the proc file). Returns whether the director's
+/// settings changed (the caller publishes them).
+pub fn set(
+    engine: &Engine,
+    director: &mut Director,
+    name: &str,
+    value: &str,
+) -> Result<bool, String> {
+    let n = short(name);
+    if !names().contains(&n) {
+        return Err(unsupported(n));
+    }
+    let v: i32 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("sysctl {PREFIX}{n}: invalid value `{}'", value.trim()))?;
+    if defence::NAMES.contains(&n) {
+        return engine
+            .set_defence(n, v)
+            .map(|()| false)
+            .map_err(|_| format!("sysctl {PREFIX}{n}: invalid value `{v}' (0 to 3)"));
+    }
+    let mut s = director.settings();
+    match n {
+        // The kernel keeps the bits it knows (`proc_dointvec`, read as a bit mask).
+        "conn_reuse_mode" => s.conn_reuse_mode = (v & 0xff) as u8,
+        "expire_nodest_conn" => s.expire_nodest_conn = v != 0,
+        "expire_quiescent_template" => s.expire_quiescent_template = v != 0,
+        "sloppy_tcp" => s.sloppy_tcp = v != 0,
+        _ => unreachable!("every name of SETTINGS is handled"),
+    }
+    director.set_settings(s);
+    Ok(true)
+}
+
+/// `NAME = VALUE` lines, as `sysctl` prints them.
+pub fn show(engine: &Engine, director: &Director) -> String {
+    names()
+        .into_iter()
+        .filter_map(|n| {
+            get(engine, director, n)
+                .ok()
+                .map(|v| format!("{PREFIX}{n} = {v}\n"))
+        })
+        .collect()
+}
+
+/// Apply a sysctl.conf text (`sysctl -p`'s syntax: `key = value`, `#` and `;` comments, a
+/// leading `-` to ignore a failing line). Keys outside `net.ipv4.vs.` are skipped and listed
+/// in the returned notes; a failing line of ours stops with its line number.
+pub fn apply_conf(
+    engine: &Engine,
+    director: &mut Director,
+    text: &str,
+) -> Result<Vec<String>, String> {
+    let mut notes = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let (ignore, line) = match line.strip_prefix('-') {
+            Some(rest) => (true, rest.trim_start()),
+            None => (false, line),
+        };
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected `key = value'", i + 1));
+        };
+        let key = key.trim().replace('/', ".");
+        if !key.starts_with(PREFIX) {
+            notes.push(format!(
+                "line {}: {key} is not an IPVS sysctl, ignored",
+                i + 1
+            ));
+            continue;
+        }
+        match set(engine, director, &key, value) {
+            Ok(_) => {}
+            Err(e) if ignore => notes.push(format!("line {}: {e} (ignored)", i + 1)),
+            Err(e) => return Err(format!("line {}: {e}", i + 1)),
+        }
+    }
+    Ok(notes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sysctl_d_fragment_applies_and_other_keys_are_noted() {
+        let engine = Engine::new(1000, 1);
+        let mut d = Director::new();
+        let text = "# IPVS\nnet.ipv4.vs.sloppy_tcp = 1\nnet/ipv4/vs/drop_packet=3\n\
+                    net.ipv4.ip_forward = 1\n; comment\nnet.ipv4.vs.am_droprate = 5\n\
+                    -net.ipv4.vs.conntrack = 1\n";
+        let notes = apply_conf(&engine, &mut d, text).unwrap();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("ip_forward"));
+        assert!(notes[1].contains("conntrack: not supported"));
+        assert!(d.settings().sloppy_tcp);
+        assert_eq!(get(&engine, &d, "drop_packet"), Ok(3));
+        assert_eq!(get(&engine, &d, "net.ipv4.vs.am_droprate"), Ok(5));
+        // As in the kernel, a new am_droprate takes effect at the next once-a-second update.
+        assert_eq!(engine.defence.drop_rate(), 10);
+        engine.defence_tick(xvs_core::Time(1000));
+        assert_eq!(engine.defence.drop_rate(), 5);
+        let shown = show(&engine, &d);
+        assert!(shown.contains("net.ipv4.vs.sloppy_tcp = 1\n"), "{shown}");
+        assert_eq!(shown.lines().count(), names().len());
+    }
+
+    #[test]
+    fn bad_lines_name_themselves() {
+        let engine = Engine::new(1000, 1);
+        let mut d = Director::new();
+        let e = apply_conf(&engine, &mut d, "\nnet.ipv4.vs.secure_tcp = 7\n").unwrap_err();
+        assert_eq!(
+            e,
+            "line 2: sysctl net.ipv4.vs.secure_tcp: invalid value `7' (0 to 3)"
+        );
+        let e = apply_conf(&engine, &mut d, "net.ipv4.vs.cache_bypass = 1").unwrap_err();
+        assert!(e.contains("cache_bypass: not supported by xvs yet"), "{e}");
+        let e = apply_conf(&engine, &mut d, "net.ipv4.vs.nonsense = 1").unwrap_err();
+        assert!(e.contains("no such IPVS sysctl"), "{e}");
+        let e = apply_conf(&engine, &mut d, "net.ipv4.vs.sloppy_tcp = yes").unwrap_err();
+        assert!(e.contains("invalid value `yes'"), "{e}");
+        let e = apply_conf(&engine, &mut d, "net.ipv4.vs.sloppy_tcp").unwrap_err();
+        assert!(e.contains("expected `key = value'"), "{e}");
+    }
+}
