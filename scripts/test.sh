@@ -21,4 +21,5 @@ cargo test --workspace --doc
 
 echo "== end-to-end tests (namespaces, AF_XDP; root)"
 cargo build --release -q -p xvsd -p xvsadm
+cargo build --release -q -p xvs-bench --bin xvs-pktgen
 python3 tests/e2e/run.py

@@ -28,6 +28,9 @@ struct Args {
     /// Send SYNs from new clients instead of ACKs of established flows.
     #[arg(long)]
     new_conns: bool,
+    /// Send UDP datagrams instead of TCP segments.
+    #[arg(long)]
+    udp: bool,
     #[arg(long, default_value_t = 64)]
     len: usize,
     /// Packets per second, 0 = as fast as possible.
@@ -58,6 +61,7 @@ fn main() {
         client_base: a.client_base,
         flows: a.flows,
         new_conns: a.new_conns,
+        udp: a.udp,
         frame_len: a.len,
         rate: a.rate,
         count: a.count,

@@ -378,21 +378,31 @@ pub struct TableCounters {
     pub dropped: AtomicU64,
 }
 
-/// Which kind of entry a full shard gave up for a new connection, from the first given up to
-/// the last ([`ConnTable::admit`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Which kind of entry a full shard gave up for a new connection ([`ConnTable::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Eviction {
-    /// Already expired (not yet swept).
+    /// Already expired (not yet swept): given up first.
     Expired = 0,
     /// A TCP connection that is not established (half-open, closing) or a persistence
-    /// template not yet assured.
+    /// template not yet assured: given up with UDP, the longest silent first.
     Unestablished,
-    /// A UDP connection.
+    /// A UDP connection: given up with the unestablished, the longest silent first.
     Datagram,
     /// An established TCP connection without a packet for 60 s, or an assured template that
-    /// controls no connection.
+    /// controls no connection: given up last.
     Idle,
+}
+
+impl Eviction {
+    /// Its tier: a shard gives up an entry of the lowest tier it finds.
+    fn tier(self) -> u8 {
+        match self {
+            Eviction::Expired => 0,
+            Eviction::Unestablished | Eviction::Datagram => 1,
+            Eviction::Idle => 2,
+        }
+    }
 }
 
 impl Eviction {
@@ -416,7 +426,7 @@ impl Eviction {
 }
 
 /// Entries a full shard looks at for one to evict, from its clock hand on: the first
-/// [`EVICT_SAMPLE`], and up to [`EVICT_SAMPLE_MAX`] while none of them is a half-open TCP
+/// [`EVICT_SAMPLE`], and up to [`EVICT_SAMPLE_MAX`] while none of them is an unestablished TCP
 /// connection, a UDP one or dead.
 pub const EVICT_SAMPLE: usize = 8;
 /// See [`EVICT_SAMPLE`].
@@ -426,9 +436,11 @@ pub const EVICT_SAMPLE_MAX: usize = 32;
 /// may be dropped by `drop_entry`, which uses the same 60 s).
 const IDLE_MS: u64 = 60_000;
 
-/// How readily an entry gives way to a new connection: its kind and its expiry (the earliest
-/// first: for UDP that is the longest idle), or None when it never does (it controls
-/// connections, or it is an established TCP connection that saw a packet in the last 60 s).
+/// How readily an entry gives way to a new connection: its kind (whose tier comes first) and
+/// when it last saw a packet (the longest silent first), or None when it never does (it
+/// controls connections, or it is an established TCP connection that saw a packet in the last
+/// 60 s). Within a tier the silence decides, not the kind: a client's fresh handshake outlives
+/// a flood of older UDP flows, and a flood of SYNs goes oldest first.
 fn eviction_rank(k: &ConnKey, c: &Conn, now: Time) -> Option<(Eviction, u64)> {
     if c.controlled > 0 {
         return None;
@@ -452,7 +464,7 @@ fn eviction_rank(k: &ConnKey, c: &Conn, now: Time) -> Option<(Eviction, u64)> {
     } else {
         Eviction::Datagram
     };
-    Some((kind, c.expires.0))
+    Some((kind, c.last_seen(now)))
 }
 
 /// TCP's protocol number.
@@ -851,9 +863,9 @@ impl ConnTable {
     /// Insert a new connection or template (hash `h` when the caller has it). A full shard
     /// makes room by evicting the entry that matters least among a few it looks at from its
     /// clock hand on ([`EVICT_SAMPLE`], up to [`EVICT_SAMPLE_MAX`]): an expired one, else a TCP
-    /// connection not established or a template not assured, else a UDP connection, else an
-    /// established connection idle for 60 s or an idle assured template, the earliest to
-    /// expire first within a kind; never a template that controls connections or an
+    /// connection not established, a template not assured or a UDP connection, else an
+    /// established connection idle for 60 s or an idle assured template, the longest silent
+    /// first within a tier; never a template that controls connections or an
     /// established connection with a packet in the last 60 s (then the new entry is refused,
     /// [`InsertError::Full`]). The hand moves on by the entries looked at, so repeated
     /// evictions walk the whole shard. `on_insert` runs on the entry once it is in, under the
@@ -925,15 +937,15 @@ impl ConnTable {
         let mut best: Option<(Eviction, u64, usize)> = None;
         let mut seen = 0;
         while seen < EVICT_SAMPLE_MAX.min(n) {
-            if seen >= EVICT_SAMPLE && best.is_some_and(|b| b.0 < Eviction::Idle) {
+            if seen >= EVICT_SAMPLE && best.is_some_and(|b| b.0.tier() < Eviction::Idle.tier()) {
                 break;
             }
             let pos = (start + seen) % n;
             seen += 1;
             let Entry(k, c) = &shard.entries[pos];
-            if let Some((kind, expires)) = eviction_rank(k, c, now) {
-                if best.is_none_or(|b| (kind, expires) < (b.0, b.1)) {
-                    best = Some((kind, expires, pos));
+            if let Some((kind, last)) = eviction_rank(k, c, now) {
+                if best.is_none_or(|b| (kind.tier(), last) < (b.0.tier(), b.1)) {
+                    best = Some((kind, last, pos));
                 }
                 if kind == Eviction::Expired {
                     break;

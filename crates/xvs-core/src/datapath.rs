@@ -1182,7 +1182,11 @@ impl Engine {
         let Some(q) = parse_quoted(frame.data(), p) else {
             return Verdict::Pass;
         };
-        if Protocol::from_number(q.proto).is_none() {
+        // An error goes back to the source of the packet it quotes (RFC 1122 3.2.2): the VIP
+        // for a reply of ours, the client for a packet xvs sent on to a NAT real server. One
+        // addressed elsewhere (the balancer's own address, say) is not about a connection of
+        // ours: the kernel's business, never relayed to a real server.
+        if Protocol::from_number(q.proto).is_none() || p.daddr != q.saddr {
             return Verdict::Pass;
         }
         // From outside: the quoted packet went VIP → client.

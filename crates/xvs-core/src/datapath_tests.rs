@@ -636,6 +636,29 @@ fn icmp_from_outside_reaches_nat_real_server_rewritten() {
 }
 
 #[test]
+fn icmp_errors_addressed_to_another_address_are_not_relayed() {
+    let lb = nat_lb();
+    lb.run(
+        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""),
+        0,
+    );
+    // The same quoted packet (VIP:80 → client), but the error is addressed to the balancer's
+    // own address: not an error about a packet of this connection.
+    let quoted = tcp4("10.0.0.1", 80, "10.9.0.5", 40000, Flags::Ack, 64, b"");
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(GW_MAC, LB_MAC)
+        .ipv4([10, 8, 0, 1], [10, 0, 0, 254], 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut icmp, &quoted[ETH_LEN..])
+        .unwrap();
+    let (v, out) = lb.run(&icmp, 5);
+    assert_eq!(v, Verdict::Pass);
+    assert_eq!(out, icmp);
+}
+
+#[test]
 fn arp_and_foreign_traffic_pass() {
     let lb = Lb::new(
         tcp_key("10.0.0.1", 80),

@@ -12,6 +12,9 @@
  * traffic, fragments' later pieces, anything unparsable.
  * A frame that matches but finds no socket on its queue is dropped and counted (passing it
  * would make the kernel answer with a reset).
+ * A unicast frame not addressed to the receiving interface's MAC (nor to a MAC the operator
+ * added, such as a VRRP virtual MAC) is passed untouched and counted: on a segment that floods
+ * unicast, it is meant for another host, and the kernel drops it as such (PACKET_OTHERHOST).
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -67,6 +70,20 @@ struct {
 	__type(value, __u8);
 } nat_sources SEC(".maps");
 
+/* The MACs each interface accepts unicast frames for: its own and the operator's additions. */
+struct mac_key {
+	__u32 ifindex;
+	__u8 mac[6];
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct mac_key);
+	__type(value, __u8);
+} own_macs SEC(".maps");
+
 /* The box's own addresses (proto 0, port 0): traffic to them always goes to the kernel. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -79,7 +96,8 @@ enum {
 	CNT_PASSED = 0,
 	CNT_REDIRECTED = 1,
 	CNT_NO_SOCKET = 2,
-	CNT_MAX = 3,
+	CNT_OTHER_HOST = 3,
+	CNT_MAX = 4,
 };
 
 struct {
@@ -158,6 +176,14 @@ int xvs_steer(struct xdp_md *ctx)
 
 	if ((void *)(eth + 1) > end)
 		return pass();
+	if (!(eth->h_dest[0] & 1)) {
+		struct mac_key mk = { .ifindex = ctx->ingress_ifindex };
+		__builtin_memcpy(mk.mac, eth->h_dest, 6);
+		if (!bpf_map_lookup_elem(&own_macs, &mk)) {
+			count(CNT_OTHER_HOST);
+			return XDP_PASS;
+		}
+	}
 
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = (void *)(eth + 1);

@@ -107,6 +107,17 @@ pub struct XdpCounters {
     pub redirected: u64,
     /// Frames that matched but found no socket on their queue (dropped).
     pub no_socket: u64,
+    /// Unicast frames for another host's MAC, passed to the kernel, which drops them.
+    pub other_host: u64,
+}
+
+/// A key of the program's `own_macs` map (`struct mac_key`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct MacKey {
+    ifindex: u32,
+    mac: [u8; 6],
+    pad: [u8; 2],
 }
 
 /// A loaded BPF object with one XDP program and the bpf_links attaching it.
@@ -227,6 +238,7 @@ pub struct XdpProgram {
     services: RawFd,
     nat_sources: RawFd,
     local_addrs: RawFd,
+    own_macs: RawFd,
     counters: RawFd,
 }
 
@@ -247,6 +259,7 @@ impl XdpProgram {
             services: inner.map_fd("services")?,
             nat_sources: inner.map_fd("nat_sources")?,
             local_addrs: inner.map_fd("local_addrs")?,
+            own_macs: inner.map_fd("own_macs")?,
             counters: inner.map_fd("counters")?,
             inner,
         })
@@ -289,6 +302,17 @@ impl XdpProgram {
         )?;
         self.inner.attach(ifindex, ifname, mode)?;
         Ok(slot)
+    }
+
+    /// Accept unicast frames for `mac` on `ifindex` (the interface's own MAC, and the
+    /// operator's additions such as a VRRP virtual MAC); others are left to the kernel.
+    pub fn accept_mac(&self, ifindex: u32, mac: [u8; 6]) -> Result<(), BpfError> {
+        let key = MacKey {
+            ifindex,
+            mac,
+            pad: [0; 2],
+        };
+        self.update(self.own_macs, &key, &1u8, "bpf_map_update_elem(own_macs)")
     }
 
     /// Register the AF_XDP socket of (interface slot, queue).
@@ -363,6 +387,7 @@ impl XdpProgram {
             passed: Loaded::percpu_sum(self.counters, 0)?,
             redirected: Loaded::percpu_sum(self.counters, 1)?,
             no_socket: Loaded::percpu_sum(self.counters, 2)?,
+            other_host: Loaded::percpu_sum(self.counters, 3)?,
         })
     }
 }

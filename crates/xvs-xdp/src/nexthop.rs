@@ -64,6 +64,9 @@ pub fn link_info(ifname: &str) -> io::Result<LinkInfo> {
     })
 }
 
+/// Destinations waiting for the resolver, at most (more wait for its next round).
+const MAX_WANTED: usize = 1024;
+
 /// Destination → next hop, hashed with ahash (read per packet by the workers).
 type HopMap = HashMap<IpAddr, NextHop, ahash::RandomState>;
 
@@ -84,8 +87,12 @@ impl Routes for KernelRoutes {
             return Some(*h);
         }
         // Never block a worker: if the resolver holds the set, the next packet asks again.
+        // Bounded: a flood of packets to ever new addresses (replies to spoofed clients) must
+        // not grow it, nor the resolver's work, without limit.
         if let Ok(mut w) = self.wanted.try_lock() {
-            w.insert(dst);
+            if w.len() < MAX_WANTED {
+                w.insert(dst);
+            }
         }
         None
     }

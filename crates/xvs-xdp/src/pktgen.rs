@@ -39,6 +39,8 @@ pub struct GenConfig {
     pub flows: u32,
     /// SYNs from ever new clients instead of ACKs of established flows.
     pub new_conns: bool,
+    /// UDP datagrams instead of TCP segments (with `new_conns`: from ever new clients).
+    pub udp: bool,
     /// Frame length (at least 54).
     pub frame_len: usize,
     /// Packets per second (0 = as fast as possible).
@@ -59,7 +61,7 @@ pub fn flow_client(base: Ipv4Addr, i: u32) -> (Ipv4Addr, u16) {
     )
 }
 
-/// Write a TCP/IPv4 frame for flow `i` into `f` (length `f.len()`).
+/// Write a TCP (or UDP) IPv4 frame for flow `i` into `f` (length `f.len()`).
 pub fn build_frame(cfg: &GenConfig, i: u32, f: &mut [u8]) {
     let len = f.len();
     let (src, sport) = flow_client(cfg.client_base, i);
@@ -73,12 +75,22 @@ pub fn build_frame(cfg: &GenConfig, i: u32, f: &mut [u8]) {
     ip[4..6].copy_from_slice(&0u16.to_be_bytes());
     ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
     ip[8] = 64;
-    ip[9] = 6;
+    ip[9] = if cfg.udp { 17 } else { 6 };
     ip[10..12].fill(0);
     ip[12..16].copy_from_slice(&src.octets());
     ip[16..20].copy_from_slice(&cfg.dst.octets());
     let c = checksum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
+    if cfg.udp {
+        let udp = &mut f[34..];
+        udp[0..2].copy_from_slice(&sport.to_be_bytes());
+        udp[2..4].copy_from_slice(&cfg.dport.to_be_bytes());
+        udp[4..6].copy_from_slice(&((len - 34) as u16).to_be_bytes());
+        udp[6..].fill(0);
+        let c = l4_checksum(&IpAddr::V4(src), &IpAddr::V4(cfg.dst), 17, udp);
+        udp[6..8].copy_from_slice(&(if c == 0 { 0xffff } else { c }).to_be_bytes());
+        return;
+    }
     let tcp = &mut f[34..];
     tcp[0..2].copy_from_slice(&sport.to_be_bytes());
     tcp[2..4].copy_from_slice(&cfg.dport.to_be_bytes());
@@ -217,12 +229,30 @@ mod tests {
             client_base: Ipv4Addr::new(10, 200, 0, 0),
             flows: 100_000,
             new_conns: true,
+            udp: false,
             frame_len: 64,
             rate: 0,
             count: 1,
             duration: Duration::from_secs(1),
             seq_start: 0,
         }
+    }
+
+    #[test]
+    fn udp_frames_parse_with_valid_checksums() {
+        let cfg = GenConfig {
+            udp: true,
+            ..test_config()
+        };
+        let mut f = vec![0u8; 64];
+        build_frame(&cfg, 5, &mut f);
+        let p = xvs_core::wire::parse(&f).expect("parses");
+        assert_eq!((p.proto, p.sport, p.dport), (17, 1029, 80));
+        assert_eq!(xvs_core::wire::checksum(&f[14..34]), 0);
+        assert_eq!(
+            xvs_core::wire::l4_checksum(&p.saddr, &p.daddr, 17, &f[34..]),
+            0
+        );
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub struct DaemonArgs {
     /// Static neighbour IP=MAC (repeatable); others are resolved through the kernel.
     #[arg(long = "neigh")]
     pub neigh: Vec<String>,
+    /// Also take unicast frames addressed to this MAC on every interface (repeatable), such
+    /// as a VRRP virtual MAC; frames for other hosts' MACs are left to the kernel.
+    #[arg(long = "accept-mac", value_name = "MAC")]
+    pub accept_macs: Vec<String>,
     /// Connection table capacity (entries); default: as many as a 16th of the memory available
     /// at start holds, a power of two between 2^16 and 2^26.
     #[arg(long)]
@@ -204,9 +208,22 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
         ZcArg::On => ZeroCopy::On,
         ZcArg::Off => ZeroCopy::Off,
     };
+    let extra_macs = args
+        .accept_macs
+        .iter()
+        .map(|m| {
+            xvs_core::routes::parse_mac(m).ok_or_else(|| format!("--accept-mac: invalid MAC `{m}'"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut prog = XdpProgram::load().map_err(|e| format!("loading the XDP program: {e}"))?;
     let mut slots = Vec::new();
     for (name, ifindex, _) in &ifaces {
+        // The MACs first: from its attachment on, the program passes frames for any other.
+        let own = links[ifindex].mac;
+        for mac in std::iter::once(own).chain(extra_macs.iter().copied()) {
+            prog.accept_mac(*ifindex, mac)
+                .map_err(|e| format!("interface {name}: {e}"))?;
+        }
         let slot = prog
             .attach(*ifindex, name, mode)
             .map_err(|e| e.to_string())?;
@@ -262,9 +279,10 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     let mut engine = Engine::new(capacity, seed);
     engine.set_prefetch_from(args.prefetch_from);
     tracing::info!(
-        "connection table: {} entries, at most {} MiB ({} B each; {} B more for each connection \
-         of a persistent service); hash seed from getrandom (fingerprint {:08x})",
+        "connection table: {} entries, at most {} bytes ({} MiB, {} B each; {} B more for each \
+         connection of a persistent service); hash seed from getrandom (fingerprint {:08x})",
         engine.conns.capacity(),
+        engine.conns.max_bytes(),
         engine.conns.max_bytes() >> 20,
         engine.conns.max_bytes() / engine.conns.capacity(),
         xvs_core::conn::TEMPLATE_KEY_BYTES,
@@ -412,10 +430,11 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         let rx: u64 = counters.iter().map(|c| c.rx.load(Relaxed)).sum();
         let tx: u64 = counters.iter().map(|c| c.tx.load(Relaxed)).sum();
         tracing::info!(
-            "stopping; xdp passed={} redirected={} no_socket={}; workers rx={rx} tx={tx}",
+            "stopping; xdp passed={} redirected={} no_socket={} other_host={}; workers rx={rx} tx={tx}",
             xdp.passed,
             xdp.redirected,
-            xdp.no_socket
+            xdp.no_socket,
+            xdp.other_host
         );
         for (name, n) in engine.counters.drop_counts() {
             if n > 0 {
@@ -448,8 +467,8 @@ fn data_stats(
         Ok(x) => {
             let _ = writeln!(
                 out,
-                "xdp: passed={} redirected={} no_socket={}",
-                x.passed, x.redirected, x.no_socket
+                "xdp: passed={} redirected={} no_socket={} other_host={}",
+                x.passed, x.redirected, x.no_socket, x.other_host
             );
         }
         Err(e) => {
