@@ -12,6 +12,10 @@
  * traffic, fragments' later pieces, anything unparsable.
  * A frame that matches but finds no socket on its queue is dropped and counted (passing it
  * would make the kernel answer with a reset).
+ * TCP SYNs to a service pass a token bucket per socket whose rate xvsd sets (0: no limit):
+ * while a SYN flood overflows a socket's ring, xvsd lowers it, so that the ring keeps room for
+ * the packets of established connections and of handshakes under way; excess SYNs are dropped
+ * and counted here (clients retransmit them).
  * A unicast frame not addressed to the receiving interface's MAC (nor to a MAC the operator
  * added, such as a VRRP virtual MAC) is passed untouched and counted: on a segment that floods
  * unicast, it is meant for another host, and the kernel drops it as such (PACKET_OTHERHOST).
@@ -92,6 +96,34 @@ struct {
 	__type(value, __u8);
 } local_addrs SEC(".maps");
 
+/* SYN admission, per socket (interface slot × MAX_QUEUES + queue): the rate xvsd sets, in
+ * SYNs per second (0: no limit), and the bucket with its counters, which only this program
+ * writes (one CPU at a time runs a queue's receive path). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_IFACES * MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u64);
+} syn_rates SEC(".maps");
+
+struct syn_state {
+	__u64 credit_ns; /* time credit: a SYN costs 1e9 / rate ns */
+	__u64 last_ns;
+	__u64 seen;
+	__u64 passed;
+	__u64 dropped;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_IFACES * MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, struct syn_state);
+} syn_state SEC(".maps");
+
+/* A burst of this many SYNs passes at once after a quiet spell. */
+#define SYN_BURST 32
+
 enum {
 	CNT_PASSED = 0,
 	CNT_REDIRECTED = 1,
@@ -120,13 +152,22 @@ static __always_inline int pass(void)
 	return XDP_PASS;
 }
 
-static __always_inline int redirect(struct xdp_md *ctx)
+/* The socket key of the receiving queue, or -1. */
+static __always_inline long socket_key(struct xdp_md *ctx)
 {
 	__u32 ifindex = ctx->ingress_ifindex;
 	__u32 q = ctx->rx_queue_index;
 	__u32 *slot = bpf_map_lookup_elem(&if_slots, &ifindex);
-	if (slot && q < MAX_QUEUES) {
-		__u32 key = *slot * MAX_QUEUES + q;
+	if (!slot || q >= MAX_QUEUES)
+		return -1;
+	return *slot * MAX_QUEUES + q;
+}
+
+static __always_inline int redirect(struct xdp_md *ctx)
+{
+	long k = socket_key(ctx);
+	if (k >= 0) {
+		__u32 key = k;
 		if (bpf_map_lookup_elem(&xsks, &key)) {
 			count(CNT_REDIRECTED);
 			return bpf_redirect_map(&xsks, key, XDP_DROP);
@@ -134,6 +175,39 @@ static __always_inline int redirect(struct xdp_md *ctx)
 	}
 	count(CNT_NO_SOCKET);
 	return XDP_DROP;
+}
+
+/* Whether a SYN may go to its socket (the token bucket of the receiving queue). */
+static __always_inline int syn_admit(struct xdp_md *ctx)
+{
+	long k = socket_key(ctx);
+	if (k < 0)
+		return 1;
+	__u32 key = k;
+	__u64 *rate = bpf_map_lookup_elem(&syn_rates, &key);
+	struct syn_state *st = bpf_map_lookup_elem(&syn_state, &key);
+	if (!rate || !st)
+		return 1;
+	st->seen++;
+	__u64 r = *rate;
+	if (r == 0) {
+		st->passed++;
+		return 1;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	__u64 cost = 1000000000ULL / r;
+	__u64 credit = st->credit_ns + (now - st->last_ns);
+	if (credit > cost * SYN_BURST)
+		credit = cost * SYN_BURST;
+	st->last_ns = now;
+	if (credit < cost) {
+		st->credit_ns = credit;
+		st->dropped++;
+		return 0;
+	}
+	st->credit_ns = credit - cost;
+	st->passed++;
+	return 1;
 }
 
 static __always_inline int in_map(void *map, struct steer_key *k)
@@ -242,8 +316,14 @@ int xvs_steer(struct xdp_md *ctx)
 
 	dst.proto = proto;
 	dst.port = ports[1];
-	if (is_service(&dst))
+	if (is_service(&dst)) {
+		struct tcphdr *th = l4;
+		/* (A truncated header goes to xvs, which counts it as malformed.) */
+		if (proto == IPPROTO_TCP && (void *)(th + 1) <= end && th->syn && !th->ack &&
+		    !syn_admit(ctx))
+			return XDP_DROP;
 		return redirect(ctx);
+	}
 
 	src.proto = proto;
 	src.port = ports[0];

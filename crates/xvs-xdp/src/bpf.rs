@@ -111,6 +111,22 @@ pub struct XdpCounters {
     pub other_host: u64,
 }
 
+/// A socket's SYN bucket and counters (`struct syn_state` of the program).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SynState {
+    /// The bucket's time credit, ns.
+    pub credit_ns: u64,
+    /// When the bucket was last filled (the kernel's monotonic clock, ns).
+    pub last_ns: u64,
+    /// SYNs to a service that arrived.
+    pub seen: u64,
+    /// Of those, passed to the socket.
+    pub passed: u64,
+    /// Of those, dropped by the bucket.
+    pub dropped: u64,
+}
+
 /// A key of the program's `own_macs` map (`struct mac_key`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
@@ -239,6 +255,8 @@ pub struct XdpProgram {
     nat_sources: RawFd,
     local_addrs: RawFd,
     own_macs: RawFd,
+    syn_rates: RawFd,
+    syn_state: RawFd,
     counters: RawFd,
 }
 
@@ -260,6 +278,8 @@ impl XdpProgram {
             nat_sources: inner.map_fd("nat_sources")?,
             local_addrs: inner.map_fd("local_addrs")?,
             own_macs: inner.map_fd("own_macs")?,
+            syn_rates: inner.map_fd("syn_rates")?,
+            syn_state: inner.map_fd("syn_state")?,
             counters: inner.map_fd("counters")?,
             inner,
         })
@@ -313,6 +333,55 @@ impl XdpProgram {
             pad: [0; 2],
         };
         self.update(self.own_macs, &key, &1u8, "bpf_map_update_elem(own_macs)")
+    }
+
+    /// Limit the SYNs to services that (interface slot, queue) passes to its socket to
+    /// `rate` per second; 0: no limit.
+    pub fn set_syn_rate(&self, slot: u32, queue: u32, rate: u64) -> Result<(), BpfError> {
+        let key = slot * MAX_QUEUES + queue;
+        self.update(
+            self.syn_rates,
+            &key,
+            &rate,
+            "bpf_map_update_elem(syn_rates)",
+        )
+    }
+
+    /// The SYN rate of (interface slot, queue) in force (0: no limit).
+    pub fn syn_rate(&self, slot: u32, queue: u32) -> Result<u64, BpfError> {
+        let key = slot * MAX_QUEUES + queue;
+        let mut v = 0u64;
+        // Safety: key is a u32 and v a u64, the map's key and value sizes.
+        let rc = unsafe {
+            bpf::bpf_map_lookup_elem(
+                self.syn_rates,
+                (&key as *const u32).cast(),
+                (&mut v as *mut u64).cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(neg_err("bpf_map_lookup_elem(syn_rates)", rc));
+        }
+        Ok(v)
+    }
+
+    /// The SYN bucket and counters of (interface slot, queue).
+    pub fn syn_state(&self, slot: u32, queue: u32) -> Result<SynState, BpfError> {
+        let key = slot * MAX_QUEUES + queue;
+        let mut v = SynState::default();
+        // Safety: key is a u32 (the map's key size); v is writable storage of the map's value
+        // size (`struct syn_state`, five u64s, as SynState is laid out).
+        let rc = unsafe {
+            bpf::bpf_map_lookup_elem(
+                self.syn_state,
+                (&key as *const u32).cast(),
+                (&mut v as *mut SynState).cast(),
+            )
+        };
+        if rc != 0 {
+            return Err(neg_err("bpf_map_lookup_elem(syn_state)", rc));
+        }
+        Ok(v)
     }
 
     /// Register the AF_XDP socket of (interface slot, queue).

@@ -3,6 +3,7 @@
 //! per worker ([`xsk`]), and the worker loop that hands received frames to
 //! [`xvs_core::Engine::process`] ([`worker`]).
 
+pub mod admission;
 pub mod bpf;
 pub mod inject;
 pub mod nexthop;

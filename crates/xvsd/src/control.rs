@@ -56,6 +56,8 @@ pub struct Control {
     pub epoch: Instant,
     /// Data-plane counters for `xvsadm --xvs-stats` (empty without interfaces).
     pub data_stats: Box<dyn Fn() -> String + Send + Sync>,
+    /// Every 100 ms, with the seconds since the last call: SYN admission (with interfaces).
+    pub admission: Box<dyn Fn(f64) + Send + Sync>,
     clients: AtomicUsize,
 }
 
@@ -87,6 +89,7 @@ impl Control {
             names,
             epoch,
             data_stats: Box::new(String::new),
+            admission: Box::new(|_| {}),
             clients: AtomicUsize::new(0),
         }
     }

@@ -14,6 +14,7 @@ use clap::{Args, ValueEnum};
 use xvs_core::{Engine, Tables};
 use xvs_ipvsadm::exec::{execute, Session};
 use xvs_ipvsadm::list::Numeric;
+use xvs_xdp::admission::SynGovernor;
 use xvs_xdp::bpf::{XdpMode, XdpProgram, MAX_QUEUES};
 use xvs_xdp::nexthop::{link_info, local_addresses, KernelRoutes, LinkInfo};
 use xvs_xdp::worker::{EngineHandler, Worker, WorkerCounters};
@@ -31,6 +32,12 @@ pub enum ModeArg {
     Auto,
     Drv,
     Skb,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -77,6 +84,10 @@ pub struct DaemonArgs {
     /// as a VRRP virtual MAC; frames for other hosts' MACs are left to the kernel.
     #[arg(long = "accept-mac", value_name = "MAC")]
     pub accept_macs: Vec<String>,
+    /// Adapt the rate of TCP SYNs each socket takes so that a SYN flood beyond a worker's
+    /// capacity cannot fill its ring (excess SYNs are dropped in XDP and counted); off: no limit.
+    #[arg(long, value_enum, default_value = "on")]
+    pub syn_admission: OnOff,
     /// Connection table capacity (entries); default: as many as a 16th of the memory available
     /// at start holds, a power of two between 2^16 and 2^26.
     #[arg(long)]
@@ -332,17 +343,30 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     let worker_counters: Vec<Arc<WorkerCounters>> = (0..nworkers).map(|_| Arc::default()).collect();
     if let Some(dp) = &dp {
         let prog = dp.prog.clone();
-        let socks: Vec<(String, u32, i32, bool)> = dp
+        let socks: Vec<Sock> = dp
             .sets
             .iter()
             .flat_map(|qs| {
-                qs.ports
-                    .iter()
-                    .map(move |p| (p.ifname.clone(), qs.queue, p.fd(), p.zero_copy))
+                qs.ports.iter().map(move |p| Sock {
+                    ifname: p.ifname.clone(),
+                    slot: p.slot,
+                    queue: qs.queue,
+                    fd: p.fd(),
+                    zero_copy: p.zero_copy,
+                })
             })
             .collect();
+        let socks = Arc::new(socks);
         let wc = worker_counters.clone();
-        ctl.data_stats = Box::new(move || data_stats(&prog, &socks, &wc));
+        let (p2, s2) = (prog.clone(), socks.clone());
+        ctl.data_stats = Box::new(move || data_stats(&p2, &s2, &wc));
+        if args.syn_admission == OnOff::On {
+            let governors = std::sync::Mutex::new(vec![SynGovernor::default(); socks.len()]);
+            ctl.admission = Box::new(move |secs| {
+                let mut g = governors.lock().unwrap_or_else(|e| e.into_inner());
+                admission_step(&prog, &socks, &mut g, secs);
+            });
+        }
     }
     let ctl = Arc::new(ctl);
     if args.state.is_some() {
@@ -455,12 +479,37 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// One AF_XDP socket, as the control thread sees it.
+#[derive(Debug)]
+struct Sock {
+    ifname: String,
+    slot: u32,
+    queue: u32,
+    /// Valid while its worker runs (the control thread stops first).
+    fd: i32,
+    zero_copy: bool,
+}
+
+/// One period of SYN admission (see `xvs_xdp::admission`): each socket's governor reads its
+/// ring's overflows and the program's SYN counters, and sets the socket's SYN rate.
+fn admission_step(prog: &XdpProgram, socks: &[Sock], governors: &mut [SynGovernor], secs: f64) {
+    for (s, g) in socks.iter().zip(governors.iter_mut()) {
+        let (Ok(st), Ok(syn)) = (
+            xvs_xdp::xsk::socket_stats(s.fd),
+            prog.syn_state(s.slot, s.queue),
+        ) else {
+            continue;
+        };
+        if let Some(rate) = g.step(st.rx_ring_full, syn.seen, syn.passed, secs) {
+            if let Err(e) = prog.set_syn_rate(s.slot, s.queue, rate) {
+                tracing::warn!("{} queue {}: setting the SYN rate: {e}", s.ifname, s.queue);
+            }
+        }
+    }
+}
+
 /// The text of `xvsadm --xvs-stats` for the data plane.
-fn data_stats(
-    prog: &XdpProgram,
-    socks: &[(String, u32, i32, bool)],
-    workers: &[Arc<WorkerCounters>],
-) -> String {
+fn data_stats(prog: &XdpProgram, socks: &[Sock], workers: &[Arc<WorkerCounters>]) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     match prog.counters() {
@@ -489,14 +538,18 @@ fn data_stats(
             w.engine_drops.load(Relaxed)
         );
     }
-    for (ifname, q, fd, zc) in socks {
-        let mode = if *zc { "zero-copy" } else { "copy" };
-        match xvs_xdp::xsk::socket_stats(*fd) {
+    for sock in socks {
+        let (ifname, q) = (&sock.ifname, sock.queue);
+        let mode = if sock.zero_copy { "zero-copy" } else { "copy" };
+        let syn = prog.syn_state(sock.slot, q).unwrap_or_default();
+        let rate = prog.syn_rate(sock.slot, q).unwrap_or(0);
+        match xvs_xdp::xsk::socket_stats(sock.fd) {
             Ok(s) => {
                 let _ = writeln!(
                     out,
-                    "socket {ifname} queue {q} ({mode}): rx_dropped={} rx_invalid_descs={} tx_invalid_descs={} rx_ring_full={} rx_fill_ring_empty_descs={} tx_ring_empty_descs={}",
-                    s.rx_dropped, s.rx_invalid_descs, s.tx_invalid_descs, s.rx_ring_full, s.rx_fill_ring_empty_descs, s.tx_ring_empty_descs
+                    "socket {ifname} queue {q} ({mode}): rx_dropped={} rx_invalid_descs={} tx_invalid_descs={} rx_ring_full={} rx_fill_ring_empty_descs={} tx_ring_empty_descs={} syn_rate={rate} syn_seen={} syn_passed={} syn_dropped={}",
+                    s.rx_dropped, s.rx_invalid_descs, s.tx_invalid_descs, s.rx_ring_full, s.rx_fill_ring_empty_descs, s.tx_ring_empty_descs,
+                    syn.seen, syn.passed, syn.dropped
                 );
             }
             Err(e) => {
@@ -524,8 +577,11 @@ fn spawn_control(
 fn wait(ctl: &Control, stop: &AtomicBool) {
     let mut last = Instant::now();
     let mut defence = Instant::now();
+    let mut period = Instant::now();
     while !stop.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        (ctl.admission)(period.elapsed().as_secs_f64());
+        period = Instant::now();
         if defence.elapsed() >= Duration::from_secs(1) {
             defence = Instant::now();
             ctl.defence_tick();
