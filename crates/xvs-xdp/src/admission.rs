@@ -35,9 +35,7 @@ impl SynGovernor {
     /// One period of `secs` seconds, with the socket's counters now (`rx_ring_full`, SYNs
     /// seen and passed by the program): returns the new rate when it changed.
     pub fn step(&mut self, ring_full: u64, seen: u64, passed: u64, secs: f64) -> Option<u64> {
-        let Some((f0, s0, p0)) = self.last.replace((ring_full, seen, passed)) else {
-            return None;
-        };
+        let (f0, s0, p0) = self.last.replace((ring_full, seen, passed))?;
         let secs = secs.max(1e-3);
         let overflowed = ring_full > f0;
         let seen_rate = seen.saturating_sub(s0) as f64 / secs;
