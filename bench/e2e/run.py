@@ -61,6 +61,9 @@ ap.add_argument("--scaling", action="store_true",
                 help="instead: xvsd DR, established flows, with 1 and with 2 worker queues")
 ap.add_argument("--memory", action="store_true",
                 help="instead: RSS of xvsd with 0, 1 M and 10 M connections in its table")
+ap.add_argument("--flood", action="store_true",
+                help="instead: new flows, 5.5 times a 1 M-entry table, through xvsd DR (against its own "
+                     "established rate), the bare forwarder and nftables DNAT with conntrack at the same limit")
 ap.add_argument("--paired", action="store_true",
                 help="instead: xvsd DR (established) and the bare forwarder side by side, in alternating bursts")
 ap.add_argument("--pairs", type=int, default=30, help="--paired: pairs of bursts")
@@ -192,9 +195,11 @@ def pin(cpu):
     return [] if A.no_pin or os.cpu_count() < 2 else ["taskset", "-c", str(cpu)]
 
 
-def gen(dst_mac, iface, new=False, rate=0, count=None, duration=None, flows=10_000, client_base=None):
+def gen_args(dst_mac, iface, new=False, rate=0, count=None, duration=None, flows=None, client_base=None):
+    """The generator's command line (flows: 4 M for new connections, 10,000 established by default)."""
+    flows = flows or (4_000_000 if new else 10_000)
     args = pin(0) + [os.path.join(REL, "xvs-pktgen"), "--interface", iface, "--dst-mac", dst_mac, "--dst", VIP,
-            "--flows", str(4_000_000 if new else flows), "--rate", str(rate)]
+            "--flows", str(flows), "--rate", str(rate)]
     if client_base:
         args += ["--client-base", client_base]
     if new:
@@ -202,7 +207,11 @@ def gen(dst_mac, iface, new=False, rate=0, count=None, duration=None, flows=10_0
     if count:
         args += ["--count", str(count)]
     args += ["--duration", str(duration if duration else A.duration)]
-    r = subprocess.run(["ip", "netns", "exec", NS["s"]] + args, capture_output=True, text=True, timeout=120)
+    return ["ip", "netns", "exec", NS["s"]] + args
+
+
+def gen(dst_mac, iface, **kw):
+    r = subprocess.run(gen_args(dst_mac, iface, **kw), capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         raise RuntimeError(f"pktgen: {r.stderr}")
     return int(r.stdout.strip() or 0)
@@ -432,6 +441,126 @@ def start_xvsd(tmp, method, role="l", capacity=1 << 22):
     return xv, stats
 
 
+# --flood: the table's capacity, and the new flows sent: 5.5 times as many, all different.
+FLOOD_TABLE = 1 << 20
+FLOOD_FLOWS = 5_767_168
+
+
+def flood_rate(sink, lmac):
+    """Send FLOOD_FLOWS SYNs from as many new clients at full speed, reading the sink every 0.25 s;
+    returns (packets/s over the whole flood, packets/s once 2 M had arrived: the table full,
+    seconds)."""
+    p = subprocess.Popen(gen_args(lmac, f"s0{ID}", new=True, count=FLOOD_FLOWS, duration=60,
+                                  flows=1 << 23), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    c0, t0 = sink.count(), time.time()
+    samples = []
+    while p.poll() is None:
+        time.sleep(0.25)
+        samples.append((sink.count() - c0, time.time() - t0))
+    time.sleep(0.05)
+    n, t = sink.count() - c0, time.time() - t0 - 0.05
+    full = next(((c, s) for c, s in samples if c >= 2_000_000), None)
+    late = (n - full[0]) / (t - full[1]) if full and t > full[1] else float("nan")
+    return n / t, late, t
+
+
+def flood(tmp):
+    """New flows, 5.5 times the table's capacity, at full speed through xvsd DR with a 1 M-entry
+    table, the bare forwarder and nftables DNAT with conntrack limited to 1 M entries; then each
+    forwarder's established rate (ACKs over 10,000 flows) with its table full of the flood."""
+    lmac = mac("l", f"l0{ID}")
+    sink = Sink(f"k0{ID}")
+    rows = []
+    want = lambda p: not A.only or any(o in p for o in A.only.split(","))
+    if want("xvs-dr"):
+        flood_xvsd(tmp, sink, lmac, rows)
+    if want("bare"):
+        flood_bare(sink, lmac, rows)
+    if want("kernel"):
+        flood_kernel(sink, lmac, rows)
+    sink.stop()
+    return flood_table(rows)
+
+
+def flood_xvsd(tmp, sink, lmac, rows):
+    """xvsd DR with a FLOOD_TABLE-entry table."""
+    xv, stats = start_xvsd(tmp, "-g", capacity=FLOOD_TABLE)
+    whole, late, secs = flood_rate(sink, lmac)
+    establish("xvs-dr", lmac, stats)
+    est = median([gen_rate(sink, lmac) for _ in range(3)])
+    st = stats()
+    table = next((l for l in st.splitlines() if l.startswith("table:")), "")
+    eng = next((l for l in st.splitlines() if l.startswith("engine:")), "")
+    rows.append(("xvs-dr", whole, late, est, secs, " ".join(xvsd_drops(stats)), f"{eng} | {table}"))
+    xv.stop()
+
+
+def flood_bare(sink, lmac, rows):
+    """The bare forwarder under the same flood (it keeps no state)."""
+    fwd = Proc("l", pin(1) + [os.path.join(REL, "xvs-fwd"), "--in", f"l0{ID}", "--out", f"l1{ID}",
+                              "--next-hop-mac", mac("k", f"k0{ID}"), "--vip", VIP])
+    time.sleep(1)
+    whole, late, secs = flood_rate(sink, lmac)
+    est = median([gen_rate(sink, lmac) for _ in range(3)])
+    rows.append(("bare", whole, late, est, secs, "", ""))
+    fwd.stop()
+    if not whole:
+        print(f"  bare forwarder: {fwd.text()[-500:]}", flush=True)
+
+
+def flood_kernel(sink, lmac, rows):
+    """nftables DNAT over the 100 real servers. conntrack's limit is the host's (a namespace
+    cannot set it): set to the table's capacity for the run, then restored."""
+    old = sh("sysctl -n net.netfilter.nf_conntrack_max", check=False).strip()
+    try:
+        sh(f"sysctl -qw net.netfilter.nf_conntrack_max={FLOOD_TABLE}")
+        nsx("l", "sysctl -qw net.ipv4.ip_forward=1")
+        m = ", ".join(f"{i} : {r}" for i, r in enumerate(REALS))
+        nsx("l", "nft add table ip xvsb")
+        nsx("l", "nft add chain ip xvsb pre '{ type nat hook prerouting priority -100; }'")
+        nsx("l", f"nft add rule ip xvsb pre ip daddr {VIP} tcp dport 80 dnat to numgen inc mod 100 map {{ {m} }}")
+        whole, late, secs = flood_rate(sink, lmac)
+        count = nsx("l", "cat /proc/sys/net/netfilter/nf_conntrack_count", check=False).strip()
+        est = median([gen_rate(sink, lmac) for _ in range(3)])
+        rows.append(("kernel-nft-dnat", whole, late, est, secs, "", f"conntrack entries after the flood: {count}"))
+    finally:
+        nsx("l", "nft delete table ip xvsb", check=False)
+        nsx("l", "sysctl -qw net.ipv4.ip_forward=0", check=False)
+        if old:
+            sh(f"sysctl -qw net.netfilter.nf_conntrack_max={old}", check=False)
+
+
+def flood_table(rows):
+    """The --flood table from its rows."""
+    for r in rows:
+        print(f"  {r[0]}: new {r[1] / 1e6:.3f} Mpps (table full {r[2] / 1e6:.3f}), established {r[3] / 1e6:.3f}, "
+              f"{r[4]:.1f} s; {r[5]} {r[6]}", flush=True)
+    ratio = lambda a, b: f"{a / b:.2f}" if b and b == b else "–"
+    bare = next((r[2] for r in rows if r[0] == "bare"), None)
+    kern = next((r[2] for r in rows if r[0] == "kernel-nft-dnat"), None)
+    lines = [f"{FLOOD_FLOWS:,} SYNs from as many new clients (5.5 × a {FLOOD_TABLE:,}-entry table) at full speed; "
+             "the rate of new flows is read once 2 M had arrived (the table full); the established rate "
+             "(ACKs over 10,000 flows, median of three 3-second runs) with the table still full", "",
+             "| path | new flows, Mpps (whole flood) | new flows, Mpps (table full) | established, Mpps "
+             "| new (table full) ÷ established | ÷ bare (new) | ÷ kernel (new) | flood seconds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, whole, late, est, secs, _, _ in rows:
+        lines.append(f"| {name} | {whole / 1e6:.3f} | {late / 1e6:.3f} | {est / 1e6:.3f} | {ratio(late, est)} | "
+                     f"{ratio(late, bare)} | {ratio(late, kern)} | {secs:.1f} |")
+    for name, _, _, _, _, drops, extra in rows:
+        if drops or extra:
+            lines.append(f"\n{name}: drops {drops or 'none'}; {extra}")
+    return "\n".join(lines)
+
+
+def gen_rate(sink, lmac):
+    """One full-speed run of ACKs over the 10,000 established flows; packets/s at the sink."""
+    c0, t0 = sink.count(), time.time()
+    gen(lmac, f"s0{ID}")
+    time.sleep(0.05)
+    return (sink.count() - c0) / (time.time() - t0 - 0.05)
+
+
 # --paired: (A, B, what A ÷ B should reach). A runs on the first chain (namespace l), B on the second (m).
 PAIRED = [("xvs-dr-est", "bare", 0.95), ("xvs-dr-new", "xvs-dr-est", 0.70), ("xvs-tun-new", "xvs-tun-est", 0.70),
           ("xvs-nat-new", "xvs-nat-est", 0.70)]
@@ -627,13 +756,15 @@ def main():
     merged = {}
     rig_up(second_chain=A.paired)
     tmp = tempfile.mkdtemp(prefix="xvsb")
-    if A.memory or A.scaling or A.paired:
+    if A.memory or A.scaling or A.paired or A.flood:
         try:
-            table = memory(tmp) if A.memory else scaling(tmp) if A.scaling else paired(tmp)
+            table = (memory(tmp) if A.memory else scaling(tmp) if A.scaling else flood(tmp) if A.flood
+                     else paired(tmp))
         finally:
             rig_down()
         print(table)
-        suffix = "-memory.md" if A.memory else "-scaling.md" if A.scaling else "-paired.md"
+        suffix = ("-memory.md" if A.memory else "-scaling.md" if A.scaling else "-flood.md" if A.flood
+                  else "-paired.md")
         with open(A.out.replace(".md", suffix), "w") as f:
             f.write(table + "\n")
         return 0

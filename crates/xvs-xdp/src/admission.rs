@@ -12,10 +12,10 @@
 
 /// The lowest rate (SYNs per second per socket): new clients always get some room.
 pub const MIN_RATE: u64 = 1_000;
-/// The factor applied to the passed SYN rate when the ring overflowed.
-pub const DECREASE: f64 = 0.7;
+/// The factor applied to the passed SYN rate when the ring overflowed (numerator, denominator).
+pub const DECREASE: (u64, u64) = (7, 10);
 /// The factor applied per period without overflow.
-pub const INCREASE: f64 = 1.1;
+pub const INCREASE: (u64, u64) = (11, 10);
 
 /// One socket's governor.
 #[derive(Debug, Clone, Default)]
@@ -36,17 +36,17 @@ impl SynGovernor {
     /// seen and passed by the program): returns the new rate when it changed.
     pub fn step(&mut self, ring_full: u64, seen: u64, passed: u64, secs: f64) -> Option<u64> {
         let (f0, s0, p0) = self.last.replace((ring_full, seen, passed))?;
-        let secs = secs.max(1e-3);
+        let micros = ((secs * 1e6) as u64).max(1_000);
+        let per_sec = |n: u64| n.saturating_mul(1_000_000) / micros;
         let overflowed = ring_full > f0;
-        let seen_rate = seen.saturating_sub(s0) as f64 / secs;
-        let passed_rate = passed.saturating_sub(p0) as f64 / secs;
+        let seen_rate = per_sec(seen.saturating_sub(s0));
+        let passed_rate = per_sec(passed.saturating_sub(p0));
         let before = self.rate;
-        if overflowed && seen_rate > 0.0 {
-            let r = (passed_rate * DECREASE) as u64;
-            self.rate = r.max(MIN_RATE);
+        if overflowed && seen_rate > 0 {
+            self.rate = (passed_rate * DECREASE.0 / DECREASE.1).max(MIN_RATE);
         } else if !overflowed && self.rate != 0 {
-            let r = (self.rate as f64 * INCREASE) as u64 + 1;
-            self.rate = if r as f64 > 2.0 * seen_rate { 0 } else { r };
+            let r = self.rate * INCREASE.0 / INCREASE.1 + 1;
+            self.rate = if r > 2 * seen_rate { 0 } else { r };
         }
         (self.rate != before).then_some(self.rate)
     }

@@ -308,12 +308,20 @@ impl XdpProgram {
         Ok(())
     }
 
-    /// Attach to an interface through a bpf_link; returns the interface's slot.
+    /// Attach to an interface through a bpf_link; returns the interface's slot. The
+    /// interface's own MAC is accepted first ([`XdpProgram::accept_mac`]).
     pub fn attach(&mut self, ifindex: u32, ifname: &str, mode: XdpMode) -> Result<u32, BpfError> {
         let slot = self.inner.links.len() as u32;
         if slot >= MAX_IFACES {
             return Err(BpfError::TooManyInterfaces);
         }
+        let mac = crate::nexthop::link_info(ifname)
+            .map_err(|err| BpfError::Call {
+                call: "reading the interface's MAC",
+                err,
+            })?
+            .mac;
+        self.accept_mac(ifindex, mac)?;
         self.update(
             self.if_slots,
             &ifindex,

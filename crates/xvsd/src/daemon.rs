@@ -229,10 +229,10 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
     let mut prog = XdpProgram::load().map_err(|e| format!("loading the XDP program: {e}"))?;
     let mut slots = Vec::new();
     for (name, ifindex, _) in &ifaces {
-        // The MACs first: from its attachment on, the program passes frames for any other.
-        let own = links[ifindex].mac;
-        for mac in std::iter::once(own).chain(extra_macs.iter().copied()) {
-            prog.accept_mac(*ifindex, mac)
+        // The operator's MACs first: from its attachment on, the program passes frames for any
+        // other MAC than these and the interface's own.
+        for mac in &extra_macs {
+            prog.accept_mac(*ifindex, *mac)
                 .map_err(|e| format!("interface {name}: {e}"))?;
         }
         let slot = prog
