@@ -1134,7 +1134,9 @@ mod tests {
         Conn {
             dport: d.port,
             dest: d.clone(),
-            svc: Arc::new(ServiceLive::new(new_scheduler("rr", &[]).unwrap())),
+            svc: Arc::new(ServiceLive::new(
+                new_scheduler("rr", &[], &crate::hash::HashSeed::FIXED).unwrap(),
+            )),
             fwd: d.forward(),
             state: 0,
             flags: CONN_F_INACTIVE,

@@ -1064,7 +1064,8 @@ impl Engine {
         out: &mut Verdict,
     ) -> Outcome {
         let Step { now, w } = cx;
-        if proto == Protocol::Tcp && !t.settings.sloppy_tcp && (!p.tcp.syn() || p.tcp.rst()) {
+        // `tcp_conn_schedule`: a SYN, or with `sloppy_tcp` any segment, but never a RST.
+        if proto == Protocol::Tcp && (p.tcp.rst() || (!t.settings.sloppy_tcp && !p.tcp.syn())) {
             return Some(self.drop(DropReason::NonSynNoConn));
         }
         if is_martian_source(&p.saddr, &p.daddr) {

@@ -525,6 +525,11 @@ fn sloppy_tcp_schedules_mid_stream_packets() {
     s.sloppy_tcp = true;
     lb.dir.set_settings(s);
     lb.republish();
+    // Never a RST, sloppy or not (`tcp_conn_schedule`).
+    let mut rst = tcp4("10.9.0.5", 40001, "10.0.0.1", 80, Flags::Ack, 64, b"");
+    rst[ETH_LEN + 20 + 13] |= 0x04;
+    let (v, _) = lb.run(&rst, 0);
+    assert_eq!(v, Verdict::Drop(DropReason::NonSynNoConn));
     let pkt = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"x");
     let (v1, _) = lb.run(&pkt, 0);
     // A restarted balancer (fresh table) with sh sends the flow to the same server.

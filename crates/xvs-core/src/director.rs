@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::dest::{DestConfig, DestState};
+use crate::hash::HashSeed;
 use crate::proto::Timeouts;
 use crate::sched::{mh, new_scheduler, DestEvent};
 use crate::service::{Service, ServiceConfig, ServiceLive, Settings, Tables};
@@ -62,6 +63,8 @@ pub struct Director {
     timeouts: Timeouts,
     settings: Settings,
     totals: Arc<Stats>,
+    /// Keys the maps of snapshots and schedulers whose keys clients choose.
+    seed: HashSeed,
 }
 
 impl Default for Director {
@@ -78,9 +81,17 @@ fn unicast(a: &IpAddr) -> bool {
 }
 
 impl Director {
-    /// No services, default timeouts and settings.
+    /// No services, default timeouts and settings, and the fixed hash seed
+    /// ([`HashSeed::FIXED`]; see [`Director::with_seed`]).
     pub fn new() -> Director {
+        Director::with_seed(HashSeed::FIXED)
+    }
+
+    /// [`Director::new`] with the hash seed of the snapshots' maps and the schedulers' (xvsd
+    /// draws it from the operating system at start).
+    pub fn with_seed(seed: HashSeed) -> Director {
         Director {
+            seed,
             services: Vec::new(),
             by_key: std::collections::HashMap::new(),
             trash: Vec::new(),
@@ -142,7 +153,8 @@ impl Director {
         if self.index(&cfg.key).is_some() {
             return Err(CtlError::ServiceExists);
         }
-        let sched = new_scheduler(&cfg.scheduler, &[]).ok_or(CtlError::SchedulerNotFound)?;
+        let sched =
+            new_scheduler(&cfg.scheduler, &[], &self.seed).ok_or(CtlError::SchedulerNotFound)?;
         Self::check_service(&cfg)?;
         self.by_key.insert(cfg.key, self.services.len());
         self.services.push(Arc::new(Service {
@@ -158,8 +170,8 @@ impl Director {
         let i = self.index(&cfg.key).ok_or(CtlError::NoService)?;
         let svc = Arc::make_mut(&mut self.services[i]);
         if cfg.scheduler != svc.cfg.scheduler {
-            let sched =
-                new_scheduler(&cfg.scheduler, &svc.dests).ok_or(CtlError::SchedulerNotFound)?;
+            let sched = new_scheduler(&cfg.scheduler, &svc.dests, &self.seed)
+                .ok_or(CtlError::SchedulerNotFound)?;
             Self::check_service(&cfg)?;
             svc.live.replace_scheduler(sched);
         } else {
@@ -358,6 +370,7 @@ impl Director {
             self.timeouts,
             self.settings,
             self.totals.clone(),
+            &self.seed,
         )
     }
 }

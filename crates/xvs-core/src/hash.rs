@@ -44,6 +44,24 @@ pub(crate) fn hash_endpoint<H: Hasher>(state: &mut H, proto: u8, addr: &IpAddr, 
     }
 }
 
+/// The keys of the maps whose keys clients choose (the service and NAT-source maps of a
+/// snapshot, the lblc/lblcr tables, twos's random numbers). xvsd draws them from the operating
+/// system's random source at start; [`HashSeed::FIXED`] serves tests and the offline replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashSeed(pub [u64; 4]);
+
+impl HashSeed {
+    /// A fixed seed, for reproducible runs.
+    pub const FIXED: HashSeed = HashSeed([1, 2, 3, 4]);
+
+    /// A hasher keyed by this seed, varied by `salt` (one per use, so that two maps never
+    /// share keys).
+    pub fn hasher(&self, salt: u64) -> ahash::RandomState {
+        let [a, b, c, d] = self.0;
+        ahash::RandomState::with_seeds(a ^ salt, b, c.rotate_left(17) ^ salt, d)
+    }
+}
+
 /// A 64-bit kernel's `hsiphash` key (two machine words).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HsipKey(pub u64, pub u64);

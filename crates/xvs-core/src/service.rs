@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::{HashMap, HashSet};
 
+use crate::hash::HashSeed;
+
 use crate::dest::DestState;
 use crate::hash::hash_endpoint;
 use crate::proto::Timeouts;
@@ -194,8 +196,9 @@ impl Tables {
         timeouts: Timeouts,
         settings: Settings,
         totals: Arc<Stats>,
+        seed: &HashSeed,
     ) -> Tables {
-        let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+        let hasher = seed.hasher(0x7365_7276);
         let mut t = Tables {
             by_addr: HashMap::with_hasher(hasher.clone()),
             by_mark: HashMap::with_hasher(hasher.clone()),
@@ -247,6 +250,7 @@ impl Tables {
             Timeouts::default(),
             Settings::default(),
             Arc::new(Stats::default()),
+            &HashSeed::FIXED,
         )
     }
 

@@ -47,9 +47,11 @@ fn daemon_with(extra: &[&str]) -> Daemon {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("xvsd.sock");
+    // A fixed capacity: the default depends on the machine's memory, and listings show it.
     let child = Command::new(bin("xvsd"))
         .arg("--control")
         .arg(&sock)
+        .args(["--conn-capacity", "1048576"])
         .args(extra)
         .stderr(Stdio::null())
         .spawn()
@@ -505,4 +507,56 @@ fn nix_uid() -> u32 {
     let uid = std::fs::metadata(&p).unwrap().uid();
     let _ = std::fs::remove_file(&p);
     uid
+}
+
+/// Each start draws its hash seeds from the operating system: two starts log different
+/// fingerprints. Without --conn-capacity the table is sized from the memory available, and the
+/// log says how much it may take.
+#[test]
+fn two_starts_get_different_hash_seeds() {
+    let fingerprint = || {
+        let dir = std::env::temp_dir().join(format!(
+            "xvsadm-seed-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new(bin("xvsd"))
+            .arg("--control")
+            .arg(dir.join("xvsd.sock"))
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = String::new();
+        let mut r = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut r, &mut line).unwrap_or(0) > 0 {
+            if line.contains("fingerprint") {
+                out = line.clone();
+                break;
+            }
+            line.clear();
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        out
+    };
+    let (a, b) = (fingerprint(), fingerprint());
+    let fp = |l: &str| {
+        l.split("fingerprint ")
+            .nth(1)
+            .map(|f| f.trim().trim_end_matches(')').to_string())
+    };
+    assert!(a.contains("hash seed from getrandom"), "{a}");
+    assert!(
+        a.contains("connection table: ") && a.contains(" bytes ("),
+        "{a}"
+    );
+    assert!(fp(&a).is_some() && fp(&b).is_some(), "{a} {b}");
+    assert_ne!(fp(&a), fp(&b), "two starts, one seed: {a} {b}");
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use clap::{Args, ValueEnum};
+use xvs_core::hash::HashSeed;
 use xvs_core::{Engine, Tables};
 use xvs_ipvsadm::exec::{execute, Session};
 use xvs_ipvsadm::list::Numeric;
@@ -123,8 +124,11 @@ fn rx_queues(ifname: &str) -> Result<u32, String> {
 }
 
 /// Load the configuration: the state file if it exists, else the rules file.
-fn load_config(args: &DaemonArgs, engine: &Engine) -> Result<CtlState, String> {
-    let mut st = CtlState::default();
+fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<CtlState, String> {
+    let mut st = CtlState {
+        director: xvs_core::Director::with_seed(seed),
+        daemons: Vec::new(),
+    };
     let (path, text) = match (&args.state, &args.rules) {
         (Some(s), _) if s.exists() => (
             s.clone(),
@@ -286,6 +290,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         Some(n) => n,
         None => default_capacity(),
     };
+    let map_seed = HashSeed([seed()?, seed()?, seed()?, seed()?]);
     let seed = seed()?;
     let mut engine = Engine::new(capacity, seed);
     engine.set_prefetch_from(args.prefetch_from);
@@ -300,7 +305,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         fingerprint(seed)
     );
     let engine = Arc::new(engine);
-    let mut st = load_config(args, &engine)?;
+    let mut st = load_config(args, &engine, map_seed)?;
     apply_sysctls(args, &engine, &mut st.director)?;
     let tables = Arc::new(ArcSwap::from_pointee(st.director.snapshot()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -593,8 +598,9 @@ fn wait(ctl: &Control, stop: &AtomicBool) {
     }
 }
 
-/// The connection table's hash seed, from the operating system's random source: clients
-/// cannot predict which of their addresses and ports share a shard or a bucket.
+/// A hash seed from the operating system's random source (the connection table's, and the
+/// words of the maps' [`HashSeed`]): clients cannot predict which of their addresses and ports
+/// share a shard or a bucket.
 fn seed() -> Result<u64, String> {
     getrandom::u64().map_err(|e| format!("reading a hash seed from getrandom: {e}"))
 }

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use crate::hash::HashSeed;
+
 use super::{locality_overloaded, weighted_least, SchedInput, Scheduler};
 use crate::dest::DestState;
 use crate::types::Time;
@@ -27,10 +29,21 @@ struct Entry {
 }
 
 /// The cache and its collection clock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Lblc {
-    table: HashMap<IpAddr, Entry>,
+    /// Keyed by destination addresses, which clients choose: a keyed hasher.
+    table: HashMap<IpAddr, Entry, ahash::RandomState>,
     gc: LocalityGc,
+}
+
+impl Lblc {
+    /// An empty cache whose hasher is keyed by `seed`.
+    pub fn new(seed: &HashSeed) -> Lblc {
+        Lblc {
+            table: HashMap::with_hasher(seed.hasher(0x6c62_6c63)),
+            gc: LocalityGc::default(),
+        }
+    }
 }
 
 impl Scheduler for Lblc {
@@ -72,7 +85,7 @@ pub(crate) struct LocalityGc {
 impl LocalityGc {
     pub(crate) fn run<V>(
         &mut self,
-        table: &mut HashMap<IpAddr, V>,
+        table: &mut HashMap<IpAddr, V, ahash::RandomState>,
         lastuse: impl Fn(&V) -> Time,
         now: Time,
     ) {

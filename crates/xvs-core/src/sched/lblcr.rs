@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use crate::hash::HashSeed;
+
 use super::lblc::{LocalityGc, EXPIRATION_MS};
 use super::{heavier, locality_overloaded, weighted_least, SchedInput, Scheduler};
 use crate::dest::DestState;
@@ -66,10 +68,21 @@ impl Entry {
 }
 
 /// The cache and its collection clock.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Lblcr {
-    table: HashMap<IpAddr, Entry>,
+    /// Keyed by destination addresses, which clients choose: a keyed hasher.
+    table: HashMap<IpAddr, Entry, ahash::RandomState>,
     gc: LocalityGc,
+}
+
+impl Lblcr {
+    /// An empty cache whose hasher is keyed by `seed`.
+    pub fn new(seed: &HashSeed) -> Lblcr {
+        Lblcr {
+            table: HashMap::with_hasher(seed.hasher(0x6c62_6c72)),
+            gc: LocalityGc::default(),
+        }
+    }
 }
 
 impl Scheduler for Lblcr {

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::dest::DestState;
+use crate::hash::HashSeed;
 use crate::service::ServiceConfig;
 use crate::types::Time;
 
@@ -88,7 +89,11 @@ pub const SCHEDULERS: &[&str] = &[
 ];
 
 /// A fresh scheduler for `name`, initialised for `dests` (the kernel's `init_service`).
-pub fn new_scheduler(name: &str, dests: &[Arc<DestState>]) -> Option<Box<dyn Scheduler>> {
+pub fn new_scheduler(
+    name: &str,
+    dests: &[Arc<DestState>],
+    seed: &HashSeed,
+) -> Option<Box<dyn Scheduler>> {
     let s: Box<dyn Scheduler> = match name {
         "rr" => Box::new(rr::RoundRobin::default()),
         "wrr" => Box::new(wrr::WeightedRoundRobin::new(dests)),
@@ -98,9 +103,9 @@ pub fn new_scheduler(name: &str, dests: &[Arc<DestState>]) -> Option<Box<dyn Sch
         "nq" => Box::new(nq::NeverQueue),
         "fo" => Box::new(fo::WeightedFailover),
         "ovf" => Box::new(ovf::WeightedOverflow),
-        "twos" => Box::new(twos::TwoChoices::new(0x5eed_1234_abcd_ef01)),
-        "lblc" => Box::new(lblc::Lblc::default()),
-        "lblcr" => Box::new(lblcr::Lblcr::default()),
+        "twos" => Box::new(twos::TwoChoices::new(seed.0[0] ^ 0x5eed_1234_abcd_ef01)),
+        "lblc" => Box::new(lblc::Lblc::new(seed)),
+        "lblcr" => Box::new(lblcr::Lblcr::new(seed)),
         "dh" => Box::new(dh::DestHash::new(dests)),
         "sh" => Box::new(sh::SourceHash::new(dests)),
         "mh" => Box::new(mh::Maglev::new(dests)),
