@@ -7,9 +7,12 @@
 #   2. added latency (xvsd, xvsd --busy-poll, kernel)  -> target/bench-latency.csv
 #   3. one and two worker queues                       -> target/bench-e2e-scaling.md
 #   4. memory with 0, 1 M and 10 M connections         -> target/bench-e2e-memory.md
-#   5. the engine alone, and the machine's floor (criterion) -> target/criterion/
-#   6. plots                                           -> docs/img/*.png
-# Usage: bench/run.sh [--quick]   (--quick: steps 1, 2 and 6 only, about 17 minutes)
+#   5. under a flood: new flows, 5.5 x a 1 M-entry table, through xvsd DR, the bare forwarder and
+#      nftables DNAT (conntrack at 1 M)                -> target/bench-e2e-flood.md
+#      real clients under a SYN flood, xvsd NAT against nftables DNAT -> target/bench-flood-clients.md
+#   6. the engine alone, and the machine's floor (criterion) -> target/criterion/
+#   7. plots                                           -> docs/img/*.png
+# Usage: bench/run.sh [--quick]   (--quick: steps 1, 2 and 7 only, about 17 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -19,7 +22,7 @@ quick=0
 [ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: needs root (namespaces, XDP)" >&2; exit 1; }
 require_cargo
 install_packages clang m4 libelf-dev zlib1g-dev pkg-config iproute2 ethtool python3 nftables \
-    fonts-dejavu-core
+    curl fonts-dejavu-core
 
 cargo build --release -q -p xvs-bench -p xvsd -p xvsadm
 echo "== end to end"
@@ -33,6 +36,10 @@ if [ "$quick" -eq 0 ]; then
     python3 bench/e2e/run.py --scaling
     echo "== memory"
     python3 bench/e2e/run.py --memory
+    echo "== under a flood: new flows through a full table"
+    python3 bench/e2e/run.py --flood
+    echo "== under a flood: real clients"
+    python3 bench/e2e/clients.py
     # The engine's heap as xvsd runs it: on transparent huge pages (crates/xvsd/src/malloc.rs).
     tunables=glibc.malloc.hugetlb=1:glibc.malloc.arena_max=1
     echo "== engine (criterion)"

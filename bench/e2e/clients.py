@@ -19,13 +19,14 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
+from nsrig import NsRig  # noqa: E402
+
 REL = os.path.join(ROOT, "target", "release")
-RIG = os.path.join(ROOT, "scripts", "rig.sh")
 SERVER = os.path.join(ROOT, "tests", "e2e", "server.py")
 VIP = "10.0.0.1"
 REALS = ["192.168.10.1", "192.168.10.2", "192.168.10.3"]
@@ -36,42 +37,6 @@ ap.add_argument("--flood", type=float, default=10.0, help="seconds of flood")
 ap.add_argument("--clients", type=int, default=8, help="client loops during the flood")
 ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-flood-clients.md"))
 A = ap.parse_args()
-
-
-class Rig:
-    def __init__(self):
-        out = subprocess.run([RIG, "up", "nat"], check=True, capture_output=True, text=True,
-                             timeout=60).stdout
-        env = dict(kv.split("=", 1) for kv in shlex.split(out.strip().splitlines()[-1]))
-        self.id = env["RIG_ID"]
-        self.lb_ifs = env["RIG_LB_IFS"].split()
-        self.procs = []
-        self.tmp = tempfile.mkdtemp(prefix=f"xvsc{self.id}-")
-
-    def ns(self, role):
-        return f"xvs{self.id}-{role}"
-
-    def run(self, role, cmd, timeout=30):
-        return subprocess.run(["ip", "netns", "exec", self.ns(role)] + cmd, capture_output=True,
-                              timeout=timeout)
-
-    def spawn(self, role, cmd, log):
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns(role)] + cmd,
-                             stdout=open(os.path.join(self.tmp, log), "wb"), stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
-
-    def close(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        subprocess.run([RIG, "down", self.id], capture_output=True, timeout=60)
 
 
 def request(rig):
@@ -173,7 +138,7 @@ def main():
     kernel_rate = 0
     for name, path in (("xvsd NAT", xvsd_path), ("kernel nftables DNAT", kernel_path),
                        ("xvsd NAT, flood at the kernel's rate", None)):
-        rig = Rig()
+        rig = NsRig("nat")
         try:
             for n in (1, 2, 3):
                 rig.spawn(f"r{n}", [sys.executable, SERVER, f"rs{n}"], f"server{n}.log")

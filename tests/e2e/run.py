@@ -12,17 +12,15 @@ Prints one line per check and a closing "N passed, M failed".
 import argparse
 import hashlib
 import os
-import shlex
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
+from nsrig import NsRig
 from xvsblob import blob
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RIG = os.path.join(ROOT, "scripts", "rig.sh")
 SERVER = os.path.join(ROOT, "tests", "e2e", "server.py")
 DECAP = os.path.join(ROOT, "tests", "e2e", "ipip_decap.py")
 
@@ -42,32 +40,12 @@ def check(name, cond, detail=""):
     return bool(cond)
 
 
-class Rig:
-    """A namespace rig from scripts/rig.sh, with the processes started in it."""
+class Rig(NsRig):
+    """A namespace rig with xvsd and xvsadm for it."""
 
     def __init__(self, mode, queues=1):
-        self.mode = mode
-        out = subprocess.run([RIG, "up", mode, str(queues)], check=True, capture_output=True, text=True,
-                             timeout=60).stdout
-        env = dict(kv.split("=", 1) for kv in shlex.split(out.strip().splitlines()[-1]))
-        self.id = env["RIG_ID"]
-        self.lb_ifs = env["RIG_LB_IFS"].split()
-        self.procs = []
-        self.tmp = tempfile.mkdtemp(prefix=f"xvs{self.id}-")
+        super().__init__(mode, queues)
         self.xvsd = None
-
-    def ns(self, role):
-        return f"xvs{self.id}-{role}"
-
-    def run(self, role, cmd, timeout=30, check_rc=False, input=None):
-        return subprocess.run(["ip", "netns", "exec", self.ns(role)] + cmd, capture_output=True,
-                              timeout=timeout, check=check_rc, input=input)
-
-    def spawn(self, role, cmd, log):
-        f = open(os.path.join(self.tmp, log), "wb")
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns(role)] + cmd, stdout=f, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
 
     def start_xvsd(self, rules, extra=()):
         path = os.path.join(self.tmp, "rules")
@@ -106,25 +84,6 @@ class Rig:
                 self.xvsd.kill()
                 self.xvsd.wait()
         return self.xvsd.returncode if self.xvsd else None
-
-    def log(self, name):
-        try:
-            with open(os.path.join(self.tmp, name), errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
-
-    def close(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        subprocess.run([RIG, "down", self.id], capture_output=True, timeout=60)
 
 
 def addrs(mode, v6):

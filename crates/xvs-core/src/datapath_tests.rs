@@ -604,23 +604,29 @@ fn too_big_with_df_gets_frag_needed_with_tunnel_mtu() {
     assert_checksums(&out);
 }
 
-#[test]
-fn icmp_from_outside_reaches_nat_real_server_rewritten() {
+/// A NAT balancer with the connection 10.9.0.5:40000 → VIP:80, and a frag-needed error from a
+/// router near the client about the VIP's reply (quoted VIP:80 → client), addressed to `dst`.
+fn nat_lb_and_frag_needed(dst: [u8; 4]) -> (Lb, Vec<u8>) {
     let lb = nat_lb();
     lb.run(
         &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""),
         0,
     );
-    // A router near the client says the VIP's reply was too big: quoted VIP:80 → client.
     let quoted = tcp4("10.0.0.1", 80, "10.9.0.5", 40000, Flags::Ack, 64, b"");
     let mut icmp = Vec::new();
     PacketBuilder::ethernet2(GW_MAC, LB_MAC)
-        .ipv4([10, 8, 0, 1], [10, 0, 0, 1], 64)
+        .ipv4([10, 8, 0, 1], dst, 64)
         .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
             etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
         ))
         .write(&mut icmp, &quoted[ETH_LEN..])
         .unwrap();
+    (lb, icmp)
+}
+
+#[test]
+fn icmp_from_outside_reaches_nat_real_server_rewritten() {
+    let (lb, icmp) = nat_lb_and_frag_needed([10, 0, 0, 1]);
     let (v, out) = lb.run(&icmp, 5);
     assert_eq!(
         v,
@@ -642,22 +648,9 @@ fn icmp_from_outside_reaches_nat_real_server_rewritten() {
 
 #[test]
 fn icmp_errors_addressed_to_another_address_are_not_relayed() {
-    let lb = nat_lb();
-    lb.run(
-        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""),
-        0,
-    );
-    // The same quoted packet (VIP:80 → client), but the error is addressed to the balancer's
-    // own address: not an error about a packet of this connection.
-    let quoted = tcp4("10.0.0.1", 80, "10.9.0.5", 40000, Flags::Ack, 64, b"");
-    let mut icmp = Vec::new();
-    PacketBuilder::ethernet2(GW_MAC, LB_MAC)
-        .ipv4([10, 8, 0, 1], [10, 0, 0, 254], 64)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
-        ))
-        .write(&mut icmp, &quoted[ETH_LEN..])
-        .unwrap();
+    // The same quoted packet, but the error is addressed to the balancer's own address: not
+    // an error about a packet of this connection.
+    let (lb, icmp) = nat_lb_and_frag_needed([10, 0, 0, 254]);
     let (v, out) = lb.run(&icmp, 5);
     assert_eq!(v, Verdict::Pass);
     assert_eq!(out, icmp);

@@ -355,41 +355,36 @@ impl XdpProgram {
         )
     }
 
-    /// The SYN rate of (interface slot, queue) in force (0: no limit).
-    pub fn syn_rate(&self, slot: u32, queue: u32) -> Result<u64, BpfError> {
-        let key = slot * MAX_QUEUES + queue;
-        let mut v = 0u64;
-        // Safety: key is a u32 and v a u64, the map's key and value sizes.
+    /// The value at `key` of an array map whose values are `V`s.
+    fn lookup<V: Copy + Default>(
+        &self,
+        fd: RawFd,
+        key: u32,
+        call: &'static str,
+    ) -> Result<V, BpfError> {
+        let mut v = V::default();
+        // Safety: key is a u32, the array map's key size; v is writable storage of the map's
+        // value size (the callers pass the type laid out as the program declares the value).
         let rc = unsafe {
-            bpf::bpf_map_lookup_elem(
-                self.syn_rates,
-                (&key as *const u32).cast(),
-                (&mut v as *mut u64).cast(),
-            )
+            bpf::bpf_map_lookup_elem(fd, (&key as *const u32).cast(), (&mut v as *mut V).cast())
         };
         if rc != 0 {
-            return Err(neg_err("bpf_map_lookup_elem(syn_rates)", rc));
+            return Err(neg_err(call, rc));
         }
         Ok(v)
     }
 
-    /// The SYN bucket and counters of (interface slot, queue).
+    /// The SYN rate of (interface slot, queue) in force (0: no limit).
+    pub fn syn_rate(&self, slot: u32, queue: u32) -> Result<u64, BpfError> {
+        let key = slot * MAX_QUEUES + queue;
+        self.lookup(self.syn_rates, key, "bpf_map_lookup_elem(syn_rates)")
+    }
+
+    /// The SYN bucket and counters of (interface slot, queue) (`struct syn_state`, five u64s,
+    /// as [`SynState`] is laid out).
     pub fn syn_state(&self, slot: u32, queue: u32) -> Result<SynState, BpfError> {
         let key = slot * MAX_QUEUES + queue;
-        let mut v = SynState::default();
-        // Safety: key is a u32 (the map's key size); v is writable storage of the map's value
-        // size (`struct syn_state`, five u64s, as SynState is laid out).
-        let rc = unsafe {
-            bpf::bpf_map_lookup_elem(
-                self.syn_state,
-                (&key as *const u32).cast(),
-                (&mut v as *mut SynState).cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(neg_err("bpf_map_lookup_elem(syn_state)", rc));
-        }
-        Ok(v)
+        self.lookup(self.syn_state, key, "bpf_map_lookup_elem(syn_state)")
     }
 
     /// Register the AF_XDP socket of (interface slot, queue).
