@@ -94,7 +94,8 @@ up() {
 
 down() {
     local id=$1
-    for r in c l w r1 r2 r3; do ip netns del "xvs$id-$r" 2>/dev/null || true; done
+    # (s: a second balancer some tests add to the segment.)
+    for r in c l w r1 r2 r3 s; do ip netns del "xvs$id-$r" 2>/dev/null || true; done
 }
 
 case "${1:-}" in

@@ -532,6 +532,58 @@ def flood():
            xvsd_args=["--conn-capacity", str(cap), "--sysctl", "drop_entry=1", "--sysctl", "amemthresh=64"])
 
 
+def standby():
+    """Two balancers on one segment that floods unicast (a bridge with ageing 0, as a switch
+    does for destinations it has not learnt): the standby sees every frame meant for the active
+    one, and must leave them to its kernel (which drops them as another host's) instead of
+    forwarding duplicates to the real servers."""
+    name = "dr-v4-standby"
+
+    def body(rig, vip, reals):
+        rig.run("w", ["ip", "link", "set", "br0", "type", "bridge", "ageing_time", "0"], check_rc=True)
+        sb = rig.ns("s")
+        subprocess.run(["ip", "netns", "add", sb], check=True)
+        subprocess.run(["ip", "netns", "exec", sb, "ip", "link", "set", "lo", "up"], check=True)
+        a, b = f"xy{rig.id}", f"xz{rig.id}"
+        subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
+        subprocess.run(["ip", "link", "set", a, "netns", sb], check=True)
+        subprocess.run(["ip", "link", "set", b, "netns", rig.ns("w")], check=True)
+        rig.run("w", ["ip", "link", "set", b, "master", "br0"], check_rc=True)
+        rig.run("w", ["ip", "link", "set", b, "up"], check_rc=True)
+        for cmd in (["ip", "link", "set", a, "up"], ["ip", "addr", "add", "10.9.0.5/24", "dev", a]):
+            subprocess.run(["ip", "netns", "exec", sb] + cmd, check=True)
+        path = os.path.join(rig.tmp, "rules")
+        sock = os.path.join(rig.tmp, "standby.sock")
+        log = open(os.path.join(rig.tmp, "standby.log"), "wb")
+        p = subprocess.Popen(["ip", "netns", "exec", sb, ARGS.xvsd, "--interface", a, "--rules", path,
+                              "--control", sock], stdout=log, stderr=subprocess.STDOUT)
+        rig.procs.append(p)
+        deadline = time.time() + 10
+        while "balancing on" not in rig.log("standby.log") and time.time() < deadline:
+            time.sleep(0.1)
+        check(f"{name}: a standby xvsd starts on the same segment", "balancing on" in rig.log("standby.log"),
+              rig.log("standby.log"))
+        names = [curl(rig, url(vip, "/name"))[1].decode().strip() for _ in range(6)]
+        size = 2_000_000
+        rc, data = curl(rig, url(vip, f"/blob?size={size}"))
+        check(f"{name}: clients are served through the active balancer, the download intact",
+              all(n in ("rs1", "rs2", "rs3") for n in names) and rc == 0
+              and hashlib.sha256(data).hexdigest() == hashlib.sha256(blob(size)).hexdigest(), (names, rc))
+        r = subprocess.run([ARGS.xvsadm, "--xvs-stats"], capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, XVS_CONTROL=sock))
+        st = {}
+        for line in r.stdout.splitlines():
+            label, _, rest = line.partition(":")
+            if label in ("engine", "xdp"):
+                st[label] = {k: int(v) for k, v in (w.split("=", 1) for w in rest.split())}
+        check(f"{name}: the standby forwards none of the frames flooded to it, and counts them",
+              st.get("engine", {}).get("forwarded", -1) == 0 and st.get("xdp", {}).get("other_host", 0) > 100,
+              r.stdout)
+        check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
+
+    on_rig(name, "dr", False, "xvsd starts", body)
+
+
 def main():
     if os.geteuid() != 0:
         print("tests/e2e/run.py: must run as root (network namespaces, XDP); failing, not skipping", file=sys.stderr)
@@ -549,6 +601,7 @@ def main():
     multiqueue()
     busy_poll()
     flood()
+    standby()
     passed = sum(1 for _, ok in RESULTS if ok)
     failed = len(RESULTS) - passed
     print(f"{passed} passed, {failed} failed")
