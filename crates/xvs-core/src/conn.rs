@@ -285,6 +285,10 @@ struct Shard {
     grow_at: u16,
     /// Where the next search for an entry to evict starts (see [`ConnTable::admit`]).
     hand: usize,
+    /// Entries the hand has passed since it last saw one of the first two tiers (expired,
+    /// unestablished, UDP): an idle established connection goes only once a whole turn found
+    /// none.
+    dry: usize,
 }
 
 /// The load (in 1/1024) at which shard `i` of `n` grows its index: from 7/8 (the index's
@@ -302,6 +306,7 @@ impl Shard {
             entries: Chunked::new(),
             grow_at,
             hand: 0,
+            dry: 0,
         }
     }
 
@@ -863,12 +868,12 @@ impl ConnTable {
     /// Insert a new connection or template (hash `h` when the caller has it). A full shard
     /// makes room by evicting the entry that matters least among a few it looks at from its
     /// clock hand on ([`EVICT_SAMPLE`], up to [`EVICT_SAMPLE_MAX`]): an expired one, else a TCP
-    /// connection not established, a template not assured or a UDP connection, else an
-    /// established connection idle for 60 s or an idle assured template, the longest silent
-    /// first within a tier; never a template that controls connections or an
-    /// established connection with a packet in the last 60 s (then the new entry is refused,
-    /// [`InsertError::Full`]). The hand moves on by the entries looked at, so repeated
-    /// evictions walk the whole shard. `on_insert` runs on the entry once it is in, under the
+    /// connection not established, a template not assured or a UDP connection, else (only once
+    /// a whole turn of the hand found none of those) an established connection idle for 60 s or
+    /// an idle assured template, the longest silent first within a tier; never a template that
+    /// controls connections or an established connection with a packet in the last 60 s (then
+    /// the new entry is refused, [`InsertError::Full`]). The hand moves on by the entries
+    /// looked at, so repeated evictions walk the whole shard. `on_insert` runs on the entry once it is in, under the
     /// shard's lock (a connection that was refused is never counted). The caller has bound the
     /// entry to its destination; on error it must unbind.
     pub fn admit(
@@ -943,7 +948,13 @@ impl ConnTable {
             let pos = (start + seen) % n;
             seen += 1;
             let Entry(k, c) = &shard.entries[pos];
-            if let Some((kind, last)) = eviction_rank(k, c, now) {
+            let rank = eviction_rank(k, c, now);
+            if rank.is_some_and(|(kind, _)| kind.tier() < Eviction::Idle.tier()) {
+                shard.dry = 0;
+            } else {
+                shard.dry += 1;
+            }
+            if let Some((kind, last)) = rank {
                 if best.is_none_or(|b| (kind.tier(), last) < (b.0.tier(), b.1)) {
                     best = Some((kind, last, pos));
                 }
@@ -954,6 +965,10 @@ impl ConnTable {
         }
         shard.hand = start + seen;
         let (kind, _, pos) = best?;
+        if kind == Eviction::Idle && shard.dry < n {
+            // Half-open or UDP entries may remain where the hand has not looked this turn.
+            return None;
+        }
         let h = self.hash(&shard.entries[pos].0);
         let tpl = self.remove_at(shard, h, pos);
         self.counters.evicted[kind as usize].fetch_add(1, Relaxed);
@@ -1594,6 +1609,51 @@ mod tests {
         assert_eq!(try_admit(same_shard[7], 300_000), Err(InsertError::Full));
         assert_eq!(t.counters.full.load(Relaxed), 2);
         assert_eq!(d.inactive() as usize + d.active() as usize, t.len());
+    }
+
+    /// An idle established connection goes only once a whole turn of the hand found no
+    /// half-open or UDP entry: the one half-open entry of a shard is found first.
+    #[test]
+    fn idle_established_connections_go_only_after_a_whole_turn() {
+        let t = ConnTable::new(16 * 40, 6);
+        assert_eq!(t.per_shard, 40);
+        let d = dest();
+        let h0 = t.hash(&key(0));
+        let keys: Vec<ConnKey> = (1..20_000u16)
+            .map(key)
+            .filter(|k| t.shard_of(t.hash(k)) == t.shard_of(h0))
+            .take(44)
+            .collect();
+        for k in &keys[..39] {
+            let mut c = conn(&d, Time(0), 900);
+            c.state = TcpState::Established as u8;
+            t.insert(*k, c).unwrap();
+        }
+        // The last position: a half-open connection, as silent as the others.
+        t.insert(keys[39], conn(&d, Time(0), 120)).unwrap();
+        let admit = |k: ConnKey| {
+            let mut c = conn(&d, Time(70_000), 900);
+            c.state = TcpState::Established as u8;
+            t.admit(None, k, c, Time(70_000), |_| {}).map_err(|(e, c)| {
+                c.unbind();
+                e
+            })
+        };
+        let evicted = |e: Eviction| t.counters.evicted[e as usize].load(Relaxed);
+        // 32 idle established looked at: not a whole turn, refused.
+        assert_eq!(admit(keys[40]), Err(InsertError::Full));
+        // The hand goes on and finds the half-open one.
+        assert_eq!(admit(keys[41]), Ok(()));
+        assert_eq!(
+            (evicted(Eviction::Unestablished), evicted(Eviction::Idle)),
+            (1, 0)
+        );
+        // Now only established connections: after a whole turn without a half-open or UDP
+        // entry, the idlest goes (the newcomers are busy: never).
+        assert_eq!(admit(keys[42]), Err(InsertError::Full));
+        assert_eq!(admit(keys[43]), Ok(()));
+        assert_eq!(evicted(Eviction::Idle), 1);
+        assert_eq!(t.with_conn(&keys[41], Time(70_001), |_| ()), Some(()));
     }
 
     #[test]
