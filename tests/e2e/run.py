@@ -288,6 +288,11 @@ def scenario(mode, v6):
         # rr: each real server in turn (newest added first).
         names = [curl(rig, url(vip, "/name"))[1].decode().strip() for _ in range(6)]
         check(f"{name}: rr spreads HTTP over the three servers", names == ["rs3", "rs2", "rs1"] * 2, names)
+        # The client is new to xvsd: its first replies find their next hop from the routing and
+        # neighbour tables the kernel has (no reply waits for the resolver, none is dropped).
+        drops = xvs_stats(rig)["drop"]
+        check(f"{name}: a new client's first replies are not dropped for want of a next hop",
+              drops.get("no_route", -1) == 0, drops)
         # Download 5 MB, checksum.
         size = 5_000_000
         want = hashlib.sha256(blob(size)).hexdigest()

@@ -1,9 +1,12 @@
 //! Next hops from the kernel: a route lookup (`RTM_GETROUTE` for the destination, as `ip route
 //! get` does) gives the egress and gateway, the neighbour table (`RTM_GETNEIGH`) gives the MAC.
-//! A resolver thread keeps a cache that workers read without locks; a miss is queued for the
-//! resolver, which makes the kernel resolve an unknown neighbour by sending it an empty UDP
-//! datagram (port 9, discard) through the normal stack. Until then the packet is dropped and
-//! counted (`no_route`), never sent to a wrong MAC. Static neighbours (`--neigh`) take precedence.
+//! A resolver thread keeps a cache that workers read without locks. A destination not in it (a
+//! NAT client's first reply) is answered from the main routing table's longest match and the
+//! neighbour table, both as of the resolver's last round (once a second); only when that fails
+//! is it queued for the resolver, which makes the kernel resolve an unknown neighbour by sending
+//! it an empty UDP datagram (port 9, discard) through the normal stack. Until then the packet is
+//! dropped and counted (`no_route`), never sent to a wrong MAC. Static neighbours (`--neigh`)
+//! take precedence.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -37,6 +40,40 @@ pub struct RouteInfo {
     pub gateway: Option<IpAddr>,
     /// Preferred source address.
     pub src: Option<IpAddr>,
+}
+
+/// A unicast route of the main table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableRoute {
+    /// Destination prefix (its family is the route's).
+    pub prefix: IpAddr,
+    /// Prefix length.
+    pub len: u8,
+    /// Metric: the lowest wins among routes of one length.
+    pub priority: u32,
+    /// Egress, gateway, preferred source.
+    pub info: RouteInfo,
+}
+
+impl TableRoute {
+    /// Whether `dst` is in the route's prefix.
+    fn covers(&self, dst: &IpAddr) -> bool {
+        let bits = |a: &IpAddr| match a {
+            IpAddr::V4(v) => (u128::from(v.to_bits()), 32),
+            IpAddr::V6(v) => (v.to_bits(), 128),
+        };
+        let ((p, w), (d, w2)) = (bits(&self.prefix), bits(dst));
+        let len = u32::from(self.len);
+        w == w2 && len <= w && (len == 0 || (p ^ d) >> (w - len) == 0)
+    }
+}
+
+/// What a destination not in the cache is answered from: the main table's routes and the
+/// neighbour table, as of the resolver's last round.
+#[derive(Debug, Default)]
+struct Tables {
+    routes: Vec<TableRoute>,
+    neigh: HashMap<(u32, IpAddr), [u8; 6]>,
 }
 
 /// MAC and MTU of an interface xvs transmits on.
@@ -74,6 +111,7 @@ type HopMap = HashMap<IpAddr, NextHop, ahash::RandomState>;
 #[derive(Debug)]
 pub struct KernelRoutes {
     cache: ArcSwap<HopMap>,
+    tables: ArcSwap<Tables>,
     /// Moves on after every store to `cache`, so workers empty their own caches of it.
     version: AtomicU64,
     wanted: Mutex<HashSet<IpAddr>>,
@@ -85,6 +123,9 @@ impl Routes for KernelRoutes {
     fn next_hop(&self, dst: IpAddr) -> Option<NextHop> {
         if let Some(h) = self.cache.load().get(&dst) {
             return Some(*h);
+        }
+        if let Some(h) = self.from_tables(dst) {
+            return Some(h);
         }
         // Never block a worker: if the resolver holds the set, the next packet asks again.
         // Bounded: a flood of packets to ever new addresses (replies to spoofed clients) must
@@ -209,6 +250,56 @@ impl Netlink {
         Ok(None)
     }
 
+    /// `ip route show table main`, unicast routes with one egress (multipath routes are left to
+    /// the per-destination lookup).
+    fn routes(&mut self) -> io::Result<Vec<TableRoute>> {
+        const MAIN: u32 = 254;
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RouteMessage::default();
+            m.header.address_family = fam;
+            for r in self.request(RouteNetlinkMessage::GetRoute(m), true)? {
+                let RouteNetlinkMessage::NewRoute(rm) = r else {
+                    continue;
+                };
+                if rm.header.kind != RouteType::Unicast {
+                    continue;
+                }
+                let mut table = u32::from(rm.header.table);
+                let (mut dst, mut oif, mut gw, mut src, mut prio) = (None, None, None, None, 0);
+                for a in rm.attributes {
+                    match a {
+                        RouteAttribute::Destination(d) => dst = route_ip(&d),
+                        RouteAttribute::Oif(i) => oif = Some(i),
+                        RouteAttribute::Gateway(g) => gw = route_ip(&g),
+                        RouteAttribute::PrefSource(p) => src = route_ip(&p),
+                        RouteAttribute::Priority(p) => prio = p,
+                        RouteAttribute::Table(t) => table = t,
+                        _ => {}
+                    }
+                }
+                let any = if fam == AddressFamily::Inet6 {
+                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+                };
+                if let (MAIN, Some(oif)) = (table, oif) {
+                    out.push(TableRoute {
+                        prefix: dst.unwrap_or(any),
+                        len: rm.header.destination_prefix_length,
+                        priority: prio,
+                        info: RouteInfo {
+                            oif,
+                            gateway: gw,
+                            src,
+                        },
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Every usable neighbour entry: (ifindex, address) → MAC.
     fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>> {
         let mut out = HashMap::new();
@@ -216,38 +307,8 @@ impl Netlink {
             let mut m = NeighbourMessage::default();
             m.header.family = fam;
             for r in self.request(RouteNetlinkMessage::GetNeighbour(m), true)? {
-                let RouteNetlinkMessage::NewNeighbour(n) = r else {
-                    continue;
-                };
-                let usable = matches!(
-                    n.header.state,
-                    NeighbourState::Reachable
-                        | NeighbourState::Stale
-                        | NeighbourState::Delay
-                        | NeighbourState::Probe
-                        | NeighbourState::Permanent
-                        | NeighbourState::Noarp
-                );
-                if !usable {
-                    continue;
-                }
-                let (mut ip, mut mac) = (None, None);
-                for a in n.attributes {
-                    match a {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
-                            ip = Some(IpAddr::V4(v))
-                        }
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
-                            ip = Some(IpAddr::V6(v))
-                        }
-                        NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
-                            mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]]);
-                        }
-                        _ => {}
-                    }
-                }
-                if let (Some(ip), Some(mac)) = (ip, mac) {
-                    out.insert((n.header.ifindex, ip), mac);
+                if let RouteNetlinkMessage::NewNeighbour(n) = r {
+                    out.extend(usable_neighbour(n));
                 }
             }
         }
@@ -276,6 +337,92 @@ pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
         }
     }
     Ok(out)
+}
+
+/// A neighbour entry whose MAC may be used: ((ifindex, address), MAC).
+fn usable_neighbour(n: NeighbourMessage) -> Option<((u32, IpAddr), [u8; 6])> {
+    let usable = matches!(
+        n.header.state,
+        NeighbourState::Reachable
+            | NeighbourState::Stale
+            | NeighbourState::Delay
+            | NeighbourState::Probe
+            | NeighbourState::Permanent
+            | NeighbourState::Noarp
+    );
+    if !usable {
+        return None;
+    }
+    let (mut ip, mut mac) = (None, None);
+    for a in n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(IpAddr::V4(v)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => ip = Some(IpAddr::V6(v)),
+            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                mac = Some([b[0], b[1], b[2], b[3], b[4], b[5]]);
+            }
+            _ => {}
+        }
+    }
+    Some(((n.header.ifindex, ip?), mac?))
+}
+
+/// A netlink socket that hears the kernel's neighbour changes as they happen (the multicast
+/// group RTNLGRP_NEIGH): a client on the link that has just asked for the balancer's MAC is a
+/// neighbour of the kernel's before its first packet reaches xvs, and its replies must not
+/// wait for the resolver's next round.
+struct NeighEvents {
+    sock: Socket,
+}
+
+impl NeighEvents {
+    fn open() -> io::Result<NeighEvents> {
+        const RTNLGRP_NEIGH: u32 = 3;
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.add_membership(RTNLGRP_NEIGH)?;
+        sock.set_non_blocking(true)?;
+        Ok(NeighEvents { sock })
+    }
+
+    /// Wait at most `timeout` for neighbour changes; returns the usable entries heard.
+    fn wait(&self, timeout: Duration) -> Vec<((u32, IpAddr), [u8; 6])> {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Safety: one valid pollfd for the socket this value owns, for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+        let mut out = Vec::new();
+        if n <= 0 {
+            return out;
+        }
+        // Bounded: a neighbour table in upheaval must not keep the resolver from its work.
+        for _ in 0..64 {
+            let Ok((data, _)) = self.sock.recv_from_full() else {
+                break;
+            };
+            let mut off = 0;
+            while off < data.len() {
+                let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..]) else {
+                    break;
+                };
+                let len = m.header.length as usize;
+                if len == 0 {
+                    break;
+                }
+                off += len;
+                if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) =
+                    m.payload
+                {
+                    out.extend(usable_neighbour(n));
+                }
+            }
+        }
+        out
+    }
 }
 
 fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
@@ -307,10 +454,49 @@ impl KernelRoutes {
     ) -> Arc<KernelRoutes> {
         Arc::new(KernelRoutes {
             cache: ArcSwap::from_pointee(HopMap::default()),
+            tables: ArcSwap::from_pointee(Tables::default()),
             version: AtomicU64::new(next_routes_version()),
             wanted: Mutex::new(HashSet::new()),
             statics,
             links,
+        })
+    }
+
+    /// Add neighbours the kernel has just learnt to the tables destinations not in the cache are
+    /// answered from, and publish.
+    fn learn(&self, heard: Vec<((u32, IpAddr), [u8; 6])>) {
+        let t = self.tables.load();
+        let mut neigh = t.neigh.clone();
+        neigh.extend(heard);
+        self.tables.store(Arc::new(Tables {
+            routes: t.routes.clone(),
+            neigh,
+        }));
+        self.version.store(next_routes_version(), Release);
+    }
+
+    /// `dst`'s next hop from the main table's longest match and the neighbour table (None when
+    /// no route covers it, its egress is not xvs's, or its next hop's MAC is unknown).
+    fn from_tables(&self, dst: IpAddr) -> Option<NextHop> {
+        let t = self.tables.load();
+        let r = t
+            .routes
+            .iter()
+            .filter(|r| r.covers(&dst))
+            .max_by_key(|r| (r.len, std::cmp::Reverse(r.priority)))?;
+        let link = self.links.get(&r.info.oif)?;
+        let nh = r.info.gateway.unwrap_or(dst);
+        let dst_mac = self
+            .statics
+            .get(&nh)
+            .copied()
+            .or_else(|| t.neigh.get(&(r.info.oif, nh)).copied())?;
+        Some(NextHop {
+            ifindex: r.info.oif,
+            src_mac: link.mac,
+            dst_mac,
+            mtu: link.mtu,
+            src_ip: r.info.src,
         })
     }
 
@@ -363,6 +549,10 @@ impl KernelRoutes {
                 }
             }
         }
+        // A failed dump leaves the fallback as it was.
+        if let Ok(routes) = nl.routes() {
+            self.tables.store(Arc::new(Tables { routes, neigh }));
+        }
         self.cache.store(Arc::new(cache));
         self.version.store(next_routes_version(), Release);
         Ok(unresolved)
@@ -399,6 +589,9 @@ impl KernelRoutes {
     /// Run the resolver until `stop` is set.
     pub fn run(self: &Arc<Self>, stop: &AtomicBool) -> io::Result<()> {
         let mut nl = Netlink::open()?;
+        let events = NeighEvents::open()
+            .map_err(|e| tracing::warn!("neighbour events unavailable ({e}); the resolver polls"))
+            .ok();
         let mut last_full = Instant::now() - Duration::from_secs(10);
         let mut last_probe: HashMap<IpAddr, Instant> = HashMap::new();
         while !stop.load(Relaxed) {
@@ -433,7 +626,15 @@ impl KernelRoutes {
                     last_full = Instant::now();
                 }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            match &events {
+                Some(ev) => {
+                    let heard = ev.wait(Duration::from_millis(20));
+                    if !heard.is_empty() {
+                        self.learn(heard);
+                    }
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
         }
         Ok(())
     }
@@ -446,6 +647,8 @@ pub trait ResolverIo {
     fn route_get(&mut self, dst: IpAddr) -> io::Result<Option<RouteInfo>>;
     /// The neighbour table.
     fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>>;
+    /// The main table's unicast routes.
+    fn routes(&mut self) -> io::Result<Vec<TableRoute>>;
 }
 
 impl ResolverIo for Netlink {
@@ -454,6 +657,9 @@ impl ResolverIo for Netlink {
     }
     fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>> {
         Netlink::neighbours(self)
+    }
+    fn routes(&mut self) -> io::Result<Vec<TableRoute>> {
+        Netlink::routes(self)
     }
 }
 
@@ -486,11 +692,79 @@ mod tests {
             })
         }
         fn neighbours(&mut self) -> io::Result<HashMap<(u32, IpAddr), [u8; 6]>> {
-            Ok(HashMap::from([(
-                (2, "192.168.1.1".parse().unwrap()),
-                self.0,
-            )]))
+            Ok(HashMap::from([
+                ((2, "192.168.1.1".parse().unwrap()), self.0),
+                ((2, "192.168.1.20".parse().unwrap()), [0x20; 6]),
+            ]))
         }
+        fn routes(&mut self) -> io::Result<Vec<TableRoute>> {
+            let route = |prefix: &str, len, gateway: Option<&str>, oif, priority| TableRoute {
+                prefix: prefix.parse().unwrap(),
+                len,
+                priority,
+                info: RouteInfo {
+                    oif,
+                    gateway: gateway.map(|g| g.parse().unwrap()),
+                    src: None,
+                },
+            };
+            Ok(vec![
+                route("0.0.0.0", 0, Some("192.168.1.1"), 2, 0),
+                // A worse default: the metric decides between routes of one length.
+                route("0.0.0.0", 0, Some("192.168.1.99"), 2, 100),
+                route("192.168.1.0", 24, None, 2, 0),
+                route("::", 0, None, 9, 0),
+            ])
+        }
+    }
+
+    /// A destination the resolver never looked up is answered from the main table's longest
+    /// match and the neighbour table; one the table cannot answer is queued.
+    #[test]
+    fn destinations_not_yet_resolved_follow_the_routing_table() {
+        let r = KernelRoutes::new(links(), HashMap::new());
+        // Before any round: nothing to answer from.
+        assert!(r.next_hop("10.1.2.3".parse().unwrap()).is_none());
+        r.resolve(&mut Fake([1; 6]), &HashSet::new()).unwrap();
+        r.wanted.lock().unwrap().clear();
+        // Via the default route of the lowest metric: its gateway's MAC.
+        let h = r.next_hop("10.1.2.3".parse().unwrap()).unwrap();
+        assert_eq!((h.ifindex, h.dst_mac, h.src_mac), (2, [1; 6], [9; 6]));
+        // On the link, a known neighbour: its own MAC (the /24 is longer than the default).
+        assert_eq!(
+            r.next_hop("192.168.1.20".parse().unwrap()).unwrap().dst_mac,
+            [0x20; 6]
+        );
+        // Answered from the table: nothing queued.
+        assert!(r.wanted.lock().unwrap().is_empty());
+        // On the link, unknown: queued. Out of an interface xvs does not use: queued.
+        assert!(r.next_hop("192.168.1.21".parse().unwrap()).is_none());
+        assert!(r.next_hop("fd00::7".parse().unwrap()).is_none());
+        assert_eq!(r.wanted.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn prefixes_cover_what_they_should() {
+        let route = |p: &str, len| TableRoute {
+            prefix: p.parse().unwrap(),
+            len,
+            priority: 0,
+            info: RouteInfo {
+                oif: 1,
+                gateway: None,
+                src: None,
+            },
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(route("10.0.0.0", 8).covers(&ip("10.255.1.1")));
+        assert!(!route("10.0.0.0", 8).covers(&ip("11.0.0.1")));
+        assert!(route("0.0.0.0", 0).covers(&ip("1.2.3.4")));
+        assert!(!route("0.0.0.0", 0).covers(&ip("::1")));
+        assert!(route("10.1.2.3", 32).covers(&ip("10.1.2.3")));
+        assert!(!route("10.1.2.3", 32).covers(&ip("10.1.2.2")));
+        assert!(route("fd00::", 64).covers(&ip("fd00::1:2")));
+        assert!(!route("fd00::", 64).covers(&ip("fd00:0:0:1::1")));
+        assert!(route("::", 0).covers(&ip("2001:db8::1")));
     }
 
     /// Interface 2, the one xvs transmits on.
