@@ -124,7 +124,7 @@ impl Routes for KernelRoutes {
         if let Some(h) = self.cache.load().get(&dst) {
             return Some(*h);
         }
-        if let Some(h) = self.from_tables(dst) {
+        if let Some(h) = self.table_answer(dst) {
             return Some(h);
         }
         // Never block a worker: if the resolver holds the set, the next packet asks again.
@@ -477,7 +477,7 @@ impl KernelRoutes {
 
     /// `dst`'s next hop from the main table's longest match and the neighbour table (None when
     /// no route covers it, its egress is not xvs's, or its next hop's MAC is unknown).
-    fn from_tables(&self, dst: IpAddr) -> Option<NextHop> {
+    fn table_answer(&self, dst: IpAddr) -> Option<NextHop> {
         let t = self.tables.load();
         let r = t
             .routes
