@@ -391,6 +391,22 @@ def busy_poll():
         names = [body.decode().strip() for rc, body in results if rc == 0]
         check(f"{name}: 6 connections answered, spread over the 3 real servers",
               len(names) == 6 and sorted(set(names)) == ["rs1", "rs2", "rs3"], results)
+        # Bulk TCP both ways: a worker that never sleeps in poll() must still drive its TX
+        # rings (copy mode sends 32 frames per kick), or TCP stalls on the rest of each burst
+        # (it did: 1 MB/s, and 50 MB then cannot cross in curl's 20 s; normally 0.2 to 0.5 s).
+        size = 50_000_000
+        rc, body = curl(rig, url(vip, f"/blob?size={size}"))
+        check(f"{name}: 50 MB download intact", rc == 0 and hashlib.sha256(body).hexdigest() ==
+              hashlib.sha256(blob(size)).hexdigest(), f"rc={rc} len={len(body)}")
+        up = os.path.join(rig.tmp, "upload.bin")
+        data = os.urandom(size)
+        with open(up, "wb") as f:
+            f.write(data)
+        rc, body = curl(rig, url(vip, "/upload"), ["--data-binary", f"@{up}", "-H",
+                                                    "Content-Type: application/octet-stream"])
+        parts = body.decode().split()
+        check(f"{name}: 50 MB upload intact", rc == 0 and len(parts) == 3
+              and parts[1] == hashlib.sha256(data).hexdigest(), f"rc={rc} {body[:200]!r}")
         # Idle, a busy-polling worker keeps its core busy: xvsd's CPU time grows with the wall
         # clock (a sleeping worker's would not).
         def cpu():

@@ -12,10 +12,11 @@
  * traffic, fragments' later pieces, anything unparsable.
  * A frame that matches but finds no socket on its queue is dropped and counted (passing it
  * would make the kernel answer with a reset).
- * TCP SYNs to a service pass a token bucket per socket whose rate xvsd sets (0: no limit):
- * while a SYN flood overflows a socket's ring, xvsd lowers it, so that the ring keeps room for
- * the packets of established connections and of handshakes under way; excess SYNs are dropped
- * and counted here (clients retransmit them).
+ * Packets that may open a connection (TCP SYNs, and UDP datagrams, whose first of a flow
+ * cannot be told from the others) to a service pass a token bucket per socket whose rate xvsd
+ * sets (0: no limit): while a flood overflows a socket's ring, xvsd lowers it, so that the ring
+ * keeps room for the packets of established TCP connections and of handshakes under way; the
+ * excess is dropped and counted here (clients retransmit).
  * A unicast frame not addressed to the receiving interface's MAC (nor to a MAC the operator
  * added, such as a VRRP virtual MAC) is passed untouched and counted: on a segment that floods
  * unicast, it is meant for another host, and the kernel drops it as such (PACKET_OTHERHOST).
@@ -96,18 +97,18 @@ struct {
 	__type(value, __u8);
 } local_addrs SEC(".maps");
 
-/* SYN admission, per socket (interface slot × MAX_QUEUES + queue): the rate xvsd sets, in
- * SYNs per second (0: no limit), and the bucket with its counters, which only this program
+/* Admission of opening packets, per socket (interface slot × MAX_QUEUES + queue): the rate xvsd sets, in
+ * packets per second (0: no limit), and the bucket with its counters, which only this program
  * writes (one CPU at a time runs a queue's receive path). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_IFACES * MAX_QUEUES);
 	__type(key, __u32);
 	__type(value, __u64);
-} syn_rates SEC(".maps");
+} admit_rates SEC(".maps");
 
-struct syn_state {
-	__u64 credit_ns; /* time credit: a SYN costs 1e9 / rate ns */
+struct admit_state {
+	__u64 credit_ns; /* time credit: a packet costs 1e9 / rate ns */
 	__u64 last_ns;
 	__u64 seen;
 	__u64 passed;
@@ -118,11 +119,11 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_IFACES * MAX_QUEUES);
 	__type(key, __u32);
-	__type(value, struct syn_state);
-} syn_state SEC(".maps");
+	__type(value, struct admit_state);
+} admit_state SEC(".maps");
 
-/* A burst of this many SYNs passes at once after a quiet spell. */
-#define SYN_BURST 32
+/* A burst of this many opening packets passes at once after a quiet spell. */
+#define ADMIT_BURST 32
 
 enum {
 	CNT_PASSED = 0,
@@ -177,15 +178,15 @@ static __always_inline int redirect(struct xdp_md *ctx)
 	return XDP_DROP;
 }
 
-/* Whether a SYN may go to its socket (the token bucket of the receiving queue). */
-static __always_inline int syn_admit(struct xdp_md *ctx)
+/* Whether an opening packet may go to its socket (the token bucket of the receiving queue). */
+static __always_inline int admit(struct xdp_md *ctx)
 {
 	long k = socket_key(ctx);
 	if (k < 0)
 		return 1;
 	__u32 key = k;
-	__u64 *rate = bpf_map_lookup_elem(&syn_rates, &key);
-	struct syn_state *st = bpf_map_lookup_elem(&syn_state, &key);
+	__u64 *rate = bpf_map_lookup_elem(&admit_rates, &key);
+	struct admit_state *st = bpf_map_lookup_elem(&admit_state, &key);
 	if (!rate || !st)
 		return 1;
 	st->seen++;
@@ -197,8 +198,8 @@ static __always_inline int syn_admit(struct xdp_md *ctx)
 	__u64 now = bpf_ktime_get_ns();
 	__u64 cost = 1000000000ULL / r;
 	__u64 credit = st->credit_ns + (now - st->last_ns);
-	if (credit > cost * SYN_BURST)
-		credit = cost * SYN_BURST;
+	if (credit > cost * ADMIT_BURST)
+		credit = cost * ADMIT_BURST;
 	st->last_ns = now;
 	if (credit < cost) {
 		st->credit_ns = credit;
@@ -318,9 +319,10 @@ int xvs_steer(struct xdp_md *ctx)
 	dst.port = ports[1];
 	if (is_service(&dst)) {
 		struct tcphdr *th = l4;
-		/* (A truncated header goes to xvs, which counts it as malformed.) */
-		if (proto == IPPROTO_TCP && (void *)(th + 1) <= end && th->syn && !th->ack &&
-		    !syn_admit(ctx))
+		/* (A truncated TCP header goes to xvs, which counts it as malformed.) */
+		int opening = proto == IPPROTO_UDP ||
+			      ((void *)(th + 1) <= end && th->syn && !th->ack);
+		if (opening && !admit(ctx))
 			return XDP_DROP;
 		return redirect(ctx);
 	}

@@ -1,39 +1,41 @@
-//! SYN admission: the rate at which the steering program lets TCP SYNs to services into a
-//! socket ([`crate::bpf::XdpProgram::set_syn_rate`]), adapted to what the socket's worker
-//! keeps up with. A SYN flood beyond a worker's capacity would otherwise fill its receive
-//! ring, and the ring would drop frames at random: the ACK that completes a client's handshake,
-//! the data of established connections. Dropped in XDP instead, only SYNs are lost, which
-//! clients retransmit, and the ring keeps room for everything else.
+//! Admission: the rate at which the steering program lets packets that may open a connection
+//! (TCP SYNs and UDP datagrams to services: XDP cannot tell a UDP flow's first datagram from the
+//! others) into a socket ([`crate::bpf::XdpProgram::set_admit_rate`]), adapted to what the
+//! socket's worker keeps up with. A flood beyond a worker's capacity would otherwise fill its
+//! receive ring, and the ring would drop frames at random: the ACK that completes a client's
+//! handshake, the data of established TCP connections. Dropped in XDP instead, only opening
+//! packets are lost (clients retransmit SYNs, and UDP applications their requests), and the
+//! ring keeps room for TCP's established traffic.
 //!
 //! The governor runs every 100 ms per socket: while the ring overflowed (its `rx_ring_full`
-//! count moved) and SYNs arrived, the rate drops to [`DECREASE`] × the SYNs that passed in the
-//! period (never below [`MIN_RATE`]); while it did not, the rate grows by [`INCREASE`] per
-//! period, and the limit is lifted once it is twice the SYNs arriving.
+//! count moved) and opening packets arrived, the rate drops to [`DECREASE`] × those that passed
+//! in the period (never below [`MIN_RATE`]); while it did not, the rate grows by [`INCREASE`]
+//! per period, and the limit is lifted once it is twice the opening packets arriving.
 
-/// The lowest rate (SYNs per second per socket): new clients always get some room.
+/// The lowest rate (opening packets per second per socket): new clients always get some room.
 pub const MIN_RATE: u64 = 1_000;
 /// The factor applied to the passed SYN rate when the ring overflowed (numerator, denominator).
 pub const DECREASE: (u64, u64) = (7, 10);
 /// The factor applied per period without overflow.
-pub const INCREASE: (u64, u64) = (11, 10);
+pub const INCREASE: (u64, u64) = (21, 20);
 
 /// One socket's governor.
 #[derive(Debug, Clone, Default)]
-pub struct SynGovernor {
+pub struct AdmitGovernor {
     /// The rate in force (0: no limit).
     rate: u64,
-    /// The counters at the last step: ring overflows, SYNs seen and passed.
+    /// The counters at the last step: ring overflows, opening packets seen and passed.
     last: Option<(u64, u64, u64)>,
 }
 
-impl SynGovernor {
-    /// The rate in force (SYNs per second; 0: no limit).
+impl AdmitGovernor {
+    /// The rate in force (opening packets per second; 0: no limit).
     pub fn rate(&self) -> u64 {
         self.rate
     }
 
-    /// One period of `secs` seconds, with the socket's counters now (`rx_ring_full`, SYNs
-    /// seen and passed by the program): returns the new rate when it changed.
+    /// One period of `secs` seconds, with the socket's counters now (`rx_ring_full`, opening
+    /// packets seen and passed by the program): returns the new rate when it changed.
     pub fn step(&mut self, ring_full: u64, seen: u64, passed: u64, secs: f64) -> Option<u64> {
         let (f0, s0, p0) = self.last.replace((ring_full, seen, passed))?;
         let micros = ((secs * 1e6) as u64).max(1_000);
@@ -58,28 +60,28 @@ mod tests {
 
     #[test]
     fn a_flood_lowers_the_rate_and_its_end_lifts_it() {
-        let mut g = SynGovernor::default();
+        let mut g = AdmitGovernor::default();
         assert_eq!(g.step(0, 0, 0, 0.1), None, "the first step only records");
         // Quiet: no limit.
         assert_eq!(g.step(0, 100, 100, 0.1), None);
         assert_eq!(g.rate(), 0);
-        // Overflow with 50,000 SYNs passed in 100 ms: 0.7 × 500,000/s.
+        // Overflow with 50,000 packets passed in 100 ms: 0.7 × 500,000/s.
         assert_eq!(g.step(10, 60_100, 50_100, 0.1), Some(350_000));
         // Still overflowing at that rate: lower again.
         assert_eq!(g.step(20, 120_100, 85_100, 0.1), Some(245_000));
-        // No overflow: grows by a tenth a period while SYNs keep coming.
-        assert_eq!(g.step(20, 180_100, 109_600, 0.1), Some(269_501));
-        // The flood ends: a few SYNs a period, the limit goes.
+        // No overflow: grows by a twentieth a period while packets keep coming.
+        assert_eq!(g.step(20, 180_100, 109_600, 0.1), Some(257_251));
+        // The flood ends: a few packets a period, the limit goes.
         assert_eq!(g.step(20, 180_110, 109_610, 0.1), Some(0));
         assert_eq!(g.step(20, 180_120, 109_620, 0.1), None);
     }
 
     #[test]
     fn the_rate_never_falls_below_the_minimum() {
-        let mut g = SynGovernor::default();
+        let mut g = AdmitGovernor::default();
         g.step(0, 0, 0, 0.1);
         assert_eq!(g.step(5, 1000, 10, 0.1), Some(MIN_RATE));
-        // An overflow without SYNs (another kind of traffic) leaves the rate alone.
+        // An overflow without opening packets (established traffic) leaves the rate alone.
         assert_eq!(g.step(9, 1000, 10, 0.1), None);
         assert_eq!(g.rate(), MIN_RATE);
     }

@@ -111,15 +111,15 @@ pub struct XdpCounters {
     pub other_host: u64,
 }
 
-/// A socket's SYN bucket and counters (`struct syn_state` of the program).
+/// A socket's admission bucket and counters (`struct admit_state` of the program).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SynState {
+pub struct AdmitState {
     /// The bucket's time credit, ns.
     pub credit_ns: u64,
     /// When the bucket was last filled (the kernel's monotonic clock, ns).
     pub last_ns: u64,
-    /// SYNs to a service that arrived.
+    /// Opening packets (TCP SYNs, UDP datagrams) to a service that arrived.
     pub seen: u64,
     /// Of those, passed to the socket.
     pub passed: u64,
@@ -255,8 +255,8 @@ pub struct XdpProgram {
     nat_sources: RawFd,
     local_addrs: RawFd,
     own_macs: RawFd,
-    syn_rates: RawFd,
-    syn_state: RawFd,
+    admit_rates: RawFd,
+    admit_state: RawFd,
     counters: RawFd,
 }
 
@@ -278,8 +278,8 @@ impl XdpProgram {
             nat_sources: inner.map_fd("nat_sources")?,
             local_addrs: inner.map_fd("local_addrs")?,
             own_macs: inner.map_fd("own_macs")?,
-            syn_rates: inner.map_fd("syn_rates")?,
-            syn_state: inner.map_fd("syn_state")?,
+            admit_rates: inner.map_fd("admit_rates")?,
+            admit_state: inner.map_fd("admit_state")?,
             counters: inner.map_fd("counters")?,
             inner,
         })
@@ -343,15 +343,15 @@ impl XdpProgram {
         self.update(self.own_macs, &key, &1u8, "bpf_map_update_elem(own_macs)")
     }
 
-    /// Limit the SYNs to services that (interface slot, queue) passes to its socket to
-    /// `rate` per second; 0: no limit.
-    pub fn set_syn_rate(&self, slot: u32, queue: u32, rate: u64) -> Result<(), BpfError> {
+    /// Limit the opening packets (TCP SYNs, UDP datagrams) to services that (interface slot,
+    /// queue) passes to its socket to `rate` per second; 0: no limit.
+    pub fn set_admit_rate(&self, slot: u32, queue: u32, rate: u64) -> Result<(), BpfError> {
         let key = slot * MAX_QUEUES + queue;
         self.update(
-            self.syn_rates,
+            self.admit_rates,
             &key,
             &rate,
-            "bpf_map_update_elem(syn_rates)",
+            "bpf_map_update_elem(admit_rates)",
         )
     }
 
@@ -374,17 +374,17 @@ impl XdpProgram {
         Ok(v)
     }
 
-    /// The SYN rate of (interface slot, queue) in force (0: no limit).
-    pub fn syn_rate(&self, slot: u32, queue: u32) -> Result<u64, BpfError> {
+    /// The admission rate of (interface slot, queue) in force (0: no limit).
+    pub fn admit_rate(&self, slot: u32, queue: u32) -> Result<u64, BpfError> {
         let key = slot * MAX_QUEUES + queue;
-        self.lookup(self.syn_rates, key, "bpf_map_lookup_elem(syn_rates)")
+        self.lookup(self.admit_rates, key, "bpf_map_lookup_elem(admit_rates)")
     }
 
-    /// The SYN bucket and counters of (interface slot, queue) (`struct syn_state`, five u64s,
-    /// as [`SynState`] is laid out).
-    pub fn syn_state(&self, slot: u32, queue: u32) -> Result<SynState, BpfError> {
+    /// The admission bucket and counters of (interface slot, queue) (`struct admit_state`, five u64s,
+    /// as [`AdmitState`] is laid out).
+    pub fn admit_state(&self, slot: u32, queue: u32) -> Result<AdmitState, BpfError> {
         let key = slot * MAX_QUEUES + queue;
-        self.lookup(self.syn_state, key, "bpf_map_lookup_elem(syn_state)")
+        self.lookup(self.admit_state, key, "bpf_map_lookup_elem(admit_state)")
     }
 
     /// Register the AF_XDP socket of (interface slot, queue).

@@ -238,6 +238,7 @@ impl<H: Handler> Worker<H> {
                 self.counters.rx_batches.fetch_add(1, Relaxed);
             }
             self.transmit(&mut tx);
+            self.kick_pending();
             if instant - last_house >= Duration::from_millis(10) {
                 last_house = instant;
                 self.handler.housekeeping(now);
@@ -377,6 +378,20 @@ impl<H: Handler> Worker<H> {
         let mut data = unsafe { self.qs.umem.data_mut(desc) };
         data.cursor().set_pos(new_len);
         tx[out].push(*desc);
+    }
+
+    /// Kick every socket whose TX ring still holds frames the kernel has not taken. In copy
+    /// mode the kernel sends at most 32 frames per kick (`__xsk_generic_xmit`), and otherwise
+    /// only when `poll()` drives it: a worker that never sleeps in `poll()` (`--busy-poll`), or
+    /// one that wakes to new frames before the ring is drained, would leave the rest of a burst
+    /// in the ring until it next has something to send, and TCP would wait for them in
+    /// retransmission timeouts.
+    fn kick_pending(&mut self) {
+        for p in &mut self.qs.ports {
+            if p.tx.nb_free_exact() < crate::xsk::RING_SIZE {
+                let _ = p.tx.wakeup();
+            }
+        }
     }
 
     fn transmit(&mut self, tx: &mut [Vec<FrameDesc>]) {

@@ -56,7 +56,7 @@ pub struct Control {
     pub epoch: Instant,
     /// Data-plane counters for `xvsadm --xvs-stats` (empty without interfaces).
     pub data_stats: Box<dyn Fn() -> String + Send + Sync>,
-    /// Every 100 ms, with the seconds since the last call: SYN admission (with interfaces).
+    /// Every 100 ms, with the seconds since the last call: admission (with interfaces).
     pub admission: Box<dyn Fn(f64) + Send + Sync>,
     clients: AtomicUsize,
 }

@@ -15,7 +15,7 @@ use xvs_core::hash::HashSeed;
 use xvs_core::{Engine, Tables};
 use xvs_ipvsadm::exec::{execute, Session};
 use xvs_ipvsadm::list::Numeric;
-use xvs_xdp::admission::SynGovernor;
+use xvs_xdp::admission::AdmitGovernor;
 use xvs_xdp::bpf::{XdpMode, XdpProgram, MAX_QUEUES};
 use xvs_xdp::nexthop::{link_info, local_addresses, KernelRoutes, LinkInfo};
 use xvs_xdp::worker::{EngineHandler, Worker, WorkerCounters};
@@ -85,10 +85,11 @@ pub struct DaemonArgs {
     /// as a VRRP virtual MAC; frames for other hosts' MACs are left to the kernel.
     #[arg(long = "accept-mac", value_name = "MAC")]
     pub accept_macs: Vec<String>,
-    /// Adapt the rate of TCP SYNs each socket takes so that a SYN flood beyond a worker's
-    /// capacity cannot fill its ring (excess SYNs are dropped in XDP and counted); off: no limit.
+    /// Adapt the rate of packets that may open a connection (TCP SYNs, UDP datagrams to a
+    /// service) each socket takes, so that a flood beyond a worker's capacity cannot fill its
+    /// ring (the excess is dropped in XDP and counted); off: no limit.
     #[arg(long, value_enum, default_value = "on")]
-    pub syn_admission: OnOff,
+    pub admission: OnOff,
     /// Connection table capacity (entries); default: as many as a 16th of the memory available
     /// at start holds, a power of two between 2^16 and 2^26.
     #[arg(long)]
@@ -365,8 +366,8 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         let wc = worker_counters.clone();
         let (p2, s2) = (prog.clone(), socks.clone());
         ctl.data_stats = Box::new(move || data_stats(&p2, &s2, &wc));
-        if args.syn_admission == OnOff::On {
-            let governors = std::sync::Mutex::new(vec![SynGovernor::default(); socks.len()]);
+        if args.admission == OnOff::On {
+            let governors = std::sync::Mutex::new(vec![AdmitGovernor::default(); socks.len()]);
             ctl.admission = Box::new(move |secs| {
                 let mut g = governors.lock().unwrap_or_else(|e| e.into_inner());
                 admission_step(&prog, &socks, &mut g, secs);
@@ -495,18 +496,18 @@ struct Sock {
     zero_copy: bool,
 }
 
-/// One period of SYN admission (see `xvs_xdp::admission`): each socket's governor reads its
-/// ring's overflows and the program's SYN counters, and sets the socket's SYN rate.
-fn admission_step(prog: &XdpProgram, socks: &[Sock], governors: &mut [SynGovernor], secs: f64) {
+/// One period of admission (see `xvs_xdp::admission`): each socket's governor reads its ring's
+/// overflows and the program's counters of opening packets, and sets the socket's rate.
+fn admission_step(prog: &XdpProgram, socks: &[Sock], governors: &mut [AdmitGovernor], secs: f64) {
     for (s, g) in socks.iter().zip(governors.iter_mut()) {
-        let (Ok(st), Ok(syn)) = (
+        let (Ok(st), Ok(adm)) = (
             xvs_xdp::xsk::socket_stats(s.fd),
-            prog.syn_state(s.slot, s.queue),
+            prog.admit_state(s.slot, s.queue),
         ) else {
             continue;
         };
-        if let Some(rate) = g.step(st.rx_ring_full, syn.seen, syn.passed, secs) {
-            if let Err(e) = prog.set_syn_rate(s.slot, s.queue, rate) {
+        if let Some(rate) = g.step(st.rx_ring_full, adm.seen, adm.passed, secs) {
+            if let Err(e) = prog.set_admit_rate(s.slot, s.queue, rate) {
                 tracing::warn!("{} queue {}: setting the SYN rate: {e}", s.ifname, s.queue);
             }
         }
@@ -546,15 +547,15 @@ fn data_stats(prog: &XdpProgram, socks: &[Sock], workers: &[Arc<WorkerCounters>]
     for sock in socks {
         let (ifname, q) = (&sock.ifname, sock.queue);
         let mode = if sock.zero_copy { "zero-copy" } else { "copy" };
-        let syn = prog.syn_state(sock.slot, q).unwrap_or_default();
-        let rate = prog.syn_rate(sock.slot, q).unwrap_or(0);
+        let adm = prog.admit_state(sock.slot, q).unwrap_or_default();
+        let rate = prog.admit_rate(sock.slot, q).unwrap_or(0);
         match xvs_xdp::xsk::socket_stats(sock.fd) {
             Ok(s) => {
                 let _ = writeln!(
                     out,
-                    "socket {ifname} queue {q} ({mode}): rx_dropped={} rx_invalid_descs={} tx_invalid_descs={} rx_ring_full={} rx_fill_ring_empty_descs={} tx_ring_empty_descs={} syn_rate={rate} syn_seen={} syn_passed={} syn_dropped={}",
+                    "socket {ifname} queue {q} ({mode}): rx_dropped={} rx_invalid_descs={} tx_invalid_descs={} rx_ring_full={} rx_fill_ring_empty_descs={} tx_ring_empty_descs={} admit_rate={rate} admit_seen={} admit_passed={} admit_dropped={}",
                     s.rx_dropped, s.rx_invalid_descs, s.tx_invalid_descs, s.rx_ring_full, s.rx_fill_ring_empty_descs, s.tx_ring_empty_descs,
-                    syn.seen, syn.passed, syn.dropped
+                    adm.seen, adm.passed, adm.dropped
                 );
             }
             Err(e) => {
