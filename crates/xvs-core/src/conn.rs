@@ -1540,6 +1540,16 @@ mod tests {
         }
     }
 
+    /// `n` keys (TCP, client ports from 1 on) of the shard `key(0)` falls in.
+    fn keys_in_one_shard(t: &ConnTable, n: usize) -> Vec<ConnKey> {
+        let shard = t.shard_of(t.hash(&key(0)));
+        (1..u16::MAX)
+            .map(key)
+            .filter(|k| t.shard_of(t.hash(k)) == shard)
+            .take(n)
+            .collect()
+    }
+
     /// Eviction order: an expired entry first, then a half-open TCP connection, then UDP (the
     /// earliest to expire), then an idle established one; never a busy established one.
     #[test]
@@ -1548,12 +1558,7 @@ mod tests {
         let t = ConnTable::new(16, 4);
         assert_eq!(t.capacity(), 16);
         let d = dest();
-        let h0 = t.hash(&key(0));
-        let same_shard: Vec<ConnKey> = (1..5000u16)
-            .map(key)
-            .filter(|k| t.shard_of(t.hash(k)) == t.shard_of(h0))
-            .take(8)
-            .collect();
+        let same_shard = keys_in_one_shard(&t, 8);
         let with_state = |state: TcpState, secs: u32, now: u64| {
             let mut c = conn(&d, Time(now), secs);
             c.state = state as u8;
@@ -1592,7 +1597,7 @@ mod tests {
                 proto: 17,
                 ..key(p)
             })
-            .find(|k| t.shard_of(t.hash(k)) == t.shard_of(h0))
+            .find(|k| t.shard_of(t.hash(k)) == t.shard_of(t.hash(&key(0))))
             .unwrap();
         t.insert(udp, conn(&d, Time(200_000), 300)).unwrap();
         assert_eq!(try_admit(same_shard[5], 200_001), Ok(()));
@@ -1618,12 +1623,7 @@ mod tests {
         let t = ConnTable::new(16 * 40, 6);
         assert_eq!(t.per_shard, 40);
         let d = dest();
-        let h0 = t.hash(&key(0));
-        let keys: Vec<ConnKey> = (1..20_000u16)
-            .map(key)
-            .filter(|k| t.shard_of(t.hash(k)) == t.shard_of(h0))
-            .take(44)
-            .collect();
+        let keys = keys_in_one_shard(&t, 44);
         for k in &keys[..39] {
             let mut c = conn(&d, Time(0), 900);
             c.state = TcpState::Established as u8;

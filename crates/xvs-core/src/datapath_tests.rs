@@ -1275,12 +1275,20 @@ fn prefetched_batches_match_frame_by_frame_processing() {
     assert!(announced.borrow().is_empty());
 }
 
-/// A load balancer whose table holds `capacity` entries (16 shards).
-fn small_lb(svc: ServiceKey, capacity: usize) -> Lb {
-    let lb = Lb::new(svc, "rr", &[dest("192.168.1.1", 80, ForwardMethod::Route)]);
+/// TCP 10.0.0.1:80, rr, one real server by direct routing.
+fn dr_lb() -> Lb {
+    Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[dest("192.168.1.1", 80, ForwardMethod::Route)],
+    )
+}
+
+/// [`dr_lb`] with a table of `capacity` entries (16 shards).
+fn small_lb(capacity: usize) -> Lb {
     Lb {
         engine: Engine::new(capacity, 3),
-        ..lb
+        ..dr_lb()
     }
 }
 
@@ -1291,7 +1299,7 @@ fn flood_src(n: u32) -> String {
 
 #[test]
 fn a_syn_flood_does_not_lock_clients_out_of_a_full_table() {
-    let lb = small_lb(tcp_key("10.0.0.1", 80), 64);
+    let lb = small_lb(64);
     let cap = lb.engine.conns.capacity();
     for n in 0..cap as u32 * 5 {
         let (v, _) = lb.run(
@@ -1341,7 +1349,7 @@ fn a_syn_flood_does_not_lock_clients_out_of_a_full_table() {
 
 #[test]
 fn a_table_of_busy_established_connections_refuses_new_ones_uncounted() {
-    let lb = small_lb(tcp_key("10.0.0.1", 80), 32);
+    let lb = small_lb(32);
     let cap = lb.engine.conns.capacity();
     // Fill the table with established connections (SYN then ACK), at t = 0 s.
     let mut n = 0u32;
@@ -1431,11 +1439,7 @@ fn a_udp_flood_evicts_the_idlest_datagram_flows() {
 
 #[test]
 fn martian_sources_are_dropped_and_counted() {
-    let lb = Lb::new(
-        tcp_key("10.0.0.1", 80),
-        "rr",
-        &[dest("192.168.1.1", 80, ForwardMethod::Route)],
-    );
+    let lb = dr_lb();
     for src in [
         "0.1.2.3",
         "127.0.0.1",
@@ -1462,11 +1466,7 @@ fn martian_sources_are_dropped_and_counted() {
 
 #[test]
 fn drop_packet_drops_one_new_connection_in_am_droprate() {
-    let lb = Lb::new(
-        tcp_key("10.0.0.1", 80),
-        "rr",
-        &[dest("192.168.1.1", 80, ForwardMethod::Route)],
-    );
+    let lb = dr_lb();
     lb.engine.set_defence("am_droprate", 3).unwrap();
     lb.engine.set_defence("drop_packet", 3).unwrap();
     let verdicts: Vec<bool> = (0..9u32)
@@ -1494,11 +1494,7 @@ fn drop_packet_drops_one_new_connection_in_am_droprate() {
 
 #[test]
 fn secure_tcp_holds_a_lone_syn_in_synack() {
-    let lb = Lb::new(
-        tcp_key("10.0.0.1", 80),
-        "rr",
-        &[dest("192.168.1.1", 80, ForwardMethod::Route)],
-    );
+    let lb = dr_lb();
     lb.engine.set_defence("secure_tcp", 3).unwrap();
     lb.run(
         &tcp4("10.9.0.2", 1000, "10.0.0.1", 80, Flags::Syn, 64, b""),
@@ -1537,7 +1533,7 @@ fn secure_tcp_holds_a_lone_syn_in_synack() {
 
 #[test]
 fn drop_entry_removes_half_open_connections_and_keeps_busy_ones() {
-    let lb = small_lb(tcp_key("10.0.0.1", 80), 4096);
+    let lb = small_lb(4096);
     // 2,000 half-open connections and 200 established ones with recent packets.
     for n in 0..2000u32 {
         lb.run(
