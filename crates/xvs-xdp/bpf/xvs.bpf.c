@@ -113,6 +113,7 @@ struct admit_state {
 	__u64 seen;
 	__u64 passed;
 	__u64 dropped;
+	__u64 others; /* the service's other packets (established TCP), which admission protects */
 };
 
 struct {
@@ -176,6 +177,19 @@ static __always_inline int redirect(struct xdp_md *ctx)
 	}
 	count(CNT_NO_SOCKET);
 	return XDP_DROP;
+}
+
+/* Count a packet to a service that opens nothing: while none arrive, an overflowing ring
+ * holds only opening packets, and there is nothing for admission to protect. */
+static __always_inline void count_other(struct xdp_md *ctx)
+{
+	long k = socket_key(ctx);
+	if (k < 0)
+		return;
+	__u32 key = k;
+	struct admit_state *st = bpf_map_lookup_elem(&admit_state, &key);
+	if (st)
+		st->others++;
 }
 
 /* Whether an opening packet may go to its socket (the token bucket of the receiving queue). */
@@ -324,6 +338,8 @@ int xvs_steer(struct xdp_md *ctx)
 			      ((void *)(th + 1) <= end && th->syn && !th->ack);
 		if (opening && !admit(ctx))
 			return XDP_DROP;
+		if (!opening)
+			count_other(ctx);
 		return redirect(ctx);
 	}
 

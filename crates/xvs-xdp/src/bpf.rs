@@ -125,6 +125,8 @@ pub struct AdmitState {
     pub passed: u64,
     /// Of those, dropped by the bucket.
     pub dropped: u64,
+    /// The service's other packets (established TCP) that arrived.
+    pub others: u64,
 }
 
 /// A key of the program's `own_macs` map (`struct mac_key`).
@@ -380,7 +382,7 @@ impl XdpProgram {
         self.lookup(self.admit_rates, key, "bpf_map_lookup_elem(admit_rates)")
     }
 
-    /// The admission bucket and counters of (interface slot, queue) (`struct admit_state`, five u64s,
+    /// The admission bucket and counters of (interface slot, queue) (`struct admit_state`, six u64s,
     /// as [`AdmitState`] is laid out).
     pub fn admit_state(&self, slot: u32, queue: u32) -> Result<AdmitState, BpfError> {
         let key = slot * MAX_QUEUES + queue;

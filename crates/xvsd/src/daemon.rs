@@ -506,7 +506,7 @@ fn admission_step(prog: &XdpProgram, socks: &[Sock], governors: &mut [AdmitGover
         ) else {
             continue;
         };
-        if let Some(rate) = g.step(st.rx_ring_full, adm.seen, adm.passed, secs) {
+        if let Some(rate) = g.step(st.rx_ring_full, adm.seen, adm.passed, adm.others, secs) {
             if let Err(e) = prog.set_admit_rate(s.slot, s.queue, rate) {
                 tracing::warn!("{} queue {}: setting the SYN rate: {e}", s.ifname, s.queue);
             }
@@ -553,9 +553,9 @@ fn data_stats(prog: &XdpProgram, socks: &[Sock], workers: &[Arc<WorkerCounters>]
             Ok(s) => {
                 let _ = writeln!(
                     out,
-                    "socket {ifname} queue {q} ({mode}): rx_dropped={} rx_invalid_descs={} tx_invalid_descs={} rx_ring_full={} rx_fill_ring_empty_descs={} tx_ring_empty_descs={} admit_rate={rate} admit_seen={} admit_passed={} admit_dropped={}",
+                    "socket {ifname} queue {q} ({mode}): rx_dropped={} rx_invalid_descs={} tx_invalid_descs={} rx_ring_full={} rx_fill_ring_empty_descs={} tx_ring_empty_descs={} admit_rate={rate} admit_seen={} admit_passed={} admit_dropped={} others={}",
                     s.rx_dropped, s.rx_invalid_descs, s.tx_invalid_descs, s.rx_ring_full, s.rx_fill_ring_empty_descs, s.tx_ring_empty_descs,
-                    adm.seen, adm.passed, adm.dropped
+                    adm.seen, adm.passed, adm.dropped, adm.others
                 );
             }
             Err(e) => {
