@@ -12,7 +12,7 @@ use crate::conn::{
 use crate::defence::{Defence, DropEntryCounters, SetError};
 use crate::dest::{ConnForward, DestState};
 use crate::hops::HopCache;
-use crate::proto::{tcp_next_state, Direction, TcpFlags, TcpState, Timeouts};
+use crate::proto::{tcp_next_state, tcp_state_active, Direction, TcpFlags, TcpState, Timeouts};
 use crate::sched::SchedInput;
 use crate::service::{Service, Tables};
 use crate::stats::{Counting, WorkerSlot};
@@ -360,15 +360,18 @@ fn transition(
             let new = tcp_next_state(cur, dir, no_output, flags, secure.load(Relaxed));
             let mut established = false;
             if new != cur {
+                // `set_tcp_state`: between ActiveConn and InActConn as the state crosses the
+                // line of `tcp_state_active`.
                 let inactive = c.flags & CONN_F_INACTIVE != 0;
-                if !inactive && new != TcpState::Established {
+                let active = tcp_state_active(new);
+                if !inactive && !active {
                     c.dest.move_conn(true);
                     c.flags |= CONN_F_INACTIVE;
-                } else if inactive && new == TcpState::Established {
+                } else if inactive && active {
                     c.dest.move_conn(false);
                     c.flags &= !CONN_F_INACTIVE;
-                    established = true;
                 }
+                established = new == TcpState::Established;
                 c.state = new as u8;
             }
             c.rearm(now, t.tcp[new as usize]);

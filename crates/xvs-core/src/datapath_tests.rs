@@ -252,7 +252,8 @@ fn direct_routing_v4_rewrites_only_macs_and_ttl() {
     assert_checksums(&out);
     let st = &lb.tables.services[0];
     assert_eq!(st.live.stats.counters().conns, 1);
-    assert_eq!(st.dests[0].inactive(), 1);
+    // SYN_RECV counts in ActiveConn (`tcp_state_active_table`).
+    assert_eq!((st.dests[0].active(), st.dests[0].inactive()), (1, 0));
 }
 
 #[test]
@@ -324,7 +325,7 @@ fn nat_v4_tcp_both_directions_and_states() {
     assert_checksums(&out);
 
     let d = &lb.tables.services[0].dests[0];
-    assert_eq!((d.active(), d.inactive()), (0, 1), "SYN_RECV is not active");
+    assert_eq!((d.active(), d.inactive()), (1, 0), "SYN_RECV is active");
     let (v, _) = lb.run(
         &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"hello"),
         20,
@@ -1565,4 +1566,61 @@ fn drop_entry_removes_half_open_connections_and_keeps_busy_ones() {
         lb.engine.conns.counters.dropped.load(Relaxed),
         lb.engine.defence.counters.dropped_entries.load(Relaxed)
     );
+}
+
+/// Half-open connections count in ActiveConn (`tcp_state_active_table`, mainline since 4.7):
+/// nq and sed, which weigh active connections, send the next client to the other server while
+/// the first client's handshake is incomplete (counted as inactive, it would go to the first
+/// server again); closing moves the connection to InActConn.
+#[test]
+fn half_open_connections_are_active_for_the_schedulers() {
+    for sched in ["nq", "sed"] {
+        let lb = Lb::new(
+            tcp_key("10.0.0.1", 80),
+            sched,
+            &[
+                dest("192.168.1.1", 80, ForwardMethod::Route),
+                dest("192.168.1.2", 80, ForwardMethod::Route),
+            ],
+        );
+        let real = |v: Verdict| match v {
+            Verdict::Forward { real, .. } => real.map(|r| r.0),
+            v => panic!("{sched}: {v:?}"),
+        };
+        let first = real(
+            lb.run(
+                &tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Syn, 64, b""),
+                0,
+            )
+            .0,
+        );
+        let second = real(
+            lb.run(
+                &tcp4("10.9.0.6", 1000, "10.0.0.1", 80, Flags::Syn, 64, b""),
+                1,
+            )
+            .0,
+        );
+        assert_ne!(first, second, "{sched}: the half-open connection is active");
+        let d = |a: Option<IpAddr>| {
+            lb.tables.services[0]
+                .dests
+                .iter()
+                .find(|d| Some(d.addr) == a)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!((d(first).active(), d(first).inactive()), (1, 0), "{sched}");
+        // Established: still active; its FIN (direct routing: FIN_WAIT) makes it inactive.
+        lb.run(
+            &tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Ack, 64, b""),
+            2,
+        );
+        assert_eq!((d(first).active(), d(first).inactive()), (1, 0), "{sched}");
+        lb.run(
+            &tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Fin, 64, b""),
+            3,
+        );
+        assert_eq!((d(first).active(), d(first).inactive()), (0, 1), "{sched}");
+    }
 }

@@ -220,10 +220,12 @@ pub fn tcp_next_state(
     table[row][cur as usize]
 }
 
-/// Whether a state counts in ActiveConn: the kernel moves a connection to ActiveConn only when
-/// it enters ESTABLISHED and back to InActConn when it leaves it.
+/// Whether a state counts in ActiveConn (`tcp_state_active_table` of `ip_vs_proto_tcp.c`,
+/// mainline since 4.7's "ipvs: count pre-established TCP states as active"; v6.12 alike):
+/// SYN_SENT, SYN_RECV, ESTABLISHED and SYNACK. `set_tcp_state` moves a connection between
+/// ActiveConn and InActConn whenever its state crosses this line.
 pub fn tcp_state_active(s: TcpState) -> bool {
-    s == ES
+    matches!(s, ES | SS | SR | SA)
 }
 
 /// Per-state timeouts in seconds.
