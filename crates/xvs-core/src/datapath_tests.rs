@@ -1624,3 +1624,74 @@ fn half_open_connections_are_active_for_the_schedulers() {
         assert_eq!((d(first).active(), d(first).inactive()), (0, 1), "{sched}");
     }
 }
+
+/// What a client does after its SYN: nothing more (the handshake stays incomplete), or the ACK
+/// and then a FIN (closing: direct routing's FIN_WAIT, inactive).
+#[derive(Clone, Copy)]
+enum Then {
+    Open,
+    Close,
+}
+
+/// The real servers a service of `sched` over 192.168.1.1 (weight `w1`) and .2 (`w2`) picks for
+/// clients that each send a SYN and then do `script[i]`, in turn.
+fn picks(sched: &str, (w1, w2): (i32, i32), script: &[Then]) -> Vec<u8> {
+    let mut a = dest("192.168.1.1", 80, ForwardMethod::Route);
+    a.weight = w1;
+    let mut b = dest("192.168.1.2", 80, ForwardMethod::Route);
+    b.weight = w2;
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), sched, &[a, b]);
+    let mut out = Vec::new();
+    for (i, then) in script.iter().enumerate() {
+        let src = format!("10.9.1.{}", i + 1);
+        let t = 10 * i as u64;
+        match lb
+            .run(&tcp4(&src, 1000, "10.0.0.1", 80, Flags::Syn, 64, b""), t)
+            .0
+        {
+            Verdict::Forward {
+                real: Some((IpAddr::V4(r), _)),
+                ..
+            } => out.push(r.octets()[3]),
+            v => panic!("{sched}: {v:?}"),
+        }
+        if let Then::Close = then {
+            lb.run(
+                &tcp4(&src, 1000, "10.0.0.1", 80, Flags::Ack, 64, b""),
+                t + 1,
+            );
+            lb.run(
+                &tcp4(&src, 1000, "10.0.0.1", 80, Flags::Fin, 64, b""),
+                t + 2,
+            );
+        }
+    }
+    out
+}
+
+/// Pick sequences worked out from the kernel's lc, wlc and ovf with mainline's ActiveConn
+/// (half-open connections active, closing ones inactive). With half-open connections counted
+/// as inactive the last pick of lc/wlc would be the other server (3 inactive against 2), and
+/// ovf would never leave server 1.
+#[test]
+fn pick_sequences_with_incomplete_and_closing_handshakes() {
+    use Then::{Close, Open};
+    // The kernel lists the newest destination first (`list_add`): ties go to server 2. It ends
+    // with three closed connections (overhead 3), server 1 with one closed and one half-open
+    // (256 + 1): the sixth client goes to server 2 again.
+    let script = [Close, Close, Close, Open, Close, Open];
+    for sched in ["lc", "wlc"] {
+        let p = picks(sched, (1, 1), &script);
+        assert_eq!(p, [2, 1, 2, 1, 2, 2], "{sched}");
+    }
+    // ovf: the heaviest server until its active connections exceed its weight (2).
+    assert_eq!(
+        picks("ovf", (2, 1), &[Open, Open, Open, Open]),
+        [1, 1, 1, 2]
+    );
+    // Closed connections do not count against it.
+    assert_eq!(
+        picks("ovf", (2, 1), &[Close, Close, Close, Close]),
+        [1, 1, 1, 1]
+    );
+}
