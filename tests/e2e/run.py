@@ -447,14 +447,14 @@ def rss_bytes(pid):
 
 def flood():
     """A table made small (50,000 entries) under a spoofed-source SYN flood and a new-UDP-flow
-    flood at the generator's full rate (AF_XDP, 8 s each), while a real client fetches through
+    flood at the generator's full rate (AF_XDP, 12 s each), while real clients fetch through
     the VIP: at least 99 % of its requests succeed during each flood and all after it, xvsd's
     memory stays within the table's reservation, and the counters account for every
     connection. Then the drop_packet defence set live, and frames for another host's MAC."""
     name = "nat-v4-flood"
     cap = 50_000
 
-    def fetch_while(rig, vip, gen, clients=8, timeout=20):
+    def fetch_while(rig, vip, gen, clients=16, timeout=20):
         """`clients` loops of requests (each given `timeout` s, as a patient client or browser
         waits: TCP retransmits a lost SYN after 1, 3, 7 and 15 s) for as long as `gen` runs.
         Returns (succeeded, started, latencies of the successes)."""
@@ -488,7 +488,7 @@ def flood():
 
         def generator(extra, log):
             cmd = [ARGS.pktgen, "--interface", f"xc{rig.id}", "--dst-mac", lmac, "--dst", vip,
-                   "--flows", "4000000", "--new-conns", "--duration", "8", *extra]
+                   "--flows", "4000000", "--new-conns", "--duration", "12", *extra]
             if os.cpu_count() > 1:
                 cmd = ["taskset", "-c", "0"] + cmd
             return rig.spawn("c", cmd, log)
@@ -501,8 +501,9 @@ def flood():
             gen.wait(timeout=30)
             sent = rig.log(f"gen-{kind}.log").strip()
             med = lat[len(lat) // 2] if lat else float("nan")
+            # A share needs a sample: at least 100 requests, so that one failure is not 1 %.
             check(f"{name}: {kind} flood: at least 99 % of the requests started during it succeed",
-                  total >= 8 and ok >= 0.99 * total,
+                  total >= 100 and ok >= 0.99 * total,
                   f"{ok} of {total}; generator sent {sent}")
             drops = {k: v - drops0.get(k, 0) for k, v in xvs_stats(rig)["drop"].items() if v > drops0.get(k, 0)}
             print(f"     {kind} flood: {ok} of {total} requests, median {med:.3f} s, "
@@ -512,9 +513,10 @@ def flood():
             check(f"{name}: {kind} flood: every request succeeds after it", after.count(0) == 20, after)
         s = xvs_stats(rig)
         eng, tab, dfc = s.get("engine", {}), s.get("table", {}), s.get("defence", {})
+        # (Evictions happen only in a full table; drop_entry thins it again once the floods end.)
         check(f"{name}: the floods filled the table and evicted half-open TCP and UDP entries",
-              eng.get("connections") == cap and tab.get("evicted_unestablished", 0) > 2 * cap
-              and tab.get("evicted_udp", 0) > cap and eng.get("full", -1) == 0, s)
+              tab.get("evicted_unestablished", 0) > 2 * cap and tab.get("evicted_udp", 0) > cap
+              and eng.get("full", -1) == 0, s)
         check(f"{name}: drop_entry (automatic) engaged while the table was short of room",
               dfc.get("short_seconds", 0) >= 5 and dfc.get("dropped_entries", 0) > 0
               and tab.get("dropped_by_drop_entry") == dfc.get("dropped_entries"), s)

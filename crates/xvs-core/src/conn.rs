@@ -444,8 +444,9 @@ const IDLE_MS: u64 = 60_000;
 /// How readily an entry gives way to a new connection: its kind (whose tier comes first) and
 /// when it last saw a packet (the longest silent first), or None when it never does (it
 /// controls connections, or it is an established TCP connection that saw a packet in the last
-/// 60 s). Within a tier the silence decides, not the kind: a client's fresh handshake outlives
-/// a flood of older UDP flows, and a flood of SYNs goes oldest first.
+/// 60 s). Within a tier, entries of the newcomer's protocol go first ([`ConnTable::admit`]),
+/// then the silence decides: a flood of SYNs replaces its own oldest half-open entries, and a
+/// flood of UDP flows its own oldest flows, leaving the other kind's handshakes alone.
 fn eviction_rank(k: &ConnKey, c: &Conn, now: Time) -> Option<(Eviction, u64)> {
     if c.controlled > 0 {
         return None;
@@ -868,9 +869,10 @@ impl ConnTable {
     /// Insert a new connection or template (hash `h` when the caller has it). A full shard
     /// makes room by evicting the entry that matters least among a few it looks at from its
     /// clock hand on ([`EVICT_SAMPLE`], up to [`EVICT_SAMPLE_MAX`]): an expired one, else a TCP
-    /// connection not established, a template not assured or a UDP connection, else (only once
-    /// a whole turn of the hand found none of those) an established connection idle for 60 s or
-    /// an idle assured template, the longest silent first within a tier; never a template that
+    /// connection not established, a template not assured or a UDP connection — of the
+    /// newcomer's protocol first, so that a flood of one kind churns its own kind — else (only
+    /// once a whole turn of the hand found none of those) an established connection idle for
+    /// 60 s or an idle assured template, the longest silent first within a tier; never a template that
     /// controls connections or an established connection with a packet in the last 60 s (then
     /// the new entry is refused, [`InsertError::Full`]). The hand moves on by the entries
     /// looked at, so repeated evictions walk the whole shard. `on_insert` runs on the entry once it is in, under the
@@ -903,7 +905,7 @@ impl ConnTable {
         }
         let mut evicted = None;
         if shard.len() >= self.per_shard {
-            match evict_at.and_then(|now| self.evict_one(&mut shard, now)) {
+            match evict_at.and_then(|now| self.evict_one(&mut shard, now, key.proto)) {
                 Some(tpl) => evicted = tpl,
                 None => {
                     self.counters.full.fetch_add(1, Relaxed);
@@ -930,16 +932,17 @@ impl ConnTable {
         Ok(())
     }
 
-    /// Evict one entry of the full, locked `shard` (see [`ConnTable::admit`]); None when none
-    /// of those looked at may go. Returns the evicted entry's template key, to release once
-    /// the lock is dropped.
-    fn evict_one(&self, shard: &mut Shard, now: Time) -> Option<Removed> {
+    /// Evict one entry of the full, locked `shard` for a newcomer of protocol `proto` (see
+    /// [`ConnTable::admit`]); None when none of those looked at may go. Returns the evicted
+    /// entry's template key, to release once the lock is dropped.
+    fn evict_one(&self, shard: &mut Shard, now: Time, proto: u8) -> Option<Removed> {
         let n = shard.len();
         if n == 0 {
             return None;
         }
         let start = shard.hand % n;
-        let mut best: Option<(Eviction, u64, usize)> = None;
+        // (kind, another protocol than the newcomer's, last packet, position)
+        let mut best: Option<(Eviction, bool, u64, usize)> = None;
         let mut seen = 0;
         while seen < EVICT_SAMPLE_MAX.min(n) {
             if seen >= EVICT_SAMPLE && best.is_some_and(|b| b.0.tier() < Eviction::Idle.tier()) {
@@ -955,8 +958,9 @@ impl ConnTable {
                 shard.dry += 1;
             }
             if let Some((kind, last)) = rank {
-                if best.is_none_or(|b| (kind.tier(), last) < (b.0.tier(), b.1)) {
-                    best = Some((kind, last, pos));
+                let other = k.proto != proto;
+                if best.is_none_or(|b| (kind.tier(), other, last) < (b.0.tier(), b.1, b.2)) {
+                    best = Some((kind, other, last, pos));
                 }
                 if kind == Eviction::Expired {
                     break;
@@ -964,7 +968,7 @@ impl ConnTable {
             }
         }
         shard.hand = start + seen;
-        let (kind, _, pos) = best?;
+        let (kind, _, _, pos) = best?;
         if kind == Eviction::Idle && shard.dry < n {
             // Half-open or UDP entries may remain where the hand has not looked this turn.
             return None;
@@ -1614,6 +1618,47 @@ mod tests {
         assert_eq!(try_admit(same_shard[7], 300_000), Err(InsertError::Full));
         assert_eq!(t.counters.full.load(Relaxed), 2);
         assert_eq!(d.inactive() as usize + d.active() as usize, t.len());
+    }
+
+    /// Within a tier a newcomer takes the place of its own protocol's longest silent entry, even
+    /// when the other protocol's is older: a UDP flood replaces UDP flows and leaves TCP
+    /// handshakes alone, and a SYN flood the other way round.
+    #[test]
+    fn a_newcomer_replaces_its_own_kind_first() {
+        // 16 shards of two entries; each case fills one with an older entry of the other kind
+        // and a newer one of the newcomer's.
+        for newcomer_udp in [true, false] {
+            let t = ConnTable::new(32, 5);
+            let d = dest();
+            let tcp = keys_in_one_shard(&t, 2);
+            let shard = t.shard_of(t.hash(&tcp[0]));
+            let udp: Vec<ConnKey> = (1..u16::MAX)
+                .map(|p| ConnKey {
+                    proto: 17,
+                    ..key(p)
+                })
+                .filter(|k| t.shard_of(t.hash(k)) == shard)
+                .take(2)
+                .collect();
+            // The newcomer's kind is the newer entry: silence alone would evict the other.
+            let (own, other) = if newcomer_udp {
+                (&udp, &tcp)
+            } else {
+                (&tcp, &udp)
+            };
+            t.insert(other[0], conn(&d, Time(1_000), 300)).unwrap();
+            t.insert(own[0], conn(&d, Time(2_000), 300)).unwrap();
+            let got = t.admit(None, own[1], conn(&d, Time(3_000), 60), Time(3_000), |_| {});
+            assert!(got.is_ok(), "udp {newcomer_udp}");
+            assert!(t.with_conn(&other[0], Time(3_001), |_| ()).is_some());
+            assert!(t.with_conn(&own[0], Time(3_001), |_| ()).is_none());
+            let kind = if newcomer_udp {
+                Eviction::Datagram
+            } else {
+                Eviction::Unestablished
+            };
+            assert_eq!(t.counters.evicted[kind as usize].load(Relaxed), 1);
+        }
     }
 
     /// An idle established connection goes only once a whole turn of the hand found no
