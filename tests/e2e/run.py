@@ -392,8 +392,8 @@ def busy_poll():
         check(f"{name}: 6 connections answered, spread over the 3 real servers",
               len(names) == 6 and sorted(set(names)) == ["rs1", "rs2", "rs3"], results)
         # Bulk TCP both ways: a worker that never sleeps in poll() must still drive its TX
-        # rings (copy mode sends 32 frames per kick), or TCP stalls on the rest of each burst
-        # (it did: 1 MB/s, and 50 MB then cannot cross in curl's 20 s; normally 0.2 to 0.5 s).
+        # rings (copy mode sends 32 frames per kick), or TCP stalls on the rest of each burst:
+        # at the 1 MB/s that leaves, 50 MB cannot cross in curl's 20 s (it takes under 1 s).
         size = 50_000_000
         rc, body = curl(rig, url(vip, f"/blob?size={size}"))
         check(f"{name}: 50 MB download intact", rc == 0 and hashlib.sha256(body).hexdigest() ==

@@ -2,8 +2,8 @@
 //!
 //! A `Vec` that doubles copies all its elements into a new block each time and leaves the old
 //! block behind. In the C library's heap that block is a hole the size of the whole shard,
-//! which the next, larger block cannot reuse: a table grown to ten million entries on the heap
-//! held nearly twice its size (docs/performance.md, "Session 8"). Chunks of a fixed size never
+//! which the next, larger block cannot reuse: a large table on the heap would hold nearly twice
+//! its size. Chunks of a fixed size never
 //! move: growth allocates one more chunk and copies nothing, a shrink frees whole chunks, and
 //! every block is small enough for the heap, where glibc gives memory huge pages
 //! (crates/xvsd/src/malloc.rs). The first chunk grows by doubling up to the chunk size, so a

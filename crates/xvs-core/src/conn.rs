@@ -36,8 +36,7 @@ use crate::types::{ForwardMethod, Time};
 /// A shard's lock: a spin lock (the `spin` crate's, through `lock_api`), taken once or twice
 /// per packet and held for tens of nanoseconds. Its unlock is a plain release store, where a
 /// parking lock's is a locked compare-and-swap (it must look for parked waiters): two locked
-/// instructions fewer per packet, 64 → 59 ns per established packet at 10 K flows
-/// (docs/performance.md, "Session 10"). A waiter yields the CPU between its tries, so a holder
+/// instructions fewer per packet. A waiter yields the CPU between its tries, so a holder
 /// preempted on the same core (the control thread listing a shard, a growth rebuild) gets to
 /// run.
 type RawShardLock = spin::mutex::SpinMutex<(), Yield>;

@@ -248,8 +248,7 @@ pub struct Engine {
 /// is borrowed where it lives (the destination's state, under the shard's lock on the
 /// established path): copied out through the stack, an `IpAddr` (a tag byte, then 16 bytes at
 /// an odd offset) is read back in words that straddle the stores that wrote it, and each such
-/// load waits for those stores to reach the cache (a store-forwarding stall; docs/performance.md,
-/// "Session 10").
+/// load waits for those stores to reach the cache (a store-forwarding stall).
 #[derive(Debug, Clone, Copy)]
 struct Hit<'a> {
     daddr: &'a IpAddr,
@@ -483,9 +482,8 @@ impl Tally {
 /// into the frame's slot itself (the only kind written in place). A forward verdict carries
 /// its real server's `IpAddr`; built aside and then moved into the slot, it is read back in
 /// words that straddle the stores that built it, and the copy waits for them (a
-/// store-forwarding stall: 7 to 12 % of the established path's samples at 10 K flows,
-/// docs/performance.md "Session 10"). So [`Engine::forward_in`] and
-/// [`Engine::forward_reply`] write it in place.
+/// store-forwarding stall). So [`Engine::forward_in`] and [`Engine::forward_reply`] write it in
+/// place.
 type Outcome = Option<Verdict>;
 
 /// What the prefetching pass learned of a packet's first table lookup: whether it is a NAT

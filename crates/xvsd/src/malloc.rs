@@ -3,7 +3,7 @@
 //! A connection table of a million entries spreads over about 120 MB. Looked up at random on
 //! 4 KiB pages, nearly every packet misses the TLB, and on a virtual machine a page walk is a
 //! two-dimensional one (guest and host tables), dearer than the cache miss for the entry itself.
-//! On 2 MiB pages the whole table fits in the TLB (docs/performance.md, "Session 8").
+//! On 2 MiB pages the whole table fits in the TLB.
 //!
 //! glibc (2.35 and later) gives its main heap huge pages with the tunable
 //! `glibc.malloc.hugetlb=1`: it advises the kernel (`madvise(MADV_HUGEPAGE)`, which works with
@@ -12,12 +12,11 @@
 //! - A block over the mmap threshold (128 KiB at first) is mapped on its own and fills no
 //!   aligned 2 MiB page unless it is larger: the table keeps its entries in chunks of 24 KiB
 //!   (`xvs_core::chunks`), which come from the heap.
-//! - Memory from other threads' arenas did not get huge pages: with the table filled by the
-//!   workers, none of 145 MiB was on them (the arenas grow in small steps, so an aligned 2 MiB
-//!   page is likely never wholly mapped when first touched). `glibc.malloc.arena_max=1` keeps
-//!   every thread on the main heap (108 of 148 MiB on huge pages). Workers allocate seldom (a chunk per 256
-//!   new connections, an index growth) and small blocks come from per-thread caches, so the
-//!   one arena's lock is not a bottleneck (docs/performance.md, "Session 8").
+//! - Memory from other threads' arenas gets no huge pages (the arenas grow in small steps, so an
+//!   aligned 2 MiB page is likely never wholly mapped when first touched).
+//!   `glibc.malloc.arena_max=1` keeps every thread on the main heap. Workers allocate seldom (a
+//!   chunk per 256 new connections, an index growth) and small blocks come from per-thread
+//!   caches, so the one arena's lock is not a bottleneck.
 //!
 //! Tunables are read only when a program starts: xvsd sets them and executes itself again,
 //! once, before it does anything else. A tunable the environment already names is left as it
