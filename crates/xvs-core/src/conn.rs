@@ -378,8 +378,6 @@ pub struct TableCounters {
     pub expired: AtomicU64,
     /// Entries evicted to make room for a new one, by [`Eviction`].
     pub evicted: [AtomicU64; Eviction::ALL.len()],
-    /// Entries removed by the `drop_entry` defence.
-    pub dropped: AtomicU64,
 }
 
 /// Which kind of entry a full shard gave up for a new connection ([`ConnTable::admit`]).
@@ -685,7 +683,6 @@ impl ConnTable {
                 self.release_template(Some(t));
             }
         }
-        self.counters.dropped.fetch_add(dropped as u64, Relaxed);
         dropped
     }
 

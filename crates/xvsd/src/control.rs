@@ -168,7 +168,7 @@ impl Control {
         for e in Eviction::ALL {
             let _ = write!(out, " {}={}", e.name(), t.evicted[e as usize].load(Relaxed));
         }
-        let _ = writeln!(out, " dropped_by_drop_entry={}", t.dropped.load(Relaxed));
+        let _ = writeln!(out);
         let d = &self.engine.defence;
         let _ = writeln!(
             out,
