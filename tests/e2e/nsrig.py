@@ -36,6 +36,15 @@ class NsRig:
         self.procs.append(p)
         return p
 
+    def set_mtu(self, mtu):
+        """Every link of every namespace of the rig at `mtu` (the bridge follows its ports)."""
+        for role in ("c", "l", "w", "r1", "r2", "r3"):
+            out = self.run(role, ["ip", "-o", "link", "show"], check_rc=True).stdout.decode()
+            for line in out.splitlines():
+                name = line.split(":")[1].strip().split("@")[0]
+                if name != "lo":
+                    self.run(role, ["ip", "link", "set", name, "mtu", str(mtu)], check_rc=True)
+
     def log(self, name):
         try:
             with open(os.path.join(self.tmp, name), errors="replace") as f:

@@ -253,7 +253,9 @@ static __always_inline int is_nat_source(struct steer_key *k)
 	return r;
 }
 
-SEC("xdp")
+/* "xdp.frags": frames larger than one buffer (jumbo MTUs) arrive as multi-buffer XDP frames;
+ * the headers this program reads are always in the first buffer. */
+SEC("xdp.frags")
 int xvs_steer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;

@@ -10,7 +10,7 @@ struct {
 	__type(value, __u64);
 } sink_count SEC(".maps");
 
-SEC("xdp")
+SEC("xdp.frags")
 int xvs_sink(struct xdp_md *ctx)
 {
 	__u32 k = 0;

@@ -15,16 +15,27 @@ use crate::xsk::QueueSet;
 
 /// Frames per receive batch.
 pub const BATCH: usize = 64;
+/// Most UMEM buffers one frame may span (multi-buffer, `XDP_PKT_CONTD`).
+pub const MAX_BUFFERS: usize = 8;
+/// Largest frame (Ethernet header included) xvs forwards: a 9,216-byte MTU.
+pub const MAX_FRAME: usize = 9216 + 14;
+/// Room in front of a gathered frame for encapsulation headers, as in a UMEM frame.
+const GATHER_HEADROOM: usize = 256;
+/// One gather buffer: headroom, the largest frame, and room behind it for what encapsulation
+/// prepends.
+const GATHER_SLOT: usize = GATHER_HEADROOM + MAX_FRAME + 128;
+const XDP_PKT_CONTD: u32 = 1;
 
 /// Counters of one worker (read by the control socket).
 #[derive(Debug, Default)]
 pub struct WorkerCounters {
-    /// Frames received.
+    /// UMEM buffers received (a frame of several buffers counts each; see `multi_buffer`).
     pub rx: AtomicU64,
-    /// Wake-ups that received at least one frame: rx / rx_batches is the mean batch, which sets
-    /// the per-packet share of the system calls and of the cache misses of each batch's start.
+    /// Wake-ups that received at least one buffer: rx / rx_batches is the mean batch, which
+    /// sets the per-packet share of the system calls and of the cache misses of each batch's
+    /// start.
     pub rx_batches: AtomicU64,
-    /// Frames transmitted.
+    /// UMEM buffers transmitted.
     pub tx: AtomicU64,
     /// Frames the engine handed back to the kernel and no injector was available for: dropped.
     pub pass_dropped: AtomicU64,
@@ -36,6 +47,12 @@ pub struct WorkerCounters {
     pub tx_ring_full: AtomicU64,
     /// Frames the engine dropped (reasons are in the engine's counters).
     pub engine_drops: AtomicU64,
+    /// Frames that spanned several UMEM buffers (jumbo frames).
+    pub multi_buffer: AtomicU64,
+    /// Frames dropped for being larger than [`MAX_FRAME`] or than [`MAX_BUFFERS`] buffers.
+    pub oversize: AtomicU64,
+    /// Frames dropped because no free UMEM frame was left to hold what encapsulation added.
+    pub no_frame: AtomicU64,
 }
 
 /// What a worker does with each received frame.
@@ -202,7 +219,8 @@ impl<H: Handler> Worker<H> {
     /// Run until `stop` is set.
     pub fn run(&mut self) {
         let nports = self.qs.ports.len();
-        let mut rx = vec![FrameDesc::default(); BATCH];
+        let mut rx = vec![FrameDesc::default(); BATCH + MAX_BUFFERS];
+        let mut gather = vec![0u8; BATCH * GATHER_SLOT];
         let mut scratch = vec![FrameDesc::default(); BATCH * 4];
         let mut tx: Vec<Vec<FrameDesc>> =
             (0..nports).map(|_| Vec::with_capacity(BATCH * 2)).collect();
@@ -228,10 +246,20 @@ impl<H: Handler> Worker<H> {
                 self.refill(pi);
                 // Safety: consumed descriptors are frames the kernel filled for us; they are ours
                 // until we put them in a ring again.
-                let n = unsafe { self.qs.ports[pi].rx.consume(&mut rx) };
+                let mut n = unsafe { self.qs.ports[pi].rx.consume(&mut rx[..BATCH]) };
+                // A frame's buffers are published together: take the rest of a frame the
+                // batch cut.
+                while n > 0 && n < rx.len() && rx[n - 1].options() & XDP_PKT_CONTD != 0 {
+                    // Safety: as above.
+                    let more = unsafe { self.qs.ports[pi].rx.consume(&mut rx[n..n + 1]) };
+                    if more == 0 {
+                        break;
+                    }
+                    n += more;
+                }
                 received += n;
                 self.prefetch(&rx[..n]);
-                self.handle_batch(pi, &mut rx[..n], now, &mut tx);
+                self.handle_batch(pi, &mut rx[..n], now, &mut tx, &mut gather);
             }
             if received > 0 {
                 self.counters.rx.fetch_add(received as u64, Relaxed);
@@ -294,47 +322,95 @@ impl<H: Handler> Worker<H> {
         (Frame::new(chunk, data_off, len), data_off)
     }
 
-    /// Hand a received batch to the handler, then send, pass or recycle every frame.
+    /// Copy the buffers of a multi-buffer frame into `slot` behind [`GATHER_HEADROOM`]: the
+    /// frame the engine sees. None if it does not fit.
+    fn gather(&self, chain: &[FrameDesc], slot: &mut [u8]) -> Option<usize> {
+        if chain.len() > MAX_BUFFERS {
+            return None;
+        }
+        let mut at = GATHER_HEADROOM;
+        for desc in chain {
+            // Safety: every buffer of the chain is ours (received, in no ring); this borrow ends
+            // before any other use of it.
+            let data = unsafe { self.qs.umem.data(desc) };
+            let bytes = data.contents();
+            slot.get_mut(at..at + bytes.len())?.copy_from_slice(bytes);
+            at += bytes.len();
+        }
+        Some(at - GATHER_HEADROOM)
+    }
+
+    /// Hand a received batch to the handler, then send, pass or recycle every frame. A frame
+    /// of several buffers is gathered into one contiguous buffer for the engine.
     fn handle_batch(
         &mut self,
         port: usize,
         descs: &mut [FrameDesc],
         now: Time,
         tx: &mut [Vec<FrameDesc>],
+        gather: &mut [u8],
     ) {
-        let n = descs.len().min(BATCH);
+        // Frame i is descs[firsts[i]..firsts[i + 1]].
+        let mut firsts = [0usize; BATCH + 1];
+        let mut n = 0;
+        let mut i = 0;
+        while i < descs.len() && n < BATCH {
+            firsts[n] = i;
+            while i < descs.len() && descs[i].options() & XDP_PKT_CONTD != 0 {
+                i += 1;
+            }
+            i += 1;
+            n += 1;
+        }
+        let end = i.min(descs.len());
+        firsts[n] = end;
         let mut frames: [Frame<'_>; BATCH] = std::array::from_fn(|_| Frame::new(&mut [], 0, 0));
         let mut offsets = [0usize; BATCH];
-        for i in 0..n {
-            // Safety: the descriptors came from this UMEM's rx ring in `run`; they are ours
-            // until `dispatch` puts them in a ring or on the free list, after their frame is
-            // done with (each frame is used only up to its own dispatch).
-            let (f, off) = unsafe { self.frame_of(&mut descs[i]) };
-            frames[i] = f;
-            offsets[i] = off;
+        let mut slots = gather.chunks_mut(GATHER_SLOT);
+        for k in 0..n {
+            let chain = &mut descs[firsts[k]..firsts[k + 1]];
+            let slot = slots.next().expect("one gather slot per frame of a batch");
+            if chain.len() == 1 {
+                // Safety: the descriptors came from this UMEM's rx ring in `run`; they are ours
+                // until `dispatch` puts them in a ring or on the free list, after their frame is
+                // done with (each frame is used only up to its own dispatch).
+                let (f, off) = unsafe { self.frame_of(&mut chain[0]) };
+                frames[k] = f;
+                offsets[k] = off;
+                continue;
+            }
+            self.counters.multi_buffer.fetch_add(1, Relaxed);
+            match self.gather(chain, slot) {
+                Some(len) => frames[k] = Frame::new(slot, GATHER_HEADROOM, len),
+                None => {
+                    // An empty frame: the engine drops it as malformed; counted here as well.
+                    self.counters.oversize.fetch_add(1, Relaxed);
+                }
+            }
+            offsets[k] = GATHER_HEADROOM;
         }
         let mut verdicts: [Verdict; BATCH] = std::array::from_fn(|_| Verdict::Pass);
         self.handler
             .handle_batch(&mut frames[..n], now, &mut verdicts[..n]);
-        for i in 0..n {
-            let f = std::mem::replace(&mut frames[i], Frame::new(&mut [], 0, 0));
-            self.dispatch(port, &mut descs[i], verdicts[i], f, offsets[i], tx);
+        for k in 0..n {
+            let f = std::mem::replace(&mut frames[k], Frame::new(&mut [], 0, 0));
+            let chain = &mut descs[firsts[k]..firsts[k + 1]];
+            if chain.len() == 1 {
+                self.dispatch(port, &mut chain[0], verdicts[k], f, offsets[k], tx);
+            } else {
+                self.dispatch_chain(port, chain, verdicts[k], f, tx);
+            }
+        }
+        // Buffers past the last whole frame (a frame longer than the batch could take).
+        for desc in &descs[end..] {
+            self.qs.free.push(*desc);
         }
     }
 
-    /// Act on one frame's verdict. Takes the frame (not used after this): the descriptor
-    /// changes hands here.
-    fn dispatch(
-        &mut self,
-        port: usize,
-        desc: &mut FrameDesc,
-        verdict: Verdict,
-        mut frame: Frame<'_>,
-        data_off: usize,
-        tx: &mut [Vec<FrameDesc>],
-    ) {
-        let (start, new_len) = (frame.start(), frame.len());
-        let out_port = match verdict {
+    /// Where a frame goes: the index of its egress port, or None once it has been passed to
+    /// the kernel or dropped (and counted).
+    fn egress(&mut self, port: usize, verdict: Verdict, frame: &mut Frame<'_>) -> Option<usize> {
+        match verdict {
             Verdict::Forward { ifindex, .. } => {
                 match self.qs.ports.iter().position(|p| p.ifindex == ifindex) {
                     Some(i) => Some(i),
@@ -361,8 +437,22 @@ impl<H: Handler> Worker<H> {
                 self.counters.engine_drops.fetch_add(1, Relaxed);
                 None
             }
-        };
-        let Some(out) = out_port else {
+        }
+    }
+
+    /// Act on one frame's verdict. Takes the frame (not used after this): the descriptor
+    /// changes hands here.
+    fn dispatch(
+        &mut self,
+        port: usize,
+        desc: &mut FrameDesc,
+        verdict: Verdict,
+        mut frame: Frame<'_>,
+        data_off: usize,
+        tx: &mut [Vec<FrameDesc>],
+    ) {
+        let (start, new_len) = (frame.start(), frame.len());
+        let Some(out) = self.egress(port, verdict, &mut frame) else {
             self.qs.free.push(*desc);
             return;
         };
@@ -377,7 +467,72 @@ impl<H: Handler> Worker<H> {
         // Safety: the frame is still ours (not yet in a ring) and its `Frame` is not used again.
         let mut data = unsafe { self.qs.umem.data_mut(desc) };
         data.cursor().set_pos(new_len);
+        desc.set_options(0);
         tx[out].push(*desc);
+    }
+
+    /// Act on the verdict of a frame gathered from several buffers: its bytes, as the engine
+    /// left them, are written back over the buffers (with one more from the free list when
+    /// encapsulation made it longer than they hold), which go out as one multi-buffer frame.
+    fn dispatch_chain(
+        &mut self,
+        port: usize,
+        chain: &mut [FrameDesc],
+        verdict: Verdict,
+        mut frame: Frame<'_>,
+        tx: &mut [Vec<FrameDesc>],
+    ) {
+        let out = if frame.is_empty() {
+            None
+        } else {
+            self.egress(port, verdict, &mut frame)
+        };
+        let Some(out) = out else {
+            self.qs.free.extend_from_slice(chain);
+            return;
+        };
+        let bytes = frame.data();
+        let mut at = 0;
+        let mut used = 0;
+        let mut extra: [Option<FrameDesc>; 2] = [None, None];
+        while at < bytes.len() {
+            let desc = if used < chain.len() {
+                &mut chain[used]
+            } else {
+                let Some(slot) = extra.iter_mut().find(|e| e.is_none()) else {
+                    break;
+                };
+                let Some(d) = self.qs.free.pop() else { break };
+                slot.insert(d)
+            };
+            // Safety: the buffer is ours (received or from the free list, in no ring) and no
+            // other reference to it exists; the engine's frame is in the gather buffer.
+            let mut data = unsafe { self.qs.umem.data_mut(desc) };
+            let mut cur = data.cursor();
+            let take = cur.buf_len().min(bytes.len() - at);
+            cur.set_pos(0);
+            let _ = std::io::Write::write_all(&mut cur, &bytes[at..at + take]);
+            at += take;
+            used += 1;
+        }
+        if at < bytes.len() {
+            self.counters.no_frame.fetch_add(1, Relaxed);
+            self.qs.free.extend_from_slice(chain);
+            self.qs.free.extend(extra.iter().flatten());
+            return;
+        }
+        for (k, desc) in chain
+            .iter_mut()
+            .chain(extra.iter_mut().flatten())
+            .enumerate()
+        {
+            if k < used {
+                desc.set_options(if k + 1 < used { XDP_PKT_CONTD } else { 0 });
+                tx[out].push(*desc);
+            } else {
+                self.qs.free.push(*desc);
+            }
+        }
     }
 
     /// Kick every socket whose TX ring still holds frames the kernel has not taken. In copy

@@ -59,6 +59,8 @@ pub struct Port {
     pub slot: u32,
     /// Whether the socket runs zero-copy.
     pub zero_copy: bool,
+    /// Whether the socket takes and sends frames of several buffers (`XDP_USE_SG`).
+    pub multi_buffer: bool,
     pub(crate) tx: TxQueue,
     pub(crate) rx: RxQueue,
     pub(crate) fq: FillQueue,
@@ -203,12 +205,22 @@ impl QueueSet {
             ],
         };
         let mut last = String::new();
-        for &(is_zc, mode) in attempts {
+        // Multi-buffer first (frames larger than one UMEM frame: jumbo MTUs); kernels or
+        // drivers without it bind without.
+        let attempts = attempts
+            .iter()
+            .flat_map(|&(zc, mode)| [(zc, mode, true), (zc, mode, false)]);
+        for (is_zc, mode, sg) in attempts {
+            let flags = if sg {
+                mode | BindFlags::XDP_USE_NEED_WAKEUP | BindFlags::XDP_USE_SG
+            } else {
+                mode | BindFlags::XDP_USE_NEED_WAKEUP
+            };
             let cfg = SocketConfig::builder()
                 .rx_queue_size(qsize(RING_SIZE))
                 .tx_queue_size(qsize(RING_SIZE))
                 .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
-                .bind_flags(mode | BindFlags::XDP_USE_NEED_WAKEUP)
+                .bind_flags(flags)
                 .build();
             // Safety: the program is loaded by xvs (INHIBIT_PROG_LOAD is set, as xsk-rs requires
             // when a UMEM is shared), and each (interface, queue) pair is bound once.
@@ -234,6 +246,7 @@ impl QueueSet {
                         ifindex,
                         slot,
                         zero_copy: actual,
+                        multi_buffer: sg,
                         tx,
                         rx,
                         fq,

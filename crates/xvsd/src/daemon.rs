@@ -18,7 +18,7 @@ use xvs_ipvsadm::list::Numeric;
 use xvs_xdp::admission::AdmitGovernor;
 use xvs_xdp::bpf::{XdpMode, XdpProgram, MAX_QUEUES};
 use xvs_xdp::nexthop::{link_info, local_addresses, KernelRoutes, LinkInfo};
-use xvs_xdp::worker::{EngineHandler, Worker, WorkerCounters};
+use xvs_xdp::worker::{EngineHandler, Worker, WorkerCounters, MAX_FRAME};
 use xvs_xdp::xsk::{QueueSet, ZeroCopy, FRAME_SIZE};
 
 use crate::control::{listen, serve, Control, CtlState};
@@ -197,10 +197,10 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
             .parse()
             .map_err(|e| format!("interface {name}: bad ifindex: {e}"))?;
         let info = link_info(name).map_err(|e| format!("interface {name}: {e}"))?;
-        let max_mtu = FRAME_SIZE - RESERVED - 14;
-        if u32::from(info.mtu) > max_mtu {
+        let max_mtu = MAX_FRAME - 14;
+        if usize::from(info.mtu) > max_mtu {
             return Err(format!(
-                "interface {name}: MTU {} does not fit a {FRAME_SIZE}-byte UMEM frame; set it to {max_mtu} or less (ip link set dev {name} mtu {max_mtu})",
+                "interface {name}: MTU {} is larger than the {max_mtu} bytes xvs forwards; set it to {max_mtu} or less (ip link set dev {name} mtu {max_mtu})",
                 info.mtu
             ));
         }
@@ -257,12 +257,22 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
             .collect();
         let qs = QueueSet::open(q, &here, zc).map_err(|e| e.to_string())?;
         for p in &qs.ports {
+            // A frame larger than one UMEM frame needs multi-buffer sockets.
+            let single = FRAME_SIZE - RESERVED - 14;
+            let mtu = links.get(&p.ifindex).map_or(0, |l| u32::from(l.mtu));
+            if !p.multi_buffer && mtu > single {
+                return Err(format!(
+                    "interface {}: MTU {mtu} needs multi-buffer AF_XDP sockets (XDP_USE_SG, Linux 6.6 or later, and driver support), which the kernel refused; set the MTU to {single} or less (ip link set dev {} mtu {single})",
+                    p.ifname, p.ifname
+                ));
+            }
             prog.set_socket(p.slot, q, p.fd())
                 .map_err(|e| e.to_string())?;
             tracing::info!(
-                "{} queue {q}: {} mode",
+                "{} queue {q}: {} mode{}",
                 p.ifname,
-                if p.zero_copy { "zero-copy" } else { "copy" }
+                if p.zero_copy { "zero-copy" } else { "copy" },
+                if p.multi_buffer { ", multi-buffer" } else { "" }
             );
         }
         sets.push(qs);
@@ -533,7 +543,7 @@ fn data_stats(prog: &XdpProgram, socks: &[Sock], workers: &[Arc<WorkerCounters>]
     for (i, w) in workers.iter().enumerate() {
         let _ = writeln!(
             out,
-            "worker {i}: rx={} rx_batches={} tx={} tx_ring_full={} no_egress={} passed_to_kernel={} pass_dropped={} engine_drops={}",
+            "worker {i}: rx={} rx_batches={} tx={} tx_ring_full={} no_egress={} passed_to_kernel={} pass_dropped={} engine_drops={} multi_buffer={} oversize={} no_frame={}",
             w.rx.load(Relaxed),
             w.rx_batches.load(Relaxed),
             w.tx.load(Relaxed),
@@ -541,7 +551,10 @@ fn data_stats(prog: &XdpProgram, socks: &[Sock], workers: &[Arc<WorkerCounters>]
             w.no_egress.load(Relaxed),
             w.passed_to_kernel.load(Relaxed),
             w.pass_dropped.load(Relaxed),
-            w.engine_drops.load(Relaxed)
+            w.engine_drops.load(Relaxed),
+            w.multi_buffer.load(Relaxed),
+            w.oversize.load(Relaxed),
+            w.no_frame.load(Relaxed)
         );
     }
     for sock in socks {

@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Goodput of full-size TCP through the balancer: iperf3 (Debian's package) from the client
+namespace to a real server behind the VIP, 1 and 8 streams, upload and download (-R), for NAT
+and DR, through xvsd (default and --busy-poll) and through the kernel on the same rig in the same
+run (NAT: IPv4 forwarding + nftables DNAT with conntrack; DR: IPv4 forwarding of the VIP to the
+real server, which holds it on its loopback, as LVS-DR does).
+
+Placement, the same for every path: iperf3's client and server on CPU 0, all of the balancer's
+work on CPU 1: the kernel's forwarding by RPS of the balancer's interfaces to CPU 1; xvsd's worker
+by --cores 1 and its interfaces' receive processing (XDP and the copy into the UMEM) by threaded
+NAPI pinned to CPU 1. On veth, whatever a transmission triggers downstream (the bridge, the
+receiver's TCP) runs on the transmitting CPU, so CPU 1 also carries that for both paths.
+Senders have TX checksum offload and segmentation off (scripts/rig.sh), so every path carries
+MTU-sized frames.
+
+Paths run in rounds, each round every cell once in a fixed order; the report gives each cell's
+median over the rounds and its ratio to the kernel's median in the same run.
+
+Writes target/bench-goodput.md and target/bench-goodput.csv (method,path,streams,direction,
+round,gbit_s). Root; bounded (every iperf3 run has a time limit and a timeout).
+
+Usage: bench/e2e/goodput.py [--seconds 5] [--rounds 3] [--methods nat,dr] [--mtu 1500]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "tests", "e2e"))
+from nsrig import ROOT, NsRig  # noqa: E402
+
+XVSD = os.path.join(ROOT, "target", "release", "xvsd")
+PORT = 5201
+# (method, server address behind the VIP)
+SERVER = {"nat": "192.168.10.1", "dr": "10.9.0.11"}
+CELLS = [(streams, direction) for streams in (1, 8) for direction in ("up", "down")]
+
+
+def pin(cpu):
+    return ["taskset", "-c", str(cpu)] if os.cpu_count() >= 2 else []
+
+
+def rps(rig, ifaces, mask):
+    for i in ifaces:
+        path = f"/sys/class/net/{i}/queues/rx-0/rps_cpus"
+        rig.run("l", ["sh", "-c", f"echo {mask:x} > {path}"], check_rc=True)
+
+
+def napi_on_cpu1(rig):
+    """The receive processing of the balancer's veths (NAPI, where XDP and the copy into the
+    UMEM run) in kernel threads on CPU 1, beside the worker: as a NIC's interrupts would be on
+    the balancer's CPU. Left alone, veth runs it on the sending CPU, which is the iperf3 one."""
+    for i in rig.lb_ifs:
+        rig.run("l", ["sh", "-c", f"echo 1 > /sys/class/net/{i}/threaded"], check_rc=True)
+    time.sleep(0.3)
+    names = tuple(f"napi/{i}-" for i in rig.lb_ifs)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        if comm.startswith(names):
+            subprocess.run(["taskset", "-pc", "1", pid], capture_output=True, check=True)
+
+
+def iperf(rig, streams, direction, seconds):
+    cmd = pin(0) + ["iperf3", "-c", "10.0.0.1", "-p", str(PORT), "-t", str(seconds), "-P", str(streams),
+                    "-J", "--connect-timeout", "2000"]
+    if direction == "down":
+        cmd.append("-R")
+    try:
+        r = rig.run("c", cmd, timeout=seconds + 30)
+        j = json.loads(r.stdout)
+        if "error" in j:
+            return None, j["error"]
+        return j["end"]["sum_received"]["bits_per_second"] / 1e9, ""
+    except (subprocess.TimeoutExpired, ValueError, KeyError) as e:
+        return None, str(e)
+
+
+class Path:
+    """One way through the balancer namespace: started, measured, stopped."""
+
+    def __init__(self, name, rig, method, tmp):
+        self.name, self.rig, self.method, self.tmp = name, rig, method, tmp
+        self.proc = None
+
+    def start(self):
+        rig, real = self.rig, SERVER[self.method]
+        if self.name == "kernel":
+            rig.run("l", ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
+                          f"net.ipv4.conf.{rig.lb_ifs[0]}.send_redirects=0"], check_rc=True)
+            rps(rig, rig.lb_ifs, 2 if os.cpu_count() >= 2 else 1)
+            if self.method == "nat":
+                for c in ("add table ip xvsg",
+                          "add chain ip xvsg pre { type nat hook prerouting priority -100; }",
+                          f"add rule ip xvsg pre ip daddr 10.0.0.1 tcp dport {PORT} dnat to {real}"):
+                    rig.run("l", ["nft", c], check_rc=True)
+            else:
+                rig.run("l", ["ip", "route", "add", "10.0.0.1/32", "via", real], check_rc=True)
+            return
+        flag = "-m" if self.method == "nat" else "-g"
+        rules = os.path.join(self.tmp, "rules")
+        with open(rules, "w") as f:
+            f.write(f"-A -t 10.0.0.1:{PORT} -s rr\n-a -t 10.0.0.1:{PORT} -r {real}:{PORT} {flag}\n")
+        args = [XVSD, "--rules", rules, "--control", os.path.join(self.tmp, f"{self.name}.sock")]
+        if os.cpu_count() >= 2:
+            args += ["--cores", "1"]
+        if self.name == "xvsd-busy-poll":
+            args.append("--busy-poll")
+        for i in rig.lb_ifs:
+            args += ["--interface", i]
+        self.proc = rig.spawn("l", args, f"{self.name}.log")
+        for _ in range(100):
+            if os.path.exists(os.path.join(self.tmp, f"{self.name}.sock")):
+                break
+            time.sleep(0.1)
+        if os.cpu_count() >= 2:
+            napi_on_cpu1(rig)
+        time.sleep(1)
+
+    def stop(self):
+        rig = self.rig
+        if self.name == "kernel":
+            rps(rig, rig.lb_ifs, 0)
+            rig.run("l", ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+            if self.method == "nat":
+                rig.run("l", ["nft", "delete table ip xvsg"])
+            else:
+                rig.run("l", ["ip", "route", "del", "10.0.0.1/32"])
+            return
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        rig.procs.remove(self.proc)
+        os.unlink(os.path.join(self.tmp, f"{self.name}.sock")) if os.path.exists(
+            os.path.join(self.tmp, f"{self.name}.sock")) else None
+
+
+def run_method(method, a, rows):
+    rig = NsRig(method)
+    try:
+        if a.mtu != 1500:
+            rig.set_mtu(a.mtu)
+        real_role = "r1"
+        rig.spawn(real_role, pin(0) + ["iperf3", "-s", "-p", str(PORT)], "iperf3.log")
+        time.sleep(0.5)
+        for rnd in range(a.rounds):
+            for name in a.paths:
+                path = Path(name, rig, method, rig.tmp)
+                path.start()
+                try:
+                    for streams, direction in CELLS:
+                        g, err = iperf(rig, streams, direction, a.seconds)
+                        rows.append((method, name, streams, direction, rnd, g))
+                        shown = f"{g:.2f} Gbit/s" if g is not None else f"failed: {err}"
+                        print(f"  {method} {name:15} {streams} stream(s) {direction:4} round {rnd}: {shown}",
+                              flush=True)
+                finally:
+                    # The last run's closing segments cross the path before it goes.
+                    time.sleep(1)
+                    path.stop()
+    finally:
+        rig.close()
+
+
+def report(rows, a):
+    cell = {}
+    for method, name, streams, direction, _rnd, g in rows:
+        cell.setdefault((method, name, streams, direction), []).append(g)
+    med = {k: (statistics.median([x for x in v if x is not None]) if any(x is not None for x in v) else None)
+           for k, v in cell.items()}
+    fails = {k: sum(1 for x in v if x is None) for k, v in cell.items()}
+    out = [f"iperf3 through the balancer, MTU {a.mtu}, {a.seconds} s a run, median of {a.rounds} rounds "
+           "(Gbit/s; ÷ kernel in brackets)", ""]
+    xnames = [n for n in a.paths if n != "kernel"]
+    out.append("| method | streams | direction | kernel | " + " | ".join(xnames) + " |")
+    out.append("|---|---|---|---|" + "---|" * len(xnames))
+    fmt = lambda v: "failed" if v is None else f"{v:.2f}"
+    for method in a.methods:
+        for streams, direction in CELLS:
+            k = med.get((method, "kernel", streams, direction))
+            cols = []
+            for n in xnames:
+                v = med.get((method, n, streams, direction))
+                f = fails.get((method, n, streams, direction), 0)
+                s = fmt(v) + (f" ({v / k:.2f} x)" if v is not None and k else "")
+                if f:
+                    s += f", {f} run(s) failed"
+                cols.append(s)
+            out.append(f"| {method.upper()} | {streams} | {direction} | {fmt(k)} | " + " | ".join(cols) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--methods", default="nat,dr")
+    ap.add_argument("--paths", default="kernel,xvsd,xvsd-busy-poll")
+    ap.add_argument("--mtu", type=int, default=1500)
+    ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-goodput"))
+    a = ap.parse_args()
+    a.methods = a.methods.split(",")
+    a.paths = a.paths.split(",")
+    if os.geteuid() != 0:
+        print("needs root", file=sys.stderr)
+        return 1
+    rows = []
+    for method in a.methods:
+        run_method(method, a, rows)
+    text = report(rows, a)
+    print(text)
+    with open(a.out + ".md", "w") as f:
+        f.write(text)
+    with open(a.out + ".csv", "w") as f:
+        f.write("method,path,streams,direction,round,gbit_s,mtu\n")
+        for r in rows:
+            f.write(",".join("" if x is None else str(x) for x in r) + f",{a.mtu}\n")
+    return 0
+
+
+sys.exit(main())
