@@ -16,8 +16,8 @@ MTU-sized frames.
 Paths run in rounds, each round every cell once in a fixed order; the report gives each cell's
 median over the rounds and its ratio to the kernel's median in the same run.
 
-Writes target/bench-goodput.md and target/bench-goodput.csv (method,path,streams,direction,
-round,gbit_s). Root; bounded (every iperf3 run has a time limit and a timeout).
+Writes target/bench-goodput.md, target/bench-goodput.csv (method,path,streams,direction,
+round,gbit_s,mtu) and target/bench-goodput-plot.csv (for xvs-plot --goodput). Root; bounded (every iperf3 run has a time limit and a timeout).
 
 Usage: bench/e2e/goodput.py [--seconds 5] [--rounds 3] [--methods nat,dr] [--mtu 1500]
 """
@@ -219,6 +219,17 @@ def main():
     print(text)
     with open(a.out + ".md", "w") as f:
         f.write(text)
+    # For bench's xvs-plot: one bar per cell and path, median with the rounds' min–max.
+    with open(a.out + "-plot.csv", "w") as f:
+        cells = {}
+        for method, name, streams, direction, _rnd, g in rows:
+            if g is not None:
+                cells.setdefault((method, streams, direction, name), []).append(g)
+        order = {n: i for i, n in enumerate(a.paths)}
+        for (method, streams, direction, name), v in sorted(
+                cells.items(), key=lambda kv: (a.methods.index(kv[0][0]), kv[0][1], kv[0][2], order[kv[0][3]])):
+            label = f"{name} {method.upper()} {streams}x {direction}"
+            f.write(f"{label},{statistics.median(v)},{min(v)},{max(v)}\n")
     with open(a.out + ".csv", "w") as f:
         f.write("method,path,streams,direction,round,gbit_s,mtu\n")
         for r in rows:

@@ -5,14 +5,16 @@ to the same real server through the same balancer namespace by kernel IP forward
 path without xvs). Prints median and p99 in microseconds. Root; bounded (N round trips per
 path, 0.2 s timeout per request).
 
-xvsd is measured twice: as it runs by default (workers sleep in poll(2) when idle) and with
---busy-poll (workers spin). Every round trip is written to target/bench-latency.csv (path,µs)
+xvsd is measured in its three polling modes: --spin-us 0 (a worker sleeps in poll(2) as soon
+as its rings are empty), the default (after receiving it keeps polling for 50 µs before it
+sleeps) and --busy-poll (it never sleeps); after each, the share of a core xvsd uses over 3 s
+without traffic. Every round trip is written to target/bench-latency.csv (path,µs)
 for bench's xvs-plot.
 
 Every path runs with the same placement: the client on CPU 0, the real server and xvsd's worker
 on CPU 1 (the forwarder on CPU 1, as in run.py). Left to the scheduler, the client and the
 server sometimes share a CPU, and then the kernel path is one CPU's softirq work end to end:
-18.5 µs at the median against 50–62 µs when they do not (docs/performance.md, "Added latency").
+18.5 µs at the median against 50–62 µs when they do not (docs/performance-history.md, "Added latency").
 
 Usage: bench/e2e/latency.py [-n 5000]
 """
@@ -53,6 +55,18 @@ def pin(cpu):
     return ["taskset", "-c", str(cpu)] if os.cpu_count() >= 2 else []
 
 
+def cpu_ns(pid):
+    """CPU time of every thread of a process, in nanoseconds (the scheduler's own count)."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
 def main():
     if os.geteuid() != 0:
         print("needs root", file=sys.stderr)
@@ -81,23 +95,30 @@ def main():
                                text=True, timeout=600)
             res[name] = sorted(float(x) for x in r.stdout.split())
 
-        for name, extra in (("xvsd (NAT)", []), ("xvsd --busy-poll (NAT)", ["--busy-poll"])):
+        idle = {}
+        for name, extra in (("xvsd --spin-us 0 (NAT)", ["--spin-us", "0"]), ("xvsd (NAT)", []),
+                            ("xvsd --busy-poll (NAT)", ["--busy-poll"])):
             xvsd = subprocess.Popen(ns("l") + [os.path.join(ROOT, "target", "release", "xvsd"), "-i", f"xl{rid}",
                                                "-i", f"xs{rid}", "--rules", rules, "--control",
                                                os.path.join(tmp, "sock")] + cores + extra, stderr=subprocess.DEVNULL)
             procs.append(xvsd)
             time.sleep(2)
             measure(name, "10.0.0.1")
+            # Idle: the share of a core xvsd's threads use over 3 s without traffic.
+            c0, t0 = cpu_ns(xvsd.pid), time.time()
+            time.sleep(3)
+            idle[name] = (cpu_ns(xvsd.pid) - c0) / 1e9 / (time.time() - t0)
             # Its XDP program goes with it.
             xvsd.terminate()
             xvsd.wait(timeout=10)
         # Without xvs: the kernel forwards on the same path.
         measure("kernel forwarding (no xvs)", "192.168.10.1")
         pct = lambda v, q: v[min(len(v) - 1, int(len(v) * q))] if v else float("nan")
-        print("| path | round trips | median µs | p99 µs |")
-        print("|---|---|---|---|")
+        print("| path | round trips | median µs | p99 µs | idle CPU, % of a core |")
+        print("|---|---|---|---|---|")
         for k, v in res.items():
-            print(f"| {k} | {len(v)} | {pct(v, 0.5):.1f} | {pct(v, 0.99):.1f} |")
+            cpu = f"{100 * idle[k]:.2f}" if k in idle else "–"
+            print(f"| {k} | {len(v)} | {pct(v, 0.5):.1f} | {pct(v, 0.99):.1f} | {cpu} |")
         base = res["kernel forwarding (no xvs)"]
         for k, v in res.items():
             if v is not base:

@@ -115,6 +115,7 @@ fn main() {
         epoch: Instant::now(),
         injector: None,
         busy_poll: false,
+        spin: std::time::Duration::ZERO,
     };
     eprintln!("xvs-fwd: forwarding {} -> {}", a.input, a.output);
     w.run();

@@ -4,7 +4,9 @@
 //! - `--e2e FILE`: lines `path,mpps,min,max,proc_ns` → packets per second per path, the median
 //!   as a bar and the min–max of the runs as a whisker;
 //! - `--latency FILE`: lines `path,rtt_us` (one per round trip) → the distribution of round-trip
-//!   times per path, as a cumulative distribution.
+//!   times per path, as a cumulative distribution;
+//! - `--goodput FILE`: lines `label,gbit_s,min,max` (`bench/e2e/goodput.py`) → iperf3 goodput
+//!   per path and cell, drawn as the packet rates are.
 //!
 //! Text is drawn with a TrueType font read at run time (DejaVu Sans, Debian's
 //! `fonts-dejavu-core`; `--font` to use another).
@@ -23,6 +25,9 @@ struct Args {
     /// Round-trip samples (CSV: path,rtt_us).
     #[arg(long)]
     latency: Option<PathBuf>,
+    /// Goodput results (CSV: label,gbit_s,min,max).
+    #[arg(long)]
+    goodput: Option<PathBuf>,
     /// Directory for the PNG files.
     #[arg(long, default_value = "docs/img")]
     out: PathBuf,
@@ -84,25 +89,22 @@ fn parse_latency(text: &str) -> Res<BTreeMap<String, Vec<f64>>> {
     Ok(out)
 }
 
-fn plot_rates(rates: &[Rate], file: &Path) -> Res<()> {
+fn plot_rates(rates: &[Rate], file: &Path, caption: &str, unit: &str) -> Res<()> {
     let root = BitMapBackend::new(file, (900, 60 + 40 * rates.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let top = rates.iter().map(|r| r.max).fold(0.0, f64::max) * 1.1;
     let n = rates.len() as i32;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Packets per second at the receiver (median, min–max)",
-            ("sans-serif", 20),
-        )
+        .caption(caption, ("sans-serif", 20))
         .margin(10)
         .x_label_area_size(40)
-        .y_label_area_size(170)
+        .y_label_area_size(230)
         .build_cartesian_2d(0.0..top.max(0.01), (0..n - 1).into_segmented())?;
     let names: Vec<String> = rates.iter().map(|r| r.path.clone()).collect();
     chart
         .configure_mesh()
         .disable_y_mesh()
-        .x_desc("Mpps")
+        .x_desc(unit)
         .y_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) => names
                 .get((n - 1 - *i) as usize)
@@ -217,7 +219,18 @@ fn run(a: &Args) -> Res<()> {
             return Err(format!("{}: no results", f.display()).into());
         }
         let out = a.out.join("e2e-mpps.png");
-        plot_rates(&rates, &out)?;
+        let caption = "Packets per second at the receiver (median, min–max)";
+        plot_rates(&rates, &out, caption, "Mpps")?;
+        println!("{}", out.display());
+    }
+    if let Some(f) = &a.goodput {
+        let rates = parse_e2e(&std::fs::read_to_string(f)?)?;
+        if rates.is_empty() {
+            return Err(format!("{}: no results", f.display()).into());
+        }
+        let out = a.out.join("goodput.png");
+        let caption = "iperf3 goodput through the balancer (median, min–max)";
+        plot_rates(&rates, &out, caption, "Gbit/s")?;
         println!("{}", out.display());
     }
     if let Some(f) = &a.latency {
@@ -234,8 +247,8 @@ fn run(a: &Args) -> Res<()> {
 
 fn main() {
     let a = Args::parse();
-    if a.e2e.is_none() && a.latency.is_none() {
-        eprintln!("xvs-plot: nothing to draw (--e2e FILE and/or --latency FILE)");
+    if a.e2e.is_none() && a.latency.is_none() && a.goodput.is_none() {
+        eprintln!("xvs-plot: nothing to draw (--e2e, --latency and/or --goodput FILE)");
         std::process::exit(2);
     }
     if let Err(e) = run(&a) {

@@ -504,7 +504,7 @@ pub const PREFETCH_GROUP: usize = 32;
 /// it the table is in the caches and prefetching costs more than it saves: on the project's
 /// machine (AMD EPYC guest, 512 KiB L2, 32 MiB L3) the plain path was the faster up to about
 /// 1 K entries, on a par at 3 K, and the two-step prefetch 1.1 × faster at 10 K, 1.6 × at 30 K
-/// (docs/performance.md).
+/// (docs/performance-history.md, "Prefetching the table lookups").
 pub const PREFETCH_FROM: usize = 4_096;
 
 impl Engine {

@@ -48,8 +48,9 @@ pub enum CtlError {
 /// Seconds `--set` accepts (the kernel's INT_MAX / HZ with HZ = 1000).
 pub const MAX_SET_TIMEOUT: u32 = (i32::MAX / 1000) as u32;
 
-/// The configuration being edited, and the state shared with published snapshots.
-#[derive(Debug)]
+/// The configuration being edited, and the state shared with published snapshots. A clone
+/// shares the services until either changes them (they are behind `Arc`s).
+#[derive(Debug, Clone)]
 pub struct Director {
     /// Each service behind an `Arc` shared with the published snapshots: a change copies only
     /// the service it touches (`Arc::make_mut`), and publishing clones pointers, not services.

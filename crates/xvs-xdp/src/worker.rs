@@ -186,6 +186,9 @@ pub struct Worker<H: Handler> {
     pub injector: Option<Arc<crate::inject::Injector>>,
     /// Never sleep when idle: poll the rings in a loop (lower latency, one core kept busy).
     pub busy_poll: bool,
+    /// After receiving, keep polling this long before sleeping: a reply that follows a request
+    /// within it finds the worker awake (no wake-up to pay), and an idle worker still sleeps.
+    pub spin: Duration,
 }
 
 impl<H: Handler> Worker<H> {
@@ -225,6 +228,7 @@ impl<H: Handler> Worker<H> {
         let mut tx: Vec<Vec<FrameDesc>> =
             (0..nports).map(|_| Vec::with_capacity(BATCH * 2)).collect();
         let mut last_house = Instant::now();
+        let mut last_rx = last_house;
         let mut pollfds: Vec<libc::pollfd> = self
             .qs
             .ports
@@ -271,9 +275,11 @@ impl<H: Handler> Worker<H> {
                 last_house = instant;
                 self.handler.housekeeping(now);
             }
-            if received == 0 && self.busy_poll {
+            if received > 0 {
+                last_rx = instant;
+            } else if self.busy_poll || instant - last_rx < self.spin {
                 std::hint::spin_loop();
-            } else if received == 0 {
+            } else {
                 // Idle: sleep in poll() until a socket has frames (bounded, to see `stop`).
                 // Safety: pollfds is a valid array of pollfd structures of the given length.
                 unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 10) };
@@ -491,6 +497,24 @@ impl<H: Handler> Worker<H> {
             self.qs.free.extend_from_slice(chain);
             return;
         };
+        let first_len = chain[0].lengths().data();
+        let gathered: usize = chain.iter().map(|d| d.lengths().data()).sum();
+        if frame.start() == GATHER_HEADROOM && frame.len() == gathered && first_len >= 128 {
+            // Same place, same length: the engine rewrote headers only (Ethernet, IP and the
+            // ports and checksum of TCP or UDP: the first 74 bytes at most), all in the first
+            // buffer; the others go out as they came.
+            // Safety: the first buffer is ours (received, in no ring); no other reference to it
+            // exists (the engine's frame is in the gather buffer).
+            let mut data = unsafe { self.qs.umem.data_mut(&mut chain[0]) };
+            data.contents_mut()
+                .copy_from_slice(&frame.data()[..first_len]);
+            let n = chain.len();
+            for (k, desc) in chain.iter_mut().enumerate() {
+                desc.set_options(if k + 1 == n { 0 } else { XDP_PKT_CONTD });
+                tx[out].push(*desc);
+            }
+            return;
+        }
         let bytes = frame.data();
         let mut at = 0;
         let mut used = 0;

@@ -108,6 +108,27 @@ pub fn zero_copy_of(fd: RawFd) -> io::Result<bool> {
     Ok(flags & XDP_OPTIONS_ZEROCOPY != 0)
 }
 
+/// The NAPI instance whose packets the socket last received (`SO_INCOMING_NAPI_ID`; 0: none
+/// known). The kernel's busy polling of a socket drives that NAPI, so it needs one.
+pub fn napi_id(fd: RawFd) -> io::Result<u32> {
+    let mut id: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // Safety: id and len are valid, writable and sized for the option's u32 value.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_INCOMING_NAPI_ID,
+            (&mut id as *mut u32).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(id)
+}
+
 /// The kernel's counters of an AF_XDP socket (`XDP_STATISTICS`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SocketStats {

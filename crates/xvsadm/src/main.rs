@@ -46,12 +46,10 @@ fn main() -> ExitCode {
     };
     match cmd {
         Command::Help => {
-            print!("{}", usage_text(prog));
-            return ExitCode::SUCCESS;
+            return output(&usage_text(prog), "").map_or_else(|c| c, |()| ExitCode::SUCCESS);
         }
         Command::Version => {
-            print!("{}", version_text());
-            return ExitCode::SUCCESS;
+            return output(&version_text(), "").map_or_else(|c| c, |()| ExitCode::SUCCESS);
         }
         _ => {}
     }
@@ -76,10 +74,29 @@ fn send(path: &str, req: Request) -> ExitCode {
             return exit(2);
         }
     };
-    print!("{}", resp.stdout);
-    eprint!("{}", resp.stderr);
-    let _ = std::io::stdout().flush();
+    if let Err(code) = output(&resp.stdout, &resp.stderr) {
+        return code;
+    }
     exit(resp.status)
+}
+
+/// Write a reply's two texts. A reader that went away (`xvsadm -L -n | head -1`) ends the
+/// command quietly with the status a C tool killed by SIGPIPE shows (141), as ipvsadm would.
+fn output(stdout: &str, stderr: &str) -> Result<(), ExitCode> {
+    let wrote = std::io::stdout()
+        .lock()
+        .write_all(stdout.as_bytes())
+        .and_then(|()| std::io::stdout().flush());
+    match wrote {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Err(ExitCode::from(141)),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "xvsadm: writing the output: {e}");
+            return Err(ExitCode::from(1));
+        }
+    }
+    let _ = std::io::stderr().write_all(stderr.as_bytes());
+    Ok(())
 }
 
 fn talk(path: &str, req: &Request) -> std::io::Result<xvs_ipvsadm::control::Response> {

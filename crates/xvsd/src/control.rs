@@ -26,8 +26,19 @@ use crate::sysctl;
 
 /// Most clients served at once; more are answered with an error and closed.
 const MAX_CLIENTS: usize = 64;
-/// A client that sends nothing for this long is disconnected.
-const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Slots only root's clients may take: members of `--control-group` cannot hold every slot.
+const ROOT_SLOTS: usize = 16;
+/// A client that starts no request for this long is disconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A request must arrive whole within this time of its first byte.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// A reply must be taken whole within this time, or the client is disconnected.
+const REPLY_DEADLINE: Duration = Duration::from_secs(30);
+/// Largest request a client other than root may send (it may only read: no `-R` input).
+const MAX_REQUEST_UNPRIVILEGED: usize = 64 << 10;
+/// Bytes of replies all clients may hold at once while they are being written: a reply that
+/// would go beyond is refused (try again), so clients that never read cannot pin memory.
+const REPLY_BUDGET: usize = 512 << 20;
 
 /// The configuration the control socket edits.
 #[derive(Debug, Default)]
@@ -59,6 +70,8 @@ pub struct Control {
     /// Every 100 ms, with the seconds since the last call: admission (with interfaces).
     pub admission: Box<dyn Fn(f64) + Send + Sync>,
     clients: AtomicUsize,
+    /// Bytes of replies being written now (see [`REPLY_BUDGET`]).
+    reply_bytes: AtomicUsize,
 }
 
 impl std::fmt::Debug for Control {
@@ -91,6 +104,7 @@ impl Control {
             data_stats: Box::new(String::new),
             admission: Box::new(|_| {}),
             clients: AtomicUsize::new(0),
+            reply_bytes: AtomicUsize::new(0),
         }
     }
 
@@ -98,15 +112,19 @@ impl Control {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publish the tables to the workers and the XDP program, and save the state file.
+    /// Publish the tables to the workers and the XDP program.
     pub fn publish(&self, st: &CtlState) {
         let t = Arc::new(st.director.snapshot());
         self.tables.store(t.clone());
         (self.on_publish)(&t);
-        if let Some(path) = &self.state_file {
-            if let Err(e) = write_atomically(path, &state_text(&st.director, &st.daemons)) {
-                tracing::error!("saving state to {}: {e}", path.display());
-            }
+    }
+
+    /// Save the whole configuration to the state file (if there is one).
+    pub fn save(&self, st: &CtlState) -> Result<(), String> {
+        match &self.state_file {
+            Some(path) => crate::state::save(path, &state_text(&st.director, &st.daemons))
+                .map_err(|e| format!("saving state to {}: {e}", path.display())),
+            None => Ok(()),
         }
     }
 
@@ -235,6 +253,10 @@ impl Control {
             return self.sysctl(args.get(1).map(String::as_str), uid);
         }
         let mut st = self.lock();
+        // What to go back to when a change cannot be saved: a change is applied and
+        // acknowledged only once it is in the state file.
+        let before = (uid == 0 && self.state_file.is_some())
+            .then(|| (st.director.clone(), st.daemons.clone()));
         let connections = || self.connections();
         let CtlState { director, daemons } = &mut *st;
         let mut s = Session {
@@ -246,8 +268,23 @@ impl Control {
             may_change: uid == 0,
             prog: "xvsadm",
         };
-        let out = execute(&mut s, args, stdin);
+        let mut out = execute(&mut s, args, stdin);
         if out.changed {
+            if let Err(e) = self.save(&st) {
+                tracing::error!("{e}; the change is undone");
+                if let Some((director, daemons)) = before {
+                    st.director = director;
+                    st.daemons = daemons;
+                }
+                out.status = 1;
+                out.stderr
+                    .push_str(&format!("xvsd: {e}: the change is not applied\n"));
+                return Response {
+                    status: out.status,
+                    stdout: out.stdout,
+                    stderr: out.stderr,
+                };
+            }
             self.publish(&st);
         }
         Response {
@@ -289,17 +326,6 @@ fn refuse(mut stream: UnixStream) {
     }
 }
 
-/// Write a file atomically (temporary file, fsync, rename).
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
-
 /// Create the listening socket: refuses when another xvsd answers on it, replaces a stale one,
 /// and sets mode 0600 (0660 with a control group).
 pub fn listen(path: &Path, group: Option<&str>) -> Result<UnixListener, String> {
@@ -335,9 +361,19 @@ pub fn serve(ctl: Arc<Control>, listener: UnixListener, stop: Arc<AtomicBool>) {
     while !stop.load(Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
-                if ctl.clients.fetch_add(1, Relaxed) >= MAX_CLIENTS {
+                // Who connected (the credentials of connect(2)), before anything is read.
+                let Ok(uid) = getsockopt(&stream, PeerCredentials).map(|c| c.uid()) else {
+                    continue;
+                };
+                let limit = if uid == 0 {
+                    MAX_CLIENTS
+                } else {
+                    MAX_CLIENTS - ROOT_SLOTS
+                };
+                if ctl.clients.fetch_add(1, Relaxed) >= limit {
                     ctl.clients.fetch_sub(1, Relaxed);
                     let mut s = stream;
+                    let _ = s.set_nonblocking(true);
                     let _ = s.write_all(&encode_response(&Response::failure(
                         255,
                         "xvsd: too many control clients, try again\n",
@@ -348,7 +384,7 @@ pub fn serve(ctl: Arc<Control>, listener: UnixListener, stop: Arc<AtomicBool>) {
                 let spawned = std::thread::Builder::new()
                     .name("xvs-control".into())
                     .spawn(move || {
-                        client(&ctl, stream);
+                        client(&ctl, stream, uid);
                         ctl.clients.fetch_sub(1, Relaxed);
                     });
                 if let Err(e) = spawned {
@@ -366,48 +402,114 @@ pub fn serve(ctl: Arc<Control>, listener: UnixListener, stop: Arc<AtomicBool>) {
     }
 }
 
-fn client(ctl: &Control, mut stream: UnixStream) {
-    if stream.set_nonblocking(false).is_err()
-        || stream.set_read_timeout(Some(READ_TIMEOUT)).is_err()
-    {
+/// Fill `buf` from the stream before `deadline`. False on EOF, error or the deadline.
+fn read_by(stream: &mut UnixStream, buf: &mut [u8], deadline: Instant) -> bool {
+    let mut at = 0;
+    while at < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match stream.read(&mut buf[at..]) {
+            Ok(0) => return false,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// Write all of `buf` before `deadline`. False on error or the deadline.
+fn write_by(stream: &mut UnixStream, buf: &[u8], deadline: Instant) -> bool {
+    let mut at = 0;
+    while at < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_write_timeout(Some(left)).is_err() {
+            return false;
+        }
+        match stream.write(&buf[at..(at + (64 << 10)).min(buf.len())]) {
+            Ok(0) => return false,
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+impl Control {
+    /// Send a reply within [`REPLY_DEADLINE`], if the bytes of all replies being written stay
+    /// within [`REPLY_BUDGET`] (else a short refusal). False when the client is gone.
+    fn reply(&self, stream: &mut UnixStream, r: &Response) -> bool {
+        let bytes = encode_response(r);
+        let held = self.reply_bytes.fetch_add(bytes.len(), Relaxed) + bytes.len();
+        let ok = if held > REPLY_BUDGET && bytes.len() > (1 << 20) {
+            tracing::warn!(
+                "control: a reply of {} bytes refused: replies not yet read by other clients hold the budget",
+                bytes.len()
+            );
+            let refusal = encode_response(&Response::failure(
+                255,
+                "xvsd: too much output waiting for other clients to read it, try again\n",
+            ));
+            self.reply_bytes.fetch_sub(bytes.len(), Relaxed);
+            drop(bytes);
+            return write_by(stream, &refusal, Instant::now() + REPLY_DEADLINE);
+        } else {
+            write_by(stream, &bytes, Instant::now() + REPLY_DEADLINE)
+        };
+        self.reply_bytes.fetch_sub(bytes.len(), Relaxed);
+        ok
+    }
+}
+
+/// Serve one client (`uid`: its user, from the connection's credentials) until it closes, is
+/// idle for [`IDLE_TIMEOUT`], sends a request slower than [`REQUEST_DEADLINE`] or does not
+/// take a reply within [`REPLY_DEADLINE`].
+fn client(ctl: &Control, mut stream: UnixStream, uid: u32) {
+    if stream.set_nonblocking(false).is_err() {
         return;
     }
+    let max = if uid == 0 {
+        MAX_REQUEST
+    } else {
+        MAX_REQUEST_UNPRIVILEGED
+    };
     loop {
+        // The first byte may take the idle time; the rest of the request its deadline.
         let mut h = [0u8; 8];
-        match stream.read_exact(&mut h) {
-            Ok(()) => {}
-            Err(_) => return, // EOF, timeout or error: the client is gone.
+        if !read_by(&mut stream, &mut h[..1], Instant::now() + IDLE_TIMEOUT) {
+            return;
         }
-        let reply =
-            |stream: &mut UnixStream, r: Response| stream.write_all(&encode_response(&r)).is_ok();
-        let len = match header(&h, MAX_REQUEST) {
+        let deadline = Instant::now() + REQUEST_DEADLINE;
+        if !read_by(&mut stream, &mut h[1..], deadline) {
+            return;
+        }
+        let len = match header(&h, max) {
             Ok(n) => n,
             Err(e) => {
-                reply(&mut stream, Response::failure(2, format!("xvsd: {e}\n")));
+                ctl.reply(&mut stream, &Response::failure(2, format!("xvsd: {e}\n")));
                 refuse(stream);
                 return;
             }
         };
-        let mut payload = vec![0u8; len];
-        if stream.read_exact(&mut payload).is_err() {
-            return;
-        }
-        // The peer's credentials are checked on every request.
-        let uid = match getsockopt(&stream, PeerCredentials) {
-            Ok(c) => c.uid(),
-            Err(e) => {
-                reply(
-                    &mut stream,
-                    Response::failure(255, format!("xvsd: SO_PEERCRED: {e}\n")),
-                );
+        // Grown as the bytes arrive: a header alone allocates nothing.
+        let mut payload = Vec::new();
+        let mut chunk = [0u8; 16 << 10];
+        while payload.len() < len {
+            let n = chunk.len().min(len - payload.len());
+            if !read_by(&mut stream, &mut chunk[..n], deadline) {
                 return;
             }
-        };
+            payload.extend_from_slice(&chunk[..n]);
+        }
         let resp = match decode_request(&payload) {
             Ok(req) => ctl.handle(&req.args, &req.stdin, uid),
             Err(e) => Response::failure(2, format!("xvsd: {e}\n")),
         };
-        if !reply(&mut stream, resp) {
+        drop(payload);
+        if !ctl.reply(&mut stream, &resp) {
             return;
         }
     }

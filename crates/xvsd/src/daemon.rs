@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use clap::{Args, ValueEnum};
 use xvs_core::hash::HashSeed;
 use xvs_core::{Engine, Tables};
-use xvs_ipvsadm::exec::{execute, Session};
+use xvs_ipvsadm::exec::{execute, state_text, Session};
 use xvs_ipvsadm::list::Numeric;
 use xvs_xdp::admission::AdmitGovernor;
 use xvs_xdp::bpf::{XdpMode, XdpProgram, MAX_QUEUES};
@@ -75,6 +75,11 @@ pub struct DaemonArgs {
     /// for the lowest added latency (default: sleep in poll(2) until frames arrive).
     #[arg(long)]
     pub busy_poll: bool,
+    /// After a wake-up that received frames, a worker keeps polling for this many microseconds
+    /// before it sleeps again: replies that follow within it cost no wake-up, and an idle
+    /// worker sleeps (0: sleep as soon as the rings are empty).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub spin_us: u64,
     /// Pin worker i to the i-th listed core (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub cores: Vec<usize>,
@@ -103,7 +108,7 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "FILE")]
     pub sysctl_file: Option<PathBuf>,
     /// Table size (entries) from which workers prefetch their batch's table lookups; 0: always
-    /// (see docs/performance.md, "Prefetching the table lookups").
+    /// (see docs/performance-history.md, "Prefetching the table lookups").
     #[arg(long, default_value_t = xvs_core::datapath::PREFETCH_FROM)]
     pub prefetch_from: usize,
 }
@@ -131,10 +136,7 @@ fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<Ctl
         daemons: Vec::new(),
     };
     let (path, text) = match (&args.state, &args.rules) {
-        (Some(s), _) if s.exists() => (
-            s.clone(),
-            std::fs::read_to_string(s).map_err(|e| format!("{}: {e}", s.display()))?,
-        ),
+        (Some(s), _) if s.exists() => (s.clone(), crate::state::load(s)?),
         (_, Some(r)) => (
             r.clone(),
             std::fs::read_to_string(r).map_err(|e| format!("{}: {e}", r.display()))?,
@@ -152,16 +154,23 @@ fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<Ctl
         may_change: true,
         prog: "xvsd",
     };
-    let out = execute(&mut s, &["-R".to_string()], &text);
-    for line in out.stderr.lines() {
-        tracing::warn!("{}: {line}", path.display());
-    }
-    if out.status == 2 || (out.status == 255 && out.stderr.contains("Try `")) {
-        return Err(format!(
-            "{}: syntax error: {}",
-            path.display(),
-            out.stderr.trim_end()
-        ));
+    // Line by line, so that a line refused for any reason stops the start with its file and
+    // line: nothing is dropped, and the state file is never rewritten without it.
+    let restore = ["-R".to_string()];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let out = execute(&mut s, &restore, line);
+        if out.status != 0 || !out.stderr.is_empty() {
+            return Err(format!(
+                "{}:{}: {}: {}",
+                path.display(),
+                i + 1,
+                line.trim(),
+                out.stderr.trim_end()
+            ));
+        }
     }
     tracing::info!(
         "loaded {} ({} services)",
@@ -318,12 +327,22 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     let engine = Arc::new(engine);
     let mut st = load_config(args, &engine, map_seed)?;
     apply_sysctls(args, &engine, &mut st.director)?;
+    if let Some(path) = &args.state {
+        // The state file exists, sealed, and matches what was loaded; a state directory that
+        // cannot be written stops the start before anything else (no change could be saved).
+        crate::state::save(path, &state_text(&st.director, &st.daemons))
+            .map_err(|e| format!("saving state to {}: {e}", path.display()))?;
+    }
     let tables = Arc::new(ArcSwap::from_pointee(st.director.snapshot()));
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| format!("installing signal handler: {e}"))?;
     }
+    // SIGHUP (a closed terminal, an init system's reload) never stops xvsd: it is logged.
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .map_err(|e| format!("installing signal handler: {e}"))?;
     let listener = listen(&args.control, args.control_group.as_deref())?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
 
@@ -385,11 +404,6 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         }
     }
     let ctl = Arc::new(ctl);
-    if args.state.is_some() {
-        // Make sure the state file exists and matches what was loaded.
-        let st = ctl.state.lock().unwrap_or_else(|e| e.into_inner());
-        ctl.publish(&st);
-    }
 
     let mut handles = Vec::new();
     let mut counters = Vec::new();
@@ -433,6 +447,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
                 epoch,
                 injector: injector.clone(),
                 busy_poll: args.busy_poll,
+                spin: std::time::Duration::from_micros(args.spin_us),
             };
             let core = args
                 .cores
@@ -460,7 +475,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
         // Keep the program alive in this scope.
         let prog = dp.prog.clone();
         let control = spawn_control(ctl.clone(), listener, stop.clone())?;
-        wait(&ctl, &stop);
+        wait(&ctl, &stop, &hup);
         for h in handles.drain(..) {
             let _ = h.join();
         }
@@ -487,7 +502,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
             tables.load().services.len()
         );
         let control = spawn_control(ctl.clone(), listener, stop.clone())?;
-        wait(&ctl, &stop);
+        wait(&ctl, &stop, &hup);
         let _ = control.join();
     }
     let _ = std::fs::remove_file(&args.control);
@@ -562,11 +577,12 @@ fn data_stats(prog: &XdpProgram, socks: &[Sock], workers: &[Arc<WorkerCounters>]
         let mode = if sock.zero_copy { "zero-copy" } else { "copy" };
         let adm = prog.admit_state(sock.slot, q).unwrap_or_default();
         let rate = prog.admit_rate(sock.slot, q).unwrap_or(0);
+        let napi = xvs_xdp::xsk::napi_id(sock.fd).unwrap_or(0);
         match xvs_xdp::xsk::socket_stats(sock.fd) {
             Ok(s) => {
                 let _ = writeln!(
                     out,
-                    "socket {ifname} queue {q} ({mode}): rx_dropped={} rx_invalid_descs={} tx_invalid_descs={} rx_ring_full={} rx_fill_ring_empty_descs={} tx_ring_empty_descs={} admit_rate={rate} admit_seen={} admit_passed={} admit_dropped={} others={}",
+                    "socket {ifname} queue {q} ({mode}): rx_dropped={} rx_invalid_descs={} tx_invalid_descs={} rx_ring_full={} rx_fill_ring_empty_descs={} tx_ring_empty_descs={} admit_rate={rate} admit_seen={} admit_passed={} admit_dropped={} others={} napi_id={napi}",
                     s.rx_dropped, s.rx_invalid_descs, s.tx_invalid_descs, s.rx_ring_full, s.rx_fill_ring_empty_descs, s.tx_ring_empty_descs,
                     adm.seen, adm.passed, adm.dropped, adm.others
                 );
@@ -593,12 +609,15 @@ fn spawn_control(
         .map_err(|e| e.to_string())
 }
 
-fn wait(ctl: &Control, stop: &AtomicBool) {
+fn wait(ctl: &Control, stop: &AtomicBool, hup: &AtomicBool) {
     let mut last = Instant::now();
     let mut defence = Instant::now();
     let mut period = Instant::now();
     while !stop.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if hup.swap(false, Relaxed) {
+            tracing::info!("SIGHUP: ignored (xvsd has no reload; change rules with xvsadm)");
+        }
         (ctl.admission)(period.elapsed().as_secs_f64());
         period = Instant::now();
         if defence.elapsed() >= Duration::from_secs(1) {

@@ -11,6 +11,7 @@ mod daemon;
 mod malloc;
 mod names;
 mod replay;
+mod state;
 mod sysctl;
 
 #[derive(Debug, Parser)]
