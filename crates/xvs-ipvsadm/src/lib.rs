@@ -11,5 +11,6 @@ pub mod exec;
 pub mod list;
 pub mod parse;
 pub mod save;
+pub mod state;
 
 pub use parse::{parse_command, restore_line, Command, ParseError};
