@@ -1,6 +1,9 @@
-//! Control-plane benchmark: starts a control-plane-only xvsd (target/release/xvsd) with its
-//! socket in a temporary directory and measures, over one control connection, single commands
-//! per second (`-A`, `-a`), a `-R` of 100,000 lines, and `-L -n` / `-S -n` at 10,000 services.
+//! Control-plane benchmark: starts a control-plane-only xvsd (target/release/xvsd, or `$XVSD`)
+//! with its socket in a temporary directory and measures, over one control connection, single
+//! commands per second (`-A`, `-a`), a `-R` of 100,000 lines, `-L -n` / `-S -n` at 10,000
+//! services, and a `-R` that replaces 100,000 services on a table that holds them (`-C`, then
+//! the same services again, in the reverse order) while a second client lists (`-L -n`) in a loop: how long the
+//! `-R` takes, and the longest a listing took meanwhile against one on the idle daemon.
 //! Run: `cargo build --release -p xvsd && cargo run --release -p xvs-bench --bin control-bench`.
 
 use std::io::{Read, Write};
@@ -36,7 +39,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let xvsd = root.join("target/release/xvsd");
+    let xvsd = std::env::var_os("XVSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target/release/xvsd"));
     assert!(
         xvsd.exists(),
         "build xvsd first: cargo build --release -p xvsd"
@@ -101,6 +106,61 @@ fn main() {
     call(&mut s, "-R", &rules);
     let restore = t.elapsed();
 
+    // 100,000 services, then the same again after -C, in one -R, while another client lists.
+    let mut big = String::new();
+    for i in 0..100_000u32 {
+        big.push_str(&format!(
+            "-A -t 10.{}.{}.{}:80 -s rr\n-a -t 10.{}.{}.{}:80 -r 192.168.3.1:80 -m\n",
+            1 + i / 65536,
+            (i / 256) % 256,
+            i % 256,
+            1 + i / 65536,
+            (i / 256) % 256,
+            i % 256
+        ));
+    }
+    call(&mut s, "-C", "");
+    call(&mut s, "-R", &big);
+    let mut reader = UnixStream::connect(&sock).expect("connect");
+    let idle_list = median(
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                call(&mut reader, "-L -n", "");
+                t.elapsed()
+            })
+            .collect(),
+    );
+    // The same services in the reverse order (a saved file's order need not be the table's).
+    let mut replace = String::from("-C\n");
+    for pair in big.lines().collect::<Vec<_>>().chunks(2).rev() {
+        replace.push_str(pair[0]);
+        replace.push('\n');
+        replace.push_str(pair[1]);
+        replace.push('\n');
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (replace_time, worst_list, lists_during) = std::thread::scope(|sc| {
+        let lister = sc.spawn(|| {
+            let mut worst = Duration::ZERO;
+            let mut n = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                call(&mut reader, "-L -n", "");
+                worst = worst.max(t.elapsed());
+                n += 1;
+            }
+            (worst, n)
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        call(&mut s, "-R", &replace);
+        let took = t.elapsed();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (worst, n) = lister.join().expect("lister");
+        (took, worst, n)
+    });
+
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -122,6 +182,15 @@ fn main() {
     println!(
         "| -R of 100,000 lines (10,000 services × 9 servers) | {} |",
         fmt(restore)
+    );
+    println!(
+        "| -R replacing 100,000 services × 1 server on a table holding them (-C, then 200,000 lines in the reverse order) | {} |",
+        fmt(replace_time)
+    );
+    println!(
+        "| -L -n at 100,000 services: idle daemon (median of 3); longest during that -R ({lists_during} listings) | {}; {} |",
+        fmt(idle_list),
+        fmt(worst_list)
     );
 }
 

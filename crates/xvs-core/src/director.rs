@@ -58,8 +58,9 @@ pub struct Director {
     /// Position of each service in `services` (lookups are O(1): a `-R` of 100,000 lines must
     /// not scan the table per line).
     by_key: std::collections::HashMap<ServiceKey, usize>,
-    /// Deleted destinations, kept so that re-adding them revives counters and connections.
-    trash: Vec<(ServiceKey, Arc<DestState>)>,
+    /// Deleted destinations still referenced (by connections or published snapshots), by
+    /// service and address: re-adding one revives its counters and connections.
+    trash: std::collections::HashMap<(ServiceKey, IpAddr, u16), Arc<DestState>>,
     next_dest_id: u32,
     timeouts: Timeouts,
     settings: Settings,
@@ -95,7 +96,7 @@ impl Director {
             seed,
             services: Vec::new(),
             by_key: std::collections::HashMap::new(),
-            trash: Vec::new(),
+            trash: std::collections::HashMap::new(),
             next_dest_id: 1,
             timeouts: Timeouts::default(),
             settings: Settings::default(),
@@ -184,22 +185,29 @@ impl Director {
 
     /// `-D`: the destinations go to the trash; connections keep working until they expire or,
     /// for packets, are dropped as their destination is no longer available.
+    ///
+    /// The last service takes the deleted one's place (constant time: a `-R` that deletes
+    /// 100,000 services must not move the rest each time); listings sort, and `--nosort`
+    /// shows the table's own order, which the kernel's hash order is not either.
     pub fn del_service(&mut self, key: &ServiceKey) -> Result<(), CtlError> {
         let i = self.index(key).ok_or(CtlError::NoService)?;
-        let svc = Arc::unwrap_or_clone(self.services.remove(i));
+        let svc = Arc::unwrap_or_clone(self.services.swap_remove(i));
         self.by_key.remove(key);
-        for (k, v) in self.by_key.iter_mut() {
-            debug_assert!(*k != *key);
-            if *v > i {
-                *v -= 1;
-            }
+        if let Some(moved) = self.services.get(i) {
+            self.by_key.insert(moved.cfg.key, i);
         }
         for d in svc.dests {
             d.set_available(false);
-            self.trash.push((*key, d));
+            self.to_trash(*key, d);
         }
-        self.collect_trash();
         Ok(())
+    }
+
+    /// Keep a deleted destination while something still references it.
+    fn to_trash(&mut self, key: ServiceKey, d: Arc<DestState>) {
+        if Arc::strong_count(&d) > 1 {
+            self.trash.insert((key, d.addr, d.port), d);
+        }
     }
 
     /// `-C`.
@@ -209,10 +217,9 @@ impl Director {
             let svc = Arc::unwrap_or_clone(svc);
             for d in svc.dests {
                 d.set_available(false);
-                self.trash.push((svc.cfg.key, d));
+                self.to_trash(svc.cfg.key, d);
             }
         }
-        self.collect_trash();
     }
 
     fn check_dest(svc: &ServiceConfig, d: &DestConfig) -> Result<(), CtlError> {
@@ -252,13 +259,8 @@ impl Director {
         if svc.cfg.scheduler == "mh" && svc.dests.len() + 1 > mh::TAB_SIZE {
             return Err(CtlError::Invalid);
         }
-        let revived = self
-            .trash
-            .iter()
-            .position(|(k, x)| k == key && x.addr == d.addr && x.port == d.port);
-        let state = match revived {
-            Some(t) => {
-                let (_, s) = self.trash.remove(t);
+        let state = match self.trash.remove(&(*key, d.addr, d.port)) {
+            Some(s) => {
                 s.configure(&d);
                 s
             }
@@ -309,14 +311,13 @@ impl Director {
         svc.live
             .scheduler()
             .update(&svc.dests, DestEvent::Del(&state, pos));
-        self.trash.push((*key, state));
-        self.collect_trash();
+        self.to_trash(*key, state);
         Ok(())
     }
 
     /// Free trashed destinations that no connection references any more.
     fn collect_trash(&mut self) {
-        self.trash.retain(|(_, d)| Arc::strong_count(d) > 1);
+        self.trash.retain(|_, d| Arc::strong_count(d) > 1);
     }
 
     /// `-Z [service]`.

@@ -24,6 +24,9 @@ pub struct Output {
     pub stderr: String,
     /// Whether the tables or daemon settings changed (the caller publishes and saves state).
     pub changed: bool,
+    /// A `-R` stream stopped before its end (a syntax error, or `-R` inside it): the lines
+    /// after the one that stopped it were not read.
+    pub stopped: bool,
 }
 
 impl Output {
@@ -167,6 +170,12 @@ fn is_change(c: &Command) -> bool {
     )
 }
 
+/// Whether a command line may change the configuration (everything but listings, `-S`, help
+/// and version; a line that does not parse changes nothing).
+pub fn is_write(prog: &str, args: &[String]) -> bool {
+    parse_command(prog, args).is_ok_and(|c| is_change(&c))
+}
+
 /// Defaults the kernel applies to a sync daemon's unset values (reference §5.1).
 fn daemon_defaults(mut d: DaemonConfig) -> DaemonConfig {
     let v6 = matches!(d.group, Some(IpAddr::V6(_)));
@@ -275,6 +284,7 @@ fn restore_stream(s: &mut Session<'_>, stdin: &str) -> Output {
                 let o = Output::err(255, try_help(s.prog));
                 out.stderr.push_str(&o.stderr);
                 out.status = o.status;
+                out.stopped = true;
                 return out;
             }
             Ok(cmd) => run_command(s, cmd),
@@ -284,6 +294,7 @@ fn restore_stream(s: &mut Session<'_>, stdin: &str) -> Output {
                     out.stderr.push('\n');
                 }
                 out.status = e.status;
+                out.stopped = true;
                 return out;
             }
         };

@@ -49,10 +49,17 @@ pub struct CtlState {
     pub daemons: Vec<DaemonConfig>,
 }
 
+/// Lines of a `-R` stream applied per hold of the configuration's lock: readers (`-L`) wait
+/// for one chunk at most, never for a whole large `-R`.
+const RESTORE_CHUNK: usize = 1000;
+
 /// What the control thread shares with the rest of the daemon.
 pub struct Control {
     /// The configuration.
     pub state: Mutex<CtlState>,
+    /// Held by a `-R` stream for its whole length, which takes `state` chunk by chunk, and by
+    /// every other change: writers one at a time, readers between a stream's chunks.
+    restoring: Mutex<()>,
     /// Published snapshot for the workers.
     pub tables: Arc<ArcSwap<Tables>>,
     /// The connection table (for `-L -c`).
@@ -95,6 +102,7 @@ impl Control {
     ) -> Control {
         Control {
             state: Mutex::new(state),
+            restoring: Mutex::new(()),
             tables,
             engine,
             on_publish,
@@ -252,12 +260,40 @@ impl Control {
         if args.first().is_some_and(|a| a == "--sysctl") && args.len() <= 2 {
             return self.sysctl(args.get(1).map(String::as_str), uid);
         }
+        if uid == 0 && args.len() == 1 && args[0] == "-R" {
+            return self.restore(stdin);
+        }
+        let connections = || self.connections();
+        if !xvs_ipvsadm::exec::is_write("xvsadm", args) {
+            // Reads work on a copy taken under the lock (the services are shared, not copied):
+            // a long listing never holds the configuration from writers.
+            let (mut director, mut daemons) = {
+                let st = self.lock();
+                (st.director.clone(), st.daemons.clone())
+            };
+            let mut s = Session {
+                director: &mut director,
+                daemons: &mut daemons,
+                connections: &connections,
+                conn_tab_size: self.engine.conns.capacity(),
+                names: &*self.names,
+                may_change: false,
+                prog: "xvsadm",
+            };
+            let out = execute(&mut s, args, stdin);
+            return Response {
+                status: out.status,
+                stdout: out.stdout,
+                stderr: out.stderr,
+            };
+        }
+        // Writers wait for a `-R` in progress (it may still be undone as a whole).
+        let _writer = self.restoring.lock().unwrap_or_else(|e| e.into_inner());
         let mut st = self.lock();
         // What to go back to when a change cannot be saved: a change is applied and
         // acknowledged only once it is in the state file.
         let before = (uid == 0 && self.state_file.is_some())
             .then(|| (st.director.clone(), st.daemons.clone()));
-        let connections = || self.connections();
         let CtlState { director, daemons } = &mut *st;
         let mut s = Session {
             director,
@@ -284,6 +320,65 @@ impl Control {
                     stdout: out.stdout,
                     stderr: out.stderr,
                 };
+            }
+            self.publish(&st);
+        }
+        Response {
+            status: out.status,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        }
+    }
+
+    /// `-R` from root: applied in chunks of [`RESTORE_CHUNK`] lines, the configuration's lock
+    /// taken per chunk, so that listings are served meanwhile (as with IPVS, where each line is
+    /// a command of its own, a listing may show a stream half applied). Saved and published
+    /// once, at the end; a stream that cannot be saved is undone as a whole.
+    fn restore(&self, stdin: &str) -> Response {
+        let _one = self.restoring.lock().unwrap_or_else(|e| e.into_inner());
+        let before = {
+            let st = self.lock();
+            self.state_file
+                .is_some()
+                .then(|| (st.director.clone(), st.daemons.clone()))
+        };
+        let connections = || self.connections();
+        let lines: Vec<&str> = stdin.lines().collect();
+        let mut out = xvs_ipvsadm::exec::Output::default();
+        for chunk in lines.chunks(RESTORE_CHUNK) {
+            let mut text = chunk.join("\n");
+            text.push('\n');
+            let mut st = self.lock();
+            let CtlState { director, daemons } = &mut *st;
+            let mut s = Session {
+                director,
+                daemons,
+                connections: &connections,
+                conn_tab_size: self.engine.conns.capacity(),
+                names: &*self.names,
+                may_change: true,
+                prog: "xvsadm",
+            };
+            let o = execute(&mut s, &["-R".to_string()], &text);
+            out.stdout.push_str(&o.stdout);
+            out.stderr.push_str(&o.stderr);
+            out.status = o.status;
+            out.changed |= o.changed;
+            if o.stopped {
+                break;
+            }
+        }
+        if out.changed {
+            let mut st = self.lock();
+            if let Err(e) = self.save(&st) {
+                tracing::error!("{e}; the change is undone");
+                if let Some((director, daemons)) = before {
+                    st.director = director;
+                    st.daemons = daemons;
+                }
+                out.status = 1;
+                out.stderr
+                    .push_str(&format!("xvsd: {e}: the change is not applied\n"));
             }
             self.publish(&st);
         }
