@@ -198,13 +198,13 @@ impl Director {
         }
         for d in svc.dests {
             d.set_available(false);
-            self.to_trash(*key, d);
+            self.trash_dest(*key, d);
         }
         Ok(())
     }
 
     /// Keep a deleted destination while something still references it.
-    fn to_trash(&mut self, key: ServiceKey, d: Arc<DestState>) {
+    fn trash_dest(&mut self, key: ServiceKey, d: Arc<DestState>) {
         if Arc::strong_count(&d) > 1 {
             self.trash.insert((key, d.addr, d.port), d);
         }
@@ -217,7 +217,7 @@ impl Director {
             let svc = Arc::unwrap_or_clone(svc);
             for d in svc.dests {
                 d.set_available(false);
-                self.to_trash(svc.cfg.key, d);
+                self.trash_dest(svc.cfg.key, d);
             }
         }
     }
@@ -311,7 +311,7 @@ impl Director {
         svc.live
             .scheduler()
             .update(&svc.dests, DestEvent::Del(&state, pos));
-        self.to_trash(*key, state);
+        self.trash_dest(*key, state);
         Ok(())
     }
 
