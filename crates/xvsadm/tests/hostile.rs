@@ -337,6 +337,62 @@ fn a_change_that_cannot_be_saved_is_refused_and_not_applied() {
 }
 
 #[test]
+fn a_read_only_state_directory_stops_the_start() {
+    // xvsd in a mount namespace of its own where the state directory is mounted read-only
+    // (root ignores permission bits, not a read-only mount).
+    let dir = new_dir("readonly");
+    let state_dir = dir.join("state.d");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let state = state_dir.join("state");
+    let sock = dir.join("xvsd.sock");
+    {
+        let d = start_in(&dir, &["--state", state.to_str().unwrap()]).unwrap();
+        ok(&d, "-A -t 10.0.0.1:80 -s rr");
+        signal(&d.child, "TERM");
+        let mut d = d;
+        let _ = d.child.wait();
+        d.dir = new_dir("readonly-keep");
+    }
+    let script = format!(
+        "mount --make-rprivate / && mount --bind '{s}' '{s}' && mount -o remount,ro,bind '{s}' && exec '{x}' --control '{c}' --conn-capacity 65536 --state '{f}'",
+        s = state_dir.display(),
+        x = bin("xvsd").display(),
+        c = sock.display(),
+        f = state.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stderr(std::fs::File::create(dir.join("xvsd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut up = false;
+    while start.elapsed() < Duration::from_secs(10) {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if sock.exists() && adm_in(&sock, "-L -n", "").0 == 0 {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(dir.join("xvsd.log")).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    // A state file that cannot be written at start stops the start: no change could be saved.
+    assert!(!up, "xvsd served with a read-only state directory");
+    assert!(
+        log.contains("saving state") && log.contains("Read-only"),
+        "{log}"
+    );
+    assert!(std::fs::read_to_string(&state)
+        .unwrap()
+        .contains("10.0.0.1:80"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn a_state_file_cut_short_or_partly_invalid_stops_the_start() {
     let dir = new_dir("cut");
     let state = dir.join("state");
