@@ -13,6 +13,7 @@ use xvs_core::Protocol;
 /// The compiled steering program (`bpf/xvs.bpf.c`), built by `build.rs`.
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xvs.bpf.o"));
 /// The benchmark sink (`bpf/xvs_sink.bpf.c`): counts and drops every frame.
+#[cfg(feature = "bench")]
 static SINK_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xvs_sink.bpf.o"));
 
 /// Queues per interface in the socket map (must match `MAX_QUEUES` in the program).
@@ -467,6 +468,7 @@ impl XdpProgram {
 }
 
 /// The benchmark sink: counts every frame it receives and drops it.
+#[cfg(feature = "bench")]
 #[derive(Debug)]
 pub struct SinkProgram {
     inner: Loaded,
@@ -474,10 +476,13 @@ pub struct SinkProgram {
 }
 
 // Safety: as for XdpProgram: only map file descriptors are used through &self.
+#[cfg(feature = "bench")]
 unsafe impl Send for SinkProgram {}
 // Safety: as for XdpProgram.
+#[cfg(feature = "bench")]
 unsafe impl Sync for SinkProgram {}
 
+#[cfg(feature = "bench")]
 impl SinkProgram {
     /// Load the sink and attach it to an interface.
     pub fn attach(ifindex: u32, ifname: &str, mode: XdpMode) -> Result<SinkProgram, BpfError> {

@@ -1,12 +1,14 @@
 //! xvs-xdp: the AF_XDP side of xvs, and the only crate with `unsafe` (each block carries a
 //! `// Safety:` comment). The steering XDP program ([`bpf`]), AF_XDP sockets sharing one UMEM
 //! per worker ([`xsk`]), and the worker loop that hands received frames to
-//! [`xvs_core::Engine::process`] ([`worker`]).
+//! [`xvs_core::Engine::process`] ([`worker`]). With the `bench` feature, the benchmarks' packet
+//! generator (`pktgen`) and sink program (`bpf::SinkProgram`).
 
 pub mod admission;
 pub mod bpf;
 pub mod inject;
 pub mod nexthop;
+#[cfg(feature = "bench")]
 pub mod pktgen;
 pub mod worker;
 pub mod xsk;

@@ -142,33 +142,6 @@ impl Handler for EngineHandler {
     }
 }
 
-/// The bare forwarder of the benchmarks: every frame goes out of one interface to one next
-/// hop, with nothing but the MAC addresses rewritten (the limit of xvs's AF_XDP I/O).
-#[derive(Debug, Clone, Copy)]
-pub struct BareHandler {
-    /// Egress interface.
-    pub out_ifindex: u32,
-    /// Egress MAC.
-    pub src_mac: [u8; 6],
-    /// Next hop MAC.
-    pub dst_mac: [u8; 6],
-}
-
-impl Handler for BareHandler {
-    fn handle(&mut self, frame: &mut Frame<'_>, _now: Time) -> Verdict {
-        let d = frame.data_mut();
-        if d.len() < 14 {
-            return Verdict::Drop(xvs_core::DropReason::Malformed);
-        }
-        d[0..6].copy_from_slice(&self.dst_mac);
-        d[6..12].copy_from_slice(&self.src_mac);
-        Verdict::Forward {
-            ifindex: self.out_ifindex,
-            real: None,
-        }
-    }
-}
-
 /// Everything a worker needs.
 #[derive(Debug)]
 pub struct Worker<H: Handler> {
