@@ -41,7 +41,6 @@ impl Handler for BareHandler {
     }
 }
 
-
 #[derive(Debug, Parser)]
 struct Args {
     /// Receiving interface.

@@ -13,6 +13,7 @@ use crate::defence::{Defence, DropEntryCounters, SetError};
 use crate::dest::{ConnForward, DestState};
 use crate::hops::HopCache;
 use crate::proto::{tcp_next_state, tcp_state_active, Direction, TcpFlags, TcpState, Timeouts};
+pub use crate::routes::Routes;
 use crate::sched::SchedInput;
 use crate::service::{Service, Tables};
 use crate::stats::{Counting, WorkerSlot};
@@ -22,20 +23,6 @@ use crate::wire::{
     parse_quoted, set_macs, tunnel_overhead, Frame, IcmpError, NatSide, NextHop, Packet,
     ParseError,
 };
-
-/// Next-hop resolution, provided by the caller (netlink cache, static neighbours).
-pub trait Routes {
-    /// How to reach `dst`: egress, MACs, MTU and the local source address of that family.
-    fn next_hop(&self, dst: IpAddr) -> Option<NextHop>;
-
-    /// A number that changes whenever an answer of [`Routes::next_hop`] may have changed, and
-    /// that no other routes object uses (take them from [`crate::hops::next_routes_version`]).
-    /// Workers cache answers while it stays the same ([`HopCache`]). None, the default: answers
-    /// are never cached.
-    fn version(&self) -> Option<u64> {
-        None
-    }
-}
 
 /// The state a worker thread keeps of its own between batches: its counter slot, its
 /// next-hop cache and the prefetching path's scratch.
@@ -1041,7 +1028,7 @@ impl Engine {
 
     fn schedule(&self, svc: &Service, p: &Packet, now: Time) -> Option<Arc<DestState>> {
         svc.live.schedule(&SchedInput {
-            svc: &svc.cfg,
+            flags: svc.cfg.sched_flags(),
             dests: &svc.dests,
             saddr: p.saddr,
             sport: p.sport,

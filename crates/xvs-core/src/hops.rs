@@ -6,7 +6,7 @@
 //! one worker owns answers nearly every packet from its L1 cache.
 //!
 //! The cache is kept true by [`Routes::version`]: a routes object whose answers may change
-//! returns a new version after every change (numbers from [`next_routes_version`], so two
+//! returns a new version after every change (numbers from [`crate::routes::next_routes_version`], so two
 //! objects never share one). The cache compares it once per batch and empties itself when it
 //! moved. A routes object that returns `None` is never cached, nor is any answer before the
 //! first [`HopCache::sync`] (the cache's entries are allocated by the first sync with versioned
@@ -14,21 +14,13 @@
 //! frame, costs no allocation).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::datapath::Routes;
 use crate::hash::{fold_addr, hash_32};
+use crate::routes::Routes;
 use crate::wire::NextHop;
 
 /// Entries of a [`HopCache`] (a power of two).
 pub const HOP_CACHE_ENTRIES: usize = 256;
-
-static VERSIONS: AtomicU64 = AtomicU64::new(1);
-
-/// A routes version no other routes object has had: for [`Routes::version`].
-pub fn next_routes_version() -> u64 {
-    VERSIONS.fetch_add(1, Relaxed)
-}
 
 /// Next hops one worker resolved, by destination address (direct-mapped: a destination
 /// evicts the one that shares its entry).

@@ -1,13 +1,34 @@
-//! A static next-hop table: neighbours on the link and a default gateway. The offline replay
-//! and tests use it; the AF_XDP data plane resolves next hops from the kernel instead.
+//! Next hops: the [`Routes`] the data path asks, and a static table of them (neighbours on the
+//! link and a default gateway) that the offline replay and the tests use; the AF_XDP data plane
+//! resolves next hops from the kernel instead.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use hashbrown::HashMap;
 
-use crate::datapath::Routes;
-use crate::hops::next_routes_version;
 use crate::wire::NextHop;
+
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// A routes version no other routes object has had: for [`Routes::version`].
+pub fn next_routes_version() -> u64 {
+    VERSIONS.fetch_add(1, Relaxed)
+}
+
+/// Next-hop resolution, provided by the caller (netlink cache, static neighbours).
+pub trait Routes {
+    /// How to reach `dst`: egress, MACs, MTU and the local source address of that family.
+    fn next_hop(&self, dst: IpAddr) -> Option<NextHop>;
+
+    /// A number that changes whenever an answer of [`Routes::next_hop`] may have changed, and
+    /// that no other routes object uses (take them from [`next_routes_version`]).
+    /// Workers cache answers while it stays the same ([`crate::hops::HopCache`]). None, the default: answers
+    /// are never cached.
+    fn version(&self) -> Option<u64> {
+        None
+    }
+}
 
 /// One interface with known neighbours and an optional gateway.
 #[derive(Debug, Clone)]

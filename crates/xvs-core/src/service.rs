@@ -11,7 +11,7 @@ use crate::hash::HashSeed;
 use crate::dest::DestState;
 use crate::hash::hash_endpoint;
 use crate::proto::Timeouts;
-use crate::sched::{SchedInput, Scheduler};
+use crate::sched::{SchedFlags, SchedInput, Scheduler};
 use crate::stats::Stats;
 use crate::types::{Af, ForwardMethod, Netmask, Protocol, ServiceKey};
 
@@ -19,6 +19,12 @@ use crate::types::{Af, ForwardMethod, Netmask, Protocol, ServiceKey};
 pub const SVC_F_PERSISTENT: u32 = 0x1;
 /// Service flag: one-packet scheduling (`-o`).
 pub const SVC_F_ONEPACKET: u32 = 0x4;
+/// Service flag: scheduler flag 1 (`sh-fallback` / `mh-fallback` / `flag-1`).
+pub const SVC_F_SCHED1: u32 = 0x8;
+/// Service flag: scheduler flag 2 (`sh-port` / `mh-port` / `flag-2`).
+pub const SVC_F_SCHED2: u32 = 0x10;
+/// Service flag: scheduler flag 3 (`flag-3`).
+pub const SVC_F_SCHED3: u32 = 0x20;
 
 /// Configuration of a virtual service as `-A`/`-E` give it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +64,14 @@ impl ServiceConfig {
     /// `-o`.
     pub fn is_one_packet(&self) -> bool {
         self.flags & SVC_F_ONEPACKET != 0
+    }
+
+    /// The scheduler flags, as the schedulers read them.
+    pub fn sched_flags(&self) -> SchedFlags {
+        SchedFlags {
+            fallback: self.flags & SVC_F_SCHED1 != 0,
+            port: self.flags & SVC_F_SCHED2 != 0,
+        }
     }
 }
 

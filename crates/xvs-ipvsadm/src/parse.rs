@@ -6,8 +6,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use xvs_core::dest::DestConfig;
-use xvs_core::sched::{SVC_F_SCHED1, SVC_F_SCHED2, SVC_F_SCHED3};
 use xvs_core::service::{ServiceConfig, SVC_F_ONEPACKET, SVC_F_PERSISTENT};
+use xvs_core::service::{SVC_F_SCHED1, SVC_F_SCHED2, SVC_F_SCHED3};
 use xvs_core::types::{
     Af, ForwardMethod, Netmask, Protocol, ServiceKey, TunnelConfig, TunnelCsum, TunnelType,
 };

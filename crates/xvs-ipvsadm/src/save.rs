@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use xvs_core::dest::DestConfig;
-use xvs_core::sched::{SVC_F_SCHED1, SVC_F_SCHED2, SVC_F_SCHED3};
 use xvs_core::service::Service;
+use xvs_core::service::{SVC_F_SCHED1, SVC_F_SCHED2, SVC_F_SCHED3};
 use xvs_core::types::{Af, ForwardMethod, Protocol, ServiceKey, TunnelCsum, TunnelType};
 
 use crate::addr::port_service;

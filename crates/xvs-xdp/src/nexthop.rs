@@ -28,7 +28,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr as NlAddr};
-use xvs_core::hops::next_routes_version;
+use xvs_core::routes::next_routes_version;
 use xvs_core::{NextHop, Routes};
 
 /// What a route lookup says about a destination.

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::{gcd, DestEvent, SchedInput, Scheduler, SVC_F_SCHED1, SVC_F_SCHED2};
+use super::{gcd, DestEvent, SchedInput, Scheduler};
 use crate::dest::DestState;
 use crate::hash::{fold_addr, hsiphash_u32, HsipKey};
 
@@ -148,12 +148,8 @@ impl Scheduler for Maglev {
     }
 
     fn schedule(&mut self, input: &SchedInput<'_>) -> Option<Arc<DestState>> {
-        let port = if input.svc.flags & SVC_F_SCHED2 != 0 {
-            input.sport
-        } else {
-            0
-        };
-        if input.svc.flags & SVC_F_SCHED1 != 0 {
+        let port = if input.flags.port { input.sport } else { 0 };
+        if input.flags.fallback {
             self.get_fallback(&input.saddr, port)
         } else {
             self.get(&input.saddr, port)

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use crate::dest::DestState;
 use crate::hash::HashSeed;
-use crate::service::ServiceConfig;
 use crate::types::Time;
 
 mod dh;
@@ -30,13 +29,6 @@ mod wrr;
 #[cfg(test)]
 mod tests;
 
-/// Service flag: scheduler flag 1 (`sh-fallback` / `mh-fallback` / `flag-1`).
-pub const SVC_F_SCHED1: u32 = 0x8;
-/// Service flag: scheduler flag 2 (`sh-port` / `mh-port` / `flag-2`).
-pub const SVC_F_SCHED2: u32 = 0x10;
-/// Service flag: scheduler flag 3 (`flag-3`).
-pub const SVC_F_SCHED3: u32 = 0x20;
-
 /// What changed in a service's destination list; the list passed alongside is the new one.
 #[derive(Debug, Clone, Copy)]
 pub enum DestEvent<'a> {
@@ -48,11 +40,21 @@ pub enum DestEvent<'a> {
     Edit(&'a Arc<DestState>),
 }
 
+/// A service's scheduler flags (`-b`) as sh and mh read them: `sh-fallback` / `mh-fallback`
+/// (flag 1) and `sh-port` / `mh-port` (flag 2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedFlags {
+    /// Flag 1: on an unavailable destination, hash again over the others.
+    pub fallback: bool,
+    /// Flag 2: the client's port is part of the hash.
+    pub port: bool,
+}
+
 /// What a scheduler may look at for one new connection.
 #[derive(Debug, Clone, Copy)]
 pub struct SchedInput<'a> {
-    /// The service's configuration (flags such as `sh-port`).
-    pub svc: &'a ServiceConfig,
+    /// The service's scheduler flags.
+    pub flags: SchedFlags,
     /// Destinations in list order, newest first.
     pub dests: &'a [Arc<DestState>],
     /// Client address.

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::{DestEvent, SchedInput, Scheduler, SVC_F_SCHED1, SVC_F_SCHED2};
+use super::{DestEvent, SchedInput, Scheduler};
 use crate::dest::DestState;
 use crate::hash::{fold_addr, hash_32};
 
@@ -89,12 +89,8 @@ impl Scheduler for SourceHash {
     }
 
     fn schedule(&mut self, input: &SchedInput<'_>) -> Option<Arc<DestState>> {
-        let port = if input.svc.flags & SVC_F_SCHED2 != 0 {
-            input.sport
-        } else {
-            0
-        };
-        if input.svc.flags & SVC_F_SCHED1 != 0 {
+        let port = if input.flags.port { input.sport } else { 0 };
+        if input.flags.fallback {
             self.get_fallback(&input.saddr, port)
         } else {
             self.get(&input.saddr, port)

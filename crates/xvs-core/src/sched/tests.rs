@@ -9,6 +9,7 @@ use super::*;
 use crate::dest::DestConfig;
 use crate::director::Director;
 use crate::hash::{fold_addr, hash_32};
+use crate::service::{ServiceConfig, SVC_F_SCHED1, SVC_F_SCHED2};
 use crate::types::{Protocol, ServiceKey, Time};
 
 struct Rig {
@@ -66,7 +67,7 @@ impl Rig {
     fn pick_from(&self, saddr: IpAddr, sport: u16, daddr: IpAddr) -> u8 {
         let svc = self.d.service(&self.key).unwrap();
         let input = SchedInput {
-            svc: &svc.cfg,
+            flags: svc.cfg.sched_flags(),
             dests: &svc.dests,
             saddr,
             sport,
