@@ -8,11 +8,13 @@ use etherparse::{PacketBuilder, TcpHeaderSlice};
 use proptest::prelude::*;
 
 use super::*;
-use crate::conn::Eviction;
+use crate::conn::{ConnKey, Eviction};
 use crate::dest::DestConfig;
 use crate::director::Director;
+use crate::proto::TcpState;
 use crate::routes::StaticRoutes;
 use crate::service::ServiceConfig;
+use crate::types::{ForwardMethod, Protocol, ServiceKey};
 use crate::types::{TunnelConfig, TunnelType};
 use crate::wire::{bad_checksum, checksum, l4_checksum, parse, ETH_LEN};
 

@@ -1,0 +1,234 @@
+//! New connections: persistence templates, the scheduler's pick, the insertion; no destination
+//! answers port unreachable.
+
+use super::inbound::{account, fwmark_addr, is_martian_source, transition, Hit};
+use super::{DropReason, Engine, Hops, Outcome, Step, Verdict};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crate::conn::{
+    ClientHash, Conn, ConnKey, InsertError, CONN_F_INACTIVE, CONN_F_NOOUTPUT, CONN_F_ONE_PACKET,
+    CONN_F_TEMPLATE, TPL_S_NONE,
+};
+use crate::dest::DestState;
+use crate::proto::Direction;
+use crate::sched::SchedInput;
+use crate::service::{Service, Tables};
+use crate::types::{ForwardMethod, Protocol, ServiceKey, Time};
+use crate::wire::{Frame, IcmpError, Packet};
+
+impl Engine {
+    /// The persistence template key for a packet of a persistent service (reference §4.4).
+    pub(super) fn template_key(svc: &Service, p: &Packet) -> ConnKey {
+        let caddr = svc.cfg.netmask.apply(p.saddr);
+        match svc.cfg.key {
+            ServiceKey::Fwmark { mark, .. } => ConnKey {
+                proto: 0,
+                caddr,
+                cport: 0,
+                vaddr: fwmark_addr(p.v6, mark),
+                vport: 0,
+            },
+            ServiceKey::Addr { port, .. } => {
+                let vport = if port != 0 && p.dport == port && port != 21 {
+                    port
+                } else {
+                    0
+                };
+                ConnKey {
+                    proto: p.proto,
+                    caddr,
+                    cport: 0,
+                    vaddr: p.daddr,
+                    vport,
+                }
+            }
+        }
+    }
+
+    /// Pick a destination through a persistence template (`ip_vs_sched_persist`). Returns the
+    /// destination and the template key, which then controls one more connection.
+    pub(super) fn persist(
+        &self,
+        t: &Tables,
+        svc: &Service,
+        p: &Packet,
+        now: Time,
+    ) -> Result<Option<(Arc<DestState>, ConnKey)>, DropReason> {
+        let tkey = Self::template_key(svc, p);
+        let eqt = t.settings.expire_quiescent_template;
+        for _ in 0..2 {
+            let found = self.conns.use_template(&tkey, now, |tc| {
+                tc.dest.is_available() && !(eqt && tc.dest.weight() == 0)
+            });
+            if let Some((dest, _)) = found {
+                return Ok(Some((dest, tkey)));
+            }
+            let Some(dest) = self.schedule(svc, p, now) else {
+                return Ok(None);
+            };
+            let tdport = if svc.cfg.key.port() != 0 && p.dport == svc.cfg.key.port() {
+                dest.port
+            } else {
+                0
+            };
+            dest.bind(true, false);
+            let tpl = Conn {
+                dport: tdport,
+                dest: dest.clone(),
+                svc: svc.live.clone(),
+                fwd: dest.forward(),
+                state: TPL_S_NONE,
+                flags: CONN_F_TEMPLATE,
+                timeout: svc.cfg.timeout,
+                expires: now.plus_secs(svc.cfg.timeout),
+                template: None,
+                controlled: 1,
+                in_pkts: 0,
+            };
+            match self.conns.admit(None, tkey, tpl, now, |_| {}) {
+                Ok(()) => return Ok(Some((dest, tkey))),
+                Err((InsertError::Full, tpl)) => {
+                    tpl.dest.unbind(true, false);
+                    return Err(DropReason::TableFull);
+                }
+                // Another worker created it first: use that one.
+                Err((InsertError::Exists, tpl)) => tpl.dest.unbind(true, false),
+            }
+        }
+        Err(DropReason::TableFull)
+    }
+
+    pub(super) fn schedule(&self, svc: &Service, p: &Packet, now: Time) -> Option<Arc<DestState>> {
+        svc.live.schedule(&SchedInput {
+            flags: svc.cfg.sched_flags(),
+            dests: &svc.dests,
+            saddr: p.saddr,
+            sport: p.sport,
+            daddr: p.daddr,
+            dport: p.dport,
+            now,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new_conn(
+        &self,
+        t: &Tables,
+        hops: &mut Hops<'_>,
+        frame: &mut Frame<'_>,
+        p: &Packet,
+        proto: Protocol,
+        (key, h): (ConnKey, Option<ClientHash>),
+        svc: &Arc<Service>,
+        cx: Step,
+        out: &mut Verdict,
+    ) -> Outcome {
+        let Step { now, w } = cx;
+        // `tcp_conn_schedule`: a SYN, or with `sloppy_tcp` any segment, but never a RST.
+        if proto == Protocol::Tcp && (p.tcp.rst() || (!t.settings.sloppy_tcp && !p.tcp.syn())) {
+            return Some(self.drop(DropReason::NonSynNoConn));
+        }
+        if is_martian_source(&p.saddr, &p.daddr) {
+            return Some(self.drop(DropReason::MartianSource));
+        }
+        if self.defence.todrop() {
+            return Some(self.drop(DropReason::DefenceDropPacket));
+        }
+        let (dest, tpl) = if svc.cfg.is_persistent() {
+            match self.persist(t, svc, p, now) {
+                Ok(Some((d, k))) => (d, Some(k)),
+                Ok(None) => return Some(self.no_dest(frame, p)),
+                Err(r) => return Some(self.drop(r)),
+            }
+        } else {
+            match self.schedule(svc, p, now) {
+                Some(d) => (d, None),
+                None => return Some(self.no_dest(frame, p)),
+            }
+        };
+        let dport = if svc.cfg.is_persistent() {
+            if p.dport == svc.cfg.key.port() && dest.port != 0 {
+                dest.port
+            } else {
+                p.dport
+            }
+        } else if dest.port != 0 {
+            dest.port
+        } else {
+            p.dport
+        };
+        let fwd = dest.forward();
+        let one_packet = svc.cfg.is_one_packet() && proto == Protocol::Udp;
+        let mut flags = CONN_F_INACTIVE;
+        if fwd.method != ForwardMethod::Masq {
+            flags |= CONN_F_NOOUTPUT;
+        }
+        if one_packet {
+            flags |= CONN_F_ONE_PACKET;
+        }
+        dest.bind(false, true);
+        // The scheduler's reference moves into the connection: a clone and a drop are two
+        // locked instructions.
+        let mut c = Conn {
+            dport,
+            dest,
+            svc: svc.live.clone(),
+            fwd,
+            state: 0,
+            flags,
+            timeout: t.timeouts.tcp[0],
+            expires: now.plus_secs(t.timeouts.tcp[0]),
+            template: tpl.map(Box::new),
+            controlled: 0,
+            in_pkts: 1,
+        };
+        let secure = self.defence.secure_flag();
+        transition(
+            &mut c,
+            proto,
+            Direction::Input,
+            p.tcp,
+            &t.timeouts,
+            now,
+            secure,
+        );
+        let daddr = c.dest.addr;
+        let hit = Hit {
+            daddr: &daddr,
+            dport: c.dport,
+            fwd: &fwd,
+        };
+        // A connection is counted (Conns, and its first packet in InPkts) once it is in the
+        // table: one refused for want of room is not.
+        let count_new = |c: &Conn| {
+            if c.dest.is_available() {
+                c.dest.stats.count_conn(w);
+                c.svc.stats.count_conn(w);
+                t.totals.count_conn(w);
+            }
+            account(c, t, Direction::Input, p.ip_len, w);
+        };
+        if one_packet {
+            // Not inserted: every datagram is scheduled on its own.
+            count_new(&c);
+            c.dest.unbind(false, c.is_inactive());
+            self.conns.release_template(tpl);
+        } else if let Err((e, c)) = self.conns.admit(h, key, c, now, count_new) {
+            c.dest.unbind(false, c.is_inactive());
+            self.conns.release_template(tpl);
+            if e == InsertError::Full {
+                return Some(self.drop(DropReason::TableFull));
+            }
+            // `Exists`: another worker inserted the same connection first (and counted it);
+            // this packet is still forwarded to the destination it was scheduled to.
+            account(&c, t, Direction::Input, p.ip_len, w);
+        }
+        self.forward_in(hops, frame, p, hit, out)
+    }
+
+    pub(super) fn no_dest(&self, frame: &mut Frame<'_>, p: &Packet) -> Verdict {
+        self.counters.no_dest.fetch_add(1, Relaxed);
+        self.icmp_reply(frame, p, IcmpError::PortUnreachable)
+    }
+}
