@@ -25,7 +25,7 @@ impl Engine {
     }
 
     /// Like [`Engine::process`], with the connection-table lookups of the batch announced
-    /// ahead once the table holds [`PREFETCH_FROM`] entries or more (see
+    /// ahead once the table holds [`PREFETCH_FROM`](super::PREFETCH_FROM) entries or more (see
     /// [`Engine::set_prefetch_from`]; a smaller table is processed as by `process`): frames are
     /// taken in groups of [`PREFETCH_GROUP`]; for each group every frame is
     /// parsed and `prefetch` is given the addresses of the index memory its lookup will read
