@@ -2,7 +2,7 @@
 //! replies (protocol, real server, client) are found in the same map.
 //!
 //! Layout: a fixed number of shards, each a mutex around its entries, packed in a vector of
-//! fixed-size chunks ([`Chunked`]), and an index of their positions ([`Index`]); both grow with
+//! fixed-size chunks ([`Chunked`]), and an index of their positions (`index::Index`); both grow with
 //! the entries up to the shard's share of the capacity. Memory follows the connections (about
 //! 110 bytes each), and a small table stays small enough for the caches and the TLB (a table
 //! allocated at its full capacity spreads 10 K connections over hundreds of megabytes: one TLB
@@ -35,8 +35,7 @@ use crate::types::{ForwardMethod, Time};
 
 /// A shard's lock: a spin lock (the `spin` crate's, through `lock_api`), taken once or twice
 /// per packet and held for tens of nanoseconds. Its unlock is a plain release store, where a
-/// parking lock's is a locked compare-and-swap (it must look for parked waiters): two locked
-/// instructions fewer per packet. A waiter yields the CPU between its tries, so a holder
+/// parking lock's is a locked compare-and-swap (it must look for parked waiters). A waiter yields the CPU between its tries, so a holder
 /// preempted on the same core (the control thread listing a shard, a growth rebuild) gets to
 /// run.
 type RawShardLock = spin::mutex::SpinMutex<(), Yield>;
@@ -273,9 +272,8 @@ struct Entry(ConnKey, Conn);
 /// the last entry into the hole and re-points its index slot.
 ///
 /// The shard grows its index at a load of its own (`grow_at`, see [`grow_load`]): the shards of
-/// a table fill evenly, and at a single threshold all of them grew within the same second, each
-/// rebuild reading every entry of its shard (0.7 s of a worker's time at 7.3 M connections, when
-/// the index was hashbrown's and rehashed in bucket order, at random).
+/// a table fill evenly, and at a single threshold all of them would grow within the same
+/// second, each rebuild reading every entry of its shard.
 #[derive(Debug)]
 struct Shard {
     index: Index,
@@ -338,7 +336,7 @@ impl Shard {
     }
 
     /// Position of `key`: the hinted one when it holds `key`, else a probe.
-    #[inline(always)] // The hot lookup: 670 against 693 Ir per packet out of line.
+    #[inline(always)] // The hot lookup, once or twice per packet.
     fn position(&self, h: u64, hint: u32, key: KeyRef<'_>) -> Option<usize> {
         match self.entries.get(hint as usize) {
             Some(Entry(k, _)) if key.matches(k) => Some(hint as usize),

@@ -136,8 +136,6 @@ pub struct Settings {
     pub expire_quiescent_template: bool,
     /// `conn_reuse_mode` bits: 1 = a SYN on TIME_WAIT/CLOSE reschedules, 2 = also FIN_WAIT with NOOUTPUT.
     pub conn_reuse_mode: u8,
-    /// Verify full TCP/UDP checksums of incoming packets before rewriting (costly, off by default).
-    pub verify_checksums: bool,
 }
 
 impl Default for Settings {
@@ -147,7 +145,6 @@ impl Default for Settings {
             expire_nodest_conn: false,
             expire_quiescent_template: false,
             conn_reuse_mode: 1,
-            verify_checksums: false,
         }
     }
 }
@@ -157,8 +154,6 @@ impl Default for Settings {
 pub struct Steering {
     /// (VIP, protocol, port) of every address service; port 0 = every port of that VIP.
     pub services: Vec<(IpAddr, Protocol, u16)>,
-    /// Whether fwmark services exist (marks are set by the kernel, so XDP cannot match them).
-    pub has_fwmark: bool,
     /// (real-server address, protocol, port) of NAT destinations: their replies come back through xvs.
     pub nat_sources: Vec<(IpAddr, Protocol, u16)>,
 }
@@ -306,9 +301,9 @@ impl Tables {
     pub fn steering(&self) -> Steering {
         let mut st = Steering::default();
         for s in &self.services {
-            match s.cfg.key {
-                ServiceKey::Addr { proto, addr, port } => st.services.push((addr, proto, port)),
-                ServiceKey::Fwmark { .. } => st.has_fwmark = true,
+            // Firewall marks are the kernel's: XDP cannot match them (docs/differences.md).
+            if let ServiceKey::Addr { proto, addr, port } = s.cfg.key {
+                st.services.push((addr, proto, port));
             }
         }
         st.nat_sources = self

@@ -204,9 +204,8 @@ pub fn parse(frame: &[u8]) -> Result<Packet, ParseError> {
     }
 }
 
-/// [`parse`] into `out`. The fast reader's packet is stored there field by field; a packet
-/// built aside and then moved would be copied with wider loads than the stores that wrote it,
-/// and wait for them (a store-forwarding stall).
+/// [`parse`] into `out`, field by field in place (store forwarding: see the data path's
+/// module documentation).
 #[inline(always)]
 pub fn parse_into(frame: &[u8], out: &mut Result<Packet, ParseError>) {
     match parse_ipv4_fast(frame) {

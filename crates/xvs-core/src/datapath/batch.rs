@@ -66,11 +66,8 @@ impl Engine {
                 *first = None;
                 if let Ok(p) = &*p {
                     if let Some(proto) = Protocol::from_number(p.proto) {
-                        // The client side of the lookup classify will make first.
-                        // Addresses by reference, each hashed where it is: a copy of an
-                        // `IpAddr` just written field by field reads more bytes than the writes
-                        // stored, and waits for them to reach the cache (a store-forwarding
-                        // stall, 10 % of this loop's samples at 10 K flows).
+                        // The client side of the lookup classify will make first, each
+                        // address hashed where it is (store forwarding).
                         let from_nat = tables.is_nat_source(proto, &p.saddr, p.sport);
                         let h = if from_nat {
                             self.conns.client_hash(p.proto, &p.daddr, p.dport)

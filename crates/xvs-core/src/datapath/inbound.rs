@@ -13,11 +13,9 @@ use crate::stats::Counting;
 use crate::types::{Protocol, Time};
 use crate::wire::{is_icmp_error, parse, Frame, Packet, ParseError};
 
-/// Where a client packet goes: its connection's real server and forwarding method. The address
-/// is borrowed where it lives (the destination's state, under the shard's lock on the
-/// established path): copied out through the stack, an `IpAddr` (a tag byte, then 16 bytes at
-/// an odd offset) is read back in words that straddle the stores that wrote it, and each such
-/// load waits for those stores to reach the cache (a store-forwarding stall).
+/// Where a client packet goes: its connection's real server and forwarding method, the address
+/// borrowed where it lives (the destination's state, under the shard's lock on the established
+/// path), not copied out (store forwarding).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Hit<'a> {
     pub(super) daddr: &'a IpAddr,
@@ -92,7 +90,7 @@ pub(super) fn account(c: &Conn, t: &Tables, dir: Direction, len: usize, w: Count
 
 /// Apply a packet to a connection's state and timer (`ip_vs_set_state` + timer re-arm). Returns
 /// true when a TCP connection just became ESTABLISHED (its template becomes ASSURED).
-#[inline(always)] // Once per packet; out of line it cost 14 Ir per packet in calls.
+#[inline(always)] // Once per packet.
 pub(super) fn transition(
     c: &mut Conn,
     proto: Protocol,

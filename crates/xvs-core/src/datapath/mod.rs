@@ -17,6 +17,14 @@
 //! A worker's frame goes `process_prefetched` → `classify_parsed` → (`hit_in` and `transition`
 //! → `forward_in`) | `reply` → `forward_reply` | `icmp` | `new_conn` → `forward_in`, and comes
 //! back with its verdict.
+//!
+//! **Store forwarding.** A value written field by field and then copied as a whole (an
+//! `IpAddr`: a tag byte, then 16 bytes at an odd offset; a packet; a verdict) is read back in
+//! wider words than the stores that wrote it, and each such load waits for those stores to
+//! reach the cache (a store-forwarding stall) instead of taking the value from the store buffer.
+//! So on the per-packet path addresses are borrowed where they live and hashed there, parse
+//! results and forward verdicts are written in place, never built aside and moved: the places
+//! that do so say "in place (store forwarding)".
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -300,11 +308,8 @@ impl Tally {
 }
 
 /// What a step of the data path returns: its verdict, or None when it wrote a forward verdict
-/// into the frame's slot itself (the only kind written in place). A forward verdict carries
-/// its real server's `IpAddr`; built aside and then moved into the slot, it is read back in
-/// words that straddle the stores that built it, and the copy waits for them (a
-/// store-forwarding stall). So [`Engine::forward_in`] and [`Engine::forward_reply`] write it in
-/// place.
+/// into the frame's slot itself, in place (store forwarding: a forward verdict carries its real
+/// server's `IpAddr`), as `forward_in` and `forward_reply` do.
 type Outcome = Option<Verdict>;
 
 /// What the prefetching pass learned of a packet's first table lookup: whether it is a NAT

@@ -18,7 +18,7 @@ impl Engine {
     /// A NAT reply, server → client: None when it belongs to no connection, else its
     /// outcome (a forward verdict written into `out`, as for client packets).
     #[allow(clippy::too_many_arguments)]
-    #[inline(never)] // Out of the client packets' loop: inlined, it cost them 5 instructions.
+    #[inline(never)] // Out of the client packets' loop, which it would only make longer.
     pub(super) fn reply(
         &self,
         t: &Tables,
