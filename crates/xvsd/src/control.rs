@@ -36,8 +36,9 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 const REPLY_DEADLINE: Duration = Duration::from_secs(30);
 /// Largest request a client other than root may send (it may only read: no `-R` input).
 const MAX_REQUEST_UNPRIVILEGED: usize = 64 << 10;
-/// Bytes of replies all clients may hold at once while they are being written: a reply that
-/// would go beyond is refused (try again), so clients that never read cannot pin memory.
+/// Bytes of replies all clients may hold at once while they are being written: a large reply
+/// that would go beyond while others wait is refused (try again), so clients that never read
+/// cannot pin memory beyond it and the reply being written.
 const REPLY_BUDGET: usize = 512 << 20;
 
 /// The configuration the control socket edits.
@@ -538,8 +539,10 @@ impl Control {
     /// within [`REPLY_BUDGET`] (else a short refusal). False when the client is gone.
     fn reply(&self, stream: &mut UnixStream, r: &Response) -> bool {
         let bytes = encode_response(r);
-        let held = self.reply_bytes.fetch_add(bytes.len(), Relaxed) + bytes.len();
-        let ok = if held > REPLY_BUDGET && bytes.len() > (1 << 20) {
+        let others = self.reply_bytes.fetch_add(bytes.len(), Relaxed);
+        // A reply alone always goes (a listing of ten million connections is a gigabyte); a
+        // large one beyond the budget while others wait for their readers does not.
+        let ok = if others > 0 && others + bytes.len() > REPLY_BUDGET && bytes.len() > (1 << 20) {
             tracing::warn!(
                 "control: a reply of {} bytes refused: replies not yet read by other clients hold the budget",
                 bytes.len()
