@@ -217,7 +217,7 @@ pub fn control(data: &[u8]) {
 }
 
 /// The state file: unsealed, and what unseals loads as `-R` input (errors are fine, panics are
-/// not); sealing any text and unsealing it gives the text back.
+/// not); sealing any text and unsealing it gives the text back (its last line ended).
 pub fn state(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     if let Ok(body) = xvs_ipvsadm::state::unseal(&text) {
@@ -235,10 +235,15 @@ pub fn state(data: &[u8]) {
         };
         execute(&mut s, &["-R".into()], body);
     }
+    // Sealing ends the last line; otherwise what is sealed unseals to itself.
     let sealed = xvs_ipvsadm::state::seal(&text);
+    let mut want = text.to_string();
+    if !want.is_empty() && !want.ends_with('\n') {
+        want.push('\n');
+    }
     assert_eq!(
         xvs_ipvsadm::state::unseal(&sealed),
-        Ok(&*text),
+        Ok(&*want),
         "a sealed text does not unseal to itself"
     );
 }

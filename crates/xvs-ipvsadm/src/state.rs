@@ -8,9 +8,16 @@
 pub const HEADER: &str = "# xvs state file: ipvsadm -R input; the last line checks the rest";
 const TRAILER: &str = "# end: crc32 ";
 
-/// The file's text for a configuration: header, the configuration, integrity line.
+/// The file's text for a configuration: header, the configuration (its last line ended with a
+/// newline if it has none, so that the integrity line stands on a line of its own), integrity
+/// line.
 pub fn seal(text: &str) -> String {
-    let body = format!("{HEADER}\n{text}");
+    let nl = if text.is_empty() || text.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    let body = format!("{HEADER}\n{text}{nl}");
     let crc = crc32fast::hash(body.as_bytes());
     format!("{body}{TRAILER}{crc:08x} length {}\n", body.len())
 }
@@ -70,6 +77,14 @@ mod tests {
         assert!(unseal(&altered).is_err());
         let extended = format!("{sealed}-A -t 10.0.0.2:80\n");
         assert!(unseal(&extended).is_err());
+    }
+
+    #[test]
+    fn a_last_line_without_newline_is_ended_before_the_integrity_line() {
+        // Found by fuzzing: the integrity line was appended to it, and the file never unsealed.
+        assert_eq!(unseal(&seal("-C")).unwrap(), "-C\n");
+        let fake = "-C\n# end: crc32 0dc";
+        assert_eq!(unseal(&seal(fake)).unwrap(), format!("{fake}\n"));
     }
 
     #[test]
