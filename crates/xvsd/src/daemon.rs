@@ -22,6 +22,7 @@ use xvs_xdp::worker::{EngineHandler, Worker, WorkerCounters, MAX_FRAME};
 use xvs_xdp::xsk::{QueueSet, ZeroCopy, FRAME_SIZE};
 
 use crate::control::{listen, serve, Control, CtlState};
+use crate::error::StartError;
 use crate::names::FileNames;
 
 /// Bytes of a UMEM frame the kernel keeps in front of the packet (XDP_PACKET_HEADROOM), plus
@@ -113,15 +114,22 @@ pub struct DaemonArgs {
     pub prefetch_from: usize,
 }
 
-fn sysfs(ifname: &str, what: &str) -> Result<String, String> {
+fn sysfs(ifname: &str, what: &str) -> Result<String, StartError> {
     std::fs::read_to_string(format!("/sys/class/net/{ifname}/{what}"))
         .map(|s| s.trim().to_string())
-        .map_err(|e| format!("interface {ifname}: cannot read {what}: {e}"))
+        .map_err(|e| StartError::Interface {
+            name: ifname.to_string(),
+            reason: format!("cannot read {what}: {e}"),
+        })
 }
 
-fn rx_queues(ifname: &str) -> Result<u32, String> {
-    let dir = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues"))
-        .map_err(|e| format!("interface {ifname}: cannot list queues: {e}"))?;
+fn rx_queues(ifname: &str) -> Result<u32, StartError> {
+    let dir = std::fs::read_dir(format!("/sys/class/net/{ifname}/queues")).map_err(|e| {
+        StartError::Interface {
+            name: ifname.to_string(),
+            reason: format!("cannot list queues: {e}"),
+        }
+    })?;
     let n = dir
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
@@ -130,16 +138,21 @@ fn rx_queues(ifname: &str) -> Result<u32, String> {
 }
 
 /// Load the configuration: the state file if it exists, else the rules file.
-fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<CtlState, String> {
+fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<CtlState, StartError> {
     let mut st = CtlState {
         director: xvs_core::Director::with_seed(seed),
         daemons: Vec::new(),
     };
     let (path, text) = match (&args.state, &args.rules) {
-        (Some(s), _) if s.exists() => (s.clone(), crate::state::load(s)?),
+        (Some(s), _) if s.exists() => {
+            (s.clone(), crate::state::load(s).map_err(StartError::State)?)
+        }
         (_, Some(r)) => (
             r.clone(),
-            std::fs::read_to_string(r).map_err(|e| format!("{}: {e}", r.display()))?,
+            std::fs::read_to_string(r).map_err(|source| StartError::Read {
+                path: r.clone(),
+                source,
+            })?,
         ),
         _ => return Ok(st),
     };
@@ -163,13 +176,12 @@ fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<Ctl
         }
         let out = execute(&mut s, &restore, line);
         if out.status != 0 || !out.stderr.is_empty() {
-            return Err(format!(
-                "{}:{}: {}: {}",
-                path.display(),
-                i + 1,
-                line.trim(),
-                out.stderr.trim_end()
-            ));
+            return Err(StartError::Line {
+                path,
+                line: i + 1,
+                text: line.trim().to_string(),
+                message: out.stderr.trim_end().to_string(),
+            });
         }
     }
     tracing::info!(
@@ -188,36 +200,41 @@ struct DataPlane {
     queues: u32,
 }
 
-fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
+fn data_plane(args: &DaemonArgs) -> Result<DataPlane, StartError> {
     let mut statics = HashMap::new();
     for n in &args.neigh {
         let (ip, mac) = n
             .split_once('=')
-            .ok_or_else(|| format!("--neigh wants IP=MAC, got `{n}'"))?;
-        let ip: IpAddr = ip.parse().map_err(|_| format!("invalid address `{ip}'"))?;
-        let mac = xvs_core::routes::parse_mac(mac).ok_or_else(|| format!("invalid MAC `{mac}'"))?;
+            .ok_or_else(|| StartError::Argument(format!("--neigh wants IP=MAC, got `{n}'")))?;
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| StartError::Argument(format!("--neigh: invalid address `{ip}'")))?;
+        let mac = xvs_core::routes::parse_mac(mac)
+            .ok_or_else(|| StartError::Argument(format!("--neigh: invalid MAC `{mac}'")))?;
         statics.insert(ip, mac);
     }
     let mut ifaces = Vec::new();
     let mut links: HashMap<u32, LinkInfo> = HashMap::new();
     let mut queues = 0;
     for name in &args.interfaces {
+        let refuse = |reason: String| StartError::Interface {
+            name: name.clone(),
+            reason,
+        };
         let ifindex: u32 = sysfs(name, "ifindex")?
             .parse()
-            .map_err(|e| format!("interface {name}: bad ifindex: {e}"))?;
-        let info = link_info(name).map_err(|e| format!("interface {name}: {e}"))?;
+            .map_err(|e| refuse(format!("bad ifindex: {e}")))?;
+        let info = link_info(name).map_err(|e| refuse(e.to_string()))?;
         let max_mtu = MAX_FRAME - 14;
         if usize::from(info.mtu) > max_mtu {
-            return Err(format!(
-                "interface {name}: MTU {} is larger than the {max_mtu} bytes xvs forwards; set it to {max_mtu} or less (ip link set dev {name} mtu {max_mtu})",
+            return Err(refuse(format!(
+                "MTU {} is larger than the {max_mtu} bytes xvs forwards; set it to {max_mtu} or less (ip link set dev {name} mtu {max_mtu})",
                 info.mtu
-            ));
+            )));
         }
         let q = rx_queues(name)?;
         if q > MAX_QUEUES {
-            return Err(format!(
-                "interface {name}: {q} RX queues, xvs supports {MAX_QUEUES}"
-            ));
+            return Err(refuse(format!("{q} RX queues, xvs supports {MAX_QUEUES}")));
         }
         queues = queues.max(q);
         links.insert(ifindex, info);
@@ -237,21 +254,19 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
         .accept_macs
         .iter()
         .map(|m| {
-            xvs_core::routes::parse_mac(m).ok_or_else(|| format!("--accept-mac: invalid MAC `{m}'"))
+            xvs_core::routes::parse_mac(m)
+                .ok_or_else(|| StartError::Argument(format!("--accept-mac: invalid MAC `{m}'")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut prog = XdpProgram::load().map_err(|e| format!("loading the XDP program: {e}"))?;
+    let mut prog = XdpProgram::load()?;
     let mut slots = Vec::new();
     for (name, ifindex, _) in &ifaces {
         // The operator's MACs first: from its attachment on, the program passes frames for any
         // other MAC than these and the interface's own.
         for mac in &extra_macs {
-            prog.accept_mac(*ifindex, *mac)
-                .map_err(|e| format!("interface {name}: {e}"))?;
+            prog.accept_mac(*ifindex, *mac)?;
         }
-        let slot = prog
-            .attach(*ifindex, name, mode)
-            .map_err(|e| e.to_string())?;
+        let slot = prog.attach(*ifindex, name, mode)?;
         slots.push((name.clone(), *ifindex, slot));
     }
     // One worker per queue index; it owns that queue's socket on every interface that has it,
@@ -264,19 +279,21 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
             .filter(|(_, (_, _, nq))| q < *nq)
             .map(|(s, _)| s.clone())
             .collect();
-        let qs = QueueSet::open(q, &here, zc).map_err(|e| e.to_string())?;
+        let qs = QueueSet::open(q, &here, zc)?;
         for p in &qs.ports {
             // A frame larger than one UMEM frame needs multi-buffer sockets.
             let single = FRAME_SIZE - RESERVED - 14;
             let mtu = links.get(&p.ifindex).map_or(0, |l| u32::from(l.mtu));
             if !p.multi_buffer && mtu > single {
-                return Err(format!(
-                    "interface {}: MTU {mtu} needs multi-buffer AF_XDP sockets (XDP_USE_SG, Linux 6.6 or later, and driver support), which the kernel refused; set the MTU to {single} or less (ip link set dev {} mtu {single})",
-                    p.ifname, p.ifname
-                ));
+                return Err(StartError::Interface {
+                    name: p.ifname.clone(),
+                    reason: format!(
+                        "MTU {mtu} needs multi-buffer AF_XDP sockets (XDP_USE_SG, Linux 6.6 or later, and driver support), which the kernel refused; set the MTU to {single} or less (ip link set dev {} mtu {single})",
+                        p.ifname
+                    ),
+                });
             }
-            prog.set_socket(p.slot, q, p.fd())
-                .map_err(|e| e.to_string())?;
+            prog.set_socket(p.slot, q, p.fd())?;
             tracing::info!(
                 "{} queue {q}: {} mode{}",
                 p.ifname,
@@ -286,7 +303,7 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, String> {
         }
         sets.push(qs);
     }
-    let locals = local_addresses().map_err(|e| format!("listing local addresses: {e}"))?;
+    let locals = local_addresses().map_err(StartError::os("listing local addresses"))?;
     Ok(DataPlane {
         prog: Arc::new(prog),
         routes: KernelRoutes::new(links, statics),
@@ -304,9 +321,13 @@ fn reals(t: &Tables) -> HashSet<IpAddr> {
 }
 
 /// Run until a signal arrives.
-pub fn run(args: &DaemonArgs) -> Result<(), String> {
+pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
     let capacity = match args.conn_capacity {
-        Some(0) => return Err("--conn-capacity must be at least 1".into()),
+        Some(0) => {
+            return Err(StartError::Argument(
+                "--conn-capacity must be at least 1".into(),
+            ))
+        }
         Some(n) => n,
         None => default_capacity(),
     };
@@ -330,21 +351,28 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
     if let Some(path) = &args.state {
         // The state file exists, sealed, and matches what was loaded; a state directory that
         // cannot be written stops the start before anything else (no change could be saved).
-        crate::state::save(path, &state_text(&st.director, &st.daemons))
-            .map_err(|e| format!("saving state to {}: {e}", path.display()))?;
+        crate::state::save(path, &state_text(&st.director, &st.daemons)).map_err(|source| {
+            StartError::Save {
+                path: path.clone(),
+                source,
+            }
+        })?;
     }
     let tables = Arc::new(ArcSwap::from_pointee(st.director.snapshot()));
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| format!("installing signal handler: {e}"))?;
+            .map_err(StartError::os("installing a signal handler"))?;
     }
     // SIGHUP (a closed terminal, an init system's reload) never stops xvsd: it is logged.
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
-        .map_err(|e| format!("installing signal handler: {e}"))?;
-    let listener = listen(&args.control, args.control_group.as_deref())?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        .map_err(StartError::os("installing a signal handler"))?;
+    let listener =
+        listen(&args.control, args.control_group.as_deref()).map_err(StartError::Control)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(StartError::os("the control socket"))?;
 
     let dp = if args.interfaces.is_empty() {
         None
@@ -416,7 +444,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
             Ok(left) => {
                 tracing::warn!("next hop not resolved yet for {left:?}; retrying in the background")
             }
-            Err(e) => return Err(format!("reading routes and neighbours: {e}")),
+            Err(e) => return Err(StartError::os("reading routes and neighbours")(e)),
         }
         let resolver = {
             let routes = dp.routes.clone();
@@ -424,7 +452,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
             std::thread::Builder::new()
                 .name("xvs-resolver".into())
                 .spawn(move || routes.run(&stop))
-                .map_err(|e| e.to_string())?
+                .map_err(StartError::os("starting the resolver thread"))?
         };
         let injector = match xvs_xdp::inject::Injector::open("xvs-pass") {
             Ok(i) => Some(Arc::new(i)),
@@ -462,7 +490,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), String> {
                         }
                         w.run();
                     })
-                    .map_err(|e| e.to_string())?,
+                    .map_err(StartError::os("starting a worker thread"))?,
             );
         }
         tracing::info!(
@@ -602,11 +630,11 @@ fn spawn_control(
     ctl: Arc<Control>,
     listener: std::os::unix::net::UnixListener,
     stop: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<()>, String> {
+) -> Result<std::thread::JoinHandle<()>, StartError> {
     std::thread::Builder::new()
         .name("xvs-control".into())
         .spawn(move || serve(ctl, listener, stop))
-        .map_err(|e| e.to_string())
+        .map_err(StartError::os("starting the control thread"))
 }
 
 fn wait(ctl: &Control, stop: &AtomicBool, hup: &AtomicBool) {
@@ -634,8 +662,11 @@ fn wait(ctl: &Control, stop: &AtomicBool, hup: &AtomicBool) {
 /// A hash seed from the operating system's random source (the connection table's, and the
 /// words of the maps' [`HashSeed`]): clients cannot predict which of their addresses and ports
 /// share a shard or a bucket.
-fn seed() -> Result<u64, String> {
-    getrandom::u64().map_err(|e| format!("reading a hash seed from getrandom: {e}"))
+fn seed() -> Result<u64, StartError> {
+    getrandom::u64().map_err(|e| StartError::Os {
+        what: "reading a hash seed from getrandom".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 /// A fingerprint of the seed for the log (tells two starts apart; reveals nothing usable of it).
@@ -672,20 +703,23 @@ fn apply_sysctls(
     args: &DaemonArgs,
     engine: &Engine,
     director: &mut xvs_core::Director,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     if let Some(path) = &args.sysctl_file {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| StartError::Read {
+            path: path.clone(),
+            source,
+        })?;
         let notes = crate::sysctl::apply_conf(engine, director, &text)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| StartError::Sysctl(format!("{}: {e}", path.display())))?;
         for n in notes {
             tracing::info!("{}: {n}", path.display());
         }
     }
     for kv in &args.sysctls {
-        let (k, v) = kv
-            .split_once('=')
-            .ok_or_else(|| format!("--sysctl wants NAME=VALUE, got `{kv}'"))?;
-        crate::sysctl::set(engine, director, k, v)?;
+        let (k, v) = kv.split_once('=').ok_or_else(|| {
+            StartError::Argument(format!("--sysctl wants NAME=VALUE, got `{kv}'"))
+        })?;
+        crate::sysctl::set(engine, director, k, v).map_err(StartError::Sysctl)?;
     }
     Ok(())
 }

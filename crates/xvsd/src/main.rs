@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod control;
 mod daemon;
+mod error;
 mod malloc;
 mod names;
 mod replay;
