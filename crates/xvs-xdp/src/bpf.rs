@@ -4,7 +4,7 @@
 use std::ffi::CString;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use libbpf_sys as bpf;
 use xvs_core::service::Steering;
@@ -144,7 +144,8 @@ struct MacKey {
 struct Loaded {
     obj: *mut bpf::bpf_object,
     prog_fd: RawFd,
-    links: Vec<(u32, RawFd)>,
+    /// The bpf_links attaching the program, by interface: closing one detaches it.
+    links: Vec<(u32, OwnedFd)>,
 }
 
 impl Loaded {
@@ -212,7 +213,9 @@ impl Loaded {
             }
             return Err(neg_err("bpf_link_create(XDP)", fd));
         }
-        self.links.push((ifindex, fd));
+        // Safety: bpf_link_create returned a new file descriptor that nothing else owns.
+        let link = unsafe { OwnedFd::from_raw_fd(fd) };
+        self.links.push((ifindex, link));
         Ok(())
     }
 
@@ -238,11 +241,8 @@ impl Loaded {
 
 impl Drop for Loaded {
     fn drop(&mut self) {
-        for (_, fd) in self.links.drain(..) {
-            // Safety: fd is a bpf_link fd this value created and nobody else closes; closing it
-            // detaches the program.
-            unsafe { libc::close(fd) };
-        }
+        // The links first (detaching the program), then the object they refer to.
+        self.links.clear();
         // Safety: obj was returned by bpf_object__open_mem and is closed exactly once.
         unsafe { bpf::bpf_object__close(self.obj) };
     }
