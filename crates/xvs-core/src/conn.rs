@@ -26,7 +26,7 @@ use spin::relax::Yield;
 
 use crate::chunks::{Chunked, CHUNK, FIRST};
 use crate::defence::DropEntryCounters;
-use crate::dest::{ConnForward, DestState};
+use crate::dest::{Binding, ConnForward, DestState};
 use crate::hash::hash_endpoint;
 use crate::index::{self, Index, MAX_LOAD};
 use crate::proto::TcpState;
@@ -210,8 +210,19 @@ impl Conn {
             && !self.is_template()
     }
 
+    /// What the connection counts in at its destination.
+    pub fn binding(&self) -> Binding {
+        if self.is_template() {
+            Binding::Template
+        } else if self.is_inactive() {
+            Binding::Inactive
+        } else {
+            Binding::Active
+        }
+    }
+
     fn unbind(&self) {
-        self.dest.unbind(self.is_template(), self.is_inactive());
+        self.dest.unbind(self.binding());
     }
 }
 
@@ -1143,7 +1154,7 @@ mod tests {
     }
 
     fn conn(d: &Arc<DestState>, now: Time, secs: u32) -> Conn {
-        d.bind(false, true);
+        d.bind(Binding::Inactive);
         Conn {
             dport: d.port,
             dest: d.clone(),
@@ -1736,8 +1747,8 @@ mod tests {
         let tk = ConnKey { cport: 0, ..key(0) };
         let mut tpl = conn(&d, Time(0), 5);
         tpl.flags = CONN_F_TEMPLATE;
-        d.unbind(false, true);
-        d.bind(true, false);
+        d.unbind(Binding::Inactive);
+        d.bind(Binding::Template);
         t.insert(tk, tpl).unwrap();
         assert!(t.use_template(&tk, Time(1000), |_| true).is_some());
         let mut c = conn(&d, Time(1000), 100);

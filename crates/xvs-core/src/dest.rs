@@ -103,6 +103,18 @@ impl ConnForward {
     }
 }
 
+/// What a connection bound to a destination counts in: ActiveConn, InActConn or (a persistence
+/// template) PersistConn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// An active connection (ActiveConn: the states of `tcp_state_active`).
+    Active,
+    /// An inactive connection (InActConn).
+    Inactive,
+    /// A persistence template (PersistConn).
+    Template,
+}
+
 /// A destination's identity, configuration and live counters. Fields that `-e` may change are
 /// atomics, read without locks by the data path (the kernel reads them under RCU the same way).
 #[derive(Debug)]
@@ -254,14 +266,12 @@ impl DestState {
     }
 
     /// A connection (or template) was bound to this destination (`ip_vs_bind_dest`).
-    pub fn bind(&self, template: bool, inactive: bool) {
-        if template {
-            self.persist.fetch_add(1, Relaxed);
-        } else if inactive {
-            self.inactive.fetch_add(1, Relaxed);
-        } else {
-            self.active.fetch_add(1, Relaxed);
-        }
+    pub fn bind(&self, kind: Binding) {
+        match kind {
+            Binding::Template => self.persist.fetch_add(1, Relaxed),
+            Binding::Inactive => self.inactive.fetch_add(1, Relaxed),
+            Binding::Active => self.active.fetch_add(1, Relaxed),
+        };
         let u = self.u_threshold();
         if u != 0 && self.total() >= u64::from(u) {
             self.flags.fetch_or(DEST_F_OVERLOAD, Relaxed);
@@ -269,17 +279,15 @@ impl DestState {
     }
 
     /// A connection (or template) left this destination (`ip_vs_unbind_dest`).
-    pub fn unbind(&self, template: bool, inactive: bool) {
+    pub fn unbind(&self, kind: Binding) {
         let dec = |c: &AtomicU32| {
             // Saturating: counts never wrap even if a caller double-unbinds.
             let _ = c.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
         };
-        if template {
-            dec(&self.persist);
-        } else if inactive {
-            dec(&self.inactive);
-        } else {
-            dec(&self.active);
+        match kind {
+            Binding::Template => dec(&self.persist),
+            Binding::Inactive => dec(&self.inactive),
+            Binding::Active => dec(&self.active),
         }
         let (u, l) = (self.u_threshold(), self.l_threshold());
         let total = self.total();
@@ -334,14 +342,14 @@ mod tests {
     fn upper_threshold_and_three_quarter_rule() {
         let d = dest(4, 0);
         for _ in 0..3 {
-            d.bind(false, false);
+            d.bind(Binding::Active);
         }
         assert!(!d.is_overloaded());
-        d.bind(false, true);
+        d.bind(Binding::Inactive);
         assert!(d.is_overloaded());
-        d.unbind(false, false); // total 3: 12 < 12 is false
+        d.unbind(Binding::Active); // total 3: 12 < 12 is false
         assert!(d.is_overloaded());
-        d.unbind(false, false); // total 2: 8 < 12
+        d.unbind(Binding::Active); // total 2: 8 < 12
         assert!(!d.is_overloaded());
     }
 
@@ -349,19 +357,19 @@ mod tests {
     fn lower_threshold() {
         let d = dest(3, 2);
         for _ in 0..3 {
-            d.bind(false, false);
+            d.bind(Binding::Active);
         }
         assert!(d.is_overloaded());
-        d.unbind(false, false);
+        d.unbind(Binding::Active);
         assert!(d.is_overloaded());
-        d.unbind(false, false);
+        d.unbind(Binding::Active);
         assert!(!d.is_overloaded());
     }
 
     #[test]
     fn templates_do_not_count() {
         let d = dest(1, 0);
-        d.bind(true, false);
+        d.bind(Binding::Template);
         assert!(!d.is_overloaded());
         assert_eq!(d.persist(), 1);
     }

@@ -10,7 +10,7 @@ use crate::conn::{
     ClientHash, Conn, ConnKey, InsertError, CONN_F_INACTIVE, CONN_F_NOOUTPUT, CONN_F_ONE_PACKET,
     CONN_F_TEMPLATE, TPL_S_NONE,
 };
-use crate::dest::DestState;
+use crate::dest::{Binding, DestState};
 use crate::proto::Direction;
 use crate::sched::SchedInput;
 use crate::service::{Service, Tables};
@@ -72,7 +72,7 @@ impl Engine {
             } else {
                 0
             };
-            dest.bind(true, false);
+            dest.bind(Binding::Template);
             let tpl = Conn {
                 dport: tdport,
                 dest: dest.clone(),
@@ -89,11 +89,11 @@ impl Engine {
             match self.conns.admit(None, tkey, tpl, now, |_| {}) {
                 Ok(()) => return Ok(Some((dest, tkey))),
                 Err((InsertError::Full, tpl)) => {
-                    tpl.dest.unbind(true, false);
+                    tpl.dest.unbind(Binding::Template);
                     return Err(DropReason::TableFull);
                 }
                 // Another worker created it first: use that one.
-                Err((InsertError::Exists, tpl)) => tpl.dest.unbind(true, false),
+                Err((InsertError::Exists, tpl)) => tpl.dest.unbind(Binding::Template),
             }
         }
         Err(DropReason::TableFull)
@@ -167,7 +167,7 @@ impl Engine {
         if one_packet {
             flags |= CONN_F_ONE_PACKET;
         }
-        dest.bind(false, true);
+        dest.bind(Binding::Inactive);
         // The scheduler's reference moves into the connection: a clone and a drop are two
         // locked instructions.
         let mut c = Conn {
@@ -212,10 +212,10 @@ impl Engine {
         if one_packet {
             // Not inserted: every datagram is scheduled on its own.
             count_new(&c);
-            c.dest.unbind(false, c.is_inactive());
+            c.dest.unbind(c.binding());
             self.conns.release_template(tpl);
         } else if let Err((e, c)) = self.conns.admit(h, key, c, now, count_new) {
-            c.dest.unbind(false, c.is_inactive());
+            c.dest.unbind(c.binding());
             self.conns.release_template(tpl);
             if e == InsertError::Full {
                 return Some(self.drop(DropReason::TableFull));

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::*;
-use crate::dest::DestConfig;
+use crate::dest::{Binding, DestConfig};
 use crate::director::Director;
 use crate::hash::{fold_addr, hash_32};
 use crate::service::{ServiceConfig, SVC_F_SCHED1, SVC_F_SCHED2};
@@ -99,8 +99,8 @@ impl Rig {
     /// Give destination `n` `active` established and `inactive` other connections.
     fn load(&self, n: u8, active: u32, inactive: u32) {
         let d = self.dest(n);
-        (0..active).for_each(|_| d.bind(false, false));
-        (0..inactive).for_each(|_| d.bind(false, true));
+        (0..active).for_each(|_| d.bind(Binding::Active));
+        (0..inactive).for_each(|_| d.bind(Binding::Inactive));
     }
 }
 
