@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers unwrap freely
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -90,20 +92,11 @@ struct Out {
 }
 
 fn adm_in(d: &Daemon, args: &str, stdin: &str) -> Out {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xvsadm"))
-        .args(args.split_whitespace())
-        .env("XVS_CONTROL", &d.sock)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let o = c.wait_with_output().unwrap();
+    let (status, stdout, stderr) = common::xvsadm(&d.sock, args, stdin);
     Out {
-        status: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(o.stdout).unwrap(),
-        stderr: String::from_utf8(o.stderr).unwrap(),
+        status,
+        stdout,
+        stderr,
     }
 }
 

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // test helpers unwrap freely
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -94,21 +96,7 @@ fn start(tag: &str, extra: &[&str]) -> Daemon {
 }
 
 fn adm_in(sock: &Path, args: &str, stdin: &str) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_xvsadm"))
-        .args(args.split_whitespace())
-        .env("XVS_CONTROL", sock)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let o = c.wait_with_output().unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    common::xvsadm(sock, args, stdin)
 }
 
 fn ok(d: &Daemon, args: &str) -> String {

@@ -18,7 +18,7 @@ use xvs_core::conn::{Eviction, CONN_F_TEMPLATE, TPL_S_ASSURED};
 use xvs_core::proto::TcpState;
 use xvs_core::{Director, Engine, Tables, Time};
 use xvs_ipvsadm::control::{decode_request, encode_response, header, Response, MAX_REQUEST};
-use xvs_ipvsadm::exec::{execute, state_text, Session};
+use xvs_ipvsadm::exec::{execute, state_text, Output, Session};
 use xvs_ipvsadm::list::{ConnRow, Names};
 use xvs_ipvsadm::parse::DaemonConfig;
 
@@ -253,6 +253,56 @@ impl Control {
         }
     }
 
+    /// Run `args` on `director` and `daemons` as ipvsadm would.
+    fn run(
+        &self,
+        director: &mut Director,
+        daemons: &mut Vec<DaemonConfig>,
+        may_change: bool,
+        args: &[String],
+        stdin: &str,
+    ) -> Output {
+        let connections = || self.connections();
+        let mut s = Session {
+            director,
+            daemons,
+            connections: &connections,
+            conn_tab_size: self.engine.conns.capacity(),
+            names: &*self.names,
+            may_change,
+            prog: "xvsadm",
+        };
+        execute(&mut s, args, stdin)
+    }
+
+    /// After a change: save it, then publish it; or, when it cannot be saved, go back to
+    /// `before` (the configuration before the change) and say so in `out`.
+    fn commit(
+        &self,
+        st: &mut CtlState,
+        before: Option<(Director, Vec<DaemonConfig>)>,
+        out: &mut Output,
+    ) {
+        if let Err(e) = self.save(st) {
+            tracing::error!("{e}; the change is undone");
+            if let Some((director, daemons)) = before {
+                st.director = director;
+                st.daemons = daemons;
+            }
+            out.status = 1;
+            out.stderr
+                .push_str(&format!("xvsd: {e}: the change is not applied\n"));
+        }
+        self.publish(st);
+    }
+
+    /// The configuration as it is now, to go back to (only when there is a state file).
+    fn backup(&self, st: &CtlState) -> Option<(Director, Vec<DaemonConfig>)> {
+        self.state_file
+            .is_some()
+            .then(|| (st.director.clone(), st.daemons.clone()))
+    }
+
     /// Run one request for a peer with user id `uid`.
     pub fn handle(&self, args: &[String], stdin: &str, uid: u32) -> Response {
         if args.len() == 1 && args[0] == "--xvs-stats" {
@@ -264,66 +314,27 @@ impl Control {
         if uid == 0 && args.len() == 1 && args[0] == "-R" {
             return self.restore(stdin);
         }
-        let connections = || self.connections();
-        if !xvs_ipvsadm::exec::is_write("xvsadm", args) {
+        let out = if !xvs_ipvsadm::exec::is_write("xvsadm", args) {
             // Reads work on a copy taken under the lock (the services are shared, not copied):
             // a long listing never holds the configuration from writers.
             let (mut director, mut daemons) = {
                 let st = self.lock();
                 (st.director.clone(), st.daemons.clone())
             };
-            let mut s = Session {
-                director: &mut director,
-                daemons: &mut daemons,
-                connections: &connections,
-                conn_tab_size: self.engine.conns.capacity(),
-                names: &*self.names,
-                may_change: false,
-                prog: "xvsadm",
-            };
-            let out = execute(&mut s, args, stdin);
-            return Response {
-                status: out.status,
-                stdout: out.stdout,
-                stderr: out.stderr,
-            };
-        }
-        // Writers wait for a `-R` in progress (it may still be undone as a whole).
-        let _writer = self.restoring.lock().unwrap_or_else(|e| e.into_inner());
-        let mut st = self.lock();
-        // What to go back to when a change cannot be saved: a change is applied and
-        // acknowledged only once it is in the state file.
-        let before = (uid == 0 && self.state_file.is_some())
-            .then(|| (st.director.clone(), st.daemons.clone()));
-        let CtlState { director, daemons } = &mut *st;
-        let mut s = Session {
-            director,
-            daemons,
-            connections: &connections,
-            conn_tab_size: self.engine.conns.capacity(),
-            names: &*self.names,
-            may_change: uid == 0,
-            prog: "xvsadm",
-        };
-        let mut out = execute(&mut s, args, stdin);
-        if out.changed {
-            if let Err(e) = self.save(&st) {
-                tracing::error!("{e}; the change is undone");
-                if let Some((director, daemons)) = before {
-                    st.director = director;
-                    st.daemons = daemons;
-                }
-                out.status = 1;
-                out.stderr
-                    .push_str(&format!("xvsd: {e}: the change is not applied\n"));
-                return Response {
-                    status: out.status,
-                    stdout: out.stdout,
-                    stderr: out.stderr,
-                };
+            self.run(&mut director, &mut daemons, false, args, stdin)
+        } else {
+            // Writers wait for a `-R` in progress (it may still be undone as a whole).
+            let _writer = self.restoring.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.lock();
+            // A change is applied and acknowledged only once it is in the state file.
+            let before = if uid == 0 { self.backup(&st) } else { None };
+            let CtlState { director, daemons } = &mut *st;
+            let mut out = self.run(director, daemons, uid == 0, args, stdin);
+            if out.changed {
+                self.commit(&mut st, before, &mut out);
             }
-            self.publish(&st);
-        }
+            out
+        };
         Response {
             status: out.status,
             stdout: out.stdout,
@@ -337,30 +348,15 @@ impl Control {
     /// once, at the end; a stream that cannot be saved is undone as a whole.
     fn restore(&self, stdin: &str) -> Response {
         let _one = self.restoring.lock().unwrap_or_else(|e| e.into_inner());
-        let before = {
-            let st = self.lock();
-            self.state_file
-                .is_some()
-                .then(|| (st.director.clone(), st.daemons.clone()))
-        };
-        let connections = || self.connections();
+        let before = self.backup(&self.lock());
         let lines: Vec<&str> = stdin.lines().collect();
-        let mut out = xvs_ipvsadm::exec::Output::default();
+        let mut out = Output::default();
         for chunk in lines.chunks(RESTORE_CHUNK) {
             let mut text = chunk.join("\n");
             text.push('\n');
             let mut st = self.lock();
             let CtlState { director, daemons } = &mut *st;
-            let mut s = Session {
-                director,
-                daemons,
-                connections: &connections,
-                conn_tab_size: self.engine.conns.capacity(),
-                names: &*self.names,
-                may_change: true,
-                prog: "xvsadm",
-            };
-            let o = execute(&mut s, &["-R".to_string()], &text);
+            let o = self.run(director, daemons, true, &["-R".to_string()], &text);
             out.stdout.push_str(&o.stdout);
             out.stderr.push_str(&o.stderr);
             out.status = o.status;
@@ -370,18 +366,7 @@ impl Control {
             }
         }
         if out.changed {
-            let mut st = self.lock();
-            if let Err(e) = self.save(&st) {
-                tracing::error!("{e}; the change is undone");
-                if let Some((director, daemons)) = before {
-                    st.director = director;
-                    st.daemons = daemons;
-                }
-                out.status = 1;
-                out.stderr
-                    .push_str(&format!("xvsd: {e}: the change is not applied\n"));
-            }
-            self.publish(&st);
+            self.commit(&mut self.lock(), before, &mut out);
         }
         Response {
             status: out.status,
