@@ -213,24 +213,28 @@ fn run(a: &Args) -> Res<()> {
     plotters::style::register_font("sans-serif", FontStyle::Normal, font.leak())
         .map_err(|_| format!("{}: not a TrueType font", a.font.display()))?;
     std::fs::create_dir_all(&a.out)?;
-    if let Some(f) = &a.e2e {
+    let bars = [
+        (
+            &a.e2e,
+            "e2e-mpps.png",
+            "Packets per second at the receiver (median, min–max)",
+            "Mpps",
+        ),
+        (
+            &a.goodput,
+            "goodput.png",
+            "iperf3 goodput through the balancer (median, min–max)",
+            "Gbit/s",
+        ),
+    ];
+    for (file, png, caption, unit) in bars {
+        let Some(f) = file else { continue };
         let rates = parse_e2e(&std::fs::read_to_string(f)?)?;
         if rates.is_empty() {
             return Err(format!("{}: no results", f.display()).into());
         }
-        let out = a.out.join("e2e-mpps.png");
-        let caption = "Packets per second at the receiver (median, min–max)";
-        plot_rates(&rates, &out, caption, "Mpps")?;
-        println!("{}", out.display());
-    }
-    if let Some(f) = &a.goodput {
-        let rates = parse_e2e(&std::fs::read_to_string(f)?)?;
-        if rates.is_empty() {
-            return Err(format!("{}: no results", f.display()).into());
-        }
-        let out = a.out.join("goodput.png");
-        let caption = "iperf3 goodput through the balancer (median, min–max)";
-        plot_rates(&rates, &out, caption, "Gbit/s")?;
+        let out = a.out.join(png);
+        plot_rates(&rates, &out, caption, unit)?;
         println!("{}", out.display());
     }
     if let Some(f) = &a.latency {
