@@ -383,8 +383,13 @@ fn state_file_survives_restart() {
         ok(&d, "-A -t 10.0.0.1:80 -s rr");
         ok(&d, "-a -t 10.0.0.1:80 -r 10.1.0.1 -m -x 10 -y 5");
         ok(&d, "--set 1000 0 0");
+        ok(&d, "--sysctl net.ipv4.vs.sloppy_tcp=1");
+        ok(&d, "--sysctl net.ipv4.vs.drop_packet=3");
     }
     let d = daemon_with(&["--state", &s]);
+    // The sysctls are kept too.
+    assert_eq!(ok(&d, "--sysctl net.ipv4.vs.sloppy_tcp"), "1\n");
+    assert_eq!(ok(&d, "--sysctl net.ipv4.vs.drop_packet"), "3\n");
     assert_eq!(
         ok(&d, "-S -n"),
         "-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.1.0.1:80 -m -w 1\n"

@@ -18,7 +18,7 @@ use xvs_core::conn::{Eviction, CONN_F_TEMPLATE, TPL_S_ASSURED};
 use xvs_core::proto::TcpState;
 use xvs_core::{Director, Engine, Tables, Time};
 use xvs_ipvsadm::control::{decode_request, encode_response, header, Response, MAX_REQUEST};
-use xvs_ipvsadm::exec::{execute, state_text, Output, Session};
+use xvs_ipvsadm::exec::{execute, Output, Session};
 use xvs_ipvsadm::list::{ConnRow, Names};
 use xvs_ipvsadm::parse::DaemonConfig;
 
@@ -131,8 +131,11 @@ impl Control {
     /// Save the whole configuration to the state file (if there is one).
     pub fn save(&self, st: &CtlState) -> Result<(), String> {
         match &self.state_file {
-            Some(path) => crate::state::save(path, &state_text(&st.director, &st.daemons))
-                .map_err(|e| format!("saving state to {}: {e}", path.display())),
+            Some(path) => crate::state::save(
+                path,
+                &crate::state::text(&self.engine, &st.director, &st.daemons),
+            )
+            .map_err(|e| format!("saving state to {}: {e}", path.display())),
             None => Ok(()),
         }
     }
@@ -240,16 +243,34 @@ impl Control {
                 String::new(),
                 "Permission denied (you must be root)\n".into(),
             ),
-            Some((name, value)) => match sysctl::set(&self.engine, &mut st.director, name, value) {
-                Ok(changed) => {
-                    tracing::info!("sysctl {name} = {value}");
-                    if changed {
+            Some((name, value)) => {
+                // Saved with the rest of the state; a value that cannot be saved is put back.
+                let old = sysctl::get(&self.engine, &st.director, name);
+                match sysctl::set(&self.engine, &mut st.director, name, value) {
+                    Ok(_) => {
+                        if let Err(e) = self.save(&st) {
+                            if let Ok(v) = old {
+                                let _ = sysctl::set(
+                                    &self.engine,
+                                    &mut st.director,
+                                    name,
+                                    &v.to_string(),
+                                );
+                            }
+                            tracing::error!("{e}; the change is undone");
+                            return reply(
+                                1,
+                                String::new(),
+                                format!("xvsd: {e}: the change is not applied\n"),
+                            );
+                        }
+                        tracing::info!("sysctl {name} = {value}");
                         self.publish(&st);
+                        reply(0, String::new(), String::new())
                     }
-                    reply(0, String::new(), String::new())
+                    Err(e) => reply(1, String::new(), format!("{e}\n")),
                 }
-                Err(e) => reply(1, String::new(), format!("{e}\n")),
-            },
+            }
         }
     }
 

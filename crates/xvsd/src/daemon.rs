@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use clap::{Args, ValueEnum};
 use xvs_core::hash::HashSeed;
 use xvs_core::{Engine, Tables};
-use xvs_ipvsadm::exec::{execute, state_text, Session};
+use xvs_ipvsadm::exec::{execute, Session};
 use xvs_ipvsadm::list::Numeric;
 use xvs_xdp::admission::AdmitGovernor;
 use xvs_xdp::bpf::{XdpMode, XdpProgram, MAX_QUEUES};
@@ -174,14 +174,23 @@ fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<Ctl
         if line.trim().is_empty() {
             continue;
         }
+        let refused = |message: String| StartError::Line {
+            path: path.clone(),
+            line: i + 1,
+            text: line.trim().to_string(),
+            message,
+        };
+        // The sysctls the state file keeps (not ipvsadm's syntax).
+        if let Some(kv) = line.trim().strip_prefix(crate::sysctl::STATE_LINE) {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| refused("a sysctl line wants NAME=VALUE".into()))?;
+            crate::sysctl::set(engine, s.director, k, v).map_err(refused)?;
+            continue;
+        }
         let out = execute(&mut s, &restore, line);
         if out.status != 0 || !out.stderr.is_empty() {
-            return Err(StartError::Line {
-                path,
-                line: i + 1,
-                text: line.trim().to_string(),
-                message: out.stderr.trim_end().to_string(),
-            });
+            return Err(refused(out.stderr.trim_end().to_string()));
         }
     }
     tracing::info!(
@@ -351,11 +360,13 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
     if let Some(path) = &args.state {
         // The state file exists, sealed, and matches what was loaded; a state directory that
         // cannot be written stops the start before anything else (no change could be saved).
-        crate::state::save(path, &state_text(&st.director, &st.daemons)).map_err(|source| {
-            StartError::Save {
-                path: path.clone(),
-                source,
-            }
+        crate::state::save(
+            path,
+            &crate::state::text(&engine, &st.director, &st.daemons),
+        )
+        .map_err(|source| StartError::Save {
+            path: path.clone(),
+            source,
         })?;
     }
     let tables = Arc::new(ArcSwap::from_pointee(st.director.snapshot()));

@@ -13,6 +13,18 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use xvs_ipvsadm::state::{seal, unseal};
 
+/// The state file's configuration: the `-R` input of the tables, the sync daemons and `--set`,
+/// then the sysctls.
+pub fn text(
+    engine: &xvs_core::Engine,
+    director: &xvs_core::Director,
+    daemons: &[xvs_ipvsadm::parse::DaemonConfig],
+) -> String {
+    let mut t = xvs_ipvsadm::exec::state_text(director, daemons);
+    t.push_str(&crate::sysctl::state_lines(engine, director));
+    t
+}
+
 /// The copy a save replaced.
 pub fn previous(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();

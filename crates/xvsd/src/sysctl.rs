@@ -120,6 +120,22 @@ pub fn set(
     Ok(true)
 }
 
+/// The sysctls as lines of the state file (`--sysctl NAME=VALUE`, which xvsd reads back at
+/// start; ipvsadm's `-R` has no such command).
+pub fn state_lines(engine: &Engine, director: &Director) -> String {
+    names()
+        .into_iter()
+        .filter_map(|n| {
+            get(engine, director, n)
+                .ok()
+                .map(|v| format!("{STATE_LINE}{PREFIX}{n}={v}\n"))
+        })
+        .collect()
+}
+
+/// How a sysctl line of the state file starts.
+pub const STATE_LINE: &str = "--sysctl ";
+
 /// `NAME = VALUE` lines, as `sysctl` prints them.
 pub fn show(engine: &Engine, director: &Director) -> String {
     names()
