@@ -1697,3 +1697,28 @@ fn pick_sequences_with_incomplete_and_closing_handshakes() {
         [1, 1, 1, 1]
     );
 }
+
+/// The same for sed, nq, lblc and lblcr, worked out from mainline's `ip_vs_sed.c`,
+/// `ip_vs_nq.c`, `ip_vs_lblc.c` and `ip_vs_lblcr.c` (v6.12) with half-open connections active.
+/// Counted as inactive, each of these would send every client to server 2.
+#[test]
+fn sed_nq_lblc_lblcr_pick_sequences_with_incomplete_handshakes() {
+    use Then::{Close, Open};
+    // sed: (ActiveConn + 1) / weight, ties to the first listed; closed connections cost nothing,
+    // the third client's half-open one does.
+    assert_eq!(
+        picks("sed", (1, 1), &[Close, Close, Open, Open]),
+        [2, 2, 2, 1]
+    );
+    // nq: the first server with no active connection, else as sed.
+    assert_eq!(picks("nq", (1, 1), &[Open, Open, Open, Open]), [2, 1, 2, 1]);
+    // lblc: every client asks for the same VIP; its server is kept until it has more active
+    // connections than its weight while another is under half its weight.
+    assert_eq!(picks("lblc", (1, 1), &[Open, Open, Open]), [2, 2, 1]);
+    // lblcr: the same, the overloaded server's set growing by the other, then the least loaded
+    // of the set.
+    assert_eq!(
+        picks("lblcr", (1, 1), &[Open, Open, Open, Open]),
+        [2, 2, 1, 1]
+    );
+}
