@@ -687,10 +687,16 @@ fn has(ce: &Entry, o: usize) -> bool {
     ce.options & (1 << o) != 0
 }
 
+/// `-b` as ipvsadm 1.31's `parse_sched_flags` reads it: comma-separated (empty items skipped,
+/// as `strtok` does), each error naming the flag.
 fn parse_sched_flags(sched: &str, arg: &str) -> Result<u32, ParseError> {
     let sched = if sched.is_empty() { "wlc" } else { sched };
     let mut flags = 0;
-    for f in arg.split(',') {
+    let mut items = arg.split(',').filter(|f| !f.is_empty()).peekable();
+    if items.peek().is_none() {
+        return fail(format!("invalid scheduler flag `{arg}'"));
+    }
+    for f in items {
         let (bit, needs) = match f {
             "flag-1" => (SVC_F_SCHED1, None),
             "flag-2" => (SVC_F_SCHED2, None),
@@ -699,10 +705,10 @@ fn parse_sched_flags(sched: &str, arg: &str) -> Result<u32, ParseError> {
             "sh-port" => (SVC_F_SCHED2, Some("sh")),
             "mh-fallback" => (SVC_F_SCHED1, Some("mh")),
             "mh-port" => (SVC_F_SCHED2, Some("mh")),
-            _ => return fail("invalid scheduler flag"),
+            _ => return fail(format!("invalid scheduler flag `{f}'")),
         };
         if needs.is_some_and(|n| n != sched) {
-            return fail("incompatible scheduler flag");
+            return fail(format!("incompatible scheduler flag `{f}'"));
         }
         flags |= bit;
     }
@@ -917,11 +923,12 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         }
         McastGroup => {
             set_option(ce, opt::MCAST_GROUP)?;
-            let g: Option<IpAddr> = arg.parse().ok();
-            match g {
-                Some(a) if a.is_multicast() => ce.daemon.group = Some(a),
-                Some(IpAddr::V6(_)) => return fail("invalid IPv6 mcast-group"),
-                _ => return fail("invalid IPv4 mcast-group"),
+            // The family comes from the text, as ipvsadm decides it: a colon means IPv6.
+            let v6 = arg.contains(':');
+            match arg.parse::<IpAddr>() {
+                Ok(a) if a.is_multicast() && a.is_ipv6() == v6 => ce.daemon.group = Some(a),
+                _ if v6 => return fail(format!("invalid IPv6 mcast-group `{arg}'")),
+                _ => return fail(format!("invalid IPv4 mcast-group `{arg}'")),
             }
         }
         McastPort => {

@@ -204,7 +204,16 @@ fn daemon_and_set() {
     );
     assert_eq!(
         err("--start-daemon master --mcast-group 10.0.0.1"),
-        ("invalid IPv4 mcast-group".into(), 2)
+        ("invalid IPv4 mcast-group `10.0.0.1'".into(), 2)
+    );
+    // The family is the text's (a colon: IPv6), valid address or not.
+    assert_eq!(
+        err("--start-daemon master --mcast-group fe80::1"),
+        ("invalid IPv6 mcast-group `fe80::1'".into(), 2)
+    );
+    assert_eq!(
+        err("--start-daemon master --mcast-group ff02::zz"),
+        ("invalid IPv6 mcast-group `ff02::zz'".into(), 2)
     );
 }
 
@@ -240,9 +249,10 @@ fn error_table() {
         ("-L --timeout --persistent-conn", "options conflicts in the list command", 2),
         ("-L extra", "unexpected argument extra", 2),
         ("-C -n", "Illegal 'numeric' option with the 'flush' command", 2),
-        ("-A -t 10.0.0.1:80 -s sh -b mh-port", "incompatible scheduler flag", 2),
-        ("-A -t 10.0.0.1:80 -b sh-port", "incompatible scheduler flag", 2),
-        ("-A -t 10.0.0.1:80 -b bogus", "invalid scheduler flag", 2),
+        ("-A -t 10.0.0.1:80 -s sh -b mh-port", "incompatible scheduler flag `mh-port'", 2),
+        ("-A -t 10.0.0.1:80 -b sh-port", "incompatible scheduler flag `sh-port'", 2),
+        ("-A -t 10.0.0.1:80 -b bogus", "invalid scheduler flag `bogus'", 2),
+        ("-A -t 10.0.0.1:80 -s sh -b sh-port,bogus", "invalid scheduler flag `bogus'", 2),
         ("-A -t 10.0.0.1:80 -p 60 -M 300.0.0.0", "illegal virtual server persistent mask specified", 2),
         ("-A -t [2001:db8::1]:80 -p 60 -M 129", "illegal ipv6 netmask specified", 2),
         ("-A --sctp-service 10.0.0.1:80", "SCTP services are not supported by xvs", 2),
