@@ -73,10 +73,12 @@ pub fn version_text() -> String {
     )
 }
 
-/// The usage text of `-h`.
+/// The usage text of `-h`: ipvsadm 1.31's (`usage_exit` in `ipvsadm.c`, with its
+/// `SCHEDULERS` and `PERSISTENCE_ENGINES` lists), after xvsadm's version line, then xvs's own
+/// additions.
 pub fn usage_text(prog: &str) -> String {
     format!(
-        "{} — the XDP Virtual Server's administration tool, with ipvsadm's command line.
+        "{version}
 Usage:
   {prog} -A|E virtual-service [-s scheduler] [-p [timeout]] [-M netmask] [--pe persistence_engine] [-b sched-flags]
   {prog} -D virtual-service
@@ -93,6 +95,7 @@ Usage:
   {prog} -h
 
 Commands:
+Either long or short options are allowed.
   --add-service     -A        add virtual service with options
   --edit-service    -E        edit virtual service with options
   --delete-service  -D        delete virtual service
@@ -112,23 +115,27 @@ Commands:
 virtual-service:
   --tcp-service|-t  service-address   service-address is host[:port]
   --udp-service|-u  service-address   service-address is host[:port]
+  --sctp-service    service-address   service-address is host[:port]
   --fwmark-service|-f fwmark          fwmark is an integer greater than zero
 
 Options:
   --ipv6         -6                   fwmark entry uses IPv6
-  --scheduler    -s scheduler         one of rr|wrr|lc|wlc|lblc|lblcr|dh|sh|sed|nq|fo|ovf|mh|twos,
+  --scheduler    -s scheduler         one of rr|wrr|lc|wlc|lblc|lblcr|dh|sh|sed|nq|fo|ovf|mh,
                                       the default scheduler is wlc.
-  --pe            engine              alternate persistence engine (none is supported by xvs)
-  --persistent   -p [timeout]         persistent service (default 360 s)
+  --pe            engine              alternate persistence engine may be sip,
+                                      not set by default.
+  --persistent   -p [timeout]         persistent service
   --netmask      -M netmask           persistent granularity mask
   --real-server  -r server-address    server-address is host (and port)
   --gatewaying   -g                   gatewaying (direct routing) (default)
   --ipip         -i                   ipip encapsulation (tunneling)
   --masquerading -m                   masquerading (NAT)
-  --tun-type      type                one of ipip|gue|gre, the default tunnel type is ipip.
+  --tun-type      type                one of ipip|gue|gre,
+                                      the default tunnel type is ipip.
   --tun-port      port                tunnel destination port
   --tun-nocsum                        tunnel encapsulation without checksum
   --tun-csum                          tunnel encapsulation with checksum
+  --tun-remcsum                       tunnel encapsulation with remote checksum
   --weight       -w weight            capacity of real server
   --u-threshold  -x uthreshold        upper threshold of connections
   --l-threshold  -y lthreshold        lower threshold of connections
@@ -137,7 +144,7 @@ Options:
   --daemon                            output of daemon information
   --stats                             output of statistics information
   --rate                              output of rate information
-  --exact        -X                   expand numbers (display exact values)
+  --exact                             expand numbers (display exact values)
   --thresholds                        output of thresholds information
   --persistent-conn                   output of persistent connection info
   --tun-info                          output of tunnel information
@@ -146,20 +153,22 @@ Options:
   --ops          -o                   one-packet scheduling
   --numeric      -n                   numeric output of addresses and ports
   --sched-flags  -b flags             scheduler flags (comma-separated)
-
 Daemon Options:
-  --syncid sid                        syncid for connection sync (default=0)
+  --syncid sid                        syncid for connection sync (default=255)
   --sync-maxlen length                Max sync message length (default=1472)
   --mcast-interface interface         multicast interface for connection sync
   --mcast-group address               IPv4/IPv6 group (default=224.0.0.81)
   --mcast-port port                   UDP port (default=8848)
   --mcast-ttl ttl                     Multicast TTL (default=1)
 
+xvs:
+  The scheduler twos (power of two choices, Linux 6.x) as well; --sctp-service, --pe sip
+  and --tun-remcsum are refused, with a message saying so.
 xvs's own commands (outside ipvsadm's syntax):
   {prog} --xvs-stats                  the data plane's counters, evictions and DoS defences
   {prog} --sysctl [name[=value]]      list, read or set an IPVS sysctl (net.ipv4.vs.name)
 ",
-        version_text().trim_end()
+        version = version_text().trim_end()
     )
 }
 

@@ -325,7 +325,14 @@ fn error_paths_with_messages_and_statuses() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("--add-service"));
+    // ipvsadm 1.31's text (its usage_exit), then xvs's additions.
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(help.contains("Commands:\nEither long or short options are allowed.\n  --add-service"));
+    assert!(help.contains("  --sctp-service    service-address   service-address is host[:port]\n"));
+    assert!(help.contains("alternate persistence engine may be sip,\n"));
+    assert!(help.contains("  --sched-flags  -b flags             scheduler flags (comma-separated)\nDaemon Options:\n"));
+    assert!(help.contains("syncid for connection sync (default=255)"));
+    assert!(help.ends_with("list, read or set an IPVS sysctl (net.ipv4.vs.name)\n"));
     // No daemon: ipvsadm's initialisation failure, exit 2.
     let o = Command::new(env!("CARGO_BIN_EXE_xvsadm"))
         .args(["-L", "-n"])
