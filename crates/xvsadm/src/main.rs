@@ -15,6 +15,8 @@ use xvs_ipvsadm::control::{decode_response, encode_request, header, Request, MAX
 use xvs_ipvsadm::exec::{usage_text, version_text};
 use xvs_ipvsadm::parse::{parse_command, Command};
 
+mod resolve;
+
 const DEFAULT_CONTROL: &str = "/run/xvs/xvsd.sock";
 
 fn exit(status: i32) -> ExitCode {
@@ -37,6 +39,8 @@ fn main() -> ExitCode {
             },
         );
     }
+    // Host and service names resolved here, as ipvsadm resolves them (xvsd does no IO).
+    let args = resolve::args(&args);
     let cmd = match parse_command(prog, &args) {
         Ok(c) => c,
         Err(e) => {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
             eprintln!("xvsadm: reading standard input: {e}");
             return exit(255);
         }
+        stdin = resolve::restore(&stdin);
     }
     send(&path, Request { args, stdin })
 }

@@ -379,6 +379,27 @@ fn save_clear_restore_roundtrip() {
     assert_eq!(ok(&d, "-S -n"), "-A -t 10.0.0.7:80 -s wlc\n");
 }
 
+/// Host and service names resolve in xvsadm as ipvsadm resolves them (the daemon gets
+/// addresses), on the command line and in `-R` streams.
+#[test]
+fn host_and_service_names_resolve() {
+    let d = daemon();
+    ok(&d, "-A -t localhost:http -s rr");
+    ok(&d, "-a -t localhost:http -r localhost:8080 -m");
+    let o = adm_in(&d, "-R", "-A -u localhost:domain -s rr\n");
+    assert_eq!(o.status, 0, "{}", o.stderr);
+    assert_eq!(
+        ok(&d, "-S -n"),
+        "-A -t 127.0.0.1:80 -s rr\n-a -t 127.0.0.1:80 -r 127.0.0.1:8080 -m -w 1\n-A -u 127.0.0.1:53 -s rr\n"
+    );
+    // A name that does not resolve gets ipvsadm's error.
+    let o = adm(&d, "-A -t no-such-host.invalid:80");
+    assert_eq!(
+        (o.status, o.stderr.as_str()),
+        (2, "illegal virtual server address[:port] specified\n")
+    );
+}
+
 #[test]
 fn state_file_survives_restart() {
     let dir = std::env::temp_dir().join(format!("xvsadm-state-{}", std::process::id()));
