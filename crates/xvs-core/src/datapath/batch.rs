@@ -1,7 +1,7 @@
 //! The workers' path: a batch in groups, each group's table lookups announced (prefetched)
 //! before any of its frames is processed.
 
-use super::{Engine, FirstLookup, Hops, Step, Tally, Verdict, WorkerState, PREFETCH_GROUP};
+use super::{Batch, Engine, FirstLookup, Tally, Verdict, WorkerState, PREFETCH_GROUP};
 pub use crate::routes::Routes;
 use crate::service::Tables;
 use crate::types::{Protocol, Time};
@@ -11,15 +11,13 @@ impl Engine {
     /// Frame by frame, verdicts into `tally`.
     pub(super) fn classify_all(
         &self,
-        tables: &Tables,
-        hops: &mut Hops<'_>,
+        b: &mut Batch<'_>,
         frames: &mut [Frame<'_>],
         verdicts: &mut [Verdict],
-        step: Step,
         tally: &mut Tally,
     ) {
         for (f, v) in frames.iter_mut().zip(verdicts.iter_mut()) {
-            let o = self.classify(tables, hops, f, step, v);
+            let o = self.classify(b, f, v);
             tally.settle(o, v);
         }
     }
@@ -48,8 +46,12 @@ impl Engine {
         worker: &mut WorkerState,
         prefetch: impl Fn(usize),
     ) {
-        let (step, mut hops, parsed) = worker.start(routes, now);
-        let hops = &mut hops;
+        let (step, hops, parsed) = worker.start(routes, now);
+        let b = &mut Batch {
+            t: tables,
+            hops,
+            step,
+        };
         let mut tally = Tally::default();
         for (fs, vs) in frames
             .chunks_mut(PREFETCH_GROUP)
@@ -57,7 +59,7 @@ impl Engine {
         {
             if self.conns.len_relaxed() < self.prefetch_from {
                 // A table this small is mostly in the caches: the plain path is faster.
-                self.classify_all(tables, hops, fs, vs, step, &mut tally);
+                self.classify_all(b, fs, vs, &mut tally);
                 continue;
             }
             // Each frame parsed straight into its slot of the scratch (see `wire::parse_into`).
@@ -92,7 +94,7 @@ impl Engine {
                 }
             }
             for ((f, v), (p, first)) in fs.iter_mut().zip(vs.iter_mut()).zip(parsed.iter()) {
-                let o = self.classify_parsed(tables, hops, f, p, *first, step, v);
+                let o = self.classify_parsed(b, f, p, *first, v);
                 tally.settle(o, v);
             }
         }

@@ -1,7 +1,7 @@
 //! A frame's way in: parse, classify (a connection's packet, a NAT reply, an ICMP error, a new
 //! connection), the connection's state transition and its accounting.
 
-use super::{DropReason, Engine, FirstLookup, Hops, Outcome, Step, Verdict};
+use super::{Batch, DropReason, Engine, FirstLookup, NewConn, Outcome, Verdict};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
@@ -194,29 +194,25 @@ impl Engine {
     #[inline(always)] // The per-frame step of `process`'s loop.
     pub(super) fn classify(
         &self,
-        t: &Tables,
-        hops: &mut Hops<'_>,
+        b: &mut Batch<'_>,
         frame: &mut Frame<'_>,
-        cx: Step,
         out: &mut Verdict,
     ) -> Outcome {
         let p = parse(frame.data());
-        self.classify_parsed(t, hops, frame, &p, None, cx, out)
+        self.classify_parsed(b, frame, &p, None, out)
     }
 
     /// One frame's verdict, into `out` or returned (see [`Outcome`]).
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub(super) fn classify_parsed(
         &self,
-        t: &Tables,
-        hops: &mut Hops<'_>,
+        b: &mut Batch<'_>,
         frame: &mut Frame<'_>,
         parsed: &Result<Packet, ParseError>,
         first: Option<FirstLookup>,
-        cx: Step,
         out: &mut Verdict,
     ) -> Outcome {
+        let (t, cx) = (b.t, b.step);
         let p = match parsed {
             Ok(p) => p,
             Err(ParseError::NotIp) => return Some(Verdict::Pass),
@@ -226,7 +222,7 @@ impl Engine {
         };
         let proto = match Protocol::from_number(p.proto) {
             Some(proto) => proto,
-            None if is_icmp_error(p) => return Some(self.icmp(t, hops, frame, p, cx.now)),
+            None if is_icmp_error(p) => return Some(self.icmp(t, &mut b.hops, frame, p, cx.now)),
             None => return Some(Verdict::Pass),
         };
         // The prefetching pass has already asked whether this is a NAT source, and hashed the
@@ -237,7 +233,7 @@ impl Engine {
         };
         // The first lookup's hash is the reply's for a NAT source, else the connection's.
         let h_in = if from_nat {
-            if let Some(o) = self.reply(t, hops, frame, p, h, cx, out) {
+            if let Some(o) = self.reply(b, frame, p, h, out) {
                 return o;
             }
             None
@@ -263,7 +259,7 @@ impl Engine {
             ) {
                 InResult::Hit(tpl) => {
                     // Forwarded under the shard's lock, reading the destination where it is.
-                    let v = self.forward_in(hops, frame, p, Hit::of(&c), out);
+                    let v = self.forward_in(&mut b.hops, frame, p, Hit::of(&c), out);
                     drop(c);
                     if let Some(tk) = tpl {
                         self.conns.assure_template(&tk);
@@ -287,7 +283,13 @@ impl Engine {
         }
         match t.lookup(proto, p.daddr, p.dport, frame.mark()) {
             Some(svc) => {
-                self.new_conn(t, hops, frame, p, proto, (key.to_key(), h_in), svc, cx, out)
+                let nc = NewConn {
+                    proto,
+                    key: key.to_key(),
+                    h: h_in,
+                    svc,
+                };
+                self.new_conn(b, frame, p, nc, out)
             }
             None => Some(Verdict::Pass),
         }

@@ -28,15 +28,15 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use crate::conn::{ClientHash, ConnTable};
+use crate::conn::{ClientHash, ConnKey, ConnTable};
 use crate::defence::{Defence, DropEntryCounters, SetError};
 use crate::hops::HopCache;
 pub use crate::routes::Routes;
-use crate::service::Tables;
+use crate::service::{Service, Tables};
 use crate::stats::{Counting, WorkerSlot};
-use crate::types::Time;
+use crate::types::{Protocol, Time};
 use crate::wire::{Frame, IcmpError, NextHop, Packet, ParseError};
 
 mod batch;
@@ -252,6 +252,23 @@ pub struct Engine {
     prefetch_from: usize,
 }
 
+/// What every frame of a batch is processed with: the published tables, the worker's next
+/// hops, the moment and the counter slot.
+struct Batch<'a> {
+    t: &'a Tables,
+    hops: Hops<'a>,
+    step: Step,
+}
+
+/// A new connection's facts, as the classification found them: its protocol, key, the hash of
+/// its client side (when the prefetching pass made it) and its service.
+struct NewConn<'s> {
+    proto: Protocol,
+    key: ConnKey,
+    h: Option<ClientHash>,
+    svc: &'s Arc<Service>,
+}
+
 /// The moment a packet is processed at and where its traffic is counted.
 #[derive(Debug, Clone, Copy)]
 struct Step {
@@ -393,8 +410,13 @@ impl Engine {
         worker: &mut WorkerState,
     ) {
         let mut tally = Tally::default();
-        let (step, mut hops, _) = worker.start(routes, now);
-        self.classify_all(tables, &mut hops, frames, verdicts, step, &mut tally);
+        let (step, hops, _) = worker.start(routes, now);
+        let b = &mut Batch {
+            t: tables,
+            hops,
+            step,
+        };
+        self.classify_all(b, frames, verdicts, &mut tally);
         tally.add_to(&self.counters);
     }
 
@@ -407,19 +429,19 @@ impl Engine {
         now: Time,
     ) -> Verdict {
         let mut v = Verdict::Pass;
-        let o = self.classify(
+        let mut cache = HopCache::new();
+        let b = &mut Batch {
             t,
-            &mut Hops {
+            hops: Hops {
                 routes,
-                cache: &mut HopCache::new(),
+                cache: &mut cache,
             },
-            frame,
-            Step {
+            step: Step {
                 now,
                 w: Counting::SHARED,
             },
-            &mut v,
-        );
+        };
+        let o = self.classify(b, frame, &mut v);
         let mut tally = Tally::default();
         tally.settle(o, &mut v);
         tally.add_to(&self.counters);

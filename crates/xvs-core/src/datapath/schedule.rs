@@ -2,12 +2,12 @@
 //! answers port unreachable.
 
 use super::inbound::{account, fwmark_addr, is_martian_source, transition, Hit};
-use super::{DropReason, Engine, Hops, Outcome, Step, Verdict};
+use super::{Batch, DropReason, Engine, NewConn, Outcome, Step, Verdict};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use crate::conn::{
-    ClientHash, Conn, ConnKey, InsertError, CONN_F_INACTIVE, CONN_F_NOOUTPUT, CONN_F_ONE_PACKET,
+    Conn, ConnKey, InsertError, CONN_F_INACTIVE, CONN_F_NOOUTPUT, CONN_F_ONE_PACKET,
     CONN_F_TEMPLATE, TPL_S_NONE,
 };
 use crate::dest::{Binding, DestState};
@@ -111,19 +111,16 @@ impl Engine {
         })
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn new_conn(
         &self,
-        t: &Tables,
-        hops: &mut Hops<'_>,
+        b: &mut Batch<'_>,
         frame: &mut Frame<'_>,
         p: &Packet,
-        proto: Protocol,
-        (key, h): (ConnKey, Option<ClientHash>),
-        svc: &Arc<Service>,
-        cx: Step,
+        nc: NewConn<'_>,
         out: &mut Verdict,
     ) -> Outcome {
+        let (t, cx, hops) = (b.t, b.step, &mut b.hops);
+        let NewConn { proto, key, h, svc } = nc;
         let Step { now, w } = cx;
         // `tcp_conn_schedule`: a SYN, or with `sloppy_tcp` any segment, but never a RST.
         if proto == Protocol::Tcp && (p.tcp.rst() || (!t.settings.sloppy_tcp && !p.tcp.syn())) {

@@ -2,12 +2,11 @@
 //! with the MTU and TTL checks before it.
 
 use super::inbound::{account, transition, Hit};
-use super::{DropReason, Engine, Hops, Outcome, Step, Verdict};
+use super::{Batch, DropReason, Engine, Hops, Outcome, Step, Verdict};
 use std::net::IpAddr;
 
 use crate::conn::{ClientHash, ReplyKey};
 use crate::proto::Direction;
-use crate::service::Tables;
 use crate::types::{ForwardMethod, Protocol};
 use crate::wire::{
     self, dec_ttl, encapsulate, nat_rewrite, set_macs, tunnel_overhead, Frame, IcmpError, NatSide,
@@ -17,18 +16,16 @@ use crate::wire::{
 impl Engine {
     /// A NAT reply, server → client: None when it belongs to no connection, else its
     /// outcome (a forward verdict written into `out`, as for client packets).
-    #[allow(clippy::too_many_arguments)]
     #[inline(never)] // Out of the client packets' loop, which it would only make longer.
     pub(super) fn reply(
         &self,
-        t: &Tables,
-        hops: &mut Hops<'_>,
+        b: &mut Batch<'_>,
         frame: &mut Frame<'_>,
         p: &Packet,
         h: Option<ClientHash>,
-        cx: Step,
         out: &mut Verdict,
     ) -> Option<Outcome> {
+        let (t, cx, hops) = (b.t, b.step, &mut b.hops);
         let Step { now, w } = cx;
         let proto = Protocol::from_number(p.proto)?;
         let rk = ReplyKey {
