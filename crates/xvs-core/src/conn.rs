@@ -210,6 +210,20 @@ impl Conn {
             && !self.is_template()
     }
 
+    /// The connection bound to its destination (counted there by its [`Binding`]): how a new
+    /// entry is made. From then on the table releases the binding, when it removes the entry
+    /// or refuses it ([`ConnTable::admit`]).
+    pub fn bound(self) -> Conn {
+        self.dest.bind(self.binding());
+        self
+    }
+
+    /// Release the binding of a connection that never went into the table (one-packet
+    /// scheduling).
+    pub fn release(self) {
+        self.unbind();
+    }
+
     /// What the connection counts in at its destination.
     pub fn binding(&self) -> Binding {
         if self.is_template() {
@@ -881,8 +895,8 @@ impl ConnTable {
     /// controls connections or an established connection with a packet in the last 60 s (then
     /// the new entry is refused, [`InsertError::Full`]). The hand moves on by the entries
     /// looked at, so repeated evictions walk the whole shard. `on_insert` runs on the entry once it is in, under the
-    /// shard's lock (a connection that was refused is never counted). The caller has bound the
-    /// entry to its destination; on error it must unbind.
+    /// shard's lock (a connection that was refused is never counted). The entry comes bound to
+    /// its destination ([`Conn::bound`]); a refused one is returned with its binding released.
     pub fn admit(
         &self,
         h: Option<ClientHash>,
@@ -906,6 +920,7 @@ impl ConnTable {
         let (h, _, i) = self.hash_hint_shard(h, &key);
         let mut shard = self.lock(i);
         if shard.find(h, |Entry(k, _)| *k == key).is_some() {
+            conn.unbind();
             return Err((InsertError::Exists, conn));
         }
         let mut evicted = None;
@@ -914,6 +929,7 @@ impl ConnTable {
                 Some(tpl) => evicted = tpl,
                 None => {
                     self.counters.full.fetch_add(1, Relaxed);
+                    conn.unbind();
                     return Err((InsertError::Full, conn));
                 }
             }
@@ -926,6 +942,7 @@ impl ConnTable {
             self.release_template(evicted);
             debug_assert!(false, "an index below its shard's capacity has room");
             self.counters.full.fetch_add(1, Relaxed);
+            conn.unbind();
             return Err((InsertError::Full, conn));
         }
         shard.entries.push(Entry(key, conn));
@@ -1426,7 +1443,7 @@ mod tests {
         let keys: Vec<ConnKey> = (0..300u16).map(key).collect();
         for k in &keys {
             t.insert(*k, conn(&d, Time(0), 10))
-                .unwrap_or_else(|(_, c)| c.unbind());
+                .unwrap_or_else(|(_, refused)| drop(refused));
         }
         let present: Vec<ConnKey> = keys
             .iter()
@@ -1474,8 +1491,7 @@ mod tests {
                                 proptest::prop_assert_eq!(expect, Ok(()));
                                 model.insert(k, 10 + u32::from(p % 3));
                             }
-                            Err((e, c)) => {
-                                c.unbind();
+                            Err((e, _)) => {
                                 // A shard may fill before the table does.
                                 proptest::prop_assert!(
                                     e == InsertError::Full || expect == Err(e)
@@ -1528,7 +1544,7 @@ mod tests {
                     ..key(1000)
                 };
                 t.insert(k, conn(&d, Time(0), 10))
-                    .unwrap_or_else(|(_, c)| c.unbind());
+                    .unwrap_or_else(|(_, refused)| drop(refused));
                 p += 1;
             }
             assert_eq!(t.len(), t.capacity());
@@ -1575,10 +1591,7 @@ mod tests {
         };
         let try_admit = |k: ConnKey, now: u64| {
             t.admit(None, k, conn(&d, Time(now), 10), Time(now), |_| {})
-                .map_err(|(e, c)| {
-                    c.unbind();
-                    e
-                })
+                .map_err(|(e, _)| e)
         };
         // Busy established: refused.
         t.insert(same_shard[0], with_state(TcpState::Established, 900, 0))
@@ -1684,10 +1697,8 @@ mod tests {
         let admit = |k: ConnKey| {
             let mut c = conn(&d, Time(70_000), 900);
             c.state = TcpState::Established as u8;
-            t.admit(None, k, c, Time(70_000), |_| {}).map_err(|(e, c)| {
-                c.unbind();
-                e
-            })
+            t.admit(None, k, c, Time(70_000), |_| {})
+                .map_err(|(e, _)| e)
         };
         let evicted = |e: Eviction| t.counters.evicted[e as usize].load(Relaxed);
         // 32 idle established looked at: not a whole turn, refused.
@@ -1712,9 +1723,8 @@ mod tests {
         let d = dest();
         let mut full = 0;
         for p in 0..200 {
-            if let Err((e, c)) = t.insert(key(p), conn(&d, Time(0), 10)) {
+            if let Err((e, _)) = t.insert(key(p), conn(&d, Time(0), 10)) {
                 assert_eq!(e, InsertError::Full);
-                c.unbind();
                 full += 1;
             }
         }

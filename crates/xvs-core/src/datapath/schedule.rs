@@ -10,7 +10,7 @@ use crate::conn::{
     Conn, ConnKey, InsertError, CONN_F_INACTIVE, CONN_F_NOOUTPUT, CONN_F_ONE_PACKET,
     CONN_F_TEMPLATE, TPL_S_NONE,
 };
-use crate::dest::{Binding, DestState};
+use crate::dest::DestState;
 use crate::proto::Direction;
 use crate::sched::SchedInput;
 use crate::service::{Service, Tables};
@@ -72,7 +72,6 @@ impl Engine {
             } else {
                 0
             };
-            dest.bind(Binding::Template);
             let tpl = Conn {
                 dport: tdport,
                 dest: dest.clone(),
@@ -85,15 +84,13 @@ impl Engine {
                 template: None,
                 controlled: 1,
                 in_pkts: 0,
-            };
+            }
+            .bound();
             match self.conns.admit(None, tkey, tpl, now, |_| {}) {
                 Ok(()) => return Ok(Some((dest, tkey))),
-                Err((InsertError::Full, tpl)) => {
-                    tpl.dest.unbind(Binding::Template);
-                    return Err(DropReason::TableFull);
-                }
+                Err((InsertError::Full, _)) => return Err(DropReason::TableFull),
                 // Another worker created it first: use that one.
-                Err((InsertError::Exists, tpl)) => tpl.dest.unbind(Binding::Template),
+                Err((InsertError::Exists, _)) => {}
             }
         }
         Err(DropReason::TableFull)
@@ -164,7 +161,6 @@ impl Engine {
         if one_packet {
             flags |= CONN_F_ONE_PACKET;
         }
-        dest.bind(Binding::Inactive);
         // The scheduler's reference moves into the connection: a clone and a drop are two
         // locked instructions.
         let mut c = Conn {
@@ -179,7 +175,8 @@ impl Engine {
             template: tpl.map(Box::new),
             controlled: 0,
             in_pkts: 1,
-        };
+        }
+        .bound();
         let secure = self.defence.secure_flag();
         transition(
             &mut c,
@@ -209,10 +206,9 @@ impl Engine {
         if one_packet {
             // Not inserted: every datagram is scheduled on its own.
             count_new(&c);
-            c.dest.unbind(c.binding());
+            c.release();
             self.conns.release_template(tpl);
         } else if let Err((e, c)) = self.conns.admit(h, key, c, now, count_new) {
-            c.dest.unbind(c.binding());
             self.conns.release_template(tpl);
             if e == InsertError::Full {
                 return Some(self.drop(DropReason::TableFull));
