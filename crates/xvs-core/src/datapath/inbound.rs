@@ -1,7 +1,7 @@
 //! A frame's way in: parse, classify (a connection's packet, a NAT reply, an ICMP error, a new
 //! connection), the connection's state transition and its accounting.
 
-use super::{Batch, DropReason, Engine, FirstLookup, NewConn, Outcome, Verdict};
+use super::{put, Batch, DropReason, Engine, FirstLookup, NewConn, Settled, Verdict};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
@@ -197,12 +197,12 @@ impl Engine {
         b: &mut Batch<'_>,
         frame: &mut Frame<'_>,
         out: &mut Verdict,
-    ) -> Outcome {
+    ) -> Settled {
         let p = parse(frame.data());
         self.classify_parsed(b, frame, &p, None, out)
     }
 
-    /// One frame's verdict, into `out` or returned (see [`Outcome`]).
+    /// One frame's verdict, written into `out` (see [`Settled`]).
     #[inline(always)]
     pub(super) fn classify_parsed(
         &self,
@@ -211,19 +211,23 @@ impl Engine {
         parsed: &Result<Packet, ParseError>,
         first: Option<FirstLookup>,
         out: &mut Verdict,
-    ) -> Outcome {
+    ) -> Settled {
         let (t, cx) = (b.t, b.step);
         let p = match parsed {
             Ok(p) => p,
-            Err(ParseError::NotIp) => return Some(Verdict::Pass),
-            Err(ParseError::Malformed) => return Some(self.drop(DropReason::Malformed)),
-            Err(ParseError::Fragment) => return Some(self.drop(DropReason::Fragment)),
-            Err(ParseError::Ipv6Extension) => return Some(self.drop(DropReason::Ipv6Extension)),
+            Err(ParseError::NotIp) => return put(out, Verdict::Pass),
+            Err(ParseError::Malformed) => return put(out, self.drop(DropReason::Malformed)),
+            Err(ParseError::Fragment) => return put(out, self.drop(DropReason::Fragment)),
+            Err(ParseError::Ipv6Extension) => {
+                return put(out, self.drop(DropReason::Ipv6Extension))
+            }
         };
         let proto = match Protocol::from_number(p.proto) {
             Some(proto) => proto,
-            None if is_icmp_error(p) => return Some(self.icmp(t, &mut b.hops, frame, p, cx.now)),
-            None => return Some(Verdict::Pass),
+            None if is_icmp_error(p) => {
+                return put(out, self.icmp(t, &mut b.hops, frame, p, cx.now))
+            }
+            None => return put(out, Verdict::Pass),
         };
         // The prefetching pass has already asked whether this is a NAT source, and hashed the
         // client side of the first lookup (the reply's for a NAT source).
@@ -268,7 +272,7 @@ impl Engine {
                 }
                 InResult::Drop(r) => {
                     drop(c);
-                    return Some(self.drop(r));
+                    return put(out, self.drop(r));
                 }
                 InResult::Reschedule => {
                     drop(c);
@@ -279,7 +283,7 @@ impl Engine {
         if from_nat {
             // Not a reply of ours (e.g. a client talking to the real server directly through
             // this box): the kernel's business, as in IPVS.
-            return Some(Verdict::Pass);
+            return put(out, Verdict::Pass);
         }
         match t.lookup(proto, p.daddr, p.dport, frame.mark()) {
             Some(svc) => {
@@ -291,7 +295,7 @@ impl Engine {
                 };
                 self.new_conn(b, frame, p, nc, out)
             }
-            None => Some(Verdict::Pass),
+            None => put(out, Verdict::Pass),
         }
     }
 }

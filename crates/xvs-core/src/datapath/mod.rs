@@ -294,21 +294,10 @@ impl Tally {
         }
     }
 
-    /// Put `o` in the frame's verdict slot `v` (unless it is already there) and count it. A
-    /// verdict written in place is a forward one (see [`Outcome`]): it is counted without being
-    /// read back.
+    /// Count the verdict a step wrote into the frame's slot `v` (see [`Settled`]).
     #[inline(always)]
-    fn settle(&mut self, o: Outcome, v: &mut Verdict) {
-        match o {
-            Some(o) => {
-                self.count(&o);
-                *v = o;
-            }
-            None => {
-                debug_assert!(matches!(v, Verdict::Forward { .. }));
-                self.forwarded += 1;
-            }
-        }
+    fn settle(&mut self, _: Settled, v: &Verdict) {
+        self.count(v);
     }
 
     fn add_to(&self, c: &EngineCounters) {
@@ -324,10 +313,18 @@ impl Tally {
     }
 }
 
-/// What a step of the data path returns: its verdict, or None when it wrote a forward verdict
-/// into the frame's slot itself, in place (store forwarding: a forward verdict carries its real
-/// server's `IpAddr`), as `forward_in` and `forward_reply` do.
-type Outcome = Option<Verdict>;
+/// What a step of the data path returns once it has written its frame's verdict into the
+/// frame's slot, the one channel of a verdict (a forward verdict written there in place: store
+/// forwarding, as `forward_in` and `forward_reply` do).
+#[must_use]
+struct Settled;
+
+/// Write `v` into the frame's slot `out`.
+#[inline(always)]
+fn put(out: &mut Verdict, v: Verdict) -> Settled {
+    *out = v;
+    Settled
+}
 
 /// What the prefetching pass learned of a packet's first table lookup: whether it is a NAT
 /// reply lookup (the packet comes from a NAT real server), and the hash of its client side.
@@ -443,7 +440,7 @@ impl Engine {
         };
         let o = self.classify(b, frame, &mut v);
         let mut tally = Tally::default();
-        tally.settle(o, &mut v);
+        tally.settle(o, &v);
         tally.add_to(&self.counters);
         v
     }

@@ -2,7 +2,7 @@
 //! answers port unreachable.
 
 use super::inbound::{account, fwmark_addr, is_martian_source, transition, Hit};
-use super::{Batch, DropReason, Engine, NewConn, Outcome, Step, Verdict};
+use super::{put, Batch, DropReason, Engine, NewConn, Settled, Step, Verdict};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -115,30 +115,30 @@ impl Engine {
         p: &Packet,
         nc: NewConn<'_>,
         out: &mut Verdict,
-    ) -> Outcome {
+    ) -> Settled {
         let (t, cx, hops) = (b.t, b.step, &mut b.hops);
         let NewConn { proto, key, h, svc } = nc;
         let Step { now, w } = cx;
         // `tcp_conn_schedule`: a SYN, or with `sloppy_tcp` any segment, but never a RST.
         if proto == Protocol::Tcp && (p.tcp.rst() || (!t.settings.sloppy_tcp && !p.tcp.syn())) {
-            return Some(self.drop(DropReason::NonSynNoConn));
+            return put(out, self.drop(DropReason::NonSynNoConn));
         }
         if is_martian_source(&p.saddr, &p.daddr) {
-            return Some(self.drop(DropReason::MartianSource));
+            return put(out, self.drop(DropReason::MartianSource));
         }
         if self.defence.todrop() {
-            return Some(self.drop(DropReason::DefenceDropPacket));
+            return put(out, self.drop(DropReason::DefenceDropPacket));
         }
         let (dest, tpl) = if svc.cfg.is_persistent() {
             match self.persist(t, svc, p, now) {
                 Ok(Some((d, k))) => (d, Some(k)),
-                Ok(None) => return Some(self.no_dest(frame, p)),
-                Err(r) => return Some(self.drop(r)),
+                Ok(None) => return put(out, self.no_dest(frame, p)),
+                Err(r) => return put(out, self.drop(r)),
             }
         } else {
             match self.schedule(svc, p, now) {
                 Some(d) => (d, None),
-                None => return Some(self.no_dest(frame, p)),
+                None => return put(out, self.no_dest(frame, p)),
             }
         };
         let dport = if svc.cfg.is_persistent() {
@@ -211,7 +211,7 @@ impl Engine {
         } else if let Err((e, c)) = self.conns.admit(h, key, c, now, count_new) {
             self.conns.release_template(tpl);
             if e == InsertError::Full {
-                return Some(self.drop(DropReason::TableFull));
+                return put(out, self.drop(DropReason::TableFull));
             }
             // `Exists`: another worker inserted the same connection first (and counted it);
             // this packet is still forwarded to the destination it was scheduled to.

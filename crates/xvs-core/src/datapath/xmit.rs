@@ -2,7 +2,7 @@
 //! with the MTU and TTL checks before it.
 
 use super::inbound::{account, transition, Hit};
-use super::{Batch, DropReason, Engine, Hops, Outcome, Step, Verdict};
+use super::{put, Batch, DropReason, Engine, Hops, Settled, Step, Verdict};
 use std::net::IpAddr;
 
 use crate::conn::{ClientHash, ReplyKey};
@@ -14,8 +14,8 @@ use crate::wire::{
 };
 
 impl Engine {
-    /// A NAT reply, server → client: None when it belongs to no connection, else its
-    /// outcome (a forward verdict written into `out`, as for client packets).
+    /// A NAT reply, server → client: None when it belongs to no connection, else its verdict,
+    /// written into `out` as for client packets.
     #[inline(never)] // Out of the client packets' loop, which it would only make longer.
     pub(super) fn reply(
         &self,
@@ -24,7 +24,7 @@ impl Engine {
         p: &Packet,
         h: Option<ClientHash>,
         out: &mut Verdict,
-    ) -> Option<Outcome> {
+    ) -> Option<Settled> {
         let (t, cx, hops) = (b.t, b.step, &mut b.hops);
         let Step { now, w } = cx;
         let proto = Protocol::from_number(p.proto)?;
@@ -59,7 +59,7 @@ impl Engine {
     }
 
     /// Send a NAT reply to its client with the virtual service as its source; a forward
-    /// verdict is written into `out` (see [`Outcome`]).
+    /// verdict is written into `out` (see [`Settled`]).
     #[inline(always)]
     pub(super) fn forward_reply(
         &self,
@@ -69,12 +69,12 @@ impl Engine {
         vaddr: &IpAddr,
         vport: u16,
         out: &mut Verdict,
-    ) -> Outcome {
+    ) -> Settled {
         let Some(hop) = hops.get(&p.daddr) else {
-            return Some(self.drop(DropReason::NoRoute));
+            return put(out, self.drop(DropReason::NoRoute));
         };
         if let Some(v) = self.check_size_and_ttl(frame, p, usize::from(hop.mtu)) {
-            return Some(v);
+            return put(out, v);
         }
         let d = frame.data_mut();
         nat_rewrite(d, p, NatSide::Src, *vaddr, vport);
@@ -84,7 +84,7 @@ impl Engine {
             ifindex: hop.ifindex,
             real: None,
         };
-        None
+        Settled
     }
 
     /// MTU and TTL checks before forwarding; Some(verdict) when the packet cannot go on.
@@ -109,7 +109,7 @@ impl Engine {
     }
 
     /// Send a client packet to its real server by the connection's forwarding method; a forward
-    /// verdict is written into `out` (see [`Outcome`]).
+    /// verdict is written into `out` (see [`Settled`]).
     #[inline(always)]
     pub(super) fn forward_in(
         &self,
@@ -118,14 +118,14 @@ impl Engine {
         p: &Packet,
         hit: Hit<'_>,
         out: &mut Verdict,
-    ) -> Outcome {
+    ) -> Settled {
         let Some(hop) = hops.get(hit.daddr) else {
-            return Some(self.drop(DropReason::NoRoute));
+            return put(out, self.drop(DropReason::NoRoute));
         };
         match hit.fwd.method {
             ForwardMethod::Route | ForwardMethod::Masq => {
                 if let Some(v) = self.check_size_and_ttl(frame, p, usize::from(hop.mtu)) {
-                    return Some(v);
+                    return put(out, v);
                 }
                 let d = frame.data_mut();
                 if hit.fwd.method == ForwardMethod::Masq {
@@ -139,19 +139,19 @@ impl Engine {
                 let mtu = usize::from(hop.mtu).saturating_sub(over);
                 let min = if p.v6 { 1280 } else { 68 };
                 if mtu < min {
-                    return Some(self.drop(DropReason::TooBig));
+                    return put(out, self.drop(DropReason::TooBig));
                 }
                 if let Some(v) = self.check_size_and_ttl(frame, p, mtu) {
-                    return Some(v);
+                    return put(out, v);
                 }
                 dec_ttl(frame.data_mut(), p);
                 match encapsulate(frame, p, hop.src_ip, *hit.daddr, &hit.fwd.tunnel) {
                     Ok(()) => {}
                     Err(wire::EncapError::NoHeadroom) => {
-                        return Some(self.drop(DropReason::NoHeadroom))
+                        return put(out, self.drop(DropReason::NoHeadroom))
                     }
                     Err(wire::EncapError::NoSource) => {
-                        return Some(self.drop(DropReason::NoTunnelSource))
+                        return put(out, self.drop(DropReason::NoTunnelSource))
                     }
                 }
                 set_macs(frame.data_mut(), hop);
@@ -161,6 +161,6 @@ impl Engine {
             ifindex: hop.ifindex,
             real: Some((*hit.daddr, hit.dport)),
         };
-        None
+        Settled
     }
 }
