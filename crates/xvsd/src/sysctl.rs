@@ -123,14 +123,19 @@ pub fn set(
 /// The sysctls as lines of the state file (`--sysctl NAME=VALUE`, which xvsd reads back at
 /// start; ipvsadm's `-R` has no such command).
 pub fn state_lines(engine: &Engine, director: &Director) -> String {
+    values(engine, director)
+        .map(|(n, v)| format!("{STATE_LINE}{PREFIX}{n}={v}\n"))
+        .collect()
+}
+
+/// Every implemented sysctl with its value.
+fn values<'a>(
+    engine: &'a Engine,
+    director: &'a Director,
+) -> impl Iterator<Item = (&'static str, i32)> + 'a {
     names()
         .into_iter()
-        .filter_map(|n| {
-            get(engine, director, n)
-                .ok()
-                .map(|v| format!("{STATE_LINE}{PREFIX}{n}={v}\n"))
-        })
-        .collect()
+        .filter_map(move |n| get(engine, director, n).ok().map(|v| (n, v)))
 }
 
 /// How a sysctl line of the state file starts.
@@ -138,13 +143,8 @@ pub const STATE_LINE: &str = "--sysctl ";
 
 /// `NAME = VALUE` lines, as `sysctl` prints them.
 pub fn show(engine: &Engine, director: &Director) -> String {
-    names()
-        .into_iter()
-        .filter_map(|n| {
-            get(engine, director, n)
-                .ok()
-                .map(|v| format!("{PREFIX}{n} = {v}\n"))
-        })
+    values(engine, director)
+        .map(|(n, v)| format!("{PREFIX}{n} = {v}\n"))
         .collect()
 }
 
