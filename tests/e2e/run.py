@@ -252,6 +252,30 @@ def control_checks(rig, name, vip, reals):
     rig.adm(f"-E {svc} -s rr")
 
 
+UPLOAD_HDR = ["-H", "Content-Type: application/octet-stream"]
+
+
+def both_ways(rig, name, vip, size, timeout=20):
+    """Download `size` bytes from the real servers and upload as many, each checked by its
+    SHA-256 (the server checksums the upload). Returns the upload's file and digest, and the
+    download's digest, for more transfers of the same data."""
+    mb = f"{size // 1_000_000} MB"
+    want = hashlib.sha256(blob(size)).hexdigest()
+    rc, got = curl(rig, url(vip, f"/blob?size={size}"), timeout=timeout)
+    check(f"{name}: {mb} download intact", rc == 0 and hashlib.sha256(got).hexdigest() == want,
+          f"rc={rc} len={len(got)}")
+    up = os.path.join(rig.tmp, "upload.bin")
+    data = os.urandom(size)
+    with open(up, "wb") as f:
+        f.write(data)
+    digest = hashlib.sha256(data).hexdigest()
+    rc, got = curl(rig, url(vip, "/upload"), ["--data-binary", f"@{up}", *UPLOAD_HDR], timeout=timeout)
+    parts = got.decode().split()
+    check(f"{name}: {mb} upload intact", rc == 0 and len(parts) == 3 and parts[1] == digest
+          and parts[2] == str(size), f"rc={rc} {got[:200]!r}")
+    return up, digest, want
+
+
 def on_rig(name, mode, v6, started, body, queues=1, xvsd_args=(), mtu=None):
     """Run body(rig, vip, reals) on a fresh rig of `mode` (every link at `mtu` if given) with
     its real servers and xvsd started (checked as "{name}: {started}"); an exception fails the
@@ -301,21 +325,8 @@ def scenario(mode, v6):
         drops = xvs_stats(rig)["drop"]
         check(f"{name}: a new client's first replies are not dropped for want of a next hop",
               drops.get("no_route", -1) == 0, drops)
-        # Download 5 MB, checksum.
-        size = 5_000_000
-        want = hashlib.sha256(blob(size)).hexdigest()
-        rc, body = curl(rig, url(vip, f"/blob?size={size}"))
-        check(f"{name}: 5 MB download intact", rc == 0 and hashlib.sha256(body).hexdigest() == want,
-              f"rc={rc} len={len(body)}")
-        # Upload 5 MB, the server checksums it.
-        up = os.path.join(rig.tmp, "upload.bin")
-        data = os.urandom(size)
-        with open(up, "wb") as f:
-            f.write(data)
-        rc, body = curl(rig, url(vip, "/upload"), ["--data-binary", f"@{up}", "-H", "Content-Type: application/octet-stream"])
-        parts = body.decode().split()
-        check(f"{name}: 5 MB upload intact", rc == 0 and len(parts) == 3 and parts[1] == hashlib.sha256(data).hexdigest()
-              and parts[2] == str(size), f"rc={rc} {body[:200]!r}")
+        # 5 MB each way, checksummed.
+        both_ways(rig, name, vip, 5_000_000)
         # UDP request/reply.
         replies = [udp(rig, vip, b"ping%d" % i) for i in range(4)]
         check(f"{name}: UDP request/reply", replies == ["rs2:ping0", "rs1:ping1", "rs2:ping2", "rs1:ping3"], replies)
@@ -396,19 +407,7 @@ def busy_poll():
         # Bulk TCP both ways: a worker that never sleeps in poll() must still drive its TX
         # rings (copy mode sends 32 frames per kick), or TCP stalls on the rest of each burst:
         # at the 1 MB/s that leaves, 50 MB cannot cross in curl's 20 s (it takes under 1 s).
-        size = 50_000_000
-        rc, body = curl(rig, url(vip, f"/blob?size={size}"))
-        check(f"{name}: 50 MB download intact", rc == 0 and hashlib.sha256(body).hexdigest() ==
-              hashlib.sha256(blob(size)).hexdigest(), f"rc={rc} len={len(body)}")
-        up = os.path.join(rig.tmp, "upload.bin")
-        data = os.urandom(size)
-        with open(up, "wb") as f:
-            f.write(data)
-        rc, body = curl(rig, url(vip, "/upload"), ["--data-binary", f"@{up}", "-H",
-                                                    "Content-Type: application/octet-stream"])
-        parts = body.decode().split()
-        check(f"{name}: 50 MB upload intact", rc == 0 and len(parts) == 3
-              and parts[1] == hashlib.sha256(data).hexdigest(), f"rc={rc} {body[:200]!r}")
+        both_ways(rig, name, vip, 50_000_000)
         # Idle, a busy-polling worker keeps its core busy: xvsd's CPU time grows with the wall
         # clock (a sleeping worker's would not).
         def cpu():
@@ -435,20 +434,7 @@ def bulk(mode, busy=False, mtu=None):
 
     def body(rig, vip, reals):
         size = 20_000_000
-        want = hashlib.sha256(blob(size)).hexdigest()
-        rc, got = curl(rig, url(vip, f"/blob?size={size}"), timeout=60)
-        check(f"{name}: 20 MB download intact", rc == 0 and hashlib.sha256(got).hexdigest() == want,
-              f"rc={rc} len={len(got)}")
-        up = os.path.join(rig.tmp, "upload.bin")
-        data = os.urandom(size)
-        with open(up, "wb") as f:
-            f.write(data)
-        digest = hashlib.sha256(data).hexdigest()
-        hdr = ["-H", "Content-Type: application/octet-stream"]
-        rc, got = curl(rig, url(vip, "/upload"), ["--data-binary", f"@{up}", *hdr], timeout=60)
-        parts = got.decode().split()
-        check(f"{name}: 20 MB upload intact", rc == 0 and len(parts) == 3 and parts[1] == digest
-              and parts[2] == str(size), f"rc={rc} {got[:200]!r}")
+        up, digest, want = both_ways(rig, name, vip, size, timeout=60)
         # Four downloads and four uploads at once (over the three real servers).
         procs = []
         for i in range(4):
@@ -458,7 +444,7 @@ def bulk(mode, busy=False, mtu=None):
                  url(vip, f"/blob?size={size}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
             procs.append(("up", None, subprocess.Popen(
                 ["ip", "netns", "exec", rig.ns("c"), "curl", "-s", "-S", "-m", "60", "--data-binary", f"@{up}",
-                 *hdr, url(vip, "/upload")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
+                 *UPLOAD_HDR, url(vip, "/upload")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
         bad = []
         for kind, out, p in procs:
             try:
