@@ -344,6 +344,7 @@ impl<H: Handler> Worker<H> {
         let end = i.min(descs.len());
         firsts[n] = end;
         let mut frames: [Frame<'_>; BATCH] = std::array::from_fn(|_| Frame::new(&mut [], 0, 0));
+        // The data offset of each single-buffer frame in its chunk.
         let mut offsets = [0usize; BATCH];
         let mut slots = gather.chunks_mut(GATHER_SLOT);
         for k in 0..n {
@@ -366,7 +367,6 @@ impl<H: Handler> Worker<H> {
                     self.counters.oversize.fetch_add(1, Relaxed);
                 }
             }
-            offsets[k] = GATHER_HEADROOM;
         }
         let mut verdicts: [Verdict; BATCH] = std::array::from_fn(|_| Verdict::Pass);
         self.handler
