@@ -33,7 +33,7 @@ fn established(c: &mut Criterion) {
                 Vec::new()
             };
             let mut rng = Rng::new(7);
-            // Each size twice, in the same run: `process`, and `process_prefetched` with the CPU
+            // Each size twice, in the same run: `process` without prefetching ("plain"), and with the CPU
             // prefetch of xvs-xdp's worker.
             for prefetch in [false, true] {
                 let id = if prefetch {

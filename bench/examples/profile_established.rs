@@ -7,9 +7,9 @@
 //!
 //! Run: `cargo build --release -p xvs-bench --example profile_established`, then
 //! `profile_established [N] [F] [plain|prefetch|always|new] [dr|nat|tun|nat-reply] [EVICT_KIB] [B]`
-//! (`prefetch`, the default, is `Engine::process_prefetched` with the CPU prefetch, as xvsd's workers run it: it prefetches
-//! from `xvs_core::datapath::PREFETCH_FROM` entries on; `always` prefetches whatever the
-//! table's size; `plain` is `Engine::process`; `new` sends SYNs of flows never seen, as
+//! (`prefetch`, the default, is `Engine::process` with the CPU prefetch, as xvsd's workers run
+//! it: it prefetches from `xvs_core::datapath::PREFETCH_FROM` entries on; `always` prefetches
+//! whatever the table's size; `plain` never prefetches; `new` sends SYNs of flows never seen, as
 //! `new_conn` in the criterion benchmark does: each one schedules and inserts a connection
 //! (`rr`), and they are removed again after each batch, not timed). It prints
 //! the wall-clock ns per packet of the fastest and of the median round: the fastest round is the
@@ -46,7 +46,7 @@ fn main() {
         Some("tun") => ForwardMethod::Tunnel,
         _ => ForwardMethod::Route,
     };
-    let (_d, tables, mut engine, routes) = balancer("rr", method, 100, flows as usize * 2);
+    let (_d, tables, engine, routes) = balancer("rr", method, 100, flows as usize * 2);
     if mode == "always" {
         engine.set_prefetch_from(0);
     }

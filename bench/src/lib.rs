@@ -208,9 +208,9 @@ impl Scratch {
         }
     }
 
-    /// Copy `templates` (at most [`BATCH`]) into the buffers and process them as one batch:
-    /// `Engine::process_prefetched` with the CPU prefetch when `prefetch`, else
-    /// `Engine::process`. Returns the time of the processing alone (the copy is not timed).
+    /// Copy `templates` (at most [`BATCH`]) into the buffers and process them as one batch
+    /// ([`Engine::process`]): as xvsd's workers do when `prefetch` (with the CPU prefetch), else
+    /// frame by frame without hints ("plain"). Returns the time of the processing alone (the copy is not timed).
     pub fn run(
         &mut self,
         engine: &Engine,
@@ -292,7 +292,7 @@ impl Scratch {
             .collect();
         let start = Instant::now();
         if prefetch {
-            engine.process_prefetched(
+            engine.process(
                 tables,
                 routes,
                 &mut frames,
@@ -302,6 +302,8 @@ impl Scratch {
                 xvs_xdp::prefetch,
             );
         } else {
+            let from = engine.prefetch_from();
+            engine.set_prefetch_from(usize::MAX);
             engine.process(
                 tables,
                 routes,
@@ -309,7 +311,9 @@ impl Scratch {
                 Time(1000),
                 verdicts,
                 &mut self.worker,
+                |_| {},
             );
+            engine.set_prefetch_from(from);
         }
         let e = start.elapsed();
         black_box(&verdicts);
@@ -321,10 +325,16 @@ impl Scratch {
         &self.verdicts[..n]
     }
 
-    /// Create flows `0..flows` (see [`flow`]) with SYNs, batch by batch.
+    /// Create flows `0..flows` (see [`flow`]) with SYNs, frame by frame
+    /// ([`Engine::process_frame`], so that a profiler collecting in [`Engine::process`] counts
+    /// the measured batches alone).
     pub fn prefill(&mut self, engine: &Engine, tables: &Tables, routes: &StaticRoutes, flows: u64) {
-        for chunk in (0..flows).collect::<Vec<_>>().chunks(BATCH) {
-            self.run_flows(engine, tables, routes, chunk, true, false);
+        let slot = &mut self.buf[..SLOT];
+        for id in 0..flows {
+            let (a, p) = flow(id);
+            write_client_frame(&mut slot[HEADROOM..], a, p, true);
+            let mut f = Frame::new(slot, HEADROOM, CLIENT_FRAME_LEN);
+            engine.process_frame(tables, routes, &mut f, Time(1000));
         }
     }
 }

@@ -69,11 +69,11 @@ fn tables() -> &'static (Tables, StaticRoutes) {
 /// Frames through the data path: the input is a sequence of records `[clock step][length, 2
 /// bytes][frame]`; each frame gets 256 bytes of headroom, as in a UMEM frame. The records go
 /// through `Engine::process_frame` one by one, then all of them again as one batch through
-/// `Engine::process_prefetched` (the workers' path) on the connection table the first pass
+/// `Engine::process` (the workers' path) on the connection table the first pass
 /// filled, with the clock moving on by each record's step (seconds) so that entries expire.
 pub fn frames(data: &[u8]) {
     let (t, routes) = tables();
-    let mut engine = Engine::new(1024, 0x5eed);
+    let engine = Engine::new(1024, 0x5eed);
     engine.set_prefetch_from(0);
     let mut records = Vec::new();
     let mut rest = data;
@@ -110,7 +110,7 @@ pub fn frames(data: &[u8]) {
         })
         .collect();
     let mut verdicts = vec![Verdict::Pass; frames.len()];
-    engine.process_prefetched(
+    engine.process(
         t,
         routes,
         &mut frames,

@@ -763,6 +763,7 @@ impl ConnTable {
     /// entry whose tag matches `h`, remember it in `h` as a hint for the lookup, and return the
     /// addresses of that entry's first and last byte (its two cache lines: see `Entry`),
     /// without reading the entry itself.
+    #[inline(always)] // Once per frame of a prefetched group, from one place.
     pub fn candidate(&self, h: &mut ClientHash) -> Option<[usize; 2]> {
         let shard = self.lock(h.shard as usize);
         let i = shard.index.home_candidate(h.h)?;

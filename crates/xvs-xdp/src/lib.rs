@@ -15,7 +15,7 @@ pub mod xsk;
 
 /// Ask the CPU to bring the cache line at `addr` closer (a hint: nothing is read or written,
 /// and an address that is stale or not mapped costs nothing but the hint). The engine gives
-/// the addresses its next lookups will read ([`xvs_core::Engine::process_prefetched`]).
+/// the addresses its next lookups will read ([`xvs_core::Engine::process`]).
 #[inline]
 pub fn prefetch(addr: usize) {
     #[cfg(target_arch = "x86_64")]

@@ -126,7 +126,7 @@ impl Handler for EngineHandler {
 
     fn handle_batch(&mut self, frames: &mut [Frame<'_>], now: Time, verdicts: &mut [Verdict]) {
         // The connection-table lookups of a group are prefetched before it is processed.
-        self.engine.process_prefetched(
+        self.engine.process(
             &self.current,
             &*self.routes,
             frames,

@@ -342,7 +342,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
     };
     let map_seed = HashSeed([seed()?, seed()?, seed()?, seed()?]);
     let seed = seed()?;
-    let mut engine = Engine::new(capacity, seed);
+    let engine = Engine::new(capacity, seed);
     engine.set_prefetch_from(args.prefetch_from);
     tracing::info!(
         "connection table: {} entries, at most {} bytes ({} MiB, {} B each; {} B more for each \

@@ -1,4 +1,4 @@
-//! Offline replay: every frame of the input pcap is handed to [`Engine::process`] as if it had
+//! Offline replay: every frame of the input pcap is handed to [`Engine::process_frame`] as if it had
 //! arrived on one interface, with the pcap's timestamps as the clock.
 
 use std::collections::BTreeMap;

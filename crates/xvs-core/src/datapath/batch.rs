@@ -1,6 +1,8 @@
 //! The workers' path: a batch in groups, each group's table lookups announced (prefetched)
 //! before any of its frames is processed.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use super::{Batch, Engine, FirstLookup, Tally, Verdict, WorkerState, PREFETCH_GROUP};
 pub use crate::routes::Routes;
 use crate::service::Tables;
@@ -8,7 +10,7 @@ use crate::types::{Protocol, Time};
 use crate::wire::{self, Frame};
 
 impl Engine {
-    /// Frame by frame, verdicts into `tally`.
+    /// Frame by frame, verdicts into `tally` (the path of a small table).
     pub(super) fn classify_all(
         &self,
         b: &mut Batch<'_>,
@@ -22,21 +24,26 @@ impl Engine {
         }
     }
 
-    /// Like [`Engine::process`], with the connection-table lookups of the batch announced
-    /// ahead once the table holds [`PREFETCH_FROM`](super::PREFETCH_FROM) entries or more (see
-    /// [`Engine::set_prefetch_from`]; a smaller table is processed as by `process`): frames are
-    /// taken in groups of [`PREFETCH_GROUP`]; for each group every frame is
-    /// parsed and `prefetch` is given the addresses of the index memory its lookup will read
-    /// (control bytes, slot); then, that memory being on its way, each frame's candidate entry is
-    /// read from the index and its cache lines are announced; then the frames are processed,
-    /// each lookup starting at its candidate. The I/O layer passes a CPU prefetch
-    /// (`xvs_xdp::prefetch`); the misses of a group then overlap instead of stalling one packet
-    /// after the other. The addresses are hints: xvs-core never dereferences them, and a stale one
-    /// (an index that grew meanwhile, an entry moved by a removal) only makes a useless prefetch
-    /// and a lookup that probes as [`Engine::process`] does.
+    /// Process a batch of frames received on one interface: the workers' path, the one entry
+    /// point for a batch. `verdicts` must be as long as `frames`; each frame is rewritten in
+    /// place according to its verdict. Traffic is counted in `worker`'s counter slot (see
+    /// [`WorkerSlot`](super::WorkerSlot)), verdicts once per batch; next hops come from
+    /// `worker`'s cache of `routes` (see [`HopCache`](crate::hops::HopCache)).
+    ///
+    /// Once the table holds [`PREFETCH_FROM`](super::PREFETCH_FROM) entries or more (see
+    /// [`Engine::set_prefetch_from`]), frames are taken in groups of [`PREFETCH_GROUP`]; for
+    /// each group every frame is parsed and `prefetch` is given the addresses of the index
+    /// memory its lookup will read (control bytes, slot); then, that memory being on its way,
+    /// each frame's candidate entry is read from the index and its cache lines are announced;
+    /// then the frames are processed, each lookup starting at its candidate. The I/O layer
+    /// passes a CPU prefetch (`xvs_xdp::prefetch`); the misses of a group then overlap instead
+    /// of stalling one packet after the other. A smaller table, mostly in the caches, is
+    /// processed frame by frame without hints. The addresses are hints: xvs-core never
+    /// dereferences them, and a stale one (an index that grew meanwhile, an entry moved by a
+    /// removal) only makes a useless prefetch and a lookup that probes from the home bucket.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)] // Called once a batch; kept whole for profilers (callgrind's --toggle-collect).
-    pub fn process_prefetched(
+    pub fn process(
         &self,
         tables: &Tables,
         routes: &dyn Routes,
@@ -57,7 +64,7 @@ impl Engine {
             .chunks_mut(PREFETCH_GROUP)
             .zip(verdicts.chunks_mut(PREFETCH_GROUP))
         {
-            if self.conns.len_relaxed() < self.prefetch_from {
+            if self.conns.len_relaxed() < self.prefetch_from.load(Relaxed) {
                 // A table this small is mostly in the caches: the plain path is faster.
                 self.classify_all(b, fs, vs, &mut tally);
                 continue;

@@ -2,10 +2,9 @@
 //! place. Split as IPVS splits it (`ip_vs_core.c`, `ip_vs_xmit.c`, `ip_vs_conn.c`):
 //!
 //! - here: the [`Engine`], [`Verdict`], [`DropReason`], the counters, a worker's own state, and
-//!   the entry points for one frame ([`Engine::process_frame`]: the replay, tests) and for a
-//!   batch frame by frame ([`Engine::process`]);
-//! - `batch`: [`Engine::process_prefetched`], the workers' path: a batch in groups whose table
-//!   lookups are announced before any frame of the group is processed;
+//!   the entry point for one frame ([`Engine::process_frame`]: the replay, the fuzzing);
+//! - `batch`: [`Engine::process`], the entry point for a batch and the workers' path: a batch
+//!   in groups whose table lookups are announced before any frame of the group is processed;
 //! - `inbound`: each frame's classification (`classify_parsed`): an ICMP error, a NAT reply, a
 //!   connection's packet (its state transition and accounting) or a new connection;
 //! - `schedule`: new connections (`new_conn`): persistence templates, the scheduler's pick,
@@ -14,7 +13,7 @@
 //!   MTU and TTL checks;
 //! - `icmp`: the errors xvs sends, and ICMP errors about connections relayed (`icmp`).
 //!
-//! A worker's frame goes `process_prefetched` → `classify_parsed` → (`hit_in` and `transition`
+//! A worker's frame goes `process` → `classify_parsed` → (`hit_in` and `transition`
 //! → `forward_in`) | `reply` → `forward_reply` | `icmp` | `new_conn` → `forward_in`, and comes
 //! back with its verdict.
 //!
@@ -27,7 +26,7 @@
 //! that do so say "in place (store forwarding)".
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crate::conn::{ClientHash, ConnKey, ConnTable};
@@ -248,8 +247,8 @@ pub struct Engine {
     pub defence: Defence,
     /// The `drop_entry` pass's random state and counters (the control thread's).
     drop_entry: Mutex<(u64, DropEntryCounters)>,
-    /// Table size (entries) from which [`Engine::process_prefetched`] prefetches.
-    prefetch_from: usize,
+    /// Table size (entries) from which [`Engine::process`] prefetches.
+    prefetch_from: AtomicUsize,
 }
 
 /// What every frame of a batch is processed with: the published tables, the worker's next
@@ -337,10 +336,10 @@ struct FirstLookup {
 /// A frame parsed ahead, with its first lookup when it is TCP or UDP.
 type Parsed = (Result<Packet, ParseError>, Option<FirstLookup>);
 
-/// Frames whose table lookups [`Engine::process_prefetched`] announces together.
+/// Frames whose table lookups [`Engine::process`] announces together.
 pub const PREFETCH_GROUP: usize = 32;
 
-/// Table size (entries) from which [`Engine::process_prefetched`] prefetches by default. Below
+/// Table size (entries) from which [`Engine::process`] prefetches by default. Below
 /// it the table is in the caches and prefetching costs more than it saves: on the project's
 /// machine (AMD EPYC guest, 512 KiB L2, 32 MiB L3) the plain path was the faster up to about
 /// 1 K entries, on a par at 3 K, and the two-step prefetch 1.1 × faster at 10 K, 1.6 × at 30 K
@@ -355,7 +354,7 @@ impl Engine {
             counters: EngineCounters::default(),
             defence: Defence::default(),
             drop_entry: Mutex::new((seed | 1, DropEntryCounters::default())),
-            prefetch_from: PREFETCH_FROM,
+            prefetch_from: AtomicUsize::new(PREFETCH_FROM),
         }
     }
 
@@ -381,40 +380,20 @@ impl Engine {
         self.defence.set(name, value, self.conns.free_pages())
     }
 
-    /// Set the table size (entries) from which [`Engine::process_prefetched`] prefetches; 0:
-    /// always.
-    pub fn set_prefetch_from(&mut self, entries: usize) {
-        self.prefetch_from = entries;
+    /// Set the table size (entries) from which [`Engine::process`] prefetches; 0: always;
+    /// `usize::MAX`: never.
+    pub fn set_prefetch_from(&self, entries: usize) {
+        self.prefetch_from.store(entries, Relaxed);
+    }
+
+    /// The table size (entries) from which [`Engine::process`] prefetches.
+    pub fn prefetch_from(&self) -> usize {
+        self.prefetch_from.load(Relaxed)
     }
 
     fn drop(&self, r: DropReason) -> Verdict {
         self.counters.drops[r as usize].fetch_add(1, Relaxed);
         Verdict::Drop(r)
-    }
-
-    /// Process a batch of frames received on one interface. `verdicts` must be as long as
-    /// `frames`. Each frame is rewritten in place according to its verdict. Traffic is counted
-    /// in `worker`'s counter slot (see [`WorkerSlot`]), verdicts once per batch; next hops come
-    /// from `worker`'s cache of `routes` (see [`HopCache`]).
-    #[inline(never)] // As process_prefetched.
-    pub fn process(
-        &self,
-        tables: &Tables,
-        routes: &dyn Routes,
-        frames: &mut [Frame<'_>],
-        now: Time,
-        verdicts: &mut [Verdict],
-        worker: &mut WorkerState,
-    ) {
-        let mut tally = Tally::default();
-        let (step, hops, _) = worker.start(routes, now);
-        let b = &mut Batch {
-            t: tables,
-            hops,
-            step,
-        };
-        self.classify_all(b, frames, verdicts, &mut tally);
-        tally.add_to(&self.counters);
     }
 
     /// Process one frame (counting in the shared counters, next hops straight from `routes`).

@@ -87,8 +87,15 @@ impl Lb {
         buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
         let mut fs = [Frame::new(&mut buf, HEADROOM, frame.len())];
         let mut vs = [Verdict::Pass];
-        self.engine
-            .process(&self.tables, &self.routes, &mut fs, Time(now), &mut vs, w);
+        self.engine.process(
+            &self.tables,
+            &self.routes,
+            &mut fs,
+            Time(now),
+            &mut vs,
+            w,
+            |_| {},
+        );
         (vs[0], fs[0].data().to_vec())
     }
 }
@@ -1159,7 +1166,7 @@ fn forwarding_matrix() {
     }
 }
 
-/// `process_prefetched` is `process` with hints: for the same frames (new connections, their
+/// A prefetching batch is frame-by-frame processing with hints: for the same frames (new connections, their
 /// packets, NAT replies, something that is not IP) it gives the same verdicts and bytes, and
 /// once the table has entries it announces addresses to prefetch.
 #[test]
@@ -1174,7 +1181,7 @@ fn prefetched_batches_match_frame_by_frame_processing() {
             ],
         )
     };
-    let (one, mut batched) = (mk(), mk());
+    let (one, batched) = (mk(), mk());
     // Prefetch whatever the table's size (by default a table this small is not prefetched).
     batched.engine.set_prefetch_from(0);
     let client = |i: u16| format!("10.9.{}.{}", i / 200, i % 200 + 1);
@@ -1225,7 +1232,7 @@ fn prefetched_batches_match_frame_by_frame_processing() {
             .map(|(b, f)| Frame::new(b, HEADROOM, f.len()))
             .collect();
         let mut vs = vec![Verdict::Pass; fs.len()];
-        lb.engine.process_prefetched(
+        lb.engine.process(
             &lb.tables,
             &lb.routes,
             &mut fs,
