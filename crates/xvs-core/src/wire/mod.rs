@@ -2,7 +2,7 @@
 //! incremental checksums (RFC 1624), tunnel encapsulation into the headroom, and ICMP errors
 //! built in place. No allocation, no copy of the payload.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use etherparse::{
     Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6HeaderSlice, TcpHeaderSlice, UdpHeaderSlice,
@@ -11,10 +11,18 @@ use etherparse::{
 use crate::proto::TcpFlags;
 use crate::types::{TunnelConfig, TunnelCsum, TunnelType};
 
+pub mod header;
+use header::{eth, icmp, ipv4, ipv6, tcp, udp, GreRepr, GueRepr, IcmpRepr, Ipv4Repr, Ipv6Repr};
+use header::{Ipv4View, Ipv6View};
+
 /// Ethernet header length.
-pub const ETH_LEN: usize = 14;
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_LEN: usize = eth::LEN;
+const ETH_P_IPV4: u16 = eth::P_IPV4;
+const ETH_P_IPV6: u16 = eth::P_IPV6;
+/// The IPv4 header of a frame.
+const IP4: usize = ETH_LEN;
+/// The IPv6 header of a frame.
+const IP6: usize = ETH_LEN;
 /// IP protocol numbers.
 pub const IPPROTO_ICMP: u8 = 1;
 /// IPv4-in-IP.
@@ -219,49 +227,51 @@ pub fn parse_into(frame: &[u8], out: &mut Result<Packet, ParseError>) {
 /// from [`parse_general`]).
 #[inline(always)]
 pub fn parse_ipv4_fast(frame: &[u8]) -> Option<Packet> {
-    // Ethernet (14) + IPv4 (20, no options here) + the first 16 bytes of TCP or UDP.
-    let h: &[u8; ETH_LEN + 36] = frame.get(..ETH_LEN + 36)?.try_into().ok()?;
-    if h[12..14] != ETH_P_IPV4.to_be_bytes() || h[14] != 0x45 {
+    // Ethernet + IPv4 (no options here) + the first 16 bytes of TCP or UDP.
+    const SEEN: usize = ETH_LEN + ipv4::MIN_LEN + 16;
+    let h: &[u8; SEEN] = frame.get(..SEEN)?.try_into().ok()?;
+    if h[eth::TYPE] != ETH_P_IPV4.to_be_bytes() || h[IP4 + ipv4::VER_IHL] != ipv4::VER_IHL_PLAIN {
         return None;
     }
-    let total = usize::from(be16(h, 16));
-    let frag = be16(h, 20);
-    let proto = h[23];
-    let l4 = ETH_LEN + 20;
-    let seg_len = total.checked_sub(20)?;
-    if ETH_LEN + total > frame.len() || frag & 0x3fff != 0 {
+    let ip = Ipv4View(&h[IP4..]);
+    let total = usize::from(ip.total_len());
+    let frag = be16(h, IP4 + ipv4::FLG_OFF.start);
+    let proto = ip.protocol();
+    let l4 = IP4 + ipv4::MIN_LEN;
+    let seg_len = total.checked_sub(ipv4::MIN_LEN)?;
+    if ETH_LEN + total > frame.len() || frag & ipv4::MF_OFFSET != 0 {
         return None;
     }
-    let mut tcp = TcpFlags::default();
+    let mut flags = TcpFlags::default();
     match proto {
         IPPROTO_TCP => {
-            let doff = usize::from(h[l4 + 12] >> 4) * 4;
-            if doff < 20 || seg_len < doff {
+            let doff = usize::from(h[l4 + tcp::DATA_OFF] >> 4) * 4;
+            if doff < tcp::MIN_LEN || seg_len < doff {
                 return None;
             }
-            tcp = TcpFlags::from_header_byte(h[l4 + 13]);
+            flags = TcpFlags::from_header_byte(h[l4 + tcp::FLAGS]);
         }
         IPPROTO_UDP => {
-            let ulen = usize::from(be16(h, l4 + 4));
-            if ulen < 8 || ulen > seg_len {
+            let ulen = usize::from(be16(h, l4 + udp::LENGTH.start));
+            if ulen < udp::LEN || ulen > seg_len {
                 return None;
             }
         }
         _ => return None,
     }
-    let addr = |at: usize| IpAddr::V4(Ipv4Addr::new(h[at], h[at + 1], h[at + 2], h[at + 3]));
+    // TCP and UDP have their ports at the same place.
     Some(Packet {
         v6: false,
         l4,
         proto,
-        saddr: addr(26),
-        daddr: addr(30),
-        sport: be16(h, l4),
-        dport: be16(h, l4 + 2),
-        tcp,
-        ttl: h[22],
+        saddr: IpAddr::V4(ip.src()),
+        daddr: IpAddr::V4(ip.dst()),
+        sport: be16(h, l4 + tcp::SRC_PORT.start),
+        dport: be16(h, l4 + tcp::DST_PORT.start),
+        tcp: flags,
+        ttl: ip.ttl(),
         ip_len: total,
-        df: frag & 0x4000 != 0,
+        df: frag & ipv4::DF != 0,
         icmp: None,
     })
 }
@@ -300,21 +310,25 @@ pub fn parse_general(frame: &[u8]) -> Result<Packet, ParseError> {
         ETH_P_IPV6 => {
             let ip =
                 Ipv6HeaderSlice::from_slice(&frame[l3..]).map_err(|_| ParseError::Malformed)?;
-            let total = 40 + usize::from(ip.payload_length());
+            let total = ipv6::LEN + usize::from(ip.payload_length());
             if l3 + total > frame.len() {
                 return Err(ParseError::Malformed);
             }
-            let nh = ip.next_header().0;
-            match nh {
-                IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {}
-                44 => return Err(ParseError::Fragment),
-                0 | 43 | 60 | 51 | 135 | 139 | 140 => return Err(ParseError::Ipv6Extension),
-                _ => {}
+            let nh = ip.next_header();
+            {
+                use etherparse::ip_number::*;
+                match nh {
+                    IPV6_FRAG => return Err(ParseError::Fragment),
+                    IPV6_HOP_BY_HOP | IPV6_ROUTE | IPV6_DEST_OPTIONS | AUTH | MOBILITY | HIP
+                    | SHIM6 => return Err(ParseError::Ipv6Extension),
+                    _ => {}
+                }
             }
+            let nh = nh.0;
             finish(
                 frame,
                 l3 + total,
-                l3 + 40,
+                l3 + ipv6::LEN,
                 nh,
                 IpAddr::V6(ip.source_addr()),
                 IpAddr::V6(ip.destination_addr()),
@@ -372,10 +386,10 @@ fn finish(
             p.dport = u.destination_port();
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            if seg.len() < 8 {
+            if seg.len() < icmp::LEN {
                 return Err(ParseError::Malformed);
             }
-            p.icmp = Some((seg[0], seg[1]));
+            p.icmp = Some((seg[icmp::TYPE], seg[icmp::CODE]));
         }
         _ => {}
     }
@@ -405,36 +419,36 @@ pub struct Quoted {
 /// quench, time exceeded; IPv6: every error type).
 pub fn is_icmp_error(p: &Packet) -> bool {
     match p.icmp {
-        Some((t, _)) if p.v6 => t < 128,
-        Some((t, _)) => matches!(t, 3 | 4 | 11),
+        Some((t, _)) if p.v6 => t < icmp::V6_INFO_FIRST,
+        Some((t, _)) => matches!(
+            t,
+            icmp::DEST_UNREACH | icmp::SOURCE_QUENCH | icmp::TIME_EXCEEDED
+        ),
         None => false,
     }
 }
 
 /// Parse the packet quoted by an ICMP error.
 pub fn parse_quoted(frame: &[u8], p: &Packet) -> Option<Quoted> {
-    let ip = p.l4 + 8;
+    let ip = p.l4 + icmp::LEN;
     let end = ETH_LEN + p.ip_len;
     let q = frame.get(ip..end)?;
     let (hlen, proto, saddr, daddr) = if p.v6 {
-        if q.len() < 40 || q[0] >> 4 != 6 {
+        let v = Ipv6View(q);
+        if q.len() < ipv6::LEN || v.version() != 6 {
             return None;
         }
-        let s: [u8; 16] = q[8..24].try_into().ok()?;
-        let d: [u8; 16] = q[24..40].try_into().ok()?;
-        (40, q[6], IpAddr::V6(s.into()), IpAddr::V6(d.into()))
+        let (s, d) = (v.src(), v.dst());
+        (ipv6::LEN, v.next_header(), IpAddr::V6(s), IpAddr::V6(d))
     } else {
-        if q.len() < 20 || q[0] >> 4 != 4 {
+        let v = Ipv4View(q);
+        if q.len() < ipv4::MIN_LEN || v.version() != 4 || v.header_len() < ipv4::MIN_LEN {
             return None;
         }
-        let hlen = usize::from(q[0] & 0xf) * 4;
-        if hlen < 20 {
-            return None;
-        }
-        let s: [u8; 4] = q[12..16].try_into().ok()?;
-        let d: [u8; 4] = q[16..20].try_into().ok()?;
-        (hlen, q[9], IpAddr::V4(s.into()), IpAddr::V4(d.into()))
+        let (s, d) = (v.src(), v.dst());
+        (v.header_len(), v.protocol(), IpAddr::V4(s), IpAddr::V4(d))
     };
+    // The first 4 bytes of the quoted L4 header: the ports of TCP and UDP.
     let ports = q.get(hlen..hlen + 4)?;
     Some(Quoted {
         ip,
@@ -442,8 +456,8 @@ pub fn parse_quoted(frame: &[u8], p: &Packet) -> Option<Quoted> {
         proto,
         saddr,
         daddr,
-        sport: be16(ports, 0),
-        dport: be16(ports, 2),
+        sport: be16(ports, tcp::SRC_PORT.start),
+        dport: be16(ports, tcp::DST_PORT.start),
     })
 }
 
@@ -516,60 +530,11 @@ pub fn l4_checksum(saddr: &IpAddr, daddr: &IpAddr, proto: u8, seg: &[u8]) -> u16
     !fold(sum16(seg, acc))
 }
 
-fn ipv4_fix_checksum(ip: &mut [u8]) {
-    let hlen = usize::from(ip[0] & 0xf) * 4;
-    ip[10] = 0;
-    ip[11] = 0;
-    let c = checksum(&ip[..hlen]);
-    put16(ip, 10, c);
-}
-
-/// An IPv4 header without options, as xvs writes one (a tunnel's outer header, an ICMP error).
-struct Ipv4Fields {
-    tos: u8,
-    total_len: u16,
-    id: u16,
-    df: bool,
-    ttl: u8,
-    proto: u8,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-}
-
-/// Write `h` over the first 20 bytes of `o`, its checksum included. The checksum is summed
-/// from the fields, not read back from the frame: a load of bytes just written by several
-/// smaller stores cannot be forwarded from the store buffer and waits for those stores to reach
-/// the cache.
-fn write_ipv4_header(o: &mut [u8], h: &Ipv4Fields) {
-    let frag: u16 = if h.df { 0x4000 } else { 0 };
-    let (s, d) = (u32::from(h.src), u32::from(h.dst));
-    let sum = (0x4500 | u32::from(h.tos))
-        + u32::from(h.total_len)
-        + u32::from(h.id)
-        + u32::from(frag)
-        + (u32::from(h.ttl) << 8 | u32::from(h.proto))
-        + (s >> 16)
-        + (s & 0xffff)
-        + (d >> 16)
-        + (d & 0xffff);
-    let o = &mut o[..20];
-    o[0] = 0x45;
-    o[1] = h.tos;
-    put16(o, 2, h.total_len);
-    put16(o, 4, h.id);
-    put16(o, 6, frag);
-    o[8] = h.ttl;
-    o[9] = h.proto;
-    put16(o, 10, !fold(sum));
-    o[12..16].copy_from_slice(&h.src.octets());
-    o[16..20].copy_from_slice(&h.dst.octets());
-}
-
 /// Offset of the L4 checksum field for TCP/UDP, relative to the L4 header.
 fn l4_csum_off(proto: u8) -> Option<usize> {
     match proto {
-        IPPROTO_TCP => Some(16),
-        IPPROTO_UDP => Some(6),
+        IPPROTO_TCP => Some(tcp::CHECKSUM.start),
+        IPPROTO_UDP => Some(udp::CHECKSUM.start),
         _ => None,
     }
 }
@@ -579,20 +544,20 @@ fn l4_csum_off(proto: u8) -> Option<usize> {
 /// Set the Ethernet addresses for the next hop.
 #[inline(always)] // Once per forwarded packet; one bounds check for both addresses.
 pub fn set_macs(frame: &mut [u8], hop: &NextHop) {
-    let eth: &mut [u8; 12] = (&mut frame[..12]).try_into().expect("12 bytes");
-    eth[..6].copy_from_slice(&hop.dst_mac);
-    eth[6..].copy_from_slice(&hop.src_mac);
+    let macs: &mut [u8; 12] = (&mut frame[eth::ADDRS]).try_into().expect("12 bytes");
+    macs[eth::DST].copy_from_slice(&hop.dst_mac);
+    macs[eth::SRC].copy_from_slice(&hop.src_mac);
 }
 
 /// Decrement TTL / hop limit (the caller checked it is > 1).
 #[inline(always)] // Once per forwarded packet: out of line it cost 28 Ir, call included.
 pub fn dec_ttl(frame: &mut [u8], p: &Packet) {
     if p.v6 {
-        let ip = &mut frame[ETH_LEN..ETH_LEN + 8];
-        ip[7] = ip[7].saturating_sub(1);
+        let hl = &mut frame[IP6 + ipv6::HOP_LIMIT];
+        *hl = hl.saturating_sub(1);
     } else {
         // One bounds check for the TTL and the checksum.
-        let ip: &mut [u8; 12] = (&mut frame[ETH_LEN..ETH_LEN + 12])
+        let ip: &mut [u8; ipv4::CHECKSUM.end] = (&mut frame[IP4..IP4 + ipv4::CHECKSUM.end])
             .try_into()
             .expect("12 bytes");
         // TTL is the high byte of a 16-bit word: it drops by 0x0100, so by RFC 1624 the
@@ -600,10 +565,11 @@ pub fn dec_ttl(frame: &mut [u8], p: &Packet) {
         // ip_decrease_ttl does. A one's-complement sum does not depend on byte order (RFC
         // 1071), so the checksum's two bytes are added to as a little-endian word, where that
         // 0x0100 is 0x0001: no byte swaps.
-        ip[8] = ip[8].saturating_sub(1);
-        let sum = u32::from(u16::from_le_bytes([ip[10], ip[11]])) + 0x0001;
-        let c = (sum + (sum >> 16)) as u16;
-        ip[10..12].copy_from_slice(&c.to_le_bytes());
+        ip[ipv4::TTL] = ip[ipv4::TTL].saturating_sub(1);
+        let c = &mut ip[ipv4::CHECKSUM];
+        let sum = u32::from(u16::from_le_bytes([c[0], c[1]])) + 0x0001;
+        let c2 = (sum + (sum >> 16)) as u16;
+        c.copy_from_slice(&c2.to_le_bytes());
     }
 }
 
@@ -619,11 +585,12 @@ pub enum NatSide {
 /// Rewrite one address and port, patching the IP and L4 checksums incrementally. A UDP
 /// checksum of 0 (none, IPv4) stays 0; a computed 0 becomes 0xFFFF.
 pub fn nat_rewrite(frame: &mut [u8], p: &Packet, side: NatSide, addr: IpAddr, port: u16) {
+    // TCP and UDP have their ports at the same place.
     let (aoff, poff) = match (p.v6, side) {
-        (false, NatSide::Src) => (ETH_LEN + 12, 0),
-        (false, NatSide::Dst) => (ETH_LEN + 16, 2),
-        (true, NatSide::Src) => (ETH_LEN + 8, 0),
-        (true, NatSide::Dst) => (ETH_LEN + 24, 2),
+        (false, NatSide::Src) => (IP4 + ipv4::SRC.start, tcp::SRC_PORT.start),
+        (false, NatSide::Dst) => (IP4 + ipv4::DST.start, tcp::DST_PORT.start),
+        (true, NatSide::Src) => (IP6 + ipv6::SRC.start, tcp::SRC_PORT.start),
+        (true, NatSide::Dst) => (IP6 + ipv6::DST.start, tcp::DST_PORT.start),
     };
     // The address's change enters the IPv4 header's checksum and, through the pseudo-header,
     // the L4 one; the port's only the L4 one.
@@ -647,8 +614,9 @@ pub fn nat_rewrite(frame: &mut [u8], p: &Packet, side: NatSide, addr: IpAddr, po
         }
     }
     if !p.v6 {
-        let c = csum_update(be16(frame, ETH_LEN + 10), addr_delta);
-        put16(frame, ETH_LEN + 10, c);
+        let at = IP4 + ipv4::CHECKSUM.start;
+        let c = csum_update(be16(frame, at), addr_delta);
+        put16(frame, at, c);
     }
 }
 
@@ -660,68 +628,72 @@ pub fn nat_icmp(frame: &mut [u8], p: &Packet, q: &Quoted, side: NatSide, addr: I
     let (new, n) = addr_bytes(&addr);
     let new = &new[..n];
     // Outer: an error about a packet *from* the VIP goes *to* the real server and vice versa.
-    let outer = match (p.v6, side) {
-        (false, NatSide::Src) => ETH_LEN + 16,
-        (false, NatSide::Dst) => ETH_LEN + 12,
-        (true, NatSide::Src) => ETH_LEN + 24,
-        (true, NatSide::Dst) => ETH_LEN + 8,
+    let (src, dst) = if p.v6 {
+        (ipv6::SRC.start, ipv6::DST.start)
+    } else {
+        (ipv4::SRC.start, ipv4::DST.start)
+    };
+    let (outer, inner, port_at) = match side {
+        NatSide::Src => (ETH_LEN + dst, q.ip + src, tcp::SRC_PORT),
+        NatSide::Dst => (ETH_LEN + src, q.ip + dst, tcp::DST_PORT),
     };
     frame[outer..outer + n].copy_from_slice(new);
-    let inner = match (p.v6, side) {
-        (false, NatSide::Src) => q.ip + 12,
-        (false, NatSide::Dst) => q.ip + 16,
-        (true, NatSide::Src) => q.ip + 8,
-        (true, NatSide::Dst) => q.ip + 24,
-    };
     frame[inner..inner + n].copy_from_slice(new);
     if matches!(q.proto, IPPROTO_TCP | IPPROTO_UDP) && frame.len() >= q.l4 + 4 {
-        let po = if side == NatSide::Src { 0 } else { 2 };
-        frame[q.l4 + po..q.l4 + po + 2].copy_from_slice(&port.to_be_bytes());
+        frame[q.l4 + port_at.start..q.l4 + port_at.end].copy_from_slice(&port.to_be_bytes());
     }
     if !p.v6 {
-        ipv4_fix_checksum(&mut frame[q.ip..]);
-        ipv4_fix_checksum(&mut frame[ETH_LEN..]);
+        Ipv4View(&mut frame[q.ip..]).fill_checksum();
+        Ipv4View(&mut frame[IP4..]).fill_checksum();
     }
     finish_icmp_checksum(frame, p);
 }
 
 fn finish_icmp_checksum(frame: &mut [u8], p: &Packet) {
     let end = ETH_LEN + p.ip_len;
-    frame[p.l4 + 2] = 0;
-    frame[p.l4 + 3] = 0;
+    let at = p.l4 + icmp::CHECKSUM.start;
+    put16(frame, at, 0);
     let c = if p.v6 {
-        let (s, d) = (ipv6_at(frame, ETH_LEN + 8), ipv6_at(frame, ETH_LEN + 24));
-        l4_checksum(
-            &IpAddr::V6(s),
-            &IpAddr::V6(d),
-            IPPROTO_ICMPV6,
-            &frame[p.l4..end],
-        )
+        let ip = Ipv6View(&frame[IP6..]);
+        let (s, d) = (IpAddr::V6(ip.src()), IpAddr::V6(ip.dst()));
+        l4_checksum(&s, &d, IPPROTO_ICMPV6, &frame[p.l4..end])
     } else {
         checksum(&frame[p.l4..end])
     };
-    put16(frame, p.l4 + 2, c);
-}
-
-fn ipv6_at(frame: &[u8], at: usize) -> Ipv6Addr {
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&frame[at..at + 16]);
-    b.into()
+    put16(frame, at, c);
 }
 
 /// Bytes an encapsulation adds in front of the inner IP packet.
 pub fn tunnel_overhead(outer_v6: bool, t: &TunnelConfig) -> usize {
-    let ip = if outer_v6 { 40 } else { 20 };
-    ip + match t.kind {
-        TunnelType::Ipip => 0,
-        TunnelType::Gue => 8 + 4,
-        TunnelType::Gre => {
-            if t.csum == TunnelCsum::Csum {
-                8
-            } else {
-                4
-            }
+    ip_header_len(outer_v6)
+        + match t.kind {
+            TunnelType::Ipip => 0,
+            TunnelType::Gue => GueRepr::LEN,
+            TunnelType::Gre => gre_of(t, false).header_len(),
         }
+}
+
+/// The length of the IP header xvs writes.
+fn ip_header_len(v6: bool) -> usize {
+    if v6 {
+        ipv6::LEN
+    } else {
+        ipv4::MIN_LEN
+    }
+}
+
+fn ethertype(v6: bool) -> u16 {
+    if v6 {
+        ETH_P_IPV6
+    } else {
+        ETH_P_IPV4
+    }
+}
+
+fn gre_of(t: &TunnelConfig, inner_v6: bool) -> GreRepr {
+    GreRepr {
+        csum: t.csum == TunnelCsum::Csum,
+        proto: ethertype(inner_v6),
     }
 }
 
@@ -767,92 +739,80 @@ pub fn encapsulate(
         return Err(EncapError::NoHeadroom);
     }
     let d = frame.data_mut();
-    d.copy_within(over..over + 12, 0);
-    put16(d, 12, if outer_v6 { ETH_P_IPV6 } else { ETH_P_IPV4 });
+    // The Ethernet addresses move to the new front; the EtherType is the outer header's.
+    d.copy_within(over..over + eth::ADDRS.end, 0);
+    put16(d, eth::TYPE.start, ethertype(outer_v6));
     let inner = ETH_LEN + over;
-    let (inner_tos, inner_ttl, inner_df) = if p.v6 {
-        let tc = (d[inner] & 0x0f) << 4 | d[inner + 1] >> 4;
-        (tc, d[inner + 7], true)
+    let (inner_tos, inner_ttl, inner_df, inner_id) = if p.v6 {
+        let ip = Ipv6View(&d[inner..]);
+        (ip.traffic_class(), ip.hop_limit(), true, 0)
     } else {
-        (d[inner + 1], d[inner + 8], d[inner + 6] & 0x40 != 0)
+        let ip = Ipv4View(&d[inner..]);
+        (ip.tos(), ip.ttl(), ip.df(), ip.ident())
     };
     let inner_proto = if p.v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
-    let (outer_proto, l4_len) = match t.kind {
-        TunnelType::Ipip => (inner_proto, 0),
-        TunnelType::Gue => (IPPROTO_UDP, 12),
-        TunnelType::Gre => (IPPROTO_GRE, over - if outer_v6 { 40 } else { 20 }),
+    let ip_hlen = ip_header_len(outer_v6);
+    let l4_len = over - ip_hlen;
+    let outer_proto = match t.kind {
+        TunnelType::Ipip => inner_proto,
+        TunnelType::Gue => IPPROTO_UDP,
+        TunnelType::Gre => IPPROTO_GRE,
     };
     // ECN encapsulation (RFC 6040 normal mode): copy ECT, a CE inner becomes ECT(0) outside.
     let ecn = inner_tos & 3;
     let tos = (inner_tos & !3) | if ecn == 3 { 2 } else { ecn };
-    let ip_hlen = if outer_v6 { 40 } else { 20 };
     let payload_len = l4_len + inner_len;
-    {
-        let o = &mut d[ETH_LEN..ETH_LEN + ip_hlen];
-        if outer_v6 {
-            o[0] = 0x60 | tos >> 4;
-            o[1] = (tos & 0x0f) << 4;
-            o[2] = 0;
-            o[3] = 0;
-            put16(o, 4, payload_len as u16);
-            o[6] = outer_proto;
-            o[7] = inner_ttl;
-            if let (IpAddr::V6(s), IpAddr::V6(dst)) = (src, outer_dst) {
-                o[8..24].copy_from_slice(&s.octets());
-                o[24..40].copy_from_slice(&dst.octets());
-            }
-        } else if let (IpAddr::V4(s), IpAddr::V4(dst)) = (src, outer_dst) {
-            // With DF set the ID carries no meaning (RFC 6864); without it, reuse the inner ID.
-            let id = if inner_df || p.v6 {
-                0
-            } else {
-                be16(d, inner + 4)
-            };
-            let h = Ipv4Fields {
-                tos,
-                total_len: (ip_hlen + payload_len) as u16,
-                id,
-                df: inner_df,
-                ttl: inner_ttl,
-                proto: outer_proto,
-                src: s,
-                dst,
-            };
-            write_ipv4_header(&mut d[ETH_LEN..], &h);
+    match (src, outer_dst) {
+        (IpAddr::V6(src), IpAddr::V6(dst)) => Ipv6Repr {
+            traffic_class: tos,
+            payload_len: payload_len as u16,
+            next_header: outer_proto,
+            hop_limit: inner_ttl,
+            src,
+            dst,
         }
+        .emit(&mut d[ETH_LEN..]),
+        (IpAddr::V4(src), IpAddr::V4(dst)) => Ipv4Repr {
+            tos,
+            total_len: (ip_hlen + payload_len) as u16,
+            // With DF set the ID carries no meaning (RFC 6864); without it, reuse the inner ID.
+            id: if inner_df { 0 } else { inner_id },
+            df: inner_df,
+            ttl: inner_ttl,
+            proto: outer_proto,
+            src,
+            dst,
+        }
+        .emit(&mut d[ETH_LEN..]),
+        _ => return Err(EncapError::NoSource),
     }
     let l4 = ETH_LEN + ip_hlen;
+    let end = l4 + l4_len + inner_len;
     match t.kind {
         TunnelType::Ipip => {}
         TunnelType::Gue => {
-            put16(d, l4, flow_port(p));
-            put16(d, l4 + 2, t.port);
-            put16(d, l4 + 4, (8 + 4 + inner_len) as u16);
-            put16(d, l4 + 6, 0);
-            // GUE version 0, no options, protocol of the inner packet.
-            d[l4 + 8] = 0;
-            d[l4 + 9] = inner_proto;
-            d[l4 + 10] = 0;
-            d[l4 + 11] = 0;
+            GueRepr {
+                sport: flow_port(p),
+                dport: t.port,
+                inner_proto,
+                inner_len,
+            }
+            .emit(&mut d[l4..]);
+            // IPv6 has no UDP without a checksum (RFC 8200 8.1).
             if t.csum != TunnelCsum::NoCsum || outer_v6 {
-                let end = l4 + 12 + inner_len;
                 let mut c = l4_checksum(&src, &outer_dst, IPPROTO_UDP, &d[l4..end]);
                 if c == 0 {
                     c = 0xffff;
                 }
-                put16(d, l4 + 6, c);
+                put16(d, l4 + udp::CHECKSUM.start, c);
             }
         }
         TunnelType::Gre => {
-            let csum = t.csum == TunnelCsum::Csum;
-            put16(d, l4, if csum { 0x8000 } else { 0 });
-            put16(d, l4 + 2, if p.v6 { ETH_P_IPV6 } else { ETH_P_IPV4 });
-            if csum {
-                put16(d, l4 + 4, 0);
-                put16(d, l4 + 6, 0);
-                let end = l4 + 8 + inner_len;
+            let g = gre_of(t, p.v6);
+            g.emit(&mut d[l4..]);
+            if g.csum {
                 let c = checksum(&d[l4..end]);
-                put16(d, l4 + 4, c);
+                put16(d, l4 + header::gre::CHECKSUM.start, c);
             }
         }
     }
@@ -878,11 +838,11 @@ pub fn icmp_error_in_place(
     p: &Packet,
     kind: IcmpError,
 ) -> Result<(), EncapError> {
-    let (hdr, max_total) = if p.v6 {
-        (48usize, 1280usize)
-    } else {
-        (28, 576)
-    };
+    // RFC 4443 2.4 (c) and RFC 1812 4.3.2.3: as much of the packet as fits in the minimum MTU
+    // (IPv6) or in 576 bytes (IPv4).
+    let ip_hlen = ip_header_len(p.v6);
+    let hdr = ip_hlen + icmp::LEN;
+    let max_total = if p.v6 { 1280 } else { 576 };
     let quoted = p.ip_len.min(max_total - hdr);
     frame.truncate(ETH_LEN + quoted);
     if !frame.push(hdr) {
@@ -890,65 +850,54 @@ pub fn icmp_error_in_place(
     }
     let d = frame.data_mut();
     // Ethernet: back to where it came from.
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&d[hdr + 6..hdr + 12]);
-    macs[6..].copy_from_slice(&d[hdr..hdr + 6]);
-    d[..12].copy_from_slice(&macs);
-    put16(d, 12, if p.v6 { ETH_P_IPV6 } else { ETH_P_IPV4 });
-    let icmp_at = ETH_LEN + if p.v6 { 40 } else { 20 };
-    let icmp_len = 8 + quoted;
-    let (ty, code, rest): (u8, u8, u32) = match (p.v6, kind) {
-        (false, IcmpError::PortUnreachable) => (3, 3, 0),
-        (false, IcmpError::TooBig(mtu)) => (3, 4, u32::from(mtu)),
-        (false, IcmpError::TimeExceeded) => (11, 0, 0),
-        (true, IcmpError::PortUnreachable) => (1, 4, 0),
-        (true, IcmpError::TooBig(mtu)) => (2, 0, u32::from(mtu)),
-        (true, IcmpError::TimeExceeded) => (3, 0, 0),
+    let old = hdr;
+    let mut macs = [[0u8; 6]; 2];
+    macs[0].copy_from_slice(&d[old + eth::SRC.start..old + eth::SRC.end]);
+    macs[1].copy_from_slice(&d[old + eth::DST.start..old + eth::DST.end]);
+    header::emit_eth(d, macs[0], macs[1], ethertype(p.v6));
+    let icmp_at = ETH_LEN + ip_hlen;
+    let icmp_len = icmp::LEN + quoted;
+    let (ty, code, mtu): (u8, u8, Option<u16>) = match (p.v6, kind) {
+        (false, IcmpError::PortUnreachable) => (icmp::DEST_UNREACH, icmp::PORT_UNREACH, None),
+        (false, IcmpError::TooBig(mtu)) => (icmp::DEST_UNREACH, icmp::FRAG_NEEDED, Some(mtu)),
+        (false, IcmpError::TimeExceeded) => (icmp::TIME_EXCEEDED, 0, None),
+        (true, IcmpError::PortUnreachable) => (icmp::V6_DST_UNREACH, icmp::V6_PORT_UNREACH, None),
+        (true, IcmpError::TooBig(mtu)) => (icmp::V6_PKT_TOOBIG, 0, Some(mtu)),
+        (true, IcmpError::TimeExceeded) => (icmp::V6_TIME_EXCEED, 0, None),
     };
-    {
-        let o = &mut d[ETH_LEN..icmp_at];
-        if p.v6 {
-            o[0] = 0x60;
-            o[1] = 0;
-            o[2] = 0;
-            o[3] = 0;
-            put16(o, 4, icmp_len as u16);
-            o[6] = IPPROTO_ICMPV6;
-            o[7] = 64;
-            if let (IpAddr::V6(s), IpAddr::V6(dst)) = (p.daddr, p.saddr) {
-                o[8..24].copy_from_slice(&s.octets());
-                o[24..40].copy_from_slice(&dst.octets());
-            }
-        } else if let (IpAddr::V4(s), IpAddr::V4(dst)) = (p.daddr, p.saddr) {
-            let h = Ipv4Fields {
-                tos: 0xc0, // network control, as the kernel's icmp_send uses
-                total_len: (20 + icmp_len) as u16,
-                id: 0,
-                df: true,
-                ttl: 64,
-                proto: IPPROTO_ICMP,
-                src: s,
-                dst,
-            };
-            write_ipv4_header(o, &h);
+    // IPv4's next-hop MTU is the low 16 bits of the rest (RFC 1191); IPv6's MTU is 32 bits.
+    let rest = u32::from(mtu.unwrap_or(0)).to_be_bytes();
+    match (p.daddr, p.saddr) {
+        (IpAddr::V6(src), IpAddr::V6(dst)) => Ipv6Repr {
+            traffic_class: 0,
+            payload_len: icmp_len as u16,
+            next_header: IPPROTO_ICMPV6,
+            hop_limit: 64,
+            src,
+            dst,
         }
+        .emit(&mut d[ETH_LEN..]),
+        (IpAddr::V4(src), IpAddr::V4(dst)) => Ipv4Repr {
+            tos: 0xc0, // network control, as the kernel's icmp_send uses
+            total_len: (ip_hlen + icmp_len) as u16,
+            id: 0,
+            df: true,
+            ttl: 64,
+            proto: IPPROTO_ICMP,
+            src,
+            dst,
+        }
+        .emit(&mut d[ETH_LEN..]),
+        _ => return Err(EncapError::NoSource),
     }
-    d[icmp_at] = ty;
-    d[icmp_at + 1] = code;
-    d[icmp_at + 2..icmp_at + 4].fill(0);
-    if !p.v6 && matches!(kind, IcmpError::TooBig(_)) {
-        put16(d, icmp_at + 4, 0);
-        put16(d, icmp_at + 6, rest as u16);
-    } else {
-        d[icmp_at + 4..icmp_at + 8].copy_from_slice(&rest.to_be_bytes());
-    }
+    IcmpRepr { ty, code, rest }.emit(&mut d[icmp_at..]);
     let end = icmp_at + icmp_len;
     let c = if p.v6 {
         l4_checksum(&p.daddr, &p.saddr, IPPROTO_ICMPV6, &d[icmp_at..end])
     } else {
         checksum(&d[icmp_at..end])
     };
-    put16(d, icmp_at + 2, c);
+    put16(d, icmp_at + icmp::CHECKSUM.start, c);
     Ok(())
 }
 
@@ -961,13 +910,13 @@ pub(crate) fn bad_checksum(frame: &[u8]) -> Option<&'static str> {
     };
     let end = ETH_LEN + p.ip_len;
     if !p.v6 {
-        let hl = usize::from(frame[ETH_LEN] & 0xf) * 4;
-        if checksum(&frame[ETH_LEN..ETH_LEN + hl]) != 0 {
+        let hl = Ipv4View(&frame[IP4..]).header_len();
+        if checksum(&frame[IP4..IP4 + hl]) != 0 {
             return Some("IPv4 header checksum");
         }
     }
     let ok = match p.proto {
-        IPPROTO_UDP if !p.v6 && be16(frame, p.l4 + 6) == 0 => true,
+        IPPROTO_UDP if !p.v6 && be16(frame, p.l4 + udp::CHECKSUM.start) == 0 => true,
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {
             l4_checksum(&p.saddr, &p.daddr, p.proto, &frame[p.l4..end]) == 0
         }
@@ -982,6 +931,7 @@ mod tests {
     use super::*;
     use etherparse::PacketBuilder;
     use proptest::prelude::*;
+    use std::net::Ipv4Addr;
 
     /// An IPv4 TCP (or UDP) frame with `payload` bytes of payload.
     fn frame(tcp: bool, payload: usize) -> Vec<u8> {
@@ -1114,7 +1064,7 @@ mod tests {
     }
 
     proptest! {
-        /// The header `write_ipv4_header` writes, with the checksum it sums from the fields,
+        /// The header `Ipv4Repr::emit` writes, with the checksum it sums from the fields,
         /// verifies, and etherparse reads back the fields it was given.
         #[test]
         fn written_ipv4_headers_verify(
@@ -1127,12 +1077,12 @@ mod tests {
             src in any::<[u8; 4]>(),
             dst in any::<[u8; 4]>(),
         ) {
-            let h = Ipv4Fields {
+            let h = Ipv4Repr {
                 tos, total_len, id, df, ttl, proto, src: Ipv4Addr::from(src), dst: Ipv4Addr::from(dst),
             };
             // Whatever was there before is overwritten.
             let mut o = [0xa5u8; 24];
-            write_ipv4_header(&mut o, &h);
+            h.emit(&mut o);
             prop_assert_eq!(checksum(&o[..20]), 0);
             prop_assert_eq!(&o[20..], &[0xa5u8; 4]);
             let ip = Ipv4HeaderSlice::from_slice(&o[..20]).unwrap();
