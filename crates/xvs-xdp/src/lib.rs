@@ -10,6 +10,7 @@ pub mod inject;
 pub mod nexthop;
 #[cfg(feature = "bench")]
 pub mod pktgen;
+pub mod rings;
 pub mod worker;
 pub mod xsk;
 

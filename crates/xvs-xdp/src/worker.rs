@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use xsk_rs::FrameDesc;
 use xvs_core::{Engine, Frame, Routes, Tables, Time, Verdict, WorkerState};
 
+use crate::rings::Rings;
 use crate::xsk::QueueSet;
 
 /// Frames per receive batch.
@@ -142,11 +142,12 @@ impl Handler for EngineHandler {
     }
 }
 
-/// Everything a worker needs.
+/// Everything a worker needs: its rings (the AF_XDP sockets of one queue, [`QueueSet`], or
+/// an in-memory model in the tests) and what to do with the frames.
 #[derive(Debug)]
-pub struct Worker<H: Handler> {
+pub struct Worker<H: Handler, R: Rings = QueueSet> {
     /// The sockets of this queue.
-    pub qs: QueueSet,
+    pub qs: R,
     /// What to do with frames.
     pub handler: H,
     /// Counters.
@@ -164,86 +165,36 @@ pub struct Worker<H: Handler> {
     pub spin: Duration,
 }
 
-impl<H: Handler> Worker<H> {
-    /// Fill every fill ring from the free frames.
-    fn refill(&mut self, port: usize) {
-        let qs = &mut self.qs;
-        let p = &mut qs.ports[port];
-        let n = p.fq.nb_free(qs.free.len().min(BATCH * 4) as u32) as usize;
-        let n = n.min(qs.free.len());
-        if n == 0 {
-            return;
-        }
-        let start = qs.free.len() - n;
-        // Safety: frames on the free list are owned by this worker and not in any ring.
-        let done = unsafe { p.fq.produce(&qs.free[start..]) };
-        qs.free.truncate(qs.free.len() - done);
-        if done > 0 && p.fq.needs_wakeup() {
-            // Kick the driver so it uses the new fill entries.
-            let _ = p.fq.wakeup(p.rx.fd_mut(), 0);
+/// A worker's buffers for one loop, allocated once.
+struct Scratch<D> {
+    rx: Vec<D>,
+    gather: Vec<u8>,
+    done: Vec<D>,
+    tx: Vec<Vec<D>>,
+}
+
+impl<D: Copy + Default> Scratch<D> {
+    fn new(ports: usize) -> Scratch<D> {
+        Scratch {
+            rx: vec![D::default(); BATCH + MAX_BUFFERS],
+            gather: vec![0u8; BATCH * GATHER_SLOT],
+            done: vec![D::default(); BATCH * 4],
+            tx: (0..ports).map(|_| Vec::with_capacity(BATCH * 2)).collect(),
         }
     }
+}
 
-    fn reclaim(&mut self, port: usize, scratch: &mut [FrameDesc]) {
-        let qs = &mut self.qs;
-        // Safety: descriptors popped from the completion ring are frames the kernel is done
-        // with; they become ours again.
-        let n = unsafe { qs.ports[port].cq.consume(scratch) };
-        qs.free.extend_from_slice(&scratch[..n]);
-    }
-
+impl<H: Handler, R: Rings> Worker<H, R> {
     /// Run until `stop` is set.
     pub fn run(&mut self) {
-        let nports = self.qs.ports.len();
-        let mut rx = vec![FrameDesc::default(); BATCH + MAX_BUFFERS];
-        let mut gather = vec![0u8; BATCH * GATHER_SLOT];
-        let mut scratch = vec![FrameDesc::default(); BATCH * 4];
-        let mut tx: Vec<Vec<FrameDesc>> =
-            (0..nports).map(|_| Vec::with_capacity(BATCH * 2)).collect();
+        let mut s = Scratch::new(self.qs.ports());
         let mut last_house = Instant::now();
         let mut last_rx = last_house;
-        let mut pollfds: Vec<libc::pollfd> = self
-            .qs
-            .ports
-            .iter()
-            .map(|p| libc::pollfd {
-                fd: p.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
         while !self.stop.load(Relaxed) {
-            self.handler.begin();
             // One clock read per loop, for the engine's time and the housekeeping period.
             let instant = Instant::now();
             let now = Time((instant - self.epoch).as_millis() as u64);
-            let mut received = 0;
-            for pi in 0..nports {
-                self.reclaim(pi, &mut scratch);
-                self.refill(pi);
-                // Safety: consumed descriptors are frames the kernel filled for us; they are ours
-                // until we put them in a ring again.
-                let mut n = unsafe { self.qs.ports[pi].rx.consume(&mut rx[..BATCH]) };
-                // A frame's buffers are published together: take the rest of a frame the
-                // batch cut.
-                while n > 0 && n < rx.len() && rx[n - 1].options() & XDP_PKT_CONTD != 0 {
-                    // Safety: as above.
-                    let more = unsafe { self.qs.ports[pi].rx.consume(&mut rx[n..n + 1]) };
-                    if more == 0 {
-                        break;
-                    }
-                    n += more;
-                }
-                received += n;
-                self.prefetch(&rx[..n]);
-                self.handle_batch(pi, &mut rx[..n], now, &mut tx, &mut gather);
-            }
-            if received > 0 {
-                self.counters.rx.fetch_add(received as u64, Relaxed);
-                self.counters.rx_batches.fetch_add(1, Relaxed);
-            }
-            self.transmit(&mut tx);
-            self.kick_pending();
+            let received = self.poll_once(&mut s, now);
             if instant - last_house >= Duration::from_millis(10) {
                 last_house = instant;
                 self.handler.housekeeping(now);
@@ -253,57 +204,66 @@ impl<H: Handler> Worker<H> {
             } else if self.busy_poll || instant - last_rx < self.spin {
                 std::hint::spin_loop();
             } else {
-                // Idle: sleep in poll() until a socket has frames (bounded, to see `stop`).
-                // Safety: pollfds is a valid array of pollfd structures of the given length.
-                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, 10) };
+                // Idle: sleep until a socket has frames (bounded, to see `stop`).
+                self.qs.wait(10);
             }
         }
+    }
+
+    /// One pass over every port: recycle completed transmissions, refill, receive a batch,
+    /// process it and transmit. The number of buffers received.
+    fn poll_once(&mut self, s: &mut Scratch<R::Desc>, now: Time) -> usize {
+        self.handler.begin();
+        let mut received = 0;
+        for pi in 0..self.qs.ports() {
+            self.qs.reclaim(pi, &mut s.done);
+            self.qs.refill(pi, BATCH * 4);
+            let rx = &mut s.rx;
+            let mut n = self.qs.receive(pi, &mut rx[..BATCH]);
+            // A frame's buffers are published together: take the rest of a frame the batch cut.
+            while n > 0 && n < rx.len() && R::options(&rx[n - 1]) & XDP_PKT_CONTD != 0 {
+                let more = self.qs.receive(pi, &mut rx[n..n + 1]);
+                if more == 0 {
+                    break;
+                }
+                n += more;
+            }
+            received += n;
+            self.prefetch(&rx[..n]);
+            self.handle_batch(pi, &mut s.rx[..n], now, &mut s.tx, &mut s.gather);
+        }
+        if received > 0 {
+            self.counters.rx.fetch_add(received as u64, Relaxed);
+            self.counters.rx_batches.fetch_add(1, Relaxed);
+        }
+        self.transmit(&mut s.tx);
+        // Wake the kernel for every tx ring it has not drained. In copy mode the kernel sends
+        // at most 32 frames per wake-up (`__xsk_generic_xmit`), and otherwise only when
+        // `poll()` drives it: a worker that never sleeps in `poll()` (`--busy-poll`), or one
+        // that wakes to new frames before the ring is drained, would leave the rest of a burst
+        // in the ring until it next has something to send, and TCP would wait for them in
+        // retransmission timeouts.
+        for pi in 0..self.qs.ports() {
+            self.qs.kick(pi);
+        }
+        received
     }
 
     /// Ask for the headers of every frame of the batch at once: the kernel wrote them on
     /// another core, so each first touch is a cache miss; issued together, the misses overlap
     /// instead of stalling the handler one frame at a time.
-    fn prefetch(&self, batch: &[FrameDesc]) {
+    fn prefetch(&self, batch: &[R::Desc]) {
         for desc in batch {
-            // Safety: `desc` came from this UMEM's rx ring (see `run`); `data` only computes the
-            // segment's address and length, and no mutable reference to the frame exists now.
-            let data = unsafe { self.qs.umem.data(desc) };
             // The first two lines of the frame: its headers.
-            let p = data.contents().as_ptr() as usize;
+            let p = self.qs.data_addr(desc);
             crate::prefetch(p);
             crate::prefetch(p + 64);
         }
     }
 
-    /// The frame behind a received descriptor: its whole UMEM chunk, the packet at the data
-    /// offset (also returned).
-    ///
-    /// # Safety
-    /// `desc` must be a frame of this worker's UMEM that the worker owns (received, not yet put
-    /// in any ring), and the returned frame must be dropped before the descriptor is.
-    unsafe fn frame_of<'f>(&self, desc: &mut FrameDesc) -> (Frame<'f>, usize) {
-        let len = desc.lengths().data();
-        let (base, data_ptr, cap) = {
-            // Safety: per this function's contract the frame is ours and unaliased.
-            let (mut head, mut data) = unsafe { self.qs.umem.frame_mut(desc) };
-            (
-                head.contents_mut().as_mut_ptr(),
-                data.contents_mut().as_mut_ptr(),
-                data.cursor().buf_len(),
-            )
-        };
-        let data_off = data_ptr as usize - base as usize;
-        // Safety: [base, data_ptr + cap) is exactly this frame's chunk of the UMEM (xsk-rs gives
-        // the frame start as the headroom pointer and the data segment runs to the chunk's end);
-        // the worker owns the frame and, per the contract, no other reference into it outlives
-        // the returned one.
-        let chunk = unsafe { std::slice::from_raw_parts_mut(base, data_off + cap) };
-        (Frame::new(chunk, data_off, len), data_off)
-    }
-
     /// Copy the buffers of a multi-buffer frame into `slot` behind [`GATHER_HEADROOM`]: the
     /// frame the engine sees. None if it does not fit.
-    fn gather(&self, chain: &[FrameDesc], slot: &mut [u8]) -> Option<usize> {
+    fn gather(&self, chain: &[R::Desc], slot: &mut [u8]) -> Option<usize> {
         if chain.len() > MAX_BUFFERS {
             return None;
         }
@@ -311,8 +271,7 @@ impl<H: Handler> Worker<H> {
         for desc in chain {
             // Safety: every buffer of the chain is ours (received, in no ring); this borrow ends
             // before any other use of it.
-            let data = unsafe { self.qs.umem.data(desc) };
-            let bytes = data.contents();
+            let bytes = unsafe { self.qs.data(desc) };
             slot.get_mut(at..at + bytes.len())?.copy_from_slice(bytes);
             at += bytes.len();
         }
@@ -324,9 +283,9 @@ impl<H: Handler> Worker<H> {
     fn handle_batch(
         &mut self,
         port: usize,
-        descs: &mut [FrameDesc],
+        descs: &mut [R::Desc],
         now: Time,
-        tx: &mut [Vec<FrameDesc>],
+        tx: &mut [Vec<R::Desc>],
         gather: &mut [u8],
     ) {
         // Frame i is descs[firsts[i]..firsts[i + 1]].
@@ -335,7 +294,7 @@ impl<H: Handler> Worker<H> {
         let mut i = 0;
         while i < descs.len() && n < BATCH {
             firsts[n] = i;
-            while i < descs.len() && descs[i].options() & XDP_PKT_CONTD != 0 {
+            while i < descs.len() && R::options(&descs[i]) & XDP_PKT_CONTD != 0 {
                 i += 1;
             }
             i += 1;
@@ -347,15 +306,19 @@ impl<H: Handler> Worker<H> {
         // The data offset of each single-buffer frame in its chunk.
         let mut offsets = [0usize; BATCH];
         let mut slots = gather.chunks_mut(GATHER_SLOT);
+        // A single-buffer frame's gather slot, kept as room for it should it outgrow its buffer.
+        let mut spares: [Option<&mut [u8]>; BATCH] = std::array::from_fn(|_| None);
         for k in 0..n {
             let chain = &mut descs[firsts[k]..firsts[k + 1]];
             let slot = slots.next().expect("one gather slot per frame of a batch");
             if chain.len() == 1 {
-                // Safety: the descriptors came from this UMEM's rx ring in `run`; they are ours
-                // until `dispatch` puts them in a ring or on the free list, after their frame is
-                // done with (each frame is used only up to its own dispatch).
-                let (f, off) = unsafe { self.frame_of(&mut chain[0]) };
-                frames[k] = f;
+                spares[k] = Some(slot);
+                let len = R::len(&chain[0]);
+                // Safety: the descriptors came from the rx ring in `poll_once`; they are ours
+                // until `dispatch` puts them in a ring or on the free list, after their frame
+                // is done with (each frame is used only up to its own dispatch).
+                let (buf, off) = unsafe { self.qs.buffer(&mut chain[0]) };
+                frames[k] = Frame::new(buf, off, len);
                 offsets[k] = off;
                 continue;
             }
@@ -374,16 +337,14 @@ impl<H: Handler> Worker<H> {
         for k in 0..n {
             let f = std::mem::replace(&mut frames[k], Frame::new(&mut [], 0, 0));
             let chain = &mut descs[firsts[k]..firsts[k + 1]];
-            if chain.len() == 1 {
-                self.dispatch(port, &mut chain[0], verdicts[k], f, offsets[k], tx);
+            if let Some(spare) = spares[k].take() {
+                self.dispatch(port, &mut chain[0], verdicts[k], f, offsets[k], tx, spare);
             } else {
                 self.dispatch_chain(port, chain, verdicts[k], f, tx);
             }
         }
         // Buffers past the last whole frame (a frame longer than the batch could take).
-        for desc in &descs[end..] {
-            self.qs.free.push(*desc);
-        }
+        self.qs.free().extend_from_slice(&descs[end..]);
     }
 
     /// Where a frame goes: the index of its egress port, or None once it has been passed to
@@ -391,7 +352,7 @@ impl<H: Handler> Worker<H> {
     fn egress(&mut self, port: usize, verdict: Verdict, frame: &mut Frame<'_>) -> Option<usize> {
         match verdict {
             Verdict::Forward { ifindex, .. } => {
-                match self.qs.ports.iter().position(|p| p.ifindex == ifindex) {
+                match (0..self.qs.ports()).find(|&p| self.qs.ifindex(p) == ifindex) {
                     Some(i) => Some(i),
                     None => {
                         self.counters.no_egress.fetch_add(1, Relaxed);
@@ -420,33 +381,41 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Act on one frame's verdict. Takes the frame (not used after this): the descriptor
-    /// changes hands here.
+    /// changes hands here. `spare` is room for a frame that no longer fits its buffer.
+    #[allow(clippy::too_many_arguments)]
     fn dispatch(
         &mut self,
         port: usize,
-        desc: &mut FrameDesc,
+        desc: &mut R::Desc,
         verdict: Verdict,
         mut frame: Frame<'_>,
         data_off: usize,
-        tx: &mut [Vec<FrameDesc>],
+        tx: &mut [Vec<R::Desc>],
+        spare: &mut [u8],
     ) {
         let (start, new_len) = (frame.start(), frame.len());
         let Some(out) = self.egress(port, verdict, &mut frame) else {
-            self.qs.free.push(*desc);
+            self.qs.free().push(*desc);
             return;
         };
         if start != data_off {
-            // The frame grew into the headroom (tunnel, ICMP error, and no room behind it in the
-            // chunk). xsk-rs transmits from the descriptor's fixed address, so move the frame
-            // there: one copy, only on these paths.
-            frame
-                .buffer_mut()
-                .copy_within(start..start + new_len, data_off);
+            // The frame grew into the headroom (encapsulation with no room behind it in the
+            // buffer), so it no longer fits behind the data offset, where transmission starts:
+            // out as two buffers, through a copy, where the egress takes frames of several.
+            let fits = data_off + new_len <= frame.buffer_mut().len();
+            let bytes = &mut spare[..new_len];
+            bytes.copy_from_slice(frame.data());
+            if fits || self.qs.multi_buffer(out) {
+                self.write_out(std::slice::from_mut(desc), bytes, out, tx);
+            } else {
+                self.counters.no_frame.fetch_add(1, Relaxed);
+                self.qs.free().push(*desc);
+            }
+            return;
         }
         // Safety: the frame is still ours (not yet in a ring) and its `Frame` is not used again.
-        let mut data = unsafe { self.qs.umem.data_mut(desc) };
-        data.cursor().set_pos(new_len);
-        desc.set_options(0);
+        unsafe { self.qs.set_len(desc, new_len) };
+        R::set_options(desc, 0);
         tx[out].push(*desc);
     }
 
@@ -456,10 +425,10 @@ impl<H: Handler> Worker<H> {
     fn dispatch_chain(
         &mut self,
         port: usize,
-        chain: &mut [FrameDesc],
+        chain: &mut [R::Desc],
         verdict: Verdict,
         mut frame: Frame<'_>,
-        tx: &mut [Vec<FrameDesc>],
+        tx: &mut [Vec<R::Desc>],
     ) {
         let out = if frame.is_empty() {
             None
@@ -467,31 +436,40 @@ impl<H: Handler> Worker<H> {
             self.egress(port, verdict, &mut frame)
         };
         let Some(out) = out else {
-            self.qs.free.extend_from_slice(chain);
+            self.qs.free().extend_from_slice(chain);
             return;
         };
-        let first_len = chain[0].lengths().data();
-        let gathered: usize = chain.iter().map(|d| d.lengths().data()).sum();
+        let first_len = R::len(&chain[0]);
+        let gathered: usize = chain.iter().map(R::len).sum();
         if frame.start() == GATHER_HEADROOM && frame.len() == gathered && first_len >= 128 {
             // Same place, same length: the engine rewrote headers only (Ethernet, IP and the
             // ports and checksum of TCP or UDP: the first 74 bytes at most), all in the first
             // buffer; the others go out as they came.
             // Safety: the first buffer is ours (received, in no ring); no other reference to it
             // exists (the engine's frame is in the gather buffer).
-            let mut data = unsafe { self.qs.umem.data_mut(&mut chain[0]) };
-            data.contents_mut()
-                .copy_from_slice(&frame.data()[..first_len]);
+            unsafe { self.qs.write(&mut chain[0], &frame.data()[..first_len]) };
             let n = chain.len();
             for (k, desc) in chain.iter_mut().enumerate() {
-                desc.set_options(if k + 1 == n { 0 } else { XDP_PKT_CONTD });
+                R::set_options(desc, if k + 1 == n { 0 } else { XDP_PKT_CONTD });
                 tx[out].push(*desc);
             }
             return;
         }
-        let bytes = frame.data();
+        self.write_out(chain, frame.data(), out, tx);
+    }
+
+    /// Write `bytes` over the buffers of `chain`, with up to two more from the free list, and
+    /// queue them on `out` as one frame; or, short of buffers, recycle them and count.
+    fn write_out(
+        &mut self,
+        chain: &mut [R::Desc],
+        bytes: &[u8],
+        out: usize,
+        tx: &mut [Vec<R::Desc>],
+    ) {
         let mut at = 0;
         let mut used = 0;
-        let mut extra: [Option<FrameDesc>; 2] = [None, None];
+        let mut extra: [Option<R::Desc>; 2] = [None, None];
         while at < bytes.len() {
             let desc = if used < chain.len() {
                 &mut chain[used]
@@ -499,23 +477,18 @@ impl<H: Handler> Worker<H> {
                 let Some(slot) = extra.iter_mut().find(|e| e.is_none()) else {
                     break;
                 };
-                let Some(d) = self.qs.free.pop() else { break };
+                let Some(d) = self.qs.free().pop() else { break };
                 slot.insert(d)
             };
             // Safety: the buffer is ours (received or from the free list, in no ring) and no
             // other reference to it exists; the engine's frame is in the gather buffer.
-            let mut data = unsafe { self.qs.umem.data_mut(desc) };
-            let mut cur = data.cursor();
-            let take = cur.buf_len().min(bytes.len() - at);
-            cur.set_pos(0);
-            let _ = std::io::Write::write_all(&mut cur, &bytes[at..at + take]);
-            at += take;
+            at += unsafe { self.qs.write(desc, &bytes[at..]) };
             used += 1;
         }
         if at < bytes.len() {
             self.counters.no_frame.fetch_add(1, Relaxed);
-            self.qs.free.extend_from_slice(chain);
-            self.qs.free.extend(extra.iter().flatten());
+            self.qs.free().extend_from_slice(chain);
+            self.qs.free().extend(extra.iter().flatten());
             return;
         }
         for (k, desc) in chain
@@ -524,46 +497,31 @@ impl<H: Handler> Worker<H> {
             .enumerate()
         {
             if k < used {
-                desc.set_options(if k + 1 < used { XDP_PKT_CONTD } else { 0 });
+                R::set_options(desc, if k + 1 < used { XDP_PKT_CONTD } else { 0 });
                 tx[out].push(*desc);
             } else {
-                self.qs.free.push(*desc);
+                self.qs.free().push(*desc);
             }
         }
     }
 
-    /// Kick every socket whose TX ring still holds frames the kernel has not taken. In copy
-    /// mode the kernel sends at most 32 frames per kick (`__xsk_generic_xmit`), and otherwise
-    /// only when `poll()` drives it: a worker that never sleeps in `poll()` (`--busy-poll`), or
-    /// one that wakes to new frames before the ring is drained, would leave the rest of a burst
-    /// in the ring until it next has something to send, and TCP would wait for them in
-    /// retransmission timeouts.
-    fn kick_pending(&mut self) {
-        for p in &mut self.qs.ports {
-            if p.tx.nb_free_exact() < crate::xsk::RING_SIZE {
-                let _ = p.tx.wakeup();
-            }
-        }
-    }
-
-    fn transmit(&mut self, tx: &mut [Vec<FrameDesc>]) {
+    fn transmit(&mut self, tx: &mut [Vec<R::Desc>]) {
         for (pi, batch) in tx.iter_mut().enumerate() {
             if batch.is_empty() {
                 continue;
             }
-            let p = &mut self.qs.ports[pi];
-            // Safety: every descriptor in the batch is a frame we own with its length set; after
-            // this call the ones produced belong to the kernel until they come back on the
-            // completion ring.
-            let sent = unsafe { p.tx.produce_and_wakeup(batch) }.unwrap_or(0);
+            let sent = self.qs.send(pi, batch);
             self.counters.tx.fetch_add(sent as u64, Relaxed);
             if sent < batch.len() {
                 self.counters
                     .tx_ring_full
                     .fetch_add((batch.len() - sent) as u64, Relaxed);
-                self.qs.free.extend_from_slice(&batch[sent..]);
+                self.qs.free().extend_from_slice(&batch[sent..]);
             }
             batch.clear();
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
