@@ -51,6 +51,8 @@ pub const CONN_F_NOOUTPUT: u16 = 0x80;
 pub const CONN_F_TEMPLATE: u16 = 0x1000;
 /// Connection flag: one-packet scheduling.
 pub const CONN_F_ONE_PACKET: u16 = 0x2000;
+/// Connection flag: entered from a sync message.
+pub const CONN_F_SYNC: u16 = 0x0020;
 
 /// Template state: not yet assured.
 pub const TPL_S_NONE: u8 = 0;
@@ -172,6 +174,8 @@ pub struct Conn {
     pub controlled: u32,
     /// Incoming packets seen.
     pub in_pkts: u32,
+    /// The state last sent to the sync backups (mainline's `old_state`).
+    pub sync_state: u8,
 }
 
 impl Conn {
@@ -1187,6 +1191,7 @@ mod tests {
             template: None,
             controlled: 0,
             in_pkts: 0,
+            sync_state: 0,
         }
     }
 

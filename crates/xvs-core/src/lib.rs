@@ -20,6 +20,7 @@ pub mod routes;
 pub mod sched;
 pub mod service;
 pub mod stats;
+pub mod sync;
 pub mod types;
 pub mod wire;
 

@@ -58,6 +58,7 @@ impl Engine {
             t: tables,
             hops,
             step,
+            sync: self.sync.mode(),
         };
         let mut tally = Tally::default();
         for (fs, vs) in frames

@@ -222,6 +222,10 @@ impl Engine {
                 return put(out, self.drop(DropReason::Ipv6Extension))
             }
         };
+        if b.sync.pass_all {
+            // A node running a backup daemon with `backup_only` balances nothing.
+            return put(out, Verdict::Pass);
+        }
         let proto = match Protocol::from_number(p.proto) {
             Some(proto) => proto,
             None if is_icmp_error(p) => {
@@ -264,9 +268,19 @@ impl Engine {
                 InResult::Hit(tpl) => {
                     // Forwarded under the shard's lock, reading the destination where it is.
                     let v = self.forward_in(&mut b.hops, frame, p, Hit::of(&c), out);
+                    let sync_tpl = if b.sync.master {
+                        let pkts = c.in_pkts;
+                        self.sync_conn(key, &mut c, pkts, frame.mark());
+                        c.template.as_deref().copied()
+                    } else {
+                        None
+                    };
                     drop(c);
                     if let Some(tk) = tpl {
                         self.conns.assure_template(&tk);
+                    }
+                    if let Some(tk) = sync_tpl {
+                        self.sync_template(&tk, frame.mark(), cx.now);
                     }
                     return v;
                 }

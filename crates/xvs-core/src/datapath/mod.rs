@@ -249,6 +249,8 @@ pub struct Engine {
     drop_entry: Mutex<(u64, DropEntryCounters)>,
     /// Table size (entries) from which [`Engine::process`] prefetches.
     prefetch_from: AtomicUsize,
+    /// Connection synchronisation: settings, the master's queue, counters.
+    pub sync: crate::sync::Sync,
 }
 
 /// What every frame of a batch is processed with: the published tables, the worker's next
@@ -257,6 +259,8 @@ struct Batch<'a> {
     t: &'a Tables,
     hops: Hops<'a>,
     step: Step,
+    /// The sync daemons' roles, read once a batch.
+    sync: crate::sync::Mode,
 }
 
 /// A new connection's facts, as the classification found them: its protocol, key, the hash of
@@ -355,6 +359,7 @@ impl Engine {
             defence: Defence::default(),
             drop_entry: Mutex::new((seed | 1, DropEntryCounters::default())),
             prefetch_from: AtomicUsize::new(PREFETCH_FROM),
+            sync: crate::sync::Sync::default(),
         }
     }
 
@@ -408,6 +413,7 @@ impl Engine {
         let mut cache = HopCache::new();
         let b = &mut Batch {
             t,
+            sync: self.sync.mode(),
             hops: Hops {
                 routes,
                 cache: &mut cache,

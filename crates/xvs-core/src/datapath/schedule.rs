@@ -84,6 +84,7 @@ impl Engine {
                 template: None,
                 controlled: 1,
                 in_pkts: 0,
+                sync_state: 0,
             }
             .bound();
             match self.conns.admit(None, tkey, tpl, now, |_| {}) {
@@ -175,6 +176,7 @@ impl Engine {
             template: tpl.map(Box::new),
             controlled: 0,
             in_pkts: 1,
+            sync_state: 0,
         }
         .bound();
         let secure = self.defence.secure_flag();
@@ -203,6 +205,9 @@ impl Engine {
             }
             account(c, t, Direction::Input, p.ip_len, w);
         };
+        if b.sync.master {
+            self.sync_conn(key.view(), &mut c, 1, frame.mark());
+        }
         if one_packet {
             // Not inserted: every datagram is scheduled on its own.
             count_new(&c);

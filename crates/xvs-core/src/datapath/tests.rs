@@ -1622,3 +1622,162 @@ fn sed_nq_lblc_lblcr_pick_sequences_with_incomplete_handshakes() {
         [2, 2, 1, 1]
     );
 }
+
+/// The sync daemon in miniature: a master queues a connection's record at its third packet
+/// (`sync_threshold` 3 50) and every 50 after; the records cross the wire format; a backup
+/// with the same service enters them bound to the same real server, flagged SYNC, and
+/// forwards the connection's next packet (an ACK, no SYN) to it, where without the record it
+/// drops it.
+#[test]
+fn a_backup_forwards_a_synced_connection_to_the_same_real_server() {
+    let mk = || {
+        Lb::new(
+            tcp_key("10.0.0.1", 80),
+            "rr",
+            &[
+                dest("192.168.1.1", 80, ForwardMethod::Route),
+                dest("192.168.1.2", 80, ForwardMethod::Route),
+                dest("192.168.1.3", 80, ForwardMethod::Route),
+            ],
+        )
+    };
+    let (master, backup) = (mk(), mk());
+    master.engine.sync.settings.master.store(true, Relaxed);
+    let ack = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b"x");
+    // Advance the backup's round robin so that a fresh pick would differ.
+    backup.run(&tcp4("10.9.0.7", 1, "10.0.0.1", 80, Flags::Syn, 64, b""), 0);
+    let (v, _) = master.run(
+        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""),
+        0,
+    );
+    let Verdict::Forward { real, .. } = v else {
+        panic!("{v:?}")
+    };
+    // SYN_RECV is not sent; the client's ACK establishes (packet 2), packet 3 is sent.
+    assert_eq!(master.engine.sync.queued(), 0);
+    master.run(&ack, 1);
+    assert_eq!(master.engine.sync.queued(), 0);
+    master.run(&ack, 2);
+    assert_eq!(master.engine.sync.queued(), 1);
+    for i in 4..=52 {
+        master.run(&ack, i);
+    }
+    assert_eq!(
+        master.engine.sync.queued(),
+        1,
+        "packets 4 to 52 are not sent"
+    );
+    master.run(&ack, 53);
+    assert_eq!(master.engine.sync.queued(), 2, "packet 53 is");
+
+    // Without the record the backup drops the mid-stream ACK.
+    assert_eq!(
+        backup.run(&ack, 60).0,
+        Verdict::Drop(DropReason::NonSynNoConn)
+    );
+    let mut w = crate::sync::MessageWriter::new(1, 0, 1472);
+    while let Some(r) = master.engine.sync.pop() {
+        assert!(w.push(&r));
+    }
+    let m = crate::sync::decode(w.bytes(), 0).unwrap();
+    for r in &m.records {
+        let r = r.unwrap();
+        assert_eq!(r.state, TcpState::Established as u16);
+        assert_eq!(r.timeout, 900);
+        backup
+            .engine
+            .apply_sync(&backup.tables, &r, Time(61_000))
+            .unwrap();
+    }
+    let (v, _) = backup.run(&ack, 62_000);
+    assert_eq!(v, Verdict::Forward { ifindex: 7, real });
+    let key = ConnKey {
+        proto: 6,
+        caddr: ip("10.9.0.5"),
+        cport: 40000,
+        vaddr: ip("10.0.0.1"),
+        vport: 80,
+    };
+    let flags = backup
+        .engine
+        .conns
+        .with_conn(&key, Time(62_000), |c| c.flags)
+        .unwrap();
+    assert_ne!(flags & crate::conn::CONN_F_SYNC, 0);
+    // Counted as active on the backup's real server, as on the master's.
+    assert_eq!(backup.sum(|d| d.active()), 2);
+}
+
+#[test]
+fn received_records_update_replace_or_are_refused() {
+    let lb = Lb::new(
+        tcp_key("10.0.0.1", 80),
+        "rr",
+        &[
+            dest("192.168.1.1", 80, ForwardMethod::Route),
+            dest("192.168.1.2", 80, ForwardMethod::Route),
+        ],
+    );
+    let rec = |daddr: &str, flags: u32, state: u16| crate::sync::SyncConn {
+        proto: 6,
+        flags,
+        state,
+        caddr: ip("10.9.0.5"),
+        cport: 40000,
+        vaddr: ip("10.0.0.1"),
+        vport: 80,
+        daddr: ip(daddr),
+        dport: 80,
+        fwmark: 0,
+        timeout: 900,
+    };
+    let key = ConnKey {
+        proto: 6,
+        caddr: ip("10.9.0.5"),
+        cport: 40000,
+        vaddr: ip("10.0.0.1"),
+        vport: 80,
+    };
+    let dest_of = |now: u64| {
+        lb.engine
+            .conns
+            .with_conn(&key, Time(now), |c| (c.dest.addr, c.state, c.is_inactive()))
+    };
+    let t = &lb.tables;
+    let e = &lb.engine;
+    // DR bits on the wire; the local method is what the entry takes.
+    e.apply_sync(t, &rec("192.168.1.1", 3, 1), Time(0)).unwrap();
+    assert_eq!(dest_of(1), Some((ip("192.168.1.1"), 1, false)));
+    assert_eq!((lb.sum(|d| d.active()), lb.sum(|d| d.inactive())), (1, 0));
+    // The same connection closing: INACTIVE moves the counters; state and timer follow.
+    e.apply_sync(t, &rec("192.168.1.1", 3 | 0x100, 5), Time(1_000))
+        .unwrap();
+    assert_eq!(dest_of(1_001), Some((ip("192.168.1.1"), 5, true)));
+    assert_eq!((lb.sum(|d| d.active()), lb.sum(|d| d.inactive())), (0, 1));
+    // An inactive record for another real server is a stale expiry: ignored.
+    e.apply_sync(t, &rec("192.168.1.2", 3 | 0x100, 5), Time(2_000))
+        .unwrap();
+    assert_eq!(dest_of(2_001).unwrap().0, ip("192.168.1.1"));
+    // An active one replaces the entry.
+    e.apply_sync(t, &rec("192.168.1.2", 3, 1), Time(3_000))
+        .unwrap();
+    assert_eq!(dest_of(3_001), Some((ip("192.168.1.2"), 1, false)));
+    assert_eq!((lb.sum(|d| d.active()), lb.sum(|d| d.inactive())), (1, 0));
+    // Unknown service or real server: refused, nothing entered.
+    let mut other = rec("192.168.1.1", 3, 1);
+    other.vport = 81;
+    other.cport = 1;
+    assert_eq!(
+        e.apply_sync(t, &other, Time(4_000)),
+        Err(crate::sync::ApplyError::NoService)
+    );
+    let mut stranger = rec("192.168.1.9", 3, 1);
+    stranger.cport = 2;
+    assert_eq!(
+        e.apply_sync(t, &stranger, Time(4_000)),
+        Err(crate::sync::ApplyError::NoDest)
+    );
+    assert_eq!(e.conns.len(), 1);
+    // The synced entry expires after the record's timeout, like any other.
+    assert_eq!(dest_of(3_000 + 900_000), None);
+}

@@ -1,0 +1,401 @@
+//! Connection synchronisation, IPVS's redundancy mechanism (reference §5): a master sends
+//! its connections to backups, which enter them in their tables, so that a backup that takes
+//! the virtual address over forwards every connection to the real server it had.
+//!
+//! Here, without I/O: the sync sysctls ([`SyncSettings`]), the master's decision of when a
+//! connection is sent (`needed`, mainline's `ip_vs_sync_conn_needed`) and the bounded queue
+//! the workers hand records to ([`Sync::push`]: lock-free, no allocation; a full queue drops
+//! and counts), and the backup's entry of a received record ([`Engine::apply_sync`],
+//! `ip_vs_proc_conn`). The wire format is in [`wire`]; the sockets and threads are xvsd's.
+
+pub mod wire;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+
+pub use wire::{decode, Message, MessageError, MessageWriter, RecordError, SyncConn};
+
+use crate::conn::{
+    Conn, ConnKey, InsertError, KeyRef, CONN_F_INACTIVE, CONN_F_SYNC, CONN_F_TEMPLATE,
+};
+use crate::dest::DestState;
+use crate::proto::{TcpState, TCP_STATES};
+use crate::service::{Service, Tables};
+use crate::types::{ForwardMethod, Protocol, Time};
+use crate::wire::IPPROTO_TCP;
+use crate::Engine;
+
+/// Records the workers may queue for the sender.
+pub const QUEUE_RECORDS: usize = 1 << 16;
+
+/// The sync sysctls (`/proc/sys/net/ipv4/vs/sync_*`, `backup_only`), with mainline's
+/// defaults, and whether the master and backup roles run.
+#[derive(Debug)]
+pub struct SyncSettings {
+    /// `sync_threshold`, first value: the packet count at which a connection is sent.
+    pub threshold: AtomicU32,
+    /// `sync_threshold`, second value (`sync_period`): resent every this many packets.
+    pub period: AtomicU32,
+    /// `sync_persist_mode`: connections controlled by a template are not sent.
+    pub persist_mode: AtomicBool,
+    /// `sync_version` (0 or 1).
+    pub version: AtomicU32,
+    /// `sync_ports`: sockets (and threads) per role, a power of two up to 64.
+    pub ports: AtomicU32,
+    /// `sync_qlen_max`: messages a master may have queued for sending.
+    pub qlen_max: AtomicU32,
+    /// `sync_sock_size`: the sockets' buffer (0: the system's default).
+    pub sock_size: AtomicU32,
+    /// `backup_only`: a node running a backup daemon balances nothing.
+    pub backup_only: AtomicBool,
+    /// The master daemon runs: connections are queued.
+    pub master: AtomicBool,
+    /// The backup daemon runs.
+    pub backup: AtomicBool,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            threshold: AtomicU32::new(3),
+            period: AtomicU32::new(50),
+            persist_mode: AtomicBool::new(false),
+            version: AtomicU32::new(1),
+            ports: AtomicU32::new(1),
+            qlen_max: AtomicU32::new(65536),
+            sock_size: AtomicU32::new(0),
+            backup_only: AtomicBool::new(false),
+            master: AtomicBool::new(false),
+            backup: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Counters of the sync daemons.
+#[derive(Debug, Default)]
+pub struct SyncCounters {
+    /// Records queued by the workers.
+    pub queued: AtomicU64,
+    /// Records dropped because the queue was full.
+    pub queue_full: AtomicU64,
+    /// Datagrams sent.
+    pub sent_msgs: AtomicU64,
+    /// Records sent.
+    pub sent_conns: AtomicU64,
+    /// Bytes sent (UDP payload).
+    pub sent_bytes: AtomicU64,
+    /// Messages dropped because `sync_qlen_max` were waiting, or the socket refused them.
+    pub send_dropped: AtomicU64,
+    /// Datagrams received.
+    pub rx_msgs: AtomicU64,
+    /// Datagrams refused as a whole, by [`MessageError`].
+    pub rx_refused: [AtomicU64; MessageError::ALL.len()],
+    /// Records skipped ([`RecordError`]).
+    pub rx_bad_records: AtomicU64,
+    /// Connections and templates entered or updated.
+    pub rx_applied: AtomicU64,
+    /// Records of a service this node does not have.
+    pub rx_no_service: AtomicU64,
+    /// Records of a real server this node does not have in that service.
+    pub rx_no_dest: AtomicU64,
+    /// Records that found the table full.
+    pub rx_table_full: AtomicU64,
+}
+
+impl SyncCounters {
+    /// Count a refused datagram.
+    pub fn refused(&self, e: MessageError) {
+        let i = MessageError::ALL.iter().position(|x| *x == e).unwrap_or(0);
+        self.rx_refused[i].fetch_add(1, Relaxed);
+    }
+}
+
+/// What the data path does for sync.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    /// The master runs: connections are considered for sending.
+    pub master: bool,
+    /// `backup_only` is set while the backup runs (mainline's `sysctl_backup_only`): every
+    /// packet goes to the kernel.
+    pub pass_all: bool,
+}
+
+/// The sync state the engine holds: settings, the master's queue, counters.
+#[derive(Debug)]
+pub struct Sync {
+    /// Settings.
+    pub settings: SyncSettings,
+    /// Counters.
+    pub counters: SyncCounters,
+    queue: ArrayQueue<SyncConn>,
+}
+
+impl Default for Sync {
+    fn default() -> Self {
+        Sync {
+            settings: SyncSettings::default(),
+            counters: SyncCounters::default(),
+            queue: ArrayQueue::new(QUEUE_RECORDS),
+        }
+    }
+}
+
+impl Sync {
+    /// What the data path does for sync, read once a batch.
+    #[inline(always)]
+    pub fn mode(&self) -> Mode {
+        let s = &self.settings;
+        Mode {
+            master: s.master.load(Relaxed),
+            pass_all: s.backup_only.load(Relaxed) && s.backup.load(Relaxed),
+        }
+    }
+
+    /// Queue a record for the sender; a full queue drops it and counts.
+    pub fn push(&self, r: SyncConn) {
+        match self.queue.push(r) {
+            Ok(()) => self.counters.queued.fetch_add(1, Relaxed),
+            Err(_) => self.counters.queue_full.fetch_add(1, Relaxed),
+        };
+    }
+
+    /// The next queued record (the sender's side).
+    pub fn pop(&self) -> Option<SyncConn> {
+        self.queue.pop()
+    }
+
+    /// Records waiting.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// The wire's forwarding bits of a method.
+fn fwd_bits(m: ForwardMethod) -> u32 {
+    match m {
+        ForwardMethod::Masq => wire::flags::MASQ,
+        ForwardMethod::Tunnel => wire::flags::TUNNEL,
+        ForwardMethod::Route => wire::flags::DROUTE,
+    }
+}
+
+/// The record of connection `c` with key `k` (`fwmark`: the packet's mark).
+pub fn record(k: KeyRef<'_>, c: &Conn, fwmark: u32) -> SyncConn {
+    SyncConn {
+        proto: k.proto,
+        flags: u32::from(c.flags) & !wire::flags::FWD_MASK | fwd_bits(c.fwd.method),
+        state: u16::from(c.state),
+        caddr: *k.caddr,
+        cport: k.cport,
+        vaddr: *k.vaddr,
+        vport: k.vport,
+        daddr: c.dest.addr,
+        dport: c.dport,
+        fwmark,
+        timeout: c.timeout,
+    }
+}
+
+/// Whether connection `c`, at its `pkts`-th incoming packet, is to be sent now (mainline's
+/// `ip_vs_sync_conn_needed` with `sync_refresh_period` 0, the only value xvs takes): TCP only
+/// in the states that matter, at once on a change into a closing one; otherwise at the
+/// threshold and every period after it (a template at each of its packets while the period is
+/// set). Records the state sent in the connection.
+pub fn needed(c: &mut Conn, proto: u8, pkts: u32, s: &SyncSettings) -> bool {
+    let template = c.flags & CONN_F_TEMPLATE != 0;
+    if !template {
+        if s.persist_mode.load(Relaxed) && c.template.is_some() {
+            return false;
+        }
+        if proto == IPPROTO_TCP {
+            const SENT: [TcpState; 5] = [
+                TcpState::Established,
+                TcpState::FinWait,
+                TcpState::Close,
+                TcpState::CloseWait,
+                TcpState::TimeWait,
+            ];
+            if !SENT.iter().any(|st| *st as u8 == c.state) {
+                return false;
+            }
+            if c.state != c.sync_state && c.state != TcpState::Established as u8 {
+                c.sync_state = c.state;
+                return true;
+            }
+        }
+    }
+    let period = s.period.load(Relaxed);
+    let threshold = s.threshold.load(Relaxed);
+    if period > 0 {
+        if !template && pkts % period != threshold {
+            return false;
+        }
+    } else if pkts != threshold {
+        return false;
+    }
+    c.sync_state = c.state;
+    true
+}
+
+/// Why a received record did not enter the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyError {
+    /// No such service here.
+    NoService,
+    /// No such real server in the service.
+    NoDest,
+    /// The table is full.
+    TableFull,
+}
+
+/// The destination of a record: the service by fwmark, then by address (mainline's
+/// `ip_vs_find_dest`), then the real server by address and port; a fwmark service's real
+/// server of port 0 takes any port.
+fn find_dest(t: &Tables, r: &SyncConn) -> Result<(Arc<Service>, Arc<DestState>), ApplyError> {
+    let template = r.flags & CONN_F_TEMPLATE as u32 != 0;
+    let proto = match Protocol::from_number(r.proto) {
+        Some(p) => p,
+        // A fwmark template (protocol 0): only its mark finds its service.
+        None if template => Protocol::Tcp,
+        None => return Err(ApplyError::NoService),
+    };
+    let svc = t
+        .lookup(proto, r.vaddr, r.vport, r.fwmark)
+        .ok_or(ApplyError::NoService)?;
+    let dest = svc
+        .dests
+        .iter()
+        .find(|d| d.addr == r.daddr && (d.port == r.dport || d.port == 0))
+        .ok_or(ApplyError::NoDest)?;
+    Ok((svc.clone(), dest.clone()))
+}
+
+impl Engine {
+    /// Enter a received record in the table (mainline's `ip_vs_proc_conn`): a connection
+    /// already there for another real server is replaced when the record is active (an
+    /// inactive one is the expiry of a connection already replaced, and ignored); one there for
+    /// the same real server takes the record's INACTIVE bit (moving the server's counters),
+    /// state and timeout; a new one is bound to the local real server of the same address and
+    /// port, with the local forwarding method, flagged SYNC. Its packet count starts at the
+    /// threshold, so it is sent on when this node is master.
+    pub fn apply_sync(&self, t: &Tables, r: &SyncConn, now: Time) -> Result<(), ApplyError> {
+        let key = ConnKey {
+            proto: r.proto,
+            caddr: r.caddr,
+            cport: r.cport,
+            vaddr: r.vaddr,
+            vport: r.vport,
+        };
+        let template = r.flags & CONN_F_TEMPLATE as u32 != 0;
+        let inactive = r.flags & CONN_F_INACTIVE as u32 != 0;
+        let threshold = self.sync.settings.threshold.load(Relaxed);
+        let timeout = if r.timeout > 0 {
+            r.timeout
+        } else if template {
+            180
+        } else {
+            self.v0_timeout(t, r)
+        };
+        let state = r.state.min(u16::from(u8::MAX)) as u8;
+        enum Found {
+            Updated,
+            Replace,
+            Ignore,
+        }
+        let found = self.conns.with_conn(&key, now, |c| {
+            if !template && (c.dport != r.dport || c.dest.addr != r.daddr) {
+                return if inactive {
+                    Found::Ignore
+                } else {
+                    Found::Replace
+                };
+            }
+            if !template && c.is_inactive() != inactive {
+                c.dest.move_conn(inactive);
+            }
+            let upd = (wire::flags::BACKUP_UPD_MASK & 0xffff) as u16;
+            let fl = r.flags as u16;
+            c.flags = (fl & upd) | (c.flags & !upd) | CONN_F_SYNC;
+            c.state = state;
+            c.sync_state = state;
+            c.in_pkts = threshold;
+            c.rearm(now, timeout);
+            Found::Updated
+        });
+        match found {
+            Some(Found::Updated) => return Ok(()),
+            Some(Found::Ignore) => return Ok(()),
+            Some(Found::Replace) => {
+                self.conns.remove(&key);
+            }
+            None => {}
+        }
+        let (svc, dest) = find_dest(t, r)?;
+        let fwd = dest.forward();
+        let keep = (wire::flags::BACKUP_MASK & !wire::flags::FWD_MASK & 0xffff) as u16;
+        let c = Conn {
+            dport: r.dport,
+            dest,
+            svc: svc.live.clone(),
+            fwd,
+            state,
+            flags: (r.flags as u16 & keep) | CONN_F_SYNC,
+            timeout,
+            expires: now.plus_secs(timeout),
+            template: None,
+            controlled: 0,
+            in_pkts: threshold,
+            sync_state: state,
+        }
+        .bound();
+        match self.conns.admit(None, key, c, now, |_| {}) {
+            Ok(()) => Ok(()),
+            // Entered meanwhile by a packet or another record: as good.
+            Err((InsertError::Exists, _)) => Ok(()),
+            Err((InsertError::Full, _)) => Err(ApplyError::TableFull),
+        }
+    }
+
+    /// A version 0 record's timeout: its state's, as configured here.
+    fn v0_timeout(&self, t: &Tables, r: &SyncConn) -> u32 {
+        match Protocol::from_number(r.proto) {
+            Some(Protocol::Tcp) => t.timeouts.tcp[usize::from(r.state).min(TCP_STATES - 1)],
+            _ => t.timeouts.udp,
+        }
+    }
+
+    /// Consider connection `c` (key `k`) for sending at its `pkts`-th packet; queue its record
+    /// when due. Called under the entry's lock, only while the master runs.
+    #[cold]
+    pub(crate) fn sync_conn(&self, k: KeyRef<'_>, c: &mut Conn, pkts: u32, mark: u32) {
+        if c.flags & crate::conn::CONN_F_ONE_PACKET != 0 {
+            return;
+        }
+        if needed(c, k.proto, pkts, &self.sync.settings) {
+            self.sync.push(record(k, c, mark));
+        }
+    }
+
+    /// Consider the template `tk` that controls a connection just considered, with its own
+    /// packet count incremented (mainline sends a connection's controller after it).
+    #[cold]
+    pub(crate) fn sync_template(&self, tk: &ConnKey, mark: u32, now: Time) {
+        let s = &self.sync;
+        self.conns.with_conn(tk, now, |t| {
+            t.in_pkts = t.in_pkts.wrapping_add(1);
+            if needed(t, tk.proto, t.in_pkts, &s.settings) {
+                s.push(record(tk.view(), t, mark));
+            }
+        });
+    }
+}
+
+/// The records of every entry of the table, for a peer that asks for a full dump.
+pub fn dump(engine: &Engine, mut out: impl FnMut(SyncConn)) {
+    engine.conns.for_each(|k, c| out(record(k.view(), c, 0)));
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,83 @@
+//! When a master sends a connection (`needed`).
+
+use std::sync::Arc;
+
+use super::*;
+use crate::dest::{ConnForward, DestConfig};
+use crate::service::ServiceLive;
+
+fn conn(state: TcpState) -> Conn {
+    let d = Arc::new(DestState::new(
+        1,
+        &DestConfig::new("192.168.1.1".parse().unwrap(), 80),
+    ));
+    Conn {
+        dport: 80,
+        dest: d,
+        svc: Arc::new(ServiceLive::new(
+            crate::sched::new_scheduler("rr", &[], &crate::hash::HashSeed::FIXED).unwrap(),
+        )),
+        fwd: ConnForward::default(),
+        state: state as u8,
+        flags: 0,
+        timeout: 900,
+        expires: Time(0),
+        template: None,
+        controlled: 0,
+        in_pkts: 0,
+        sync_state: 0,
+    }
+}
+
+fn sent_at(c: &mut Conn, proto: u8, s: &SyncSettings, upto: u32) -> Vec<u32> {
+    (1..=upto).filter(|&p| needed(c, proto, p, s)).collect()
+}
+
+#[test]
+fn established_tcp_is_sent_at_the_threshold_and_every_period() {
+    let s = SyncSettings::default();
+    let mut c = conn(TcpState::Established);
+    assert_eq!(sent_at(&mut c, 6, &s, 160), vec![3, 53, 103, 153]);
+    // Not in states before ESTABLISHED.
+    let mut c = conn(TcpState::SynRecv);
+    assert!(sent_at(&mut c, 6, &s, 160).is_empty());
+    // UDP by the packet count alone.
+    let mut c = conn(TcpState::None);
+    assert_eq!(sent_at(&mut c, 17, &s, 60), vec![3, 53]);
+}
+
+#[test]
+fn a_change_into_a_closing_state_is_sent_at_once_and_once() {
+    let s = SyncSettings::default();
+    let mut c = conn(TcpState::Established);
+    assert!(needed(&mut c, 6, 3, &s));
+    c.state = TcpState::FinWait as u8;
+    assert!(needed(&mut c, 6, 10, &s), "the change");
+    assert!(!needed(&mut c, 6, 11, &s), "not again in the same state");
+    c.state = TcpState::TimeWait as u8;
+    assert!(needed(&mut c, 6, 12, &s));
+}
+
+#[test]
+fn the_sysctls_change_what_is_sent() {
+    // Period 0: only at the threshold.
+    let s = SyncSettings::default();
+    s.period.store(0, Relaxed);
+    let mut c = conn(TcpState::Established);
+    assert_eq!(sent_at(&mut c, 6, &s, 200), vec![3]);
+    // Persist mode: a connection under a template is not sent; its template is, every packet.
+    let s = SyncSettings::default();
+    s.persist_mode.store(true, Relaxed);
+    let mut c = conn(TcpState::Established);
+    c.template = Some(Box::new(ConnKey {
+        proto: 6,
+        caddr: "10.9.0.0".parse().unwrap(),
+        cport: 0,
+        vaddr: "10.0.0.1".parse().unwrap(),
+        vport: 80,
+    }));
+    assert!(sent_at(&mut c, 6, &s, 100).is_empty());
+    let mut t = conn(TcpState::None);
+    t.flags = CONN_F_TEMPLATE;
+    assert_eq!(sent_at(&mut t, 6, &s, 5), vec![1, 2, 3, 4, 5]);
+}
