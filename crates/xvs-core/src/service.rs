@@ -130,6 +130,8 @@ impl AsRef<Service> for Service {
 pub struct Settings {
     /// Schedule TCP packets without SYN too (`sloppy_tcp`).
     pub sloppy_tcp: bool,
+    /// The same for SCTP (`sloppy_sctp`), kept and shown; xvs balances no SCTP yet.
+    pub sloppy_sctp: bool,
     /// Expire connections whose destination was deleted, on their next packet (`expire_nodest_conn`).
     pub expire_nodest_conn: bool,
     /// Do not reuse templates pointing at weight-0 destinations (`expire_quiescent_template`).
@@ -142,6 +144,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             sloppy_tcp: false,
+            sloppy_sctp: false,
             expire_nodest_conn: false,
             expire_quiescent_template: false,
             conn_reuse_mode: 1,

@@ -249,9 +249,6 @@ fn run_command(s: &mut Session<'_>, cmd: Command) -> Output {
             }
             s.daemons.push(daemon_defaults(d));
             Output {
-                stderr: "note: xvs does not synchronise connections yet: the daemon settings are kept and \
-                         shown by --daemon, but no sync messages are sent or received\n"
-                    .into(),
                 changed: true,
                 ..Default::default()
             }

@@ -77,6 +77,8 @@ pub struct Control {
     pub data_stats: Box<dyn Fn() -> String + Send + Sync>,
     /// Every 100 ms, with the seconds since the last call: admission (with interfaces).
     pub admission: Box<dyn Fn(f64) + Send + Sync>,
+    /// The sync daemons, started and stopped as the configuration says.
+    pub sync: Mutex<crate::sync::SyncDaemons>,
     clients: AtomicUsize,
     /// Bytes of replies being written now (see [`REPLY_BUDGET`]).
     reply_bytes: AtomicUsize,
@@ -101,6 +103,7 @@ impl Control {
         names: Box<dyn Names + Send + Sync>,
         epoch: Instant,
     ) -> Control {
+        let sync = crate::sync::SyncDaemons::new(engine.clone(), tables.clone(), epoch);
         Control {
             state: Mutex::new(state),
             restoring: Mutex::new(()),
@@ -112,6 +115,7 @@ impl Control {
             epoch,
             data_stats: Box::new(String::new),
             admission: Box::new(|_| {}),
+            sync: Mutex::new(sync),
             clients: AtomicUsize::new(0),
             reply_bytes: AtomicUsize::new(0),
         }
@@ -215,6 +219,30 @@ impl Control {
             d.counters.secure_switches.load(Relaxed),
             self.engine.conns.free_pages(),
         );
+        let y = &self.engine.sync.counters;
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+        let _ = write!(
+            out,
+            "sync: queued={} queue_full={} sent_msgs={} sent_conns={} sent_bytes={} \
+             send_dropped={} rx_msgs={} rx_applied={} rx_bad_records={} rx_no_service={} \
+             rx_no_dest={} rx_table_full={}",
+            l(&y.queued),
+            l(&y.queue_full),
+            l(&y.sent_msgs),
+            l(&y.sent_conns),
+            l(&y.sent_bytes),
+            l(&y.send_dropped),
+            l(&y.rx_msgs),
+            l(&y.rx_applied),
+            l(&y.rx_bad_records),
+            l(&y.rx_no_service),
+            l(&y.rx_no_dest),
+            l(&y.rx_table_full),
+        );
+        for (e, n) in xvs_core::sync::MessageError::ALL.iter().zip(&y.rx_refused) {
+            let _ = write!(out, " rx_{}={}", e.name(), l(n));
+        }
+        let _ = writeln!(out);
         Response {
             status: 0,
             stdout: out,
@@ -254,7 +282,7 @@ impl Control {
                                     &self.engine,
                                     &mut st.director,
                                     name,
-                                    &v.to_string(),
+                                    &v,
                                 );
                             }
                             tracing::error!("{e}; the change is undone");
@@ -304,6 +332,10 @@ impl Control {
         before: Option<(Director, Vec<DaemonConfig>)>,
         out: &mut Output,
     ) {
+        for e in self.reconcile_sync(st) {
+            out.status = 1;
+            out.stderr.push_str(&format!("xvsadm: {e}\n"));
+        }
         if let Err(e) = self.save(st) {
             tracing::error!("{e}; the change is undone");
             if let Some((director, daemons)) = before {
@@ -315,6 +347,28 @@ impl Control {
                 .push_str(&format!("xvsd: {e}: the change is not applied\n"));
         }
         self.publish(st);
+    }
+
+    /// Start and stop the sync daemons as `st` says; a daemon that cannot start leaves the
+    /// configuration, and its error is returned.
+    pub fn reconcile_sync(&self, st: &mut CtlState) -> Vec<String> {
+        let errors = self
+            .sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reconcile(&mut st.daemons);
+        for e in &errors {
+            tracing::error!("{e}");
+        }
+        errors
+    }
+
+    /// Stop the sync daemons.
+    pub fn stop_sync(&self) {
+        self.sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop_all();
     }
 
     /// The configuration as it is now, to go back to (only when there is a state file).

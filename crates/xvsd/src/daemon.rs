@@ -443,6 +443,15 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
         }
     }
     let ctl = Arc::new(ctl);
+    {
+        let mut st = ctl.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !ctl.reconcile_sync(&mut st).is_empty() {
+            // A daemon that cannot start is left out of the saved configuration.
+            if let Err(e) = ctl.save(&st) {
+                tracing::error!("{e}");
+            }
+        }
+    }
 
     let mut handles = Vec::new();
     let mut counters = Vec::new();
@@ -544,6 +553,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
         wait(&ctl, &stop, &hup);
         let _ = control.join();
     }
+    ctl.stop_sync();
     let _ = std::fs::remove_file(&args.control);
     drop(ctl);
     Ok(())

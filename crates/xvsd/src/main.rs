@@ -13,6 +13,7 @@ mod malloc;
 mod names;
 mod replay;
 mod state;
+mod sync;
 mod sysctl;
 
 #[derive(Debug, Parser)]

@@ -3,21 +3,36 @@
 //! existing `sysctl.d` fragment works) and read or set live (`xvsadm --sysctl [NAME[=VALUE]]`).
 //! A mainline name xvs does not implement yet is refused with a message naming it.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use xvs_core::defence;
 use xvs_core::director::Director;
 use xvs_core::Engine;
 
 /// The sysctls of the connection settings ([`xvs_core::service::Settings`]).
-const SETTINGS: [&str; 4] = [
+const SETTINGS: [&str; 5] = [
     "conn_reuse_mode",
     "expire_nodest_conn",
     "expire_quiescent_template",
+    "sloppy_sctp",
     "sloppy_tcp",
 ];
 
-/// Mainline's other names (v6.12, `ip_vs_ctl.c`'s `vs_vars` and `ip_vs_sync.c`): refused.
-const NOT_YET: [&str; 24] = [
+/// The sysctls of connection synchronisation ([`xvs_core::sync::SyncSettings`]).
+const SYNC: [&str; 9] = [
     "backup_only",
+    "sync_persist_mode",
+    "sync_ports",
+    "sync_qlen_max",
+    "sync_refresh_period",
+    "sync_retries",
+    "sync_sock_size",
+    "sync_threshold",
+    "sync_version",
+];
+
+/// Mainline's other names (v6.12, `ip_vs_ctl.c`'s `vs_vars`): refused.
+const NOT_YET: [&str; 13] = [
     "cache_bypass",
     "conntrack",
     "debug_level",
@@ -30,17 +45,7 @@ const NOT_YET: [&str; 24] = [
     "pmtu_disc",
     "run_estimation",
     "schedule_icmp",
-    "sloppy_sctp",
     "snat_reroute",
-    "sync_persist_mode",
-    "sync_ports",
-    "sync_qlen_max",
-    "sync_refresh_period",
-    "sync_retries",
-    "sync_sock_size",
-    "sync_threshold",
-    "sync_version",
-    "sync_ping_interval",
 ];
 
 /// The prefix of the kernel's full names.
@@ -48,7 +53,12 @@ pub const PREFIX: &str = "net.ipv4.vs.";
 
 /// Every name xvs implements, sorted.
 pub fn names() -> Vec<&'static str> {
-    let mut v: Vec<&str> = defence::NAMES.iter().chain(&SETTINGS).copied().collect();
+    let mut v: Vec<&str> = defence::NAMES
+        .iter()
+        .chain(&SETTINGS)
+        .chain(&SYNC)
+        .copied()
+        .collect();
     v.sort_unstable();
     v
 }
@@ -69,20 +79,87 @@ fn unsupported(name: &str) -> String {
     }
 }
 
-/// The value of `name`.
-pub fn get(engine: &Engine, director: &Director, name: &str) -> Result<i32, String> {
+/// The value of `name`, as the proc file shows it.
+pub fn get(engine: &Engine, director: &Director, name: &str) -> Result<String, String> {
     let n = short(name);
     if let Some(v) = engine.defence.get(n) {
-        return Ok(v);
+        return Ok(v.to_string());
     }
     let s = director.settings();
+    let y = &engine.sync.settings;
+    let u = |a: &std::sync::atomic::AtomicU32| a.load(Relaxed).to_string();
+    let b = |a: &std::sync::atomic::AtomicBool| u8::from(a.load(Relaxed)).to_string();
     Ok(match n {
-        "conn_reuse_mode" => i32::from(s.conn_reuse_mode),
-        "expire_nodest_conn" => i32::from(s.expire_nodest_conn),
-        "expire_quiescent_template" => i32::from(s.expire_quiescent_template),
-        "sloppy_tcp" => i32::from(s.sloppy_tcp),
+        "conn_reuse_mode" => s.conn_reuse_mode.to_string(),
+        "expire_nodest_conn" => u8::from(s.expire_nodest_conn).to_string(),
+        "expire_quiescent_template" => u8::from(s.expire_quiescent_template).to_string(),
+        "sloppy_tcp" => u8::from(s.sloppy_tcp).to_string(),
+        "sloppy_sctp" => u8::from(s.sloppy_sctp).to_string(),
+        "backup_only" => b(&y.backup_only),
+        "sync_persist_mode" => b(&y.persist_mode),
+        "sync_ports" => u(&y.ports),
+        "sync_qlen_max" => u(&y.qlen_max),
+        "sync_refresh_period" => "0".into(),
+        "sync_retries" => u(&y.retries),
+        "sync_sock_size" => u(&y.sock_size),
+        "sync_threshold" => format!("{}\t{}", u(&y.threshold), u(&y.period)),
+        "sync_version" => u(&y.version),
         _ => return Err(unsupported(n)),
     })
+}
+
+/// Set a sync sysctl, with mainline's checks (`proc_do_sync_threshold`, `proc_do_sync_mode`,
+/// `proc_do_sync_ports`).
+fn set_sync(engine: &Engine, n: &str, value: &str) -> Result<(), String> {
+    let y = &engine.sync.settings;
+    let bad = || format!("sysctl {PREFIX}{n}: invalid value `{}'", value.trim());
+    let ints: Vec<i64> = value
+        .split_whitespace()
+        .map(|w| w.parse::<i64>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    let one = || match ints.as_slice() {
+        [v] => Ok(*v),
+        _ => Err(bad()),
+    };
+    let nonneg = |v: i64| u32::try_from(v).map_err(|_| bad());
+    match n {
+        "sync_threshold" => {
+            let [t, p] = ints.as_slice() else {
+                return Err(bad());
+            };
+            let (t, p) = (nonneg(*t)?, nonneg(*p)?);
+            if p != 0 && t >= p {
+                return Err(bad());
+            }
+            y.threshold.store(t, Relaxed);
+            y.period.store(p, Relaxed);
+        }
+        "sync_version" => match one()? {
+            v @ (0 | 1) => y.version.store(v as u32, Relaxed),
+            _ => return Err(bad()),
+        },
+        "sync_ports" => {
+            let v = nonneg(one()?)?;
+            if v == 0 || !v.is_power_of_two() {
+                return Err(bad());
+            }
+            y.ports.store(v, Relaxed);
+        }
+        "sync_retries" => y.retries.store(nonneg(one()?)?.min(3), Relaxed),
+        "sync_refresh_period" => {
+            if one()? != 0 {
+                return Err(format!(
+                    "sysctl {PREFIX}{n}: xvs takes only 0 (no refresh period; see docs/sync.md)"
+                ));
+            }
+        }
+        "sync_qlen_max" => y.qlen_max.store(nonneg(one()?)?, Relaxed),
+        "sync_sock_size" => y.sock_size.store(nonneg(one()?)?, Relaxed),
+        "sync_persist_mode" => y.persist_mode.store(one()? != 0, Relaxed),
+        "backup_only" => y.backup_only.store(one()? != 0, Relaxed),
+        _ => return Err(unsupported(n)),
+    }
+    Ok(())
 }
 
 /// Set `name` to `value` (text, as written to the proc file). Returns whether the director's
@@ -96,6 +173,9 @@ pub fn set(
     let n = short(name);
     if !names().contains(&n) {
         return Err(unsupported(n));
+    }
+    if SYNC.contains(&n) {
+        return set_sync(engine, n, value).map(|()| false);
     }
     let v: i32 = value
         .trim()
@@ -114,6 +194,7 @@ pub fn set(
         "expire_nodest_conn" => s.expire_nodest_conn = v != 0,
         "expire_quiescent_template" => s.expire_quiescent_template = v != 0,
         "sloppy_tcp" => s.sloppy_tcp = v != 0,
+        "sloppy_sctp" => s.sloppy_sctp = v != 0,
         _ => unreachable!("every name of SETTINGS is handled"),
     }
     director.set_settings(s);
@@ -132,7 +213,7 @@ pub fn state_lines(engine: &Engine, director: &Director) -> String {
 fn values<'a>(
     engine: &'a Engine,
     director: &'a Director,
-) -> impl Iterator<Item = (&'static str, i32)> + 'a {
+) -> impl Iterator<Item = (&'static str, String)> + 'a {
     names()
         .into_iter()
         .filter_map(move |n| get(engine, director, n).ok().map(|v| (n, v)))
@@ -202,8 +283,8 @@ mod tests {
         assert!(notes[0].contains("ip_forward"));
         assert!(notes[1].contains("conntrack: not supported"));
         assert!(d.settings().sloppy_tcp);
-        assert_eq!(get(&engine, &d, "drop_packet"), Ok(3));
-        assert_eq!(get(&engine, &d, "net.ipv4.vs.am_droprate"), Ok(5));
+        assert_eq!(get(&engine, &d, "drop_packet"), Ok("3".into()));
+        assert_eq!(get(&engine, &d, "net.ipv4.vs.am_droprate"), Ok("5".into()));
         // As in the kernel, a new am_droprate takes effect at the next once-a-second update.
         assert_eq!(engine.defence.drop_rate(), 10);
         engine.defence_tick(xvs_core::Time(1000));

@@ -38,6 +38,8 @@ pub struct SyncSettings {
     pub threshold: AtomicU32,
     /// `sync_threshold`, second value (`sync_period`): resent every this many packets.
     pub period: AtomicU32,
+    /// `sync_retries` (0..=3; with no refresh period it changes nothing).
+    pub retries: AtomicU32,
     /// `sync_persist_mode`: connections controlled by a template are not sent.
     pub persist_mode: AtomicBool,
     /// `sync_version` (0 or 1).
@@ -61,6 +63,7 @@ impl Default for SyncSettings {
         SyncSettings {
             threshold: AtomicU32::new(3),
             period: AtomicU32::new(50),
+            retries: AtomicU32::new(0),
             persist_mode: AtomicBool::new(false),
             version: AtomicU32::new(1),
             ports: AtomicU32::new(1),
