@@ -1,10 +1,17 @@
-//! The steering XDP program: loading, attaching through a bpf_link (a killed xvsd leaves no
-//! program behind: the link dies with its file descriptor), and its maps.
+//! The steering XDP program: loading, attaching through a bpf_link, and its maps.
+//!
+//! Unpinned, the link dies with its file descriptor: an xvsd that exits or is killed leaves no
+//! program behind, and the interface's traffic goes to the kernel. Pinned (`--pin-dir`), the
+//! link outlives the process: while no xvsd runs the program stays attached and drops the
+//! services' packets (their sockets are gone from its map) instead of passing them to the
+//! kernel, which would reset the connections; the next xvsd swaps its own program into the
+//! same link (`bpf_link_update`), atomically.
 
 use std::ffi::CString;
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
 use libbpf_sys as bpf;
 use xvs_core::service::Steering;
@@ -52,6 +59,13 @@ pub enum BpfError {
     /// Too many interfaces.
     #[error("at most {MAX_IFACES} interfaces")]
     TooManyInterfaces,
+}
+
+fn path_c(path: &Path) -> Result<CString, BpfError> {
+    CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| BpfError::Call {
+        call: "pin path",
+        err: io::Error::from(io::ErrorKind::InvalidInput),
+    })
 }
 
 fn last_err(call: &'static str) -> BpfError {
@@ -194,7 +208,19 @@ impl Loaded {
         Ok(fd)
     }
 
-    fn attach(&mut self, ifindex: u32, ifname: &str, mode: XdpMode) -> Result<(), BpfError> {
+    fn attach(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        mode: XdpMode,
+        pin: Option<&Path>,
+    ) -> Result<(), BpfError> {
+        if let Some(path) = pin {
+            if let Some(link) = self.take_over(path)? {
+                self.links.push((ifindex, link));
+                return Ok(());
+            }
+        }
         // Safety: an all-zero bpf_link_create_opts is the documented default; sz is set below.
         let mut opts: bpf::bpf_link_create_opts = unsafe { std::mem::zeroed() };
         opts.sz = std::mem::size_of::<bpf::bpf_link_create_opts>() as _;
@@ -215,8 +241,45 @@ impl Loaded {
         }
         // Safety: bpf_link_create returned a new file descriptor that nothing else owns.
         let link = unsafe { OwnedFd::from_raw_fd(fd) };
+        if let Some(path) = pin {
+            let c = path_c(path)?;
+            // Safety: link is a valid bpf_link descriptor; c is a valid C string.
+            let rc = unsafe { bpf::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
+            if rc != 0 {
+                return Err(neg_err("bpf_obj_pin(XDP link)", rc));
+            }
+        }
         self.links.push((ifindex, link));
         Ok(())
+    }
+
+    /// The link pinned at `path`, now running this program; None when there is no pin, or
+    /// its link no longer attaches anything (its interface is gone: the pin is removed).
+    fn take_over(&self, path: &Path) -> Result<Option<OwnedFd>, BpfError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let c = path_c(path)?;
+        // Safety: c is a valid C string.
+        let fd = unsafe { bpf::bpf_obj_get(c.as_ptr()) };
+        if fd < 0 {
+            return Err(neg_err("bpf_obj_get(pinned XDP link)", fd));
+        }
+        // Safety: bpf_obj_get returned a new file descriptor that nothing else owns.
+        let link = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Safety: an all-zero bpf_link_update_opts is the documented default; sz is set below.
+        let mut opts: bpf::bpf_link_update_opts = unsafe { std::mem::zeroed() };
+        opts.sz = std::mem::size_of::<bpf::bpf_link_update_opts>() as _;
+        // Safety: link and prog_fd are valid descriptors; opts outlives the call.
+        let rc = unsafe { bpf::bpf_link_update(link.as_raw_fd(), self.prog_fd, &opts) };
+        if rc == 0 {
+            return Ok(Some(link));
+        }
+        if -rc == libc::ENOLINK {
+            let _ = std::fs::remove_file(path);
+            return Ok(None);
+        }
+        Err(neg_err("bpf_link_update(pinned XDP link)", rc))
     }
 
     /// Sum of a per-CPU u64 array entry.
@@ -313,7 +376,13 @@ impl XdpProgram {
 
     /// Attach to an interface through a bpf_link; returns the interface's slot. The
     /// interface's own MAC is accepted first ([`XdpProgram::accept_mac`]).
-    pub fn attach(&mut self, ifindex: u32, ifname: &str, mode: XdpMode) -> Result<u32, BpfError> {
+    pub fn attach(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        mode: XdpMode,
+        pin: Option<&Path>,
+    ) -> Result<u32, BpfError> {
         let slot = self.inner.links.len() as u32;
         if slot >= MAX_IFACES {
             return Err(BpfError::TooManyInterfaces);
@@ -331,7 +400,7 @@ impl XdpProgram {
             &slot,
             "bpf_map_update_elem(if_slots)",
         )?;
-        self.inner.attach(ifindex, ifname, mode)?;
+        self.inner.attach(ifindex, ifname, mode, pin)?;
         Ok(slot)
     }
 
@@ -488,7 +557,7 @@ impl SinkProgram {
     pub fn attach(ifindex: u32, ifname: &str, mode: XdpMode) -> Result<SinkProgram, BpfError> {
         let mut inner = Loaded::open(SINK_OBJECT, "xvs_sink")?;
         let count = inner.map_fd("sink_count")?;
-        inner.attach(ifindex, ifname, mode)?;
+        inner.attach(ifindex, ifname, mode, None)?;
         Ok(SinkProgram { inner, count })
     }
 

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use clap::{Args, ValueEnum};
 use xvs_core::hash::HashSeed;
-use xvs_core::{Engine, Tables};
+use xvs_core::{Engine, Tables, Time};
 use xvs_ipvsadm::exec::{execute, Session};
 use xvs_ipvsadm::list::Numeric;
 use xvs_xdp::admission::AdmitGovernor;
@@ -60,6 +60,16 @@ pub struct DaemonArgs {
     /// Save the whole configuration here after every change and load it at start.
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// Pin the XDP attachments in this bpffs directory (e.g. /sys/fs/bpf/xvs): the program
+    /// then stays attached when xvsd stops or dies, dropping the services' packets until the
+    /// next xvsd (which takes the pinned links over) runs, so that a restart resets no
+    /// connection. `xvsd --detach --pin-dir DIR` removes the pins and with them the program.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// With --pin-dir: remove the pinned attachments (the program leaves the interfaces) and
+    /// exit.
+    #[arg(long, requires = "pin_dir")]
+    pub detach: bool,
     /// Control socket.
     #[arg(long, default_value = "/run/xvs/xvsd.sock")]
     pub control: PathBuf,
@@ -202,6 +212,8 @@ fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<Ctl
 }
 
 struct DataPlane {
+    /// The pinned links' locks, held while this xvsd runs (see `pin_lock`).
+    _pins: Vec<nix::fcntl::Flock<std::fs::File>>,
     prog: Arc<XdpProgram>,
     routes: Arc<KernelRoutes>,
     sets: Vec<QueueSet>,
@@ -269,13 +281,21 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut prog = XdpProgram::load()?;
     let mut slots = Vec::new();
+    let mut pins = Vec::new();
     for (name, ifindex, _) in &ifaces {
+        let pin = match &args.pin_dir {
+            Some(dir) => {
+                pins.push(pin_lock(dir, name)?);
+                Some(dir.join(format!("{name}.link")))
+            }
+            None => None,
+        };
         // The operator's MACs first: from its attachment on, the program passes frames for any
         // other MAC than these and the interface's own.
         for mac in &extra_macs {
             prog.accept_mac(*ifindex, *mac)?;
         }
-        let slot = prog.attach(*ifindex, name, mode)?;
+        let slot = prog.attach(*ifindex, name, mode, pin.as_deref())?;
         slots.push((name.clone(), *ifindex, slot));
     }
     // One worker per queue index; it owns that queue's socket on every interface that has it,
@@ -314,12 +334,112 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, StartError> {
     }
     let locals = local_addresses().map_err(StartError::os("listing local addresses"))?;
     Ok(DataPlane {
+        _pins: pins,
         prog: Arc::new(prog),
         routes: KernelRoutes::new(links, statics),
         sets,
         locals,
         queues,
     })
+}
+
+/// Where an exiting xvsd leaves its connection table for the next one: beside the state file.
+fn handoff_path(args: &DaemonArgs) -> Option<PathBuf> {
+    let s = args.state.as_ref()?;
+    let mut p = s.clone().into_os_string();
+    p.push(".conns");
+    Some(PathBuf::from(p))
+}
+
+/// Write the connection table (sync records, see `xvs_core::sync::encode_table`) to `path`,
+/// atomically.
+fn leave_handoff(path: &Path, engine: &Engine) {
+    let bytes = xvs_core::sync::encode_table(engine);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let r = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path));
+    match r {
+        Ok(()) => tracing::info!(
+            "left {} connections for the next xvsd in {} ({} bytes)",
+            engine.conns.len(),
+            path.display(),
+            bytes.len()
+        ),
+        Err(e) => tracing::error!("writing {}: {e}", path.display()),
+    }
+}
+
+/// Enter the table the previous xvsd left at `path`, then remove the file (a table is taken
+/// over once).
+fn take_handoff(path: &Path, engine: &Engine, tables: &Tables) {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            tracing::error!("reading {}: {e}", path.display());
+            return;
+        }
+    };
+    let l = xvs_core::sync::load_table(engine, tables, &bytes, Time(0));
+    tracing::info!(
+        "took over {} connections from {} ({} refused, {} damaged messages)",
+        l.applied,
+        path.display(),
+        l.refused,
+        l.bad_messages
+    );
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::error!("removing {}: {e}", path.display());
+    }
+}
+
+/// How long a starting xvsd waits for the one it replaces to let go of a pinned interface.
+const PIN_WAIT: Duration = Duration::from_secs(10);
+
+/// The lock of interface `ifname`'s pinned link in `dir`: one xvsd at a time takes a link
+/// over. A starting xvsd waits up to [`PIN_WAIT`] for the one it replaces to exit.
+fn pin_lock(dir: &Path, ifname: &str) -> Result<nix::fcntl::Flock<std::fs::File>, StartError> {
+    std::fs::create_dir_all(dir).map_err(StartError::os("creating the --pin-dir directory"))?;
+    let path = dir.join(format!("{ifname}.lock"));
+    let deadline = Instant::now() + PIN_WAIT;
+    loop {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StartError::os("opening the pinned link's lock"))?;
+        match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err((_, e)) => {
+                return Err(StartError::Interface {
+                    name: ifname.to_string(),
+                    reason: format!(
+                        "another xvsd holds {} ({e}): one xvsd per interface",
+                        path.display()
+                    ),
+                })
+            }
+        }
+    }
+}
+
+/// `--detach`: remove the pinned links (and with the last reference the program) of `dir`.
+pub fn detach(dir: &Path) -> Result<(), StartError> {
+    let entries = std::fs::read_dir(dir).map_err(StartError::os("reading --pin-dir"))?;
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "link") {
+            let ifname = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let _lock = pin_lock(dir, &ifname)?;
+            std::fs::remove_file(&p).map_err(StartError::os("removing a pinned link"))?;
+            tracing::info!("detached from {ifname}");
+        }
+    }
+    Ok(())
 }
 
 fn reals(t: &Tables) -> HashSet<IpAddr> {
@@ -370,6 +490,9 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
         })?;
     }
     let tables = Arc::new(ArcSwap::from_pointee(st.director.snapshot()));
+    if let Some(path) = handoff_path(args) {
+        take_handoff(&path, &engine, &tables.load());
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone())
@@ -526,6 +649,10 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
         wait(&ctl, &stop, &hup);
         for h in handles.drain(..) {
             let _ = h.join();
+        }
+        // The workers are gone: the table is final. It goes to the next xvsd.
+        if let Some(path) = handoff_path(args) {
+            leave_handoff(&path, &engine);
         }
         let _ = control.join();
         let _ = resolver.join();

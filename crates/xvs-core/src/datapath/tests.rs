@@ -1781,3 +1781,56 @@ fn received_records_update_replace_or_are_refused() {
     // The synced entry expires after the record's timeout, like any other.
     assert_eq!(dest_of(3_000 + 900_000), None);
 }
+
+/// A restart's hand-over: the whole table (connections of both families, a template) through
+/// `encode_table` and `load_table` into a fresh engine, which forwards the connections' next
+/// packets to the same real servers; a damaged dump loses only what it damaged.
+#[test]
+fn a_table_dump_carries_every_entry_to_the_next_engine() {
+    let mk = || {
+        let mut lb = Lb::new(
+            tcp_key("10.0.0.1", 80),
+            "rr",
+            &[
+                dest("192.168.1.1", 80, ForwardMethod::Route),
+                dest("192.168.1.2", 80, ForwardMethod::Route),
+            ],
+        );
+        lb.dir
+            .add_service(ServiceConfig::new(tcp_key("fd00::1", 80)))
+            .unwrap();
+        lb.dir
+            .add_dest(&tcp_key("fd00::1", 80), dest("fd01::1", 80, ForwardMethod::Route))
+            .unwrap();
+        lb.republish();
+        lb
+    };
+    let (old, new) = (mk(), mk());
+    let mut reals = Vec::new();
+    for i in 0..300u16 {
+        let (v, _) = old.run(&tcp4("10.9.0.5", 1000 + i, "10.0.0.1", 80, Flags::Syn, 64, b""), 0);
+        let Verdict::Forward { real, .. } = v else {
+            panic!("{v:?}")
+        };
+        reals.push(real);
+    }
+    old.run(&tcp6("fd09::5", 7, "fd00::1", 80, Flags::Syn, b""), 0);
+    let bytes = crate::sync::encode_table(&old.engine);
+    let l = crate::sync::load_table(&new.engine, &new.tables, &bytes, Time(1_000));
+    assert_eq!((l.applied, l.refused, l.bad_messages), (301, 0, 0));
+    for (i, real) in reals.iter().enumerate() {
+        let ack = tcp4("10.9.0.5", 1000 + i as u16, "10.0.0.1", 80, Flags::Ack, 64, b"x");
+        assert_eq!(new.run(&ack, 2_000).0, Verdict::Forward { ifindex: 7, real: *real });
+    }
+    let ack6 = tcp6("fd09::5", 7, "fd00::1", 80, Flags::Ack, b"x");
+    assert_eq!(new.run(&ack6, 2_000).0, forwarded_to("fd01::1", 80));
+    // A dump cut short, and one with a damaged message: the rest still loads.
+    let third = mk();
+    let l = crate::sync::load_table(&third.engine, &third.tables, &bytes[..bytes.len() - 5], Time(0));
+    assert_eq!(l.bad_messages, 1);
+    let mut bad = bytes.clone();
+    bad[2] = 0xff; // the first message's reserved byte: not version 1, not a valid version 0
+    let fourth = mk();
+    let l = crate::sync::load_table(&fourth.engine, &fourth.tables, &bad, Time(0));
+    assert!(l.bad_messages == 1 || l.refused > 0, "{l:?}");
+}

@@ -395,9 +395,71 @@ impl Engine {
     }
 }
 
-/// The records of every entry of the table, for a peer that asks for a full dump.
+/// The records of every entry of the table.
 pub fn dump(engine: &Engine, mut out: impl FnMut(SyncConn)) {
     engine.conns.for_each(|k, c| out(record(k.view(), c, 0)));
+}
+
+/// Largest message of a table dump.
+const DUMP_MESSAGE: usize = 60_000;
+
+/// The whole table as version 1 sync messages, each behind its length (2 bytes, big-endian):
+/// what a restarting xvsd hands to the next one.
+pub fn encode_table(engine: &Engine) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut w = MessageWriter::new(1, 0, DUMP_MESSAGE);
+    let flush = |w: &mut MessageWriter, out: &mut Vec<u8>| {
+        if !w.is_empty() {
+            out.extend_from_slice(&(w.bytes().len() as u16).to_be_bytes());
+            out.extend_from_slice(w.bytes());
+            w.reset(0);
+        }
+    };
+    dump(engine, |r| {
+        if !w.push(&r) {
+            flush(&mut w, &mut out);
+            w.push(&r);
+        }
+    });
+    flush(&mut w, &mut out);
+    out
+}
+
+/// What loading a table dump did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Entries entered.
+    pub applied: usize,
+    /// Records refused (no such service or real server, table full, bad record).
+    pub refused: usize,
+    /// Messages refused as a whole (a damaged dump).
+    pub bad_messages: usize,
+}
+
+/// Enter the records of a dump made by [`encode_table`] (a damaged message is skipped and
+/// counted; a truncated dump ends where the damage starts).
+pub fn load_table(engine: &Engine, t: &Tables, mut bytes: &[u8], now: Time) -> Loaded {
+    let mut l = Loaded::default();
+    while bytes.len() >= 2 {
+        let n = usize::from(u16::from_be_bytes([bytes[0], bytes[1]]));
+        let Some(m) = bytes.get(2..2 + n) else {
+            l.bad_messages += 1;
+            break;
+        };
+        bytes = &bytes[2 + n..];
+        match decode(m, 0) {
+            Ok(m) => {
+                for r in m.records {
+                    match r.map(|r| engine.apply_sync(t, &r, now)) {
+                        Ok(Ok(())) => l.applied += 1,
+                        _ => l.refused += 1,
+                    }
+                }
+            }
+            Err(_) => l.bad_messages += 1,
+        }
+    }
+    l
 }
 
 #[cfg(test)]
