@@ -1,17 +1,17 @@
 //! The steering XDP program: loading, attaching through a bpf_link, and its maps.
 //!
-//! Unpinned, the link dies with its file descriptor: an xvsd that exits or is killed leaves no
-//! program behind, and the interface's traffic goes to the kernel. Pinned (`--pin-dir`), the
-//! link outlives the process: while no xvsd runs the program stays attached and drops the
-//! services' packets (their sockets are gone from its map) instead of passing them to the
-//! kernel, which would reset the connections; the next xvsd swaps its own program into the
-//! same link (`bpf_link_update`), atomically.
+//! By default the link dies with its file descriptor: an xvsd that exits or is killed leaves no
+//! program behind, and the interface's traffic goes to the kernel. Kept attached
+//! (`--keep-attached`), the program is attached through netlink instead and outlives the
+//! process: while no xvsd runs it stays and drops the services' packets (their sockets are
+//! gone from its map) instead of passing them to the kernel, which would reset the
+//! connections; the next xvsd replaces it with its own program atomically
+//! (`XDP_FLAGS_REPLACE` against the program it found, which must be xvs's).
 
 use std::ffi::CString;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
 
 use libbpf_sys as bpf;
 use xvs_core::service::Steering;
@@ -61,11 +61,74 @@ pub enum BpfError {
     TooManyInterfaces,
 }
 
-fn path_c(path: &Path) -> Result<CString, BpfError> {
-    CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| BpfError::Call {
-        call: "pin path",
-        err: io::Error::from(io::ErrorKind::InvalidInput),
-    })
+fn mode_flags(mode: XdpMode) -> u32 {
+    match mode {
+        XdpMode::Auto => 0,
+        XdpMode::Drv => bpf::XDP_FLAGS_DRV_MODE,
+        XdpMode::Skb => bpf::XDP_FLAGS_SKB_MODE,
+    }
+}
+
+/// The name the steering program has in the kernel (its function's, cut to 15 bytes).
+const PROG_NAME: &[u8] = b"xvs_steer";
+
+/// The steering program of xvs attached to `ifindex` through netlink, if any; an error when
+/// another program is.
+fn attached_xvs(ifindex: u32, ifname: &str) -> Result<Option<OwnedFd>, BpfError> {
+    let mut id = 0u32;
+    // Safety: id is a valid, writable u32.
+    let rc = unsafe { bpf::bpf_xdp_query_id(ifindex as i32, 0, &mut id) };
+    if rc != 0 {
+        return Err(neg_err("bpf_xdp_query_id", rc));
+    }
+    if id == 0 {
+        return Ok(None);
+    }
+    // Safety: plain syscall wrapper on an id.
+    let fd = unsafe { bpf::bpf_prog_get_fd_by_id(id) };
+    if fd < 0 {
+        return Err(neg_err("bpf_prog_get_fd_by_id", fd));
+    }
+    // Safety: bpf_prog_get_fd_by_id returned a new file descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Safety: an all-zero bpf_prog_info is a valid buffer for the kernel to fill.
+    let mut info: bpf::bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<bpf::bpf_prog_info>() as u32;
+    // Safety: info is writable for len bytes; fd is a program.
+    let rc = unsafe { bpf::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    if rc != 0 {
+        return Err(neg_err("bpf_prog_get_info_by_fd", rc));
+    }
+    let name: Vec<u8> = info
+        .name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    if name != PROG_NAME {
+        return Err(BpfError::Busy {
+            ifname: ifname.to_string(),
+        });
+    }
+    Ok(Some(fd))
+}
+
+/// Take xvs's steering program, attached to stay (`--keep-attached`), off `ifindex`; false
+/// when none was there.
+pub fn detach_kept(ifindex: u32, ifname: &str) -> Result<bool, BpfError> {
+    let Some(old) = attached_xvs(ifindex, ifname)? else {
+        return Ok(false);
+    };
+    // Safety: an all-zero bpf_xdp_attach_opts is the documented default; sz is set below.
+    let mut opts: bpf::bpf_xdp_attach_opts = unsafe { std::mem::zeroed() };
+    opts.sz = std::mem::size_of::<bpf::bpf_xdp_attach_opts>() as _;
+    opts.old_prog_fd = old.as_raw_fd();
+    // Safety: opts is initialised and outlives the call.
+    let rc = unsafe { bpf::bpf_xdp_attach(ifindex as i32, -1, bpf::XDP_FLAGS_REPLACE, &opts) };
+    if rc != 0 {
+        return Err(neg_err("bpf_xdp_attach(detach)", rc));
+    }
+    Ok(true)
 }
 
 fn last_err(call: &'static str) -> BpfError {
@@ -160,6 +223,8 @@ struct Loaded {
     prog_fd: RawFd,
     /// The bpf_links attaching the program, by interface: closing one detaches it.
     links: Vec<(u32, OwnedFd)>,
+    /// Interfaces the program is attached to through netlink, to stay (`--keep-attached`).
+    kept: Vec<u32>,
 }
 
 impl Loaded {
@@ -176,6 +241,7 @@ impl Loaded {
             obj,
             prog_fd: -1,
             links: Vec::new(),
+            kept: Vec::new(),
         };
         // Safety: obj is a valid, opened object (checked above).
         let rc = unsafe { bpf::bpf_object__load(obj) };
@@ -213,22 +279,15 @@ impl Loaded {
         ifindex: u32,
         ifname: &str,
         mode: XdpMode,
-        pin: Option<&Path>,
+        keep: bool,
     ) -> Result<(), BpfError> {
-        if let Some(path) = pin {
-            if let Some(link) = self.take_over(path)? {
-                self.links.push((ifindex, link));
-                return Ok(());
-            }
+        if keep {
+            return self.attach_kept(ifindex, ifname, mode);
         }
         // Safety: an all-zero bpf_link_create_opts is the documented default; sz is set below.
         let mut opts: bpf::bpf_link_create_opts = unsafe { std::mem::zeroed() };
         opts.sz = std::mem::size_of::<bpf::bpf_link_create_opts>() as _;
-        opts.flags = match mode {
-            XdpMode::Auto => 0,
-            XdpMode::Drv => bpf::XDP_FLAGS_DRV_MODE,
-            XdpMode::Skb => bpf::XDP_FLAGS_SKB_MODE,
-        };
+        opts.flags = mode_flags(mode);
         // Safety: prog_fd is a loaded XDP program; opts is initialised and outlives the call.
         let fd = unsafe { bpf::bpf_link_create(self.prog_fd, ifindex as i32, bpf::BPF_XDP, &opts) };
         if fd < 0 {
@@ -241,45 +300,37 @@ impl Loaded {
         }
         // Safety: bpf_link_create returned a new file descriptor that nothing else owns.
         let link = unsafe { OwnedFd::from_raw_fd(fd) };
-        if let Some(path) = pin {
-            let c = path_c(path)?;
-            // Safety: link is a valid bpf_link descriptor; c is a valid C string.
-            let rc = unsafe { bpf::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
-            if rc != 0 {
-                return Err(neg_err("bpf_obj_pin(XDP link)", rc));
-            }
-        }
         self.links.push((ifindex, link));
         Ok(())
     }
 
-    /// The link pinned at `path`, now running this program; None when there is no pin, or
-    /// its link no longer attaches anything (its interface is gone: the pin is removed).
-    fn take_over(&self, path: &Path) -> Result<Option<OwnedFd>, BpfError> {
-        if !path.exists() {
-            return Ok(None);
+    /// Attach through netlink, to stay after this process (see the module's documentation):
+    /// in place of a steering program of xvs already there, atomically, or where there is none.
+    fn attach_kept(&mut self, ifindex: u32, ifname: &str, mode: XdpMode) -> Result<(), BpfError> {
+        let flags = mode_flags(mode);
+        let old = attached_xvs(ifindex, ifname)?;
+        // Safety: an all-zero bpf_xdp_attach_opts is the documented default; sz is set below.
+        let mut opts: bpf::bpf_xdp_attach_opts = unsafe { std::mem::zeroed() };
+        opts.sz = std::mem::size_of::<bpf::bpf_xdp_attach_opts>() as _;
+        let flags = match &old {
+            Some(fd) => {
+                opts.old_prog_fd = fd.as_raw_fd();
+                flags | bpf::XDP_FLAGS_REPLACE
+            }
+            None => flags | bpf::XDP_FLAGS_UPDATE_IF_NOEXIST,
+        };
+        // Safety: prog_fd is a loaded XDP program; opts is initialised and outlives the call.
+        let rc = unsafe { bpf::bpf_xdp_attach(ifindex as i32, self.prog_fd, flags, &opts) };
+        if rc != 0 {
+            if -rc == libc::EBUSY || -rc == libc::EEXIST {
+                return Err(BpfError::Busy {
+                    ifname: ifname.to_string(),
+                });
+            }
+            return Err(neg_err("bpf_xdp_attach", rc));
         }
-        let c = path_c(path)?;
-        // Safety: c is a valid C string.
-        let fd = unsafe { bpf::bpf_obj_get(c.as_ptr()) };
-        if fd < 0 {
-            return Err(neg_err("bpf_obj_get(pinned XDP link)", fd));
-        }
-        // Safety: bpf_obj_get returned a new file descriptor that nothing else owns.
-        let link = unsafe { OwnedFd::from_raw_fd(fd) };
-        // Safety: an all-zero bpf_link_update_opts is the documented default; sz is set below.
-        let mut opts: bpf::bpf_link_update_opts = unsafe { std::mem::zeroed() };
-        opts.sz = std::mem::size_of::<bpf::bpf_link_update_opts>() as _;
-        // Safety: link and prog_fd are valid descriptors; opts outlives the call.
-        let rc = unsafe { bpf::bpf_link_update(link.as_raw_fd(), self.prog_fd, &opts) };
-        if rc == 0 {
-            return Ok(Some(link));
-        }
-        if -rc == libc::ENOLINK {
-            let _ = std::fs::remove_file(path);
-            return Ok(None);
-        }
-        Err(neg_err("bpf_link_update(pinned XDP link)", rc))
+        self.kept.push(ifindex);
+        Ok(())
     }
 
     /// Sum of a per-CPU u64 array entry.
@@ -381,9 +432,9 @@ impl XdpProgram {
         ifindex: u32,
         ifname: &str,
         mode: XdpMode,
-        pin: Option<&Path>,
+        keep: bool,
     ) -> Result<u32, BpfError> {
-        let slot = self.inner.links.len() as u32;
+        let slot = (self.inner.links.len() + self.inner.kept.len()) as u32;
         if slot >= MAX_IFACES {
             return Err(BpfError::TooManyInterfaces);
         }
@@ -400,7 +451,7 @@ impl XdpProgram {
             &slot,
             "bpf_map_update_elem(if_slots)",
         )?;
-        self.inner.attach(ifindex, ifname, mode, pin)?;
+        self.inner.attach(ifindex, ifname, mode, keep)?;
         Ok(slot)
     }
 
@@ -557,7 +608,7 @@ impl SinkProgram {
     pub fn attach(ifindex: u32, ifname: &str, mode: XdpMode) -> Result<SinkProgram, BpfError> {
         let mut inner = Loaded::open(SINK_OBJECT, "xvs_sink")?;
         let count = inner.map_fd("sink_count")?;
-        inner.attach(ifindex, ifname, mode, None)?;
+        inner.attach(ifindex, ifname, mode, false)?;
         Ok(SinkProgram { inner, count })
     }
 

@@ -278,12 +278,7 @@ impl Control {
                     Ok(_) => {
                         if let Err(e) = self.save(&st) {
                             if let Ok(v) = old {
-                                let _ = sysctl::set(
-                                    &self.engine,
-                                    &mut st.director,
-                                    name,
-                                    &v,
-                                );
+                                let _ = sysctl::set(&self.engine, &mut st.director, name, &v);
                             }
                             tracing::error!("{e}; the change is undone");
                             return reply(

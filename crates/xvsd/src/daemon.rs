@@ -60,15 +60,13 @@ pub struct DaemonArgs {
     /// Save the whole configuration here after every change and load it at start.
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Pin the XDP attachments in this bpffs directory (e.g. /sys/fs/bpf/xvs): the program
-    /// then stays attached when xvsd stops or dies, dropping the services' packets until the
-    /// next xvsd (which takes the pinned links over) runs, so that a restart resets no
-    /// connection. `xvsd --detach --pin-dir DIR` removes the pins and with them the program.
-    #[arg(long, value_name = "DIR")]
-    pub pin_dir: Option<PathBuf>,
-    /// With --pin-dir: remove the pinned attachments (the program leaves the interfaces) and
-    /// exit.
-    #[arg(long, requires = "pin_dir")]
+    /// Leave the XDP program attached when xvsd stops or dies: it then drops the services'
+    /// packets until the next xvsd (which replaces it) runs, instead of passing them to the
+    /// kernel, which resets their connections. `xvsd --detach --interface IF` takes it off.
+    #[arg(long)]
+    pub keep_attached: bool,
+    /// Take a program left by --keep-attached off the --interface(s), and exit.
+    #[arg(long)]
     pub detach: bool,
     /// Control socket.
     #[arg(long, default_value = "/run/xvs/xvsd.sock")]
@@ -212,8 +210,8 @@ fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<Ctl
 }
 
 struct DataPlane {
-    /// The pinned links' locks, held while this xvsd runs (see `pin_lock`).
-    _pins: Vec<nix::fcntl::Flock<std::fs::File>>,
+    /// With --keep-attached: the lock held while this xvsd runs (see `keep_lock`).
+    _kept: Option<nix::fcntl::Flock<std::fs::File>>,
     prog: Arc<XdpProgram>,
     routes: Arc<KernelRoutes>,
     sets: Vec<QueueSet>,
@@ -281,21 +279,18 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut prog = XdpProgram::load()?;
     let mut slots = Vec::new();
-    let mut pins = Vec::new();
+    let kept = if args.keep_attached {
+        Some(keep_lock(&args.control)?)
+    } else {
+        None
+    };
     for (name, ifindex, _) in &ifaces {
-        let pin = match &args.pin_dir {
-            Some(dir) => {
-                pins.push(pin_lock(dir, name)?);
-                Some(dir.join(format!("{name}.link")))
-            }
-            None => None,
-        };
         // The operator's MACs first: from its attachment on, the program passes frames for any
         // other MAC than these and the interface's own.
         for mac in &extra_macs {
             prog.accept_mac(*ifindex, *mac)?;
         }
-        let slot = prog.attach(*ifindex, name, mode, pin.as_deref())?;
+        let slot = prog.attach(*ifindex, name, mode, args.keep_attached)?;
         slots.push((name.clone(), *ifindex, slot));
     }
     // One worker per queue index; it owns that queue's socket on every interface that has it,
@@ -334,7 +329,7 @@ fn data_plane(args: &DaemonArgs) -> Result<DataPlane, StartError> {
     }
     let locals = local_addresses().map_err(StartError::os("listing local addresses"))?;
     Ok(DataPlane {
-        _pins: pins,
+        _kept: kept,
         prog: Arc::new(prog),
         routes: KernelRoutes::new(links, statics),
         sets,
@@ -393,50 +388,51 @@ fn take_handoff(path: &Path, engine: &Engine, tables: &Tables) {
     }
 }
 
-/// How long a starting xvsd waits for the one it replaces to let go of a pinned interface.
-const PIN_WAIT: Duration = Duration::from_secs(10);
+/// How long a starting xvsd waits for the one it replaces to exit.
+const KEEP_WAIT: Duration = Duration::from_secs(10);
 
-/// The lock of interface `ifname`'s pinned link in `dir`: one xvsd at a time takes a link
-/// over. A starting xvsd waits up to [`PIN_WAIT`] for the one it replaces to exit.
-fn pin_lock(dir: &Path, ifname: &str) -> Result<nix::fcntl::Flock<std::fs::File>, StartError> {
-    std::fs::create_dir_all(dir).map_err(StartError::os("creating the --pin-dir directory"))?;
-    let path = dir.join(format!("{ifname}.lock"));
-    let deadline = Instant::now() + PIN_WAIT;
+/// With --keep-attached, one xvsd at a time replaces the kept programs: a lock beside the
+/// control socket (`SOCKET.lock`). A starting xvsd waits up to [`KEEP_WAIT`] for the one it
+/// replaces to exit.
+fn keep_lock(control: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, StartError> {
+    let mut path = control.as_os_str().to_owned();
+    path.push(".lock");
+    let deadline = Instant::now() + KEEP_WAIT;
     loop {
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(StartError::os("opening the pinned link's lock"))?;
+            .map_err(StartError::os("opening the --keep-attached lock"))?;
         match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
             Ok(l) => return Ok(l),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50))
             }
             Err((_, e)) => {
-                return Err(StartError::Interface {
-                    name: ifname.to_string(),
-                    reason: format!(
-                        "another xvsd holds {} ({e}): one xvsd per interface",
-                        path.display()
-                    ),
-                })
+                return Err(StartError::Argument(format!(
+                    "another xvsd still holds {} ({e}): one xvsd per control socket",
+                    Path::new(&path).display()
+                )))
             }
         }
     }
 }
 
-/// `--detach`: remove the pinned links (and with the last reference the program) of `dir`.
-pub fn detach(dir: &Path) -> Result<(), StartError> {
-    let entries = std::fs::read_dir(dir).map_err(StartError::os("reading --pin-dir"))?;
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.extension().is_some_and(|x| x == "link") {
-            let ifname = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            let _lock = pin_lock(dir, &ifname)?;
-            std::fs::remove_file(&p).map_err(StartError::os("removing a pinned link"))?;
-            tracing::info!("detached from {ifname}");
+/// `--detach`: take the programs --keep-attached left off the interfaces.
+pub fn detach(args: &DaemonArgs) -> Result<(), StartError> {
+    let _lock = keep_lock(&args.control)?;
+    for name in &args.interfaces {
+        let index =
+            nix::net::if_::if_nametoindex(name.as_str()).map_err(|e| StartError::Interface {
+                name: name.clone(),
+                reason: e.to_string(),
+            })?;
+        if xvs_xdp::bpf::detach_kept(index, name)? {
+            tracing::info!("detached from {name}");
+        } else {
+            tracing::info!("{name}: no program of xvs attached");
         }
     }
     Ok(())

@@ -60,16 +60,13 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        None if cli.daemon.detach => {
-            let dir = cli.daemon.pin_dir.clone().unwrap_or_default();
-            match daemon::detach(&dir) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("xvsd: {e}");
-                    ExitCode::from(1)
-                }
+        None if cli.daemon.detach => match daemon::detach(&cli.daemon) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xvsd: {e}");
+                ExitCode::from(1)
             }
-        }
+        },
         None => match daemon::run(&cli.daemon) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

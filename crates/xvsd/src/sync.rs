@@ -177,9 +177,7 @@ fn master(engine: Arc<Engine>, cfg: DaemonConfig, socks: Vec<Socket>, stop: Arc<
         match sock.send(w.bytes()) {
             Ok(n) => {
                 s.counters.sent_msgs.fetch_add(1, Relaxed);
-                s.counters
-                    .sent_conns
-                    .fetch_add(w.count() as u64, Relaxed);
+                s.counters.sent_conns.fetch_add(w.count() as u64, Relaxed);
                 s.counters.sent_bytes.fetch_add(n as u64, Relaxed);
             }
             Err(e) => {
@@ -234,7 +232,12 @@ fn backup(
     while !stop.load(Relaxed) {
         let n = match io::Read::read(&mut &sock, &mut buf) {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 continue
             }
             Err(e) => {
@@ -314,7 +317,11 @@ impl SyncDaemons {
                     flag.store(true, Relaxed);
                     tracing::info!(
                         "sync daemon started: {} on {}, syncid {}",
-                        if role == DaemonRole::Master { "master" } else { "backup" },
+                        if role == DaemonRole::Master {
+                            "master"
+                        } else {
+                            "backup"
+                        },
                         cfg.mcast_ifn,
                         cfg.syncid
                     );
@@ -325,7 +332,10 @@ impl SyncDaemons {
                 }
                 Err(e) => {
                     daemons.retain(|d| d.role != role);
-                    errors.push(format!("cannot start the sync daemon on {}: {e}", cfg.mcast_ifn));
+                    errors.push(format!(
+                        "cannot start the sync daemon on {}: {e}",
+                        cfg.mcast_ifn
+                    ));
                 }
             }
         }
@@ -379,7 +389,10 @@ impl SyncDaemons {
 
     /// Stop every daemon.
     pub fn stop_all(&mut self) {
-        for r in [self.master.take(), self.backup.take()].into_iter().flatten() {
+        for r in [self.master.take(), self.backup.take()]
+            .into_iter()
+            .flatten()
+        {
             r.stop();
         }
     }

@@ -1800,7 +1800,10 @@ fn a_table_dump_carries_every_entry_to_the_next_engine() {
             .add_service(ServiceConfig::new(tcp_key("fd00::1", 80)))
             .unwrap();
         lb.dir
-            .add_dest(&tcp_key("fd00::1", 80), dest("fd01::1", 80, ForwardMethod::Route))
+            .add_dest(
+                &tcp_key("fd00::1", 80),
+                dest("fd01::1", 80, ForwardMethod::Route),
+            )
             .unwrap();
         lb.republish();
         lb
@@ -1808,7 +1811,10 @@ fn a_table_dump_carries_every_entry_to_the_next_engine() {
     let (old, new) = (mk(), mk());
     let mut reals = Vec::new();
     for i in 0..300u16 {
-        let (v, _) = old.run(&tcp4("10.9.0.5", 1000 + i, "10.0.0.1", 80, Flags::Syn, 64, b""), 0);
+        let (v, _) = old.run(
+            &tcp4("10.9.0.5", 1000 + i, "10.0.0.1", 80, Flags::Syn, 64, b""),
+            0,
+        );
         let Verdict::Forward { real, .. } = v else {
             panic!("{v:?}")
         };
@@ -1819,14 +1825,33 @@ fn a_table_dump_carries_every_entry_to_the_next_engine() {
     let l = crate::sync::load_table(&new.engine, &new.tables, &bytes, Time(1_000));
     assert_eq!((l.applied, l.refused, l.bad_messages), (301, 0, 0));
     for (i, real) in reals.iter().enumerate() {
-        let ack = tcp4("10.9.0.5", 1000 + i as u16, "10.0.0.1", 80, Flags::Ack, 64, b"x");
-        assert_eq!(new.run(&ack, 2_000).0, Verdict::Forward { ifindex: 7, real: *real });
+        let ack = tcp4(
+            "10.9.0.5",
+            1000 + i as u16,
+            "10.0.0.1",
+            80,
+            Flags::Ack,
+            64,
+            b"x",
+        );
+        assert_eq!(
+            new.run(&ack, 2_000).0,
+            Verdict::Forward {
+                ifindex: 7,
+                real: *real
+            }
+        );
     }
     let ack6 = tcp6("fd09::5", 7, "fd00::1", 80, Flags::Ack, b"x");
     assert_eq!(new.run(&ack6, 2_000).0, forwarded_to("fd01::1", 80));
     // A dump cut short, and one with a damaged message: the rest still loads.
     let third = mk();
-    let l = crate::sync::load_table(&third.engine, &third.tables, &bytes[..bytes.len() - 5], Time(0));
+    let l = crate::sync::load_table(
+        &third.engine,
+        &third.tables,
+        &bytes[..bytes.len() - 5],
+        Time(0),
+    );
     assert_eq!(l.bad_messages, 1);
     let mut bad = bytes.clone();
     bad[2] = 0xff; // the first message's reserved byte: not version 1, not a valid version 0
