@@ -98,10 +98,10 @@ fn main() {
     let out_idx: u32 = sys(&a.output, "ifindex").parse().expect("ifindex");
     let mut prog = XdpProgram::load().expect("load the XDP program");
     let s_in = prog
-        .attach(in_idx, &a.input, XdpMode::Auto, None)
+        .attach(in_idx, &a.input, XdpMode::Auto, false)
         .expect("attach");
     let s_out = prog
-        .attach(out_idx, &a.output, XdpMode::Auto, None)
+        .attach(out_idx, &a.output, XdpMode::Auto, false)
         .expect("attach");
     let qs = QueueSet::open(
         0,
