@@ -771,6 +771,127 @@ def restart():
         rig.close()
 
 
+KEEPALIVED = """global_defs {{
+    router_id {rid}
+    vrrp_garp_master_delay 1
+    vrrp_garp_master_repeat 3
+}}
+vrrp_instance xvs {{
+    state {state}
+    interface {ifname}
+    virtual_router_id 51
+    priority {prio}
+    advert_int 1
+    virtual_ipaddress {{
+        {vip}/32 dev {ifname}
+    }}
+}}
+"""
+
+
+def add_balancer(rig, role, ifname, addr):
+    """A second balancer namespace on the rig's segment: a veth `ifname` into the bridge,
+    with `addr`/24."""
+    ns = rig.ns(role)
+    peer = f"xz{rig.id}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "link", "add", ifname, "type", "veth", "peer", "name", peer], check=True)
+    subprocess.run(["ip", "link", "set", ifname, "netns", ns], check=True)
+    subprocess.run(["ip", "link", "set", peer, "netns", rig.ns("w")], check=True)
+    rig.run("w", ["ip", "link", "set", peer, "master", "br0"], check_rc=True)
+    rig.run("w", ["ip", "link", "set", peer, "up"], check_rc=True)
+    for cmd in (["ip", "link", "set", ifname, "up"], ["ip", "addr", "add", f"{addr}/24", "dev", ifname]):
+        rig.run(role, cmd, check_rc=True)
+
+
+def start_keepalived(rig, role, ifname, state, prio, vip):
+    """keepalived, VRRP only, owning `vip` on `ifname` of namespace `role`."""
+    conf = os.path.join(rig.tmp, f"keepalived-{role}.conf")
+    with open(conf, "w") as f:
+        f.write(KEEPALIVED.format(rid=f"xvs_{role}", state=state, ifname=ifname, prio=prio, vip=vip))
+    return rig.spawn(role, ["keepalived", "--dont-fork", "--log-console", "--vrrp", "--use-file", conf,
+                            "--pid", os.path.join(rig.tmp, f"ka-{role}.pid"),
+                            "--vrrp_pid", os.path.join(rig.tmp, f"ka-vrrp-{role}.pid")], f"keepalived-{role}.log")
+
+
+def has_addr(rig, role, addr):
+    return f" {addr}/" in rig.run(role, ["ip", "-o", "addr", "show"]).stdout.decode()
+
+
+def sync_stats(rig, sock):
+    r = subprocess.run([ARGS.xvsadm, "--xvs-stats"], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, XVS_CONTROL=sock))
+    for line in r.stdout.splitlines():
+        if line.startswith("sync:"):
+            return {k: int(v) for k, v in (w.split("=", 1) for w in line[5:].split())}
+    return {}
+
+
+def failover():
+    """A balancer pair: keepalived (VRRP only) owns the VIP on the active one, xvsd runs the
+    sync daemon as master there and as backup on the other. During 50 long transfers the
+    master's xvsd is killed (-9) and its VRRP taken down: the VIP moves, the backup forwards
+    every synced connection to its real server, and the transfers complete intact."""
+    name = "dr-v4-failover"
+    if ARGS.filter and ARGS.filter not in name:
+        return
+    vip, reals = addrs("dr", False)
+    rig = Rig("dr")
+    try:
+        start_servers(rig, "dr", False)
+        a_if, b_if = rig.lb_ifs[0], f"xy{rig.id}"
+        add_balancer(rig, "s", b_if, "10.9.0.5")
+        # The client finds the VIP on its segment (ARP), as it finds an LVS-DR director's.
+        rig.run("c", ["ip", "route", "replace", "10.0.0.0/24", "dev", f"xc{rig.id}"], check_rc=True)
+        ka_a = start_keepalived(rig, "l", a_if, "MASTER", 200, vip)
+        start_keepalived(rig, "s", b_if, "BACKUP", 100, vip)
+        rules = rules_for("dr", vip, reals)
+        if not check(f"{name}: xvsd starts as sync master",
+                     rig.start_xvsd(rules + f"--start-daemon master --mcast-interface {a_if} --syncid 7\n",
+                                    ["--keep-attached"]), rig.log("xvsd.log")):
+            return
+        path = os.path.join(rig.tmp, "rules-backup")
+        with open(path, "w") as f:
+            f.write(rules + f"--start-daemon backup --mcast-interface {b_if} --syncid 7\n")
+        sock_b = os.path.join(rig.tmp, "backup.sock")
+        rig.spawn("s", [ARGS.xvsd, "--interface", b_if, "--rules", path, "--control", sock_b, "--keep-attached"],
+                  "xvsd-backup.log")
+        deadline = time.time() + 15
+        while time.time() < deadline and not (has_addr(rig, "l", vip) and "balancing on" in rig.log("xvsd-backup.log")):
+            time.sleep(0.2)
+        if not check(f"{name}: the master owns the VIP, the backup xvsd runs",
+                     has_addr(rig, "l", vip) and not has_addr(rig, "s", vip)
+                     and "balancing on" in rig.log("xvsd-backup.log"),
+                     rig.log("keepalived-l.log")[-500:] + rig.log("xvsd-backup.log")[-500:]):
+            return
+        st, out, _ = rig.adm("-L --daemon")
+        check(f"{name}: -L --daemon shows the master", "master sync daemon (mcast=" in out, out)
+        n = 50
+        wait = long_transfers(rig, vip, n)
+        time.sleep(4)
+        synced = sync_stats(rig, sock_b)
+        check(f"{name}: the backup has the master's connections", synced.get("rx_applied", 0) >= n, synced)
+        t0 = time.time()
+        rig.xvsd.kill()
+        rig.xvsd.wait()
+        ka_a.terminate()
+        ka_a.wait(timeout=10)
+        deadline = time.time() + 10
+        while time.time() < deadline and not has_addr(rig, "s", vip):
+            time.sleep(0.05)
+        moved = time.time() - t0
+        check(f"{name}: the VIP moves to the backup", has_addr(rig, "s", vip), rig.log("keepalived-s.log")[-500:])
+        bad = wait()
+        ok = n - len(bad)
+        check(f"{name}: {ok} of {n} transfers complete intact (at least 99 %)", ok >= 0.99 * n, bad[:5])
+        print(f"     {name}: the VIP moved {moved:.2f} s after the kill", flush=True)
+    except Exception:
+        check(f"{name}: no exception", False, traceback.format_exc())
+    finally:
+        rig.close()
+
+
 def main():
     if os.geteuid() != 0:
         print("tests/e2e/run.py: must run as root (network namespaces, XDP); failing, not skipping", file=sys.stderr)
@@ -794,6 +915,7 @@ def main():
     flood()
     standby()
     restart()
+    failover()
     passed = sum(1 for _, ok in RESULTS if ok)
     failed = len(RESULTS) - passed
     print(f"{passed} passed, {failed} failed")
