@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 require_cargo
 # Build dependencies of the AF_XDP crates (xsk-rs builds libxdp/libbpf with cc; clang compiles
 # the XDP program), and the tools the namespace tests use.
-install_packages clang m4 libelf-dev zlib1g-dev pkg-config iproute2 ethtool curl iputils-ping python3
+install_packages clang m4 libelf-dev zlib1g-dev pkg-config iproute2 ethtool curl iputils-ping python3 keepalived tshark
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -828,6 +828,51 @@ def sync_stats(rig, sock):
     return {}
 
 
+def wire_check(rig, name, pcap, vip, reals):
+    """The captured sync datagrams, as Wireshark's IPVS dissector reads them: no error, and
+    every record the master's view of a connection through the VIP."""
+    fields = ["ipvs.syncid", "ipvs.version", "ipvs.conncount", "ipvs.type", "ipvs.proto", "ipvs.caddr",
+              "ipvs.vaddr", "ipvs.daddr", "ipvs.vport", "ipvs.dport", "ipvs.state", "ipvs.timeout",
+              "ipvs.flags.v1", "ipvs.size"]
+    r = subprocess.run(["tshark", "-r", pcap, "-d", "udp.port==8848,ipvs", "-T", "fields", "-E", "separator=;",
+                        "-E", "occurrence=a", "-E", "aggregator=,"] + sum((["-e", f] for f in fields), []),
+                       capture_output=True, text=True, timeout=60)
+    rows = [dict(zip(fields, l.split(";"))) for l in r.stdout.splitlines() if l.strip()]
+    expert = subprocess.run(["tshark", "-r", pcap, "-d", "udp.port==8848,ipvs", "-z", "expert,error", "-q"],
+                            capture_output=True, text=True, timeout=60).stdout
+    records = []
+    for row in rows:
+        cols = {k: v.split(",") for k, v in row.items()}
+        for i in range(len(cols["ipvs.caddr"])):
+            records.append({k: (v[i] if i < len(v) else "") for k, v in cols.items()
+                            if k not in ("ipvs.syncid", "ipvs.version", "ipvs.conncount", "ipvs.size")})
+    heads_ok = rows and all(row["ipvs.syncid"] == "7" and row["ipvs.version"] == "1"
+                            and int(row["ipvs.conncount"]) == len(row["ipvs.caddr"].split(",")) for row in rows)
+    def num(x, k):
+        try:
+            return int(x[k], 0)
+        except ValueError:
+            return None
+
+    # TCP states sent, with their timeouts; only ESTABLISHED counts as active.
+    timeouts = {1: 900, 4: 120, 5: 120, 6: 10, 7: 60}
+
+    def good(x):
+        state = num(x, "ipvs.state")
+        return (num(x, "ipvs.type") == 0 and num(x, "ipvs.proto") == 6
+                and x["ipvs.caddr"] == "10.9.0.2" and x["ipvs.vaddr"] == vip
+                and x["ipvs.daddr"] in reals and num(x, "ipvs.vport") == 80
+                and num(x, "ipvs.dport") == 80 and num(x, "ipvs.timeout") == timeouts.get(state)
+                # Direct routing (3), no output seen (0x80), INACTIVE (0x100) past ESTABLISHED.
+                and num(x, "ipvs.flags.v1") == (0x83 if state == 1 else 0x183))
+
+    wrong = [x for x in records if not good(x)]
+    recs_ok = records and not wrong
+    check(f"{name}: tshark decodes {len(rows)} sync datagrams, {len(records)} records, field by field as sent",
+          r.returncode == 0 and heads_ok and recs_ok and "Error" not in expert,
+          (heads_ok, wrong[:3], expert[-400:]))
+
+
 def failover():
     """A balancer pair: keepalived (VRRP only) owns the VIP on the active one, xvsd runs the
     sync daemon as master there and as backup on the other. During 50 long transfers the
@@ -867,10 +912,16 @@ def failover():
             return
         st, out, _ = rig.adm("-L --daemon")
         check(f"{name}: -L --daemon shows the master", "master sync daemon (mcast=" in out, out)
+        pcap = os.path.join(rig.tmp, "sync.pcap")
+        cap = rig.spawn("s", ["tshark", "-q", "-i", b_if, "-f", "udp port 8848", "-a", "duration:5", "-w", pcap],
+                        "tshark.log")
+        time.sleep(1)
         n = 50
         wait = long_transfers(rig, vip, n)
         time.sleep(4)
         synced = sync_stats(rig, sock_b)
+        cap.wait(timeout=20)
+        wire_check(rig, name, pcap, vip, reals)
         check(f"{name}: the backup has the master's connections", synced.get("rx_applied", 0) >= n, synced)
         t0 = time.time()
         rig.xvsd.kill()
@@ -883,6 +934,7 @@ def failover():
         moved = time.time() - t0
         check(f"{name}: the VIP moves to the backup", has_addr(rig, "s", vip), rig.log("keepalived-s.log")[-500:])
         bad = wait()
+        print(f"     {name}: the transfers ended {time.time() - t0:.1f} s after the kill", flush=True)
         ok = n - len(bad)
         check(f"{name}: {ok} of {n} transfers complete intact (at least 99 %)", ok >= 0.99 * n, bad[:5])
         print(f"     {name}: the VIP moved {moved:.2f} s after the kill", flush=True)
