@@ -3,6 +3,7 @@
 each part of a parser, for AFL to mutate. Run from anywhere; rewrites the seeds."""
 import ipaddress
 import os
+import socket
 import struct
 import zlib
 
@@ -136,6 +137,38 @@ HEADER = b"# xvs state file: ipvsadm -R input; the last line checks the rest\n"
 seeds["state"] = {
     "old-format": STATE,
     "sealed": HEADER + STATE + b"# end: crc32 %08x length %d\n" % (zlib.crc32(HEADER + STATE), len(HEADER + STATE)),
+}
+def sync_v4(proto, flags, state, c, cport, v, vport, d, dport, fwmark=0, timeout=900, opts=b""):
+    body = struct.pack("!BBHIHHHHII", 0, proto, 36 + len(opts), flags, state, cport, vport, dport, fwmark, timeout)
+    return body + bytes(map(int, c.split("."))) + bytes(map(int, v.split("."))) + bytes(map(int, d.split("."))) + opts
+
+
+def sync_v6(proto, flags, state, c, cport, v, vport, d, dport, fwmark=0, timeout=300):
+    body = struct.pack("!BBHIHHHHII", 1, proto, 72, flags, state, cport, vport, dport, fwmark, timeout)
+    return body + b"".join(socket.inet_pton(socket.AF_INET6, a) for a in (c, v, d))
+
+
+def sync_msg(syncid, *records):
+    out = b""
+    for r in records:
+        out += b"\0" * (-len(out) % 4) + r
+    return struct.pack("!BBHBBH", 0, syncid, 8 + len(out), len(records), 1, 0) + out
+
+
+SEQ = bytes([1, 24]) + b"\xab" * 24
+seeds["sync"] = {
+    # Records of the fuzz services: DR, NAT with sequence data, a template, IPv6, fwmark.
+    "v1": sync_msg(7, sync_v4(6, 0x83, 1, "10.9.0.5", 40000, "10.0.0.1", 80, "10.9.0.11", 80),
+                   sync_v4(6, 0x400, 1, "10.9.0.6", 40001, "10.0.0.2", 80, "192.168.10.1", 8080, opts=SEQ),
+                   sync_v4(6, 0x1000, 0, "10.9.0.0", 0, "10.0.0.2", 80, "192.168.10.2", 8080, timeout=300),
+                   sync_v6(17, 0x3, 0, "fd09::5", 5000, "fd00::1", 53, "fd09::12", 53),
+                   sync_v4(6, 0x83, 1, "10.9.0.7", 40002, "10.0.0.9", 22, "10.9.0.16", 22, fwmark=7)),
+    "v0": struct.pack("!BBH", 1, 3, 28) + struct.pack("!BBHHH", 0, 6, 40000, 80, 80)
+          + bytes([10, 9, 0, 5, 10, 0, 0, 1, 10, 9, 0, 11]) + struct.pack("!HH", 0x83, 1),
+    "dump": (lambda m: struct.pack("!H", len(m)) + m)(
+        sync_msg(0, sync_v4(6, 0x83, 1, "10.9.0.5", 40003, "10.0.0.1", 80, "10.9.0.12", 80))),
+    "unknown-option": sync_msg(0, sync_v4(6, 0x83, 1, "10.9.0.5", 40004, "10.0.0.1", 80, "10.9.0.11", 80,
+                                          opts=bytes([9, 2, 0, 0]))),
 }
 for target, files in seeds.items():
     d = os.path.join(ROOT, target)

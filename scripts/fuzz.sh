@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(frames ipvsadm control state)
+[ ${#targets[@]} -gt 0 ] || targets=(frames ipvsadm control state sync)
 require_cargo
 install_packages clang llvm
 command -v cargo-afl >/dev/null || cargo install --locked cargo-afl --version 0.18.2
