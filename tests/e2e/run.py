@@ -922,7 +922,8 @@ def failover():
         synced = sync_stats(rig, sock_b)
         cap.wait(timeout=20)
         wire_check(rig, name, pcap, vip, reals)
-        check(f"{name}: the backup has the master's connections", synced.get("rx_applied", 0) >= n, synced)
+        check(f"{name}: the backup has the master's connections, flagged as synced",
+              synced.get("rx_applied", 0) >= n and synced.get("entries_synced", 0) >= n, synced)
         t0 = time.time()
         rig.xvsd.kill()
         rig.xvsd.wait()

@@ -221,9 +221,13 @@ impl Control {
         );
         let y = &self.engine.sync.counters;
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed);
+        let mut synced = 0u64;
+        self.engine.conns.for_each(|_, c| {
+            synced += u64::from(c.flags & xvs_core::conn::CONN_F_SYNC != 0);
+        });
         let _ = write!(
             out,
-            "sync: queued={} queue_full={} sent_msgs={} sent_conns={} sent_bytes={} \
+            "sync: entries_synced={synced} queued={} queue_full={} sent_msgs={} sent_conns={} sent_bytes={} \
              send_dropped={} rx_msgs={} rx_applied={} rx_bad_records={} rx_no_service={} \
              rx_no_dest={} rx_table_full={}",
             l(&y.queued),

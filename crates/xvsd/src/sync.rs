@@ -354,6 +354,12 @@ impl SyncDaemons {
         };
         match cfg.role {
             DaemonRole::Master => {
+                let maxlen = usize::from(cfg.maxlen.unwrap_or(1472));
+                let per = (maxlen.saturating_sub(xvs_core::sync::wire::HEADER_V1))
+                    / xvs_core::sync::wire::RECORD_V4;
+                self.engine
+                    .sync
+                    .set_limit(st.qlen_max.load(Relaxed) as usize, per);
                 let socks = (0..ports)
                     .map(|i| send_socket(cfg, base.wrapping_add(i), size))
                     .collect::<io::Result<Vec<_>>>()?;

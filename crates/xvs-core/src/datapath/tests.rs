@@ -1859,3 +1859,38 @@ fn a_table_dump_carries_every_entry_to_the_next_engine() {
     let l = crate::sync::load_table(&fourth.engine, &fourth.tables, &bad, Time(0));
     assert!(l.bad_messages == 1 || l.refused > 0, "{l:?}");
 }
+
+/// `backup_only`: while the backup daemon runs, the node balances nothing (every packet goes
+/// to the kernel); without the backup running it has no effect.
+#[test]
+fn backup_only_passes_everything_while_the_backup_runs() {
+    let lb = Lb::one("192.168.1.1", ForwardMethod::Route);
+    let syn = tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b"");
+    let s = &lb.engine.sync.settings;
+    s.backup_only.store(true, Relaxed);
+    assert_eq!(lb.run(&syn, 0).0, forwarded_to("192.168.1.1", 80));
+    s.backup.store(true, Relaxed);
+    assert_eq!(lb.run(&syn, 1).0, Verdict::Pass);
+    s.backup_only.store(false, Relaxed);
+    assert_eq!(lb.run(&syn, 2).0, forwarded_to("192.168.1.1", 80));
+}
+
+/// A master's queue holds `sync_qlen_max` messages' worth of records; beyond, records are
+/// dropped and counted, and the worker goes on.
+#[test]
+fn a_full_sync_queue_drops_and_counts() {
+    let lb = Lb::one("192.168.1.1", ForwardMethod::Route);
+    let sync = &lb.engine.sync;
+    sync.settings.master.store(true, Relaxed);
+    sync.set_limit(1, 2);
+    sync.settings.period.store(0, Relaxed);
+    sync.settings.threshold.store(2, Relaxed);
+    // Threshold 2, no period: each connection is sent at its second packet, which
+    // establishes it; five of them.
+    for i in 0..5u16 {
+        lb.run(&tcp4("10.9.0.5", 1000 + i, "10.0.0.1", 80, Flags::Syn, 64, b""), 0);
+        lb.run(&tcp4("10.9.0.5", 1000 + i, "10.0.0.1", 80, Flags::Ack, 64, b""), 1);
+    }
+    assert_eq!(sync.queued(), 2);
+    assert_eq!(sync.counters.queue_full.load(Relaxed), 3);
+}

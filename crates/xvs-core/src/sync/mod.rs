@@ -10,7 +10,7 @@
 
 pub mod wire;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -46,7 +46,8 @@ pub struct SyncSettings {
     pub version: AtomicU32,
     /// `sync_ports`: sockets (and threads) per role, a power of two up to 64.
     pub ports: AtomicU32,
-    /// `sync_qlen_max`: messages a master may have queued for sending.
+    /// `sync_qlen_max`: messages a master may have queued for sending (applied when the master
+    /// starts, see [`Sync::set_limit`]).
     pub qlen_max: AtomicU32,
     /// `sync_sock_size`: the sockets' buffer (0: the system's default).
     pub sock_size: AtomicU32,
@@ -81,7 +82,7 @@ impl Default for SyncSettings {
 pub struct SyncCounters {
     /// Records queued by the workers.
     pub queued: AtomicU64,
-    /// Records dropped because the queue was full.
+    /// Records dropped because the queue was full (`sync_qlen_max`).
     pub queue_full: AtomicU64,
     /// Datagrams sent.
     pub sent_msgs: AtomicU64,
@@ -133,6 +134,8 @@ pub struct Sync {
     /// Counters.
     pub counters: SyncCounters,
     queue: ArrayQueue<SyncConn>,
+    /// Records the queue may hold (`sync_qlen_max` messages' worth, see [`Sync::set_limit`]).
+    limit: AtomicUsize,
 }
 
 impl Default for Sync {
@@ -141,6 +144,7 @@ impl Default for Sync {
             settings: SyncSettings::default(),
             counters: SyncCounters::default(),
             queue: ArrayQueue::new(QUEUE_RECORDS),
+            limit: AtomicUsize::new(QUEUE_RECORDS),
         }
     }
 }
@@ -156,8 +160,19 @@ impl Sync {
         }
     }
 
+    /// Let the queue hold `messages` messages of `per_message` records (`sync_qlen_max`), at
+    /// most [`QUEUE_RECORDS`].
+    pub fn set_limit(&self, messages: usize, per_message: usize) {
+        let n = messages.saturating_mul(per_message.max(1)).min(QUEUE_RECORDS);
+        self.limit.store(n, Relaxed);
+    }
+
     /// Queue a record for the sender; a full queue drops it and counts.
     pub fn push(&self, r: SyncConn) {
+        if self.queue.len() >= self.limit.load(Relaxed) {
+            self.counters.queue_full.fetch_add(1, Relaxed);
+            return;
+        }
         match self.queue.push(r) {
             Ok(()) => self.counters.queued.fetch_add(1, Relaxed),
             Err(_) => self.counters.queue_full.fetch_add(1, Relaxed),
