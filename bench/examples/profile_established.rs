@@ -15,6 +15,11 @@
 //! the wall-clock ns per packet of the fastest and of the median round: the fastest round is the
 //! one least disturbed by other tenants of the machine. The frame copy is not timed.
 //!
+//! With `XVS_SYNC_MASTER=1` in the environment the engine runs as a sync master (every
+//! connection considered for sending at each packet, the records queued as xvsd's workers
+//! queue them); the queue is drained between batches, not timed, as xvsd's sender thread
+//! drains it on another core.
+//!
 //! EVICT_KIB (default 0) models the engine's place in xvsd: there, between two batches, the
 //! kernel's transmit and receive work runs on the same core and pushes the engine's working set
 //! (table, counters, next hops) out of the core's caches. With EVICT_KIB > 0 the program writes
@@ -47,6 +52,12 @@ fn main() {
         _ => ForwardMethod::Route,
     };
     let (_d, tables, engine, routes) = balancer("rr", method, 100, flows as usize * 2);
+    let sync = std::env::var("XVS_SYNC_MASTER").is_ok_and(|v| v == "1");
+    engine
+        .sync
+        .settings
+        .master
+        .store(sync, std::sync::atomic::Ordering::Relaxed);
     if mode == "always" {
         engine.set_prefetch_from(0);
     }
@@ -100,12 +111,14 @@ fn main() {
             if new {
                 remove_flows(&engine, &ids);
             }
+            while engine.sync.pop().is_some() {}
         }
         rounds.push(t.as_nanos() as f64 / (per_round * batch_len) as f64);
     }
     rounds.sort_by(f64::total_cmp);
     println!(
-        "{mode} path, {flows} flows, batches of {batch_len}, {evict_kib} KiB evicted between batches: forwarded {fwd} of {}; ns per packet: fastest round {:.0}, median {:.0}",
+        "{mode} path{}, {flows} flows, batches of {batch_len}, {evict_kib} KiB evicted between batches: forwarded {fwd} of {}; ns per packet: fastest round {:.0}, median {:.0}",
+        if sync { " (sync master)" } else { "" },
         ROUNDS * per_round * batch_len,
         rounds[0],
         rounds[ROUNDS / 2]

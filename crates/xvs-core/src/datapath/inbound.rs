@@ -270,7 +270,9 @@ impl Engine {
                     let v = self.forward_in(&mut b.hops, frame, p, Hit::of(&c), out);
                     let sync_tpl = if b.sync.master {
                         let pkts = c.in_pkts;
-                        self.sync_conn(key, &mut c, pkts, frame.mark());
+                        if b.sync.may_send(&c, pkts) {
+                            self.sync_conn(key, &mut c, pkts, frame.mark());
+                        }
                         c.template.as_deref().copied()
                     } else {
                         None

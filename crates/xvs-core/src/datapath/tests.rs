@@ -1888,8 +1888,14 @@ fn a_full_sync_queue_drops_and_counts() {
     // Threshold 2, no period: each connection is sent at its second packet, which
     // establishes it; five of them.
     for i in 0..5u16 {
-        lb.run(&tcp4("10.9.0.5", 1000 + i, "10.0.0.1", 80, Flags::Syn, 64, b""), 0);
-        lb.run(&tcp4("10.9.0.5", 1000 + i, "10.0.0.1", 80, Flags::Ack, 64, b""), 1);
+        lb.run(
+            &tcp4("10.9.0.5", 1000 + i, "10.0.0.1", 80, Flags::Syn, 64, b""),
+            0,
+        );
+        lb.run(
+            &tcp4("10.9.0.5", 1000 + i, "10.0.0.1", 80, Flags::Ack, 64, b""),
+            1,
+        );
     }
     assert_eq!(sync.queued(), 2);
     assert_eq!(sync.counters.queue_full.load(Relaxed), 3);

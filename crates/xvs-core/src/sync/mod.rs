@@ -124,6 +124,27 @@ pub struct Mode {
     /// `backup_only` is set while the backup runs (mainline's `sysctl_backup_only`): every
     /// packet goes to the kernel.
     pub pass_all: bool,
+    threshold: u32,
+    period: u32,
+    /// `u64::MAX / period + 1`: the remainder by `period` as two multiplications (Lemire's
+    /// "faster remainder by direct computation"), not a division per packet.
+    period_m: u64,
+}
+
+impl Mode {
+    /// Whether the `pkts`-th packet of connection `c` may be due for sending: false for the
+    /// packets of an established connection between two sends (nearly all), which then skip
+    /// [`needed`] and its call.
+    #[inline(always)]
+    pub fn may_send(&self, c: &Conn, pkts: u32) -> bool {
+        const SPECIAL: u16 = CONN_F_TEMPLATE | crate::conn::CONN_F_ONE_PACKET;
+        if c.state != c.sync_state || c.flags & SPECIAL != 0 || self.period == 0 {
+            return true;
+        }
+        let low = self.period_m.wrapping_mul(u64::from(pkts));
+        let rem = ((u128::from(low) * u128::from(self.period)) >> 64) as u32;
+        rem == self.threshold
+    }
 }
 
 /// The sync state the engine holds: settings, the master's queue, counters.
@@ -154,16 +175,27 @@ impl Sync {
     #[inline(always)]
     pub fn mode(&self) -> Mode {
         let s = &self.settings;
+        let master = s.master.load(Relaxed);
+        let period = if master { s.period.load(Relaxed) } else { 0 };
         Mode {
-            master: s.master.load(Relaxed),
+            master,
             pass_all: s.backup_only.load(Relaxed) && s.backup.load(Relaxed),
+            threshold: s.threshold.load(Relaxed),
+            period,
+            period_m: if period == 0 {
+                0
+            } else {
+                (u64::MAX / u64::from(period)).wrapping_add(1)
+            },
         }
     }
 
     /// Let the queue hold `messages` messages of `per_message` records (`sync_qlen_max`), at
     /// most [`QUEUE_RECORDS`].
     pub fn set_limit(&self, messages: usize, per_message: usize) {
-        let n = messages.saturating_mul(per_message.max(1)).min(QUEUE_RECORDS);
+        let n = messages
+            .saturating_mul(per_message.max(1))
+            .min(QUEUE_RECORDS);
         self.limit.store(n, Relaxed);
     }
 

@@ -81,3 +81,27 @@ fn the_sysctls_change_what_is_sent() {
     t.flags = CONN_F_TEMPLATE;
     assert_eq!(sent_at(&mut t, 6, &s, 5), vec![1, 2, 3, 4, 5]);
 }
+
+#[test]
+fn the_fast_check_agrees_with_the_remainder() {
+    let s = Sync::default();
+    s.settings.master.store(true, Relaxed);
+    for (t, p) in [
+        (3u32, 50u32),
+        (0, 1),
+        (7, 1000),
+        (1, 3),
+        (0, 0),
+        (5, 0x7fff_ffff),
+    ] {
+        s.settings.threshold.store(t, Relaxed);
+        s.settings.period.store(p, Relaxed);
+        let m = s.mode();
+        let mut c = conn(TcpState::Established);
+        c.sync_state = c.state;
+        for pkts in (0..2000).chain([u32::MAX, u32::MAX - 1, 0x8000_0000, 123_456_789]) {
+            let want = p == 0 || pkts % p == t;
+            assert_eq!(m.may_send(&c, pkts), want, "t {t} p {p} pkts {pkts}");
+        }
+    }
+}
