@@ -892,13 +892,16 @@ def failover():
         ka_a = start_keepalived(rig, "l", a_if, "MASTER", 200, vip)
         start_keepalived(rig, "s", b_if, "BACKUP", 100, vip)
         rules = rules_for("dr", vip, reals)
-        if not check(f"{name}: xvsd starts as sync master",
-                     rig.start_xvsd(rules + f"--start-daemon master --mcast-interface {a_if} --syncid 7\n",
-                                    ["--keep-attached"]), rig.log("xvsd.log")):
+        # Both nodes run both daemons, as LVS pairs do: the active one's master feeds the other's
+        # backup, whichever is active.
+        daemons = "--start-daemon master --mcast-interface {0} --syncid 7\n" \
+                  "--start-daemon backup --mcast-interface {0} --syncid 7\n"
+        if not check(f"{name}: xvsd starts with the sync daemons",
+                     rig.start_xvsd(rules + daemons.format(a_if), ["--keep-attached"]), rig.log("xvsd.log")):
             return
         path = os.path.join(rig.tmp, "rules-backup")
         with open(path, "w") as f:
-            f.write(rules + f"--start-daemon backup --mcast-interface {b_if} --syncid 7\n")
+            f.write(rules + daemons.format(b_if))
         sock_b = os.path.join(rig.tmp, "backup.sock")
         rig.spawn("s", [ARGS.xvsd, "--interface", b_if, "--rules", path, "--control", sock_b, "--keep-attached"],
                   "xvsd-backup.log")
@@ -911,7 +914,8 @@ def failover():
                      rig.log("keepalived-l.log")[-500:] + rig.log("xvsd-backup.log")[-500:]):
             return
         st, out, _ = rig.adm("-L --daemon")
-        check(f"{name}: -L --daemon shows the master", "master sync daemon (mcast=" in out, out)
+        check(f"{name}: -L --daemon shows both daemons, master first",
+              out.startswith("master sync daemon (mcast=") and "\nbackup sync daemon (mcast=" in out, out)
         pcap = os.path.join(rig.tmp, "sync.pcap")
         cap = rig.spawn("s", ["tshark", "-q", "-i", b_if, "-f", "udp port 8848", "-a", "duration:5", "-w", pcap],
                         "tshark.log")
@@ -934,6 +938,20 @@ def failover():
             time.sleep(0.05)
         moved = time.time() - t0
         check(f"{name}: the VIP moves to the backup", has_addr(rig, "s", vip), rig.log("keepalived-s.log")[-500:])
+        # The old master's node rejoins: a new xvsd there asks for a full dump and has every
+        # connection again.
+        rig.start_xvsd(rules + daemons.format(a_if), ["--keep-attached"])
+        deadline = time.time() + 10
+        back = {}
+        while time.time() < deadline:
+            back = sync_stats(rig, rig.sock())
+            if back.get("entries_synced", 0) >= n:
+                break
+            time.sleep(0.2)
+        dumps = [l for l in rig.log("xvsd-backup.log").splitlines() if "sent a full dump of" in l]
+        dumped = max((int(l.split("sent a full dump of")[1].split()[0]) for l in dumps), default=0)
+        check(f"{name}: the rejoining node asks for a full dump, gets {dumped} entries and has every connection",
+              back.get("entries_synced", 0) >= n and dumped >= n, (back, dumps))
         bad = wait()
         print(f"     {name}: the transfers ended {time.time() - t0:.1f} s after the kill", flush=True)
         ok = n - len(bad)

@@ -5,6 +5,10 @@
 //! one at most 2 s after its first record; the backup's threads enter received records in the
 //! connection table. The XDP program passes this traffic to the kernel like any other that is
 //! not a service's.
+//!
+//! A starting backup asks for a full dump (`wire::dump_request`, an xvs extension a kernel
+//! ignores); a master that hears the request sends its whole table, paced, so that a node
+//! that rejoins a pair has every connection before it may take the virtual address over.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -165,7 +169,67 @@ fn port_of(r: &SyncConn, n: usize) -> usize {
     ((h ^ u32::from(r.cport)).wrapping_mul(0x9e37_79b1) >> 16) as usize & (n - 1)
 }
 
-fn master(engine: Arc<Engine>, cfg: DaemonConfig, socks: Vec<Socket>, stop: Arc<AtomicBool>) {
+/// Messages of a full dump sent between two pauses of [`DUMP_PAUSE`].
+const DUMP_BURST: usize = 16;
+/// The pause between two bursts of a full dump, so that the peer's socket keeps up.
+const DUMP_PAUSE: Duration = Duration::from_millis(1);
+
+/// Send the whole table over `socks` (by [`port_of`]), in messages of `maxlen`.
+fn send_dump(engine: &Engine, cfg: &DaemonConfig, version: u8, maxlen: usize, socks: &[Socket]) {
+    // Copied out first: no shard stays locked while a datagram is sent.
+    let mut records = Vec::with_capacity(engine.conns.len());
+    xvs_core::sync::dump(engine, |r| records.push(r));
+    let s = &engine.sync.counters;
+    let mut writers: Vec<MessageWriter> = socks
+        .iter()
+        .map(|_| MessageWriter::new(version, cfg.syncid, maxlen))
+        .collect();
+    let mut sent = 0;
+    let mut flush = |i: usize, w: &mut MessageWriter| {
+        if w.is_empty() {
+            return;
+        }
+        match socks[i].send(w.bytes()) {
+            Ok(n) => {
+                s.sent_msgs.fetch_add(1, Relaxed);
+                s.sent_conns.fetch_add(w.count() as u64, Relaxed);
+                s.sent_bytes.fetch_add(n as u64, Relaxed);
+            }
+            Err(_) => {
+                s.send_dropped.fetch_add(1, Relaxed);
+            }
+        }
+        w.reset(cfg.syncid);
+        sent += 1;
+        if sent % DUMP_BURST == 0 {
+            std::thread::sleep(DUMP_PAUSE);
+        }
+    };
+    for r in &records {
+        let i = port_of(r, socks.len());
+        if !writers[i].push(r) {
+            flush(i, &mut writers[i]);
+            writers[i].push(r);
+        }
+    }
+    for (i, w) in writers.iter_mut().enumerate() {
+        flush(i, w);
+    }
+    tracing::info!("sync: sent a full dump of {} entries", records.len());
+}
+
+/// Whether a dump request of `asked` is for a daemon of `syncid` (0 on either side: any).
+fn for_us(asked: u8, syncid: u8) -> bool {
+    asked == 0 || syncid == 0 || asked == syncid
+}
+
+fn master(
+    engine: Arc<Engine>,
+    cfg: DaemonConfig,
+    socks: Vec<Socket>,
+    requests: Socket,
+    stop: Arc<AtomicBool>,
+) {
     let s = &engine.sync;
     let version = s.settings.version.load(Relaxed) as u8;
     let maxlen = usize::from(cfg.maxlen.unwrap_or(1472));
@@ -187,7 +251,15 @@ fn master(engine: Arc<Engine>, cfg: DaemonConfig, socks: Vec<Socket>, stop: Arc<
         }
         w.reset(cfg.syncid);
     };
+    let mut req = [0u8; 64];
     while !stop.load(Relaxed) {
+        while let Ok(n) = io::Read::read(&mut &requests, &mut req) {
+            if xvs_core::sync::wire::is_dump_request(&req[..n])
+                .is_some_and(|id| for_us(id, cfg.syncid))
+            {
+                send_dump(&engine, &cfg, version, maxlen, &socks);
+            }
+        }
         let mut got = 0;
         while let Some(r) = s.pop() {
             got += 1;
@@ -247,6 +319,10 @@ fn backup(
             }
         };
         let bytes = &buf[..n];
+        if xvs_core::sync::wire::is_dump_request(bytes).is_some() {
+            // For the masters of the segment (this node's own included).
+            continue;
+        }
         s.counters.rx_msgs.fetch_add(1, Relaxed);
         if n > maxlen {
             // As the kernel reads at most sync_maxlen bytes: the size no longer matches.
@@ -363,15 +439,26 @@ impl SyncDaemons {
                 let socks = (0..ports)
                     .map(|i| send_socket(cfg, base.wrapping_add(i), size))
                     .collect::<io::Result<Vec<_>>>()?;
+                // Dump requests arrive on the first port.
+                let requests = receive_socket(cfg, base, size)?;
+                requests.set_nonblocking(true)?;
                 let (e, c, s) = (self.engine.clone(), cfg.clone(), stop.clone());
                 threads.push(spawn(
                     "xvs-sync-m".into(),
-                    Box::new(move || master(e, c, socks, s)),
+                    Box::new(move || master(e, c, socks, requests, s)),
                 )?);
             }
             DaemonRole::Backup => {
+                let mut socks = Vec::new();
                 for i in 0..ports {
-                    let sock = receive_socket(cfg, base.wrapping_add(i), size)?;
+                    socks.push(receive_socket(cfg, base.wrapping_add(i), size)?);
+                }
+                // Ask the masters of the segment for their tables (a node that rejoins).
+                let asker = send_socket(cfg, base, size)?;
+                if let Err(e) = asker.send(&xvs_core::sync::wire::dump_request(cfg.syncid)) {
+                    tracing::warn!("sync: asking for a full dump: {e}");
+                }
+                for (i, sock) in socks.into_iter().enumerate() {
                     let (e, t, c, s) = (
                         self.engine.clone(),
                         self.tables.clone(),

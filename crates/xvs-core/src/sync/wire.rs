@@ -77,6 +77,27 @@ pub mod flags {
     pub const BACKUP_UPD_MASK: u32 = INACTIVE | SEQ_MASK;
 }
 
+/// The version byte of xvs's request for a full table dump (an extension of the protocol):
+/// an 8-byte version 1 header with this version and no record. A kernel backup or master
+/// reads it as a version 0 message of no connection, and ignores it.
+pub const DUMP_REQUEST_VERSION: u8 = 0xd1;
+
+/// The request for a full dump, for `syncid`.
+pub fn dump_request(syncid: u8) -> [u8; HEADER_V1] {
+    [0, syncid, 0, HEADER_V1 as u8, 0, DUMP_REQUEST_VERSION, 0, 0]
+}
+
+/// The sync id of a full-dump request, if `buf` is one.
+pub fn is_dump_request(buf: &[u8]) -> Option<u8> {
+    (buf.len() == HEADER_V1
+        && buf[0] == 0
+        && buf[2..4] == [0, HEADER_V1 as u8]
+        && buf[4] == 0
+        && buf[5] == DUMP_REQUEST_VERSION
+        && buf[6..8] == [0, 0])
+    .then_some(buf[1])
+}
+
 const STYPE_F_INET6: u8 = 1;
 const SVER_SHIFT: u16 = 12;
 const SVER_MASK: u16 = 0x0fff;
@@ -686,6 +707,17 @@ mod tests {
         assert_eq!(with(&|m| m[45] = 20), Err(MessageError::BadOption));
         // One record announced, two there.
         assert_eq!(with(&|m| m[4] = 1), Err(MessageError::Trailing));
+    }
+
+    #[test]
+    fn a_dump_request_is_recognised_and_a_kernel_reads_it_as_nothing() {
+        let r = dump_request(7);
+        assert_eq!(is_dump_request(&r), Some(7));
+        assert_eq!(is_dump_request(&kernel_v1()), None);
+        // As the kernel reads it (`ip_vs_process_message`: not version 1, so version 0 with
+        // byte 0 as the count): a message of no connection.
+        assert_eq!(r[0], 0);
+        assert_ne!(r[5], 1);
     }
 
     #[test]
