@@ -312,7 +312,11 @@ fn decode_v1(buf: &[u8]) -> Result<Message, MessageError> {
 }
 
 fn decode_v1_record(r: &[u8]) -> Result<Result<SyncConn, RecordError>, MessageError> {
-    let ty = r[0];
+    // A record's own size below the smallest record (the kernel: `p > msg_end` past the
+    // IPv4 part) refuses the message.
+    let Some(&ty) = r.first().filter(|_| r.len() >= RECORD_V4) else {
+        return Err(MessageError::BadRecordSize);
+    };
     let is_v6 = if ty & STYPE_F_INET6 != 0 {
         true
     } else if ty == 0 {
@@ -701,6 +705,9 @@ mod tests {
         assert_eq!(with(&|m| m[10] |= 0x10), Err(MessageError::RecordVersion));
         // A record type that is neither IPv4 nor IPv6.
         assert_eq!(with(&|m| m[8] = 2), Err(MessageError::RecordType));
+        // A record whose own size is 0, or less than an IPv4 record (found by fuzzing).
+        assert_eq!(with(&|m| m[10..12].copy_from_slice(&[0, 0])), Err(MessageError::BadRecordSize));
+        assert_eq!(with(&|m| m[10..12].copy_from_slice(&[0, 20])), Err(MessageError::BadRecordSize));
         // An option of length 0.
         assert_eq!(with(&|m| m[45] = 0), Err(MessageError::BadOption));
         // Sequence data of the wrong length.
