@@ -783,7 +783,7 @@ vrrp_instance xvs {{
     priority {prio}
     advert_int 1
     virtual_ipaddress {{
-        {vip}/32 dev {ifname}
+        {vip}/{plen} dev {ifname}
     }}
 }}
 """
@@ -809,7 +809,8 @@ def start_keepalived(rig, role, ifname, state, prio, vip):
     """keepalived, VRRP only, owning `vip` on `ifname` of namespace `role`."""
     conf = os.path.join(rig.tmp, f"keepalived-{role}.conf")
     with open(conf, "w") as f:
-        f.write(KEEPALIVED.format(rid=f"xvs_{role}", state=state, ifname=ifname, prio=prio, vip=vip))
+        f.write(KEEPALIVED.format(rid=f"xvs_{role}", state=state, ifname=ifname, prio=prio, vip=vip,
+                                  plen=128 if ":" in vip else 32))
     return rig.spawn(role, ["keepalived", "--dont-fork", "--log-console", "--vrrp", "--use-file", conf,
                             "--pid", os.path.join(rig.tmp, f"ka-{role}.pid"),
                             "--vrrp_pid", os.path.join(rig.tmp, f"ka-vrrp-{role}.pid")], f"keepalived-{role}.log")
@@ -817,6 +818,10 @@ def start_keepalived(rig, role, ifname, state, prio, vip):
 
 def has_addr(rig, role, addr):
     return f" {addr}/" in rig.run(role, ["ip", "-o", "addr", "show"]).stdout.decode()
+
+
+def client_addr(v6):
+    return "fd09::2" if v6 else "10.9.0.2"
 
 
 def sync_stats(rig, sock):
@@ -828,11 +833,13 @@ def sync_stats(rig, sock):
     return {}
 
 
-def wire_check(rig, name, pcap, vip, reals):
+def wire_check(rig, name, pcap, vip, reals, v6=False):
     """The captured sync datagrams, as Wireshark's IPVS dissector reads them: no error, and
     every record the master's view of a connection through the VIP."""
-    fields = ["ipvs.syncid", "ipvs.version", "ipvs.conncount", "ipvs.type", "ipvs.proto", "ipvs.caddr",
-              "ipvs.vaddr", "ipvs.daddr", "ipvs.vport", "ipvs.dport", "ipvs.state", "ipvs.timeout",
+    a = "6" if v6 else ""
+    caddr, vaddr, daddr = f"ipvs.caddr{a}", f"ipvs.vaddr{a}", f"ipvs.daddr{a}"
+    fields = ["ipvs.syncid", "ipvs.version", "ipvs.conncount", "ipvs.type", "ipvs.proto", caddr,
+              vaddr, daddr, "ipvs.vport", "ipvs.dport", "ipvs.state", "ipvs.timeout",
               "ipvs.flags.v1", "ipvs.size"]
     r = subprocess.run(["tshark", "-r", pcap, "-d", "udp.port==8848,ipvs", "-T", "fields", "-E", "separator=;",
                         "-E", "occurrence=a", "-E", "aggregator=,"] + sum((["-e", f] for f in fields), []),
@@ -843,11 +850,11 @@ def wire_check(rig, name, pcap, vip, reals):
     records = []
     for row in rows:
         cols = {k: v.split(",") for k, v in row.items()}
-        for i in range(len(cols["ipvs.caddr"])):
+        for i in range(len(cols[caddr])):
             records.append({k: (v[i] if i < len(v) else "") for k, v in cols.items()
                             if k not in ("ipvs.syncid", "ipvs.version", "ipvs.conncount", "ipvs.size")})
     heads_ok = rows and all(row["ipvs.syncid"] == "7" and row["ipvs.version"] == "1"
-                            and int(row["ipvs.conncount"]) == len(row["ipvs.caddr"].split(",")) for row in rows)
+                            and int(row["ipvs.conncount"]) == len(row[caddr].split(",")) for row in rows)
     def num(x, k):
         try:
             return int(x[k], 0)
@@ -859,9 +866,9 @@ def wire_check(rig, name, pcap, vip, reals):
 
     def good(x):
         state = num(x, "ipvs.state")
-        return (num(x, "ipvs.type") == 0 and num(x, "ipvs.proto") == 6
-                and x["ipvs.caddr"] == "10.9.0.2" and x["ipvs.vaddr"] == vip
-                and x["ipvs.daddr"] in reals and num(x, "ipvs.vport") == 80
+        return (num(x, "ipvs.type") == (1 if v6 else 0) and num(x, "ipvs.proto") == 6
+                and x[caddr] == client_addr(v6) and x[vaddr] == vip
+                and x[daddr] in reals and num(x, "ipvs.vport") == 80
                 and num(x, "ipvs.dport") == 80 and num(x, "ipvs.timeout") == timeouts.get(state)
                 # Direct routing (3), no output seen (0x80), INACTIVE (0x100) past ESTABLISHED.
                 and num(x, "ipvs.flags.v1") == (0x83 if state == 1 else 0x183))
@@ -873,22 +880,26 @@ def wire_check(rig, name, pcap, vip, reals):
           (heads_ok, wrong[:3], expert[-400:]))
 
 
-def failover():
+def failover(v6=False):
     """A balancer pair: keepalived (VRRP only) owns the VIP on the active one, xvsd runs the
     sync daemon as master there and as backup on the other. During 50 long transfers the
     master's xvsd is killed (-9) and its VRRP taken down: the VIP moves, the backup forwards
     every synced connection to its real server, and the transfers complete intact."""
-    name = "dr-v4-failover"
+    name = f"dr-v{6 if v6 else 4}-failover"
     if ARGS.filter and ARGS.filter not in name:
         return
-    vip, reals = addrs("dr", False)
+    vip, reals = addrs("dr", v6)
     rig = Rig("dr")
     try:
-        start_servers(rig, "dr", False)
+        start_servers(rig, "dr", v6)
         a_if, b_if = rig.lb_ifs[0], f"xy{rig.id}"
         add_balancer(rig, "s", b_if, "10.9.0.5")
-        # The client finds the VIP on its segment (ARP), as it finds an LVS-DR director's.
-        rig.run("c", ["ip", "route", "replace", "10.0.0.0/24", "dev", f"xc{rig.id}"], check_rc=True)
+        # The client finds the VIP on its segment (ARP, ND), as it finds an LVS-DR director's.
+        if v6:
+            rig.run("s", ["ip", "-6", "addr", "add", "fd09::5/64", "dev", b_if, "nodad"], check_rc=True)
+            rig.run("c", ["ip", "-6", "route", "replace", "fd00::/64", "dev", f"xc{rig.id}"], check_rc=True)
+        else:
+            rig.run("c", ["ip", "route", "replace", "10.0.0.0/24", "dev", f"xc{rig.id}"], check_rc=True)
         ka_a = start_keepalived(rig, "l", a_if, "MASTER", 200, vip)
         start_keepalived(rig, "s", b_if, "BACKUP", 100, vip)
         rules = rules_for("dr", vip, reals)
@@ -925,7 +936,7 @@ def failover():
         time.sleep(4)
         synced = sync_stats(rig, sock_b)
         cap.wait(timeout=20)
-        wire_check(rig, name, pcap, vip, reals)
+        wire_check(rig, name, pcap, vip, reals, v6)
         check(f"{name}: the backup has the master's connections, flagged as synced",
               synced.get("rx_applied", 0) >= n and synced.get("entries_synced", 0) >= n, synced)
         t0 = time.time()
@@ -987,6 +998,7 @@ def main():
     standby()
     restart()
     failover()
+    failover(v6=True)
     passed = sum(1 for _, ok in RESULTS if ok)
     failed = len(RESULTS) - passed
     print(f"{passed} passed, {failed} failed")
