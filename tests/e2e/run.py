@@ -935,6 +935,9 @@ def failover(v6=False):
         wait = long_transfers(rig, vip, n)
         time.sleep(4)
         synced = sync_stats(rig, sock_b)
+        sent = sync_stats(rig, rig.sock())
+        print(f"     {name}: the master sent {sent.get('sent_conns', 0)} records in {sent.get('sent_msgs', 0)} "
+              f"datagrams, {sent.get('sent_bytes', 0)} bytes of UDP payload for {n} connections", flush=True)
         cap.wait(timeout=20)
         wire_check(rig, name, pcap, vip, reals, v6)
         check(f"{name}: the backup has the master's connections, flagged as synced",
@@ -974,6 +977,150 @@ def failover(v6=False):
         rig.close()
 
 
+KEEPALIVED_NAT = """global_defs {{
+    router_id {rid}
+    vrrp_garp_master_delay 1
+    vrrp_garp_master_repeat 3
+}}
+vrrp_sync_group xvs {{
+    group {{
+        front
+        back
+    }}
+}}
+vrrp_instance front {{
+    state {state}
+    interface {front}
+    virtual_router_id 61
+    priority {prio}
+    advert_int 1
+    virtual_ipaddress {{
+        {vip}/32 dev {front}
+    }}
+}}
+vrrp_instance back {{
+    state {state}
+    interface {back}
+    virtual_router_id 62
+    priority {prio}
+    advert_int 1
+    virtual_ipaddress {{
+        {gw}/24 dev {back}
+    }}
+}}
+"""
+
+
+def veth_into(rig, a, a_role, b, bridge, addr=None):
+    """A veth `a` in namespace `a_role` whose peer `b` joins `bridge` of the switch namespace."""
+    subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
+    subprocess.run(["ip", "link", "set", a, "netns", rig.ns(a_role)], check=True)
+    subprocess.run(["ip", "link", "set", b, "netns", rig.ns("w")], check=True)
+    rig.run("w", ["ip", "link", "set", b, "master", bridge], check_rc=True)
+    rig.run("w", ["ip", "link", "set", b, "up"], check_rc=True)
+    rig.run(a_role, ["ip", "link", "set", a, "up"], check_rc=True)
+    rig.run(a_role, ["ethtool", "-K", a, "tx", "off", "tso", "off", "gso", "off"])
+    if addr:
+        rig.run(a_role, ["ip", "addr", "add", addr, "dev", a], check_rc=True)
+
+
+def nat_failover():
+    """The balancer pair in NAT: the clients' segment and the servers' segment each a switch
+    with both balancers on it; keepalived moves the VIP on the clients' side and the real
+    servers' gateway (a second VRRP address) on theirs, together. During 50 long transfers the
+    master's xvsd is killed (-9) and its VRRP taken down: every transfer completes intact."""
+    name = "nat-v4-failover"
+    if ARGS.filter and ARGS.filter not in name:
+        return
+    vip, reals = addrs("nat", False)
+    gw = "192.168.10.100"
+    rig = Rig("nat")
+    try:
+        start_servers(rig, "nat", False)
+        i = rig.id
+        s = rig.ns("s")
+        subprocess.run(["ip", "netns", "add", s], check=True)
+        subprocess.run(["ip", "netns", "exec", s, "ip", "link", "set", "lo", "up"], check=True)
+        rig.run("w", ["ip", "link", "add", "br1", "type", "bridge"], check_rc=True)
+        rig.run("w", ["ip", "link", "set", "br1", "up"], check_rc=True)
+        # The clients' segment 10.8.0.0/24: the client, and a front leg of each balancer.
+        veth_into(rig, f"xd{i}", "c", f"xe{i}", "br1", "10.8.0.2/24")
+        veth_into(rig, f"xf{i}", "l", f"xg{i}", "br1", "10.8.0.1/24")
+        veth_into(rig, f"xh{i}", "s", f"xi{i}", "br1", "10.8.0.3/24")
+        # The second balancer's leg on the servers' segment.
+        veth_into(rig, f"xy{i}", "s", f"xz{i}", "br0", "192.168.10.253/24")
+        rig.run("c", ["ip", "route", "replace", "10.0.0.0/24", "dev", f"xd{i}"], check_rc=True)
+        for n in (1, 2, 3):
+            rig.run(f"r{n}", ["ip", "route", "replace", "default", "via", gw], check_rc=True)
+        fronts = {"l": f"xf{i}", "s": f"xh{i}"}
+        backs = {"l": f"xs{i}", "s": f"xy{i}"}
+        kas = {}
+        for role, state, prio in (("l", "MASTER", 200), ("s", "BACKUP", 100)):
+            conf = os.path.join(rig.tmp, f"keepalived-{role}.conf")
+            with open(conf, "w") as f:
+                f.write(KEEPALIVED_NAT.format(rid=f"xvs_{role}", state=state, prio=prio, front=fronts[role],
+                                              back=backs[role], vip=vip, gw=gw))
+            kas[role] = rig.spawn(role, ["keepalived", "--dont-fork", "--log-console", "--vrrp", "--use-file", conf,
+                                         "--pid", os.path.join(rig.tmp, f"ka-{role}.pid"),
+                                         "--vrrp_pid", os.path.join(rig.tmp, f"ka-vrrp-{role}.pid")],
+                                  f"keepalived-{role}.log")
+        rules = rules_for("nat", vip, reals)
+        daemons = "--start-daemon master --mcast-interface {0} --syncid 9\n" \
+                  "--start-daemon backup --mcast-interface {0} --syncid 9\n"
+        socks = {}
+        for role in ("l", "s"):
+            path = os.path.join(rig.tmp, f"rules-{role}")
+            with open(path, "w") as f:
+                f.write(rules + daemons.format(backs[role]))
+            socks[role] = os.path.join(rig.tmp, f"nat-{role}.sock")
+            # Two sync sockets (and ports) per role: records spread over them by client.
+            p = rig.spawn(role, [ARGS.xvsd, "--interface", fronts[role], "--interface", backs[role], "--rules", path,
+                                 "--control", socks[role], "--keep-attached", "--sysctl", "sync_ports=2"],
+                          f"xvsd-{role}.log")
+            if role == "l":
+                master = p
+        deadline = time.time() + 15
+        while time.time() < deadline and not (has_addr(rig, "l", vip) and has_addr(rig, "l", gw)
+                                               and all("balancing on" in rig.log(f"xvsd-{r}.log") for r in "ls")):
+            time.sleep(0.2)
+        if not check(f"{name}: the master owns the VIP and the servers' gateway; both xvsd run",
+                     has_addr(rig, "l", vip) and has_addr(rig, "l", gw)
+                     and all("balancing on" in rig.log(f"xvsd-{r}.log") for r in "ls"),
+                     rig.log("keepalived-l.log")[-400:] + rig.log("xvsd-l.log")[-400:] + rig.log("xvsd-s.log")[-400:]):
+            return
+        n = 50
+        wait = long_transfers(rig, vip, n)
+        time.sleep(4)
+        synced = sync_stats(rig, socks["s"])
+        check(f"{name}: the backup has the master's connections, flagged as synced",
+              synced.get("rx_applied", 0) >= n and synced.get("entries_synced", 0) >= n, synced)
+        ports = rig.run("s", ["ss", "-uanp"]).stdout.decode()
+        check(f"{name}: with sync_ports=2 the backup listens on 8848 and 8849",
+              ":8848 " in ports and ":8849 " in ports, ports)
+        sent = sync_stats(rig, socks["l"])
+        print(f"     {name}: the master sent {sent.get('sent_conns', 0)} records in {sent.get('sent_msgs', 0)} "
+              f"datagrams, {sent.get('sent_bytes', 0)} bytes of UDP payload for {n} connections", flush=True)
+        t0 = time.time()
+        master.kill()
+        master.wait()
+        kas["l"].terminate()
+        kas["l"].wait(timeout=10)
+        deadline = time.time() + 10
+        while time.time() < deadline and not (has_addr(rig, "s", vip) and has_addr(rig, "s", gw)):
+            time.sleep(0.05)
+        moved = time.time() - t0
+        check(f"{name}: the VIP and the gateway move to the backup", has_addr(rig, "s", vip) and has_addr(rig, "s", gw),
+              rig.log("keepalived-s.log")[-500:])
+        bad = wait()
+        ok = n - len(bad)
+        check(f"{name}: {ok} of {n} transfers complete intact (at least 99 %)", ok >= 0.99 * n, bad[:5])
+        print(f"     {name}: the VIP and the gateway moved {moved:.2f} s after the kill", flush=True)
+    except Exception:
+        check(f"{name}: no exception", False, traceback.format_exc())
+    finally:
+        rig.close()
+
+
 def main():
     if os.geteuid() != 0:
         print("tests/e2e/run.py: must run as root (network namespaces, XDP); failing, not skipping", file=sys.stderr)
@@ -999,6 +1146,7 @@ def main():
     restart()
     failover()
     failover(v6=True)
+    nat_failover()
     passed = sum(1 for _, ok in RESULTS if ok)
     failed = len(RESULTS) - passed
     print(f"{passed} passed, {failed} failed")
