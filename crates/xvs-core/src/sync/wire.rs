@@ -706,8 +706,14 @@ mod tests {
         // A record type that is neither IPv4 nor IPv6.
         assert_eq!(with(&|m| m[8] = 2), Err(MessageError::RecordType));
         // A record whose own size is 0, or less than an IPv4 record (found by fuzzing).
-        assert_eq!(with(&|m| m[10..12].copy_from_slice(&[0, 0])), Err(MessageError::BadRecordSize));
-        assert_eq!(with(&|m| m[10..12].copy_from_slice(&[0, 20])), Err(MessageError::BadRecordSize));
+        assert_eq!(
+            with(&|m| m[10..12].copy_from_slice(&[0, 0])),
+            Err(MessageError::BadRecordSize)
+        );
+        assert_eq!(
+            with(&|m| m[10..12].copy_from_slice(&[0, 20])),
+            Err(MessageError::BadRecordSize)
+        );
         // An option of length 0.
         assert_eq!(with(&|m| m[45] = 0), Err(MessageError::BadOption));
         // Sequence data of the wrong length.
