@@ -445,20 +445,7 @@ def bulk(mode, busy=False, mtu=None):
             procs.append(("up", None, subprocess.Popen(
                 ["ip", "netns", "exec", rig.ns("c"), "curl", "-s", "-S", "-m", "60", "--data-binary", f"@{up}",
                  *UPLOAD_HDR, url(vip, "/upload")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
-        bad = []
-        for kind, out, p in procs:
-            try:
-                stdout, stderr = p.communicate(timeout=90)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                stdout, stderr = p.communicate()
-            if kind == "down":
-                ok = p.returncode == 0 and hashlib.sha256(open(out, "rb").read()).hexdigest() == want
-            else:
-                parts = stdout.decode().split()
-                ok = p.returncode == 0 and len(parts) == 3 and parts[1] == digest
-            if not ok:
-                bad.append((kind, p.returncode, stderr[-200:]))
+        bad = transfers_done(procs, want, digest, 90)
         check(f"{name}: four downloads and four uploads at once, all intact", not bad, bad)
         stats = xvs_stats(rig)
         if mtu:
@@ -477,6 +464,27 @@ def bulk(mode, busy=False, mtu=None):
         check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
 
     on_rig(name, mode, False, "xvsd starts", body, xvsd_args=["--busy-poll"] if busy else [], mtu=mtu)
+
+
+def transfers_done(procs, want, digest, timeout):
+    """Wait for curl transfers (kind "down" with its output file, or "up"), each checked: a
+    download against the digest `want`, an upload by the server's digest of what it received.
+    Returns the failures."""
+    bad = []
+    for kind, out, p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            stdout, stderr = p.communicate()
+        if kind == "down":
+            ok = p.returncode == 0 and hashlib.sha256(open(out, "rb").read()).hexdigest() == want
+        else:
+            parts = stdout.decode().split()
+            ok = p.returncode == 0 and len(parts) == 3 and parts[1] == digest
+        if not ok:
+            bad.append((kind, p.returncode, stderr.decode(errors="replace")[-200:]))
+    return bad
 
 
 def xvs_stats(rig):
@@ -691,24 +699,7 @@ def long_transfers(rig, vip, n, size=1_200_000, rate="120k", timeout=90):
                                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
     rig.procs.extend(p for _, _, p in procs)
 
-    def wait():
-        bad = []
-        for kind, out, p in procs:
-            try:
-                stdout, stderr = p.communicate(timeout=timeout + 30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                stdout, stderr = p.communicate()
-            if kind == "down":
-                ok = p.returncode == 0 and hashlib.sha256(open(out, "rb").read()).hexdigest() == want
-            else:
-                parts = stdout.decode().split()
-                ok = p.returncode == 0 and len(parts) == 3 and parts[1] == digest
-            if not ok:
-                bad.append((kind, p.returncode, stderr.decode(errors="replace")[-200:]))
-        return bad
-
-    return wait
+    return lambda: transfers_done(procs, want, digest, timeout + 30)
 
 
 def retransmits(rig, role="c"):

@@ -88,19 +88,24 @@ fn group_of(cfg: &DaemonConfig) -> IpAddr {
         .unwrap_or(IpAddr::V4(xvs_core::sync::wire::GROUP_V4))
 }
 
+/// A UDP socket of the family of `cfg`'s group, with the group, the multicast interface's index
+/// and its first address of that family.
+fn udp_socket(cfg: &DaemonConfig) -> io::Result<(Socket, IpAddr, u32, Option<IpAddr>)> {
+    let group = group_of(cfg);
+    let v6 = group.is_ipv6();
+    let (index, addr) = interface(&cfg.mcast_ifn, v6)?;
+    let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+    let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    Ok((s, group, index, addr))
+}
+
 /// The master's socket for port `port`: multicast out of the interface, no loopback, the
 /// configured TTL, bound to the interface's address (IPv4), connected to the group. (The
 /// kernel also sets `IP_PMTUDISC_DONT`; a UDP socket's default, `IP_PMTUDISC_WANT`, fragments
 /// a datagram above the path MTU as well.)
 fn send_socket(cfg: &DaemonConfig, port: u16, sock_size: u32) -> io::Result<Socket> {
-    let group = group_of(cfg);
+    let (s, group, index, addr) = udp_socket(cfg)?;
     let v6 = group.is_ipv6();
-    let (index, addr) = interface(&cfg.mcast_ifn, v6)?;
-    let s = Socket::new(
-        if v6 { Domain::IPV6 } else { Domain::IPV4 },
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
     let ttl = u32::from(cfg.ttl.unwrap_or(1));
     if v6 {
         s.set_multicast_if_v6(index)?;
@@ -128,14 +133,7 @@ fn send_socket(cfg: &DaemonConfig, port: u16, sock_size: u32) -> io::Result<Sock
 /// The backup's socket for port `port`: bound to the group and port on the interface, member
 /// of the group there.
 fn receive_socket(cfg: &DaemonConfig, port: u16, sock_size: u32) -> io::Result<Socket> {
-    let group = group_of(cfg);
-    let v6 = group.is_ipv6();
-    let (index, addr) = interface(&cfg.mcast_ifn, v6)?;
-    let s = Socket::new(
-        if v6 { Domain::IPV6 } else { Domain::IPV4 },
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
+    let (s, group, index, addr) = udp_socket(cfg)?;
     s.set_reuse_address(true)?;
     s.bind_device(Some(cfg.mcast_ifn.as_bytes()))?;
     if sock_size > 0 {

@@ -1067,9 +1067,9 @@ fn forwarding_matrix() {
     }
 }
 
-/// A prefetching batch is frame-by-frame processing with hints: for the same frames (new connections, their
-/// packets, NAT replies, something that is not IP) it gives the same verdicts and bytes, and
-/// once the table has entries it announces addresses to prefetch.
+/// A prefetching batch is frame-by-frame processing with hints: for the same frames (new
+/// connections, their packets, NAT replies, something that is not IP) it gives the same
+/// verdicts and bytes, and once the table has entries it announces addresses to prefetch.
 #[test]
 fn prefetched_batches_match_frame_by_frame_processing() {
     let mk = || {
@@ -1899,4 +1899,93 @@ fn a_full_sync_queue_drops_and_counts() {
     }
     assert_eq!(sync.queued(), 2);
     assert_eq!(sync.counters.queue_full.load(Relaxed), 3);
+}
+
+/// Persistence and fwmark through sync: a master's template is sent at each packet of the
+/// connection it controls, and the backup enters it as a template of the same real server, so
+/// a new connection of that client there goes to that server; a fwmark service's connection is
+/// found by its mark.
+#[test]
+fn templates_and_fwmark_connections_cross_to_the_backup() {
+    let key = tcp_key("10.0.0.1", 80);
+    let mk = || {
+        let mut dir = Director::new();
+        let mut cfg = ServiceConfig::new(key);
+        cfg.flags = crate::service::SVC_F_PERSISTENT;
+        cfg.timeout = 300;
+        dir.add_service(cfg).unwrap();
+        for n in 1..=3 {
+            dir.add_dest(
+                &key,
+                dest(&format!("192.168.1.{n}"), 80, ForwardMethod::Route),
+            )
+            .unwrap();
+        }
+        let mark = ServiceKey::Fwmark {
+            af: crate::types::Af::V4,
+            mark: 7,
+        };
+        dir.add_service(ServiceConfig::new(mark)).unwrap();
+        dir.add_dest(&mark, dest("192.168.1.3", 0, ForwardMethod::Route))
+            .unwrap();
+        Lb {
+            tables: dir.snapshot(),
+            dir,
+            engine: Engine::new(1000, 1),
+            routes: routes(),
+        }
+    };
+    let (master, backup) = (mk(), mk());
+    master.engine.sync.settings.master.store(true, Relaxed);
+    let (v, _) = master.run(
+        &tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Syn, 64, b""),
+        0,
+    );
+    let Verdict::Forward { real, .. } = v else {
+        panic!("{v:?}")
+    };
+    master.run(
+        &tcp4("10.9.0.5", 1000, "10.0.0.1", 80, Flags::Ack, 64, b""),
+        1,
+    );
+    // A marked connection of the fwmark service.
+    let marked = tcp4("10.9.0.6", 2000, "10.0.0.9", 443, Flags::Syn, 64, b"");
+    let run_marked = |lb: &Lb, frame: &[u8], now: u64| {
+        let mut buf = vec![0u8; HEADROOM + frame.len() + 64];
+        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        let mut f = Frame::new(&mut buf, HEADROOM, frame.len()).with_mark(7);
+        lb.engine
+            .process_frame(&lb.tables, &lb.routes, &mut f, Time(now))
+    };
+    run_marked(&master, &marked, 0);
+    let ack = tcp4("10.9.0.6", 2000, "10.0.0.9", 443, Flags::Ack, 64, b"");
+    run_marked(&master, &ack, 1);
+    run_marked(&master, &ack, 2);
+    let mut records = Vec::new();
+    while let Some(r) = master.engine.sync.pop() {
+        records.push(r);
+    }
+    let tpl = records
+        .iter()
+        .find(|r| r.flags & 0x1000 != 0)
+        .expect("the template is sent");
+    assert_eq!((tpl.cport, tpl.vport), (0, 80));
+    assert!(records.iter().any(|r| r.fwmark == 7 && r.vport == 443));
+    for r in &records {
+        backup
+            .engine
+            .apply_sync(&backup.tables, r, Time(3_000))
+            .unwrap();
+    }
+    // Another connection of the same client lands on the template's server.
+    let (v, _) = backup.run(
+        &tcp4("10.9.0.5", 1001, "10.0.0.1", 80, Flags::Syn, 64, b""),
+        4_000,
+    );
+    assert_eq!(v, Verdict::Forward { ifindex: 7, real });
+    // The marked connection's next packet, without a SYN, is forwarded.
+    assert_eq!(
+        run_marked(&backup, &ack, 4_000),
+        forwarded_to("192.168.1.3", 443)
+    );
 }
