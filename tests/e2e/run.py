@@ -986,7 +986,7 @@ vrrp_instance front {{
     priority {prio}
     advert_int 1
     virtual_ipaddress {{
-        {vip}/32 dev {front}
+        {vip}/{vlen} dev {front}
     }}
 }}
 vrrp_instance back {{
@@ -996,7 +996,7 @@ vrrp_instance back {{
     priority {prio}
     advert_int 1
     virtual_ipaddress {{
-        {gw}/24 dev {back}
+        {gw}/{glen} dev {back}
     }}
 }}
 """
@@ -1015,19 +1015,19 @@ def veth_into(rig, a, a_role, b, bridge, addr=None):
         rig.run(a_role, ["ip", "addr", "add", addr, "dev", a], check_rc=True)
 
 
-def nat_failover():
+def nat_failover(v6=False):
     """The balancer pair in NAT: the clients' segment and the servers' segment each a switch
     with both balancers on it; keepalived moves the VIP on the clients' side and the real
     servers' gateway (a second VRRP address) on theirs, together. During 50 long transfers the
     master's xvsd is killed (-9) and its VRRP taken down: every transfer completes intact."""
-    name = "nat-v4-failover"
+    name = f"nat-v{6 if v6 else 4}-failover"
     if ARGS.filter and ARGS.filter not in name:
         return
-    vip, reals = addrs("nat", False)
-    gw = "192.168.10.100"
+    vip, reals = addrs("nat", v6)
+    gw = "fd01::100" if v6 else "192.168.10.100"
     rig = Rig("nat")
     try:
-        start_servers(rig, "nat", False)
+        start_servers(rig, "nat", v6)
         i = rig.id
         s = rig.ns("s")
         subprocess.run(["ip", "netns", "add", s], check=True)
@@ -1040,9 +1040,17 @@ def nat_failover():
         veth_into(rig, f"xh{i}", "s", f"xi{i}", "br1", "10.8.0.3/24")
         # The second balancer's leg on the servers' segment.
         veth_into(rig, f"xy{i}", "s", f"xz{i}", "br0", "192.168.10.253/24")
-        rig.run("c", ["ip", "route", "replace", "10.0.0.0/24", "dev", f"xd{i}"], check_rc=True)
-        for n in (1, 2, 3):
-            rig.run(f"r{n}", ["ip", "route", "replace", "default", "via", gw], check_rc=True)
+        if v6:
+            for role, dev, a in (("c", f"xd{i}", "fd08::2"), ("l", f"xf{i}", "fd08::1"), ("s", f"xh{i}", "fd08::3"),
+                                 ("s", f"xy{i}", "fd01::fd")):
+                rig.run(role, ["ip", "-6", "addr", "add", f"{a}/64", "dev", dev, "nodad"], check_rc=True)
+            rig.run("c", ["ip", "-6", "route", "replace", "fd00::/64", "dev", f"xd{i}"], check_rc=True)
+            for n in (1, 2, 3):
+                rig.run(f"r{n}", ["ip", "-6", "route", "replace", "default", "via", gw], check_rc=True)
+        else:
+            rig.run("c", ["ip", "route", "replace", "10.0.0.0/24", "dev", f"xd{i}"], check_rc=True)
+            for n in (1, 2, 3):
+                rig.run(f"r{n}", ["ip", "route", "replace", "default", "via", gw], check_rc=True)
         fronts = {"l": f"xf{i}", "s": f"xh{i}"}
         backs = {"l": f"xs{i}", "s": f"xy{i}"}
         kas = {}
@@ -1050,7 +1058,8 @@ def nat_failover():
             conf = os.path.join(rig.tmp, f"keepalived-{role}.conf")
             with open(conf, "w") as f:
                 f.write(KEEPALIVED_NAT.format(rid=f"xvs_{role}", state=state, prio=prio, front=fronts[role],
-                                              back=backs[role], vip=vip, gw=gw))
+                                              back=backs[role], vip=vip, gw=gw, vlen=128 if v6 else 32,
+                                              glen=64 if v6 else 24))
             kas[role] = rig.spawn(role, ["keepalived", "--dont-fork", "--log-console", "--vrrp", "--use-file", conf,
                                          "--pid", os.path.join(rig.tmp, f"ka-{role}.pid"),
                                          "--vrrp_pid", os.path.join(rig.tmp, f"ka-vrrp-{role}.pid")],
@@ -1138,6 +1147,7 @@ def main():
     failover()
     failover(v6=True)
     nat_failover()
+    nat_failover(v6=True)
     passed = sum(1 for _, ok in RESULTS if ok)
     failed = len(RESULTS) - passed
     print(f"{passed} passed, {failed} failed")
