@@ -711,22 +711,22 @@ def retransmits(rig, role="c"):
     return 0
 
 
-def restart():
-    """An operator's restarts during long transfers through direct routing: SIGTERM and an
+def restart(mode="dr"):
+    """An operator's restarts during long transfers (direct routing or NAT): SIGTERM and an
     immediate start (the XDP program kept attached, the connection table handed over beside
     the state file), then the same with another binary (an upgrade): every transfer completes
     intact. Reports how long no xvsd forwarded and the client's TCP retransmissions."""
-    name = "dr-v4-restart"
+    name = f"{mode}-v4-restart"
     if ARGS.filter and ARGS.filter not in name:
         return
-    vip, reals = addrs("dr", False)
-    rig = Rig("dr")
+    vip, reals = addrs(mode, False)
+    rig = Rig(mode)
     try:
-        start_servers(rig, "dr", False)
+        start_servers(rig, mode, False)
         state = os.path.join(rig.tmp, "state")
         extra = ["--state", state, "--keep-attached"]
         if not check(f"{name}: xvsd starts with --state and --keep-attached",
-                     rig.start_xvsd(rules_for("dr", vip, reals), extra), rig.log("xvsd.log")):
+                     rig.start_xvsd(rules_for(mode, vip, reals), extra), rig.log("xvsd.log")):
             return
         wait = long_transfers(rig, vip, 20)
         time.sleep(2)
@@ -743,7 +743,7 @@ def restart():
             os.replace(os.path.join(rig.tmp, "xvsd.log"), os.path.join(rig.tmp, f"xvsd-{label}.log"))
             saved = ARGS.xvsd
             ARGS.xvsd = binary
-            started = rig.start_xvsd(rules_for("dr", vip, reals), extra)
+            started = rig.start_xvsd(rules_for(mode, vip, reals), extra)
             ARGS.xvsd = saved
             gaps.append(time.time() - t0)
             log = rig.log("xvsd.log")
@@ -1144,6 +1144,7 @@ def main():
     flood()
     standby()
     restart()
+    restart("nat")
     failover()
     failover(v6=True)
     nat_failover()
