@@ -133,12 +133,14 @@ pub struct Mode {
 
 impl Mode {
     /// Whether the `pkts`-th packet of connection `c` may be due for sending: false for the
-    /// packets of an established connection between two sends (nearly all), which then skip
-    /// [`needed`] and its call.
+    /// packets of a connection between two sends (nearly all), which then skip [`needed`] and
+    /// its call. A change into ESTABLISHED is sent by the packet count like the packets after
+    /// it; a change into another state may be sent at once.
     #[inline(always)]
     pub fn may_send(&self, c: &Conn, pkts: u32) -> bool {
         const SPECIAL: u16 = CONN_F_TEMPLATE | crate::conn::CONN_F_ONE_PACKET;
-        if c.state != c.sync_state || c.flags & SPECIAL != 0 || self.period == 0 {
+        let changed = c.state != c.sync_state && c.state != TcpState::Established as u8;
+        if changed || c.flags & SPECIAL != 0 || self.period == 0 {
             return true;
         }
         let low = self.period_m.wrapping_mul(u64::from(pkts));

@@ -82,6 +82,7 @@ fn the_sysctls_change_what_is_sent() {
     assert_eq!(sent_at(&mut t, 6, &s, 5), vec![1, 2, 3, 4, 5]);
 }
 
+/// The fast check never hides a packet `needed` would send.
 #[test]
 fn the_fast_check_agrees_with_the_remainder() {
     let s = Sync::default();
@@ -97,11 +98,41 @@ fn the_fast_check_agrees_with_the_remainder() {
         s.settings.threshold.store(t, Relaxed);
         s.settings.period.store(p, Relaxed);
         let m = s.mode();
-        let mut c = conn(TcpState::Established);
-        c.sync_state = c.state;
-        for pkts in (0..2000).chain([u32::MAX, u32::MAX - 1, 0x8000_0000, 123_456_789]) {
-            let want = p == 0 || pkts % p == t;
-            assert_eq!(m.may_send(&c, pkts), want, "t {t} p {p} pkts {pkts}");
+        // Established, whether or not already sent in that state: by the packet count.
+        for sent in [TcpState::Established, TcpState::SynRecv] {
+            let mut c = conn(TcpState::Established);
+            c.sync_state = sent as u8;
+            for pkts in (0..2000).chain([u32::MAX, u32::MAX - 1, 0x8000_0000, 123_456_789]) {
+                let want = p == 0 || pkts % p == t;
+                assert_eq!(m.may_send(&c, pkts), want, "t {t} p {p} pkts {pkts}");
+            }
+        }
+        // A change into a closing state: always considered.
+        let mut c = conn(TcpState::FinWait);
+        c.sync_state = TcpState::Established as u8;
+        assert!(m.may_send(&c, 7));
+    }
+}
+
+/// Whatever the state, the last state sent and the packet count, a packet the fast check
+/// skips is one the send decision would not send.
+#[test]
+fn the_fast_check_skips_only_what_would_not_be_sent() {
+    let s = Sync::default();
+    s.settings.master.store(true, Relaxed);
+    let m = s.mode();
+    for state in 0..TCP_STATES as u8 {
+        for last in 0..TCP_STATES as u8 {
+            for pkts in 0..160 {
+                let mut c = conn(TcpState::from_u8(state).unwrap());
+                c.sync_state = last;
+                if !m.may_send(&c, pkts) {
+                    assert!(
+                        !needed(&mut c, 6, pkts, &s.settings),
+                        "state {state} last {last} pkts {pkts}"
+                    );
+                }
+            }
         }
     }
 }
