@@ -172,10 +172,15 @@ pub struct Conn {
     pub template: Option<Box<ConnKey>>,
     /// For templates: how many connections it controls.
     pub controlled: u32,
-    /// Incoming packets seen.
-    pub in_pkts: u32,
+    /// Incoming packets seen, wrapping at 65,536: the sync decision takes it modulo the sync
+    /// period, and `drop_entry` looks only at entries idle for a minute with fewer than 9.
+    pub in_pkts: u16,
     /// The state last sent to the sync backups (mainline's `old_state`).
     pub sync_state: u8,
+    /// The expiry the last sync send announced (mainline's `sync_endtime`), for
+    /// `sync_refresh_period`: seconds modulo 16,384 in the high 14 bits, the retries of that
+    /// send in the low 2; 0 before the first send (see `sync::needed`).
+    pub sync_end: u16,
 }
 
 impl Conn {
@@ -533,7 +538,7 @@ fn drop_candidate(k: &ConnKey, c: &Conn, now: Time, counters: &mut DropEntryCoun
     }
     // `todrop_entry`: not if it saw a packet in the last 60 s; then one in k by its packets.
     let todrop = |counters: &mut DropEntryCounters| {
-        c.last_seen(now) + IDLE_MS <= now.0 && counters.todrop(c.in_pkts)
+        c.last_seen(now) + IDLE_MS <= now.0 && counters.todrop(u32::from(c.in_pkts))
     };
     if k.proto == TCP {
         match TcpState::from_u8(c.state) {
@@ -1192,6 +1197,7 @@ mod tests {
             controlled: 0,
             in_pkts: 0,
             sync_state: 0,
+            sync_end: 0,
         }
     }
 
@@ -1250,7 +1256,7 @@ mod tests {
                         let mut c = t
                             .conn_at(None, key((i % 4) as u16).view(), Time(0))
                             .unwrap();
-                        c.in_pkts += 1;
+                        c.in_pkts = c.in_pkts.wrapping_add(1);
                     }
                 });
             }
@@ -1266,7 +1272,7 @@ mod tests {
         let mut total = 0;
         t.for_each(|k, c| {
             assert!(k.cport < 4, "{k:?} left behind");
-            total += c.in_pkts;
+            total += u32::from(c.in_pkts);
         });
         assert_eq!(total, THREADS * ROUNDS);
     }

@@ -99,7 +99,7 @@ pub fn get(engine: &Engine, director: &Director, name: &str) -> Result<String, S
         "sync_persist_mode" => b(&y.persist_mode),
         "sync_ports" => u(&y.ports),
         "sync_qlen_max" => u(&y.qlen_max),
-        "sync_refresh_period" => "0".into(),
+        "sync_refresh_period" => u(&y.refresh_period),
         "sync_retries" => u(&y.retries),
         "sync_sock_size" => u(&y.sock_size),
         "sync_threshold" => format!("{}\t{}", u(&y.threshold), u(&y.period)),
@@ -146,13 +146,7 @@ fn set_sync(engine: &Engine, n: &str, value: &str) -> Result<(), String> {
             y.ports.store(v, Relaxed);
         }
         "sync_retries" => y.retries.store(nonneg(one()?)?.min(3), Relaxed),
-        "sync_refresh_period" => {
-            if one()? != 0 {
-                return Err(format!(
-                    "sysctl {PREFIX}{n}: xvs takes only 0 (no refresh period; see docs/sync.md)"
-                ));
-            }
-        }
+        "sync_refresh_period" => y.refresh_period.store(nonneg(one()?)?, Relaxed),
         "sync_qlen_max" => y.qlen_max.store(nonneg(one()?)?, Relaxed),
         "sync_sock_size" => y.sock_size.store(nonneg(one()?)?, Relaxed),
         "sync_persist_mode" => y.persist_mode.store(one()? != 0, Relaxed),

@@ -269,9 +269,9 @@ impl Engine {
                     // Forwarded under the shard's lock, reading the destination where it is.
                     let v = self.forward_in(&mut b.hops, frame, p, Hit::of(&c), out);
                     let sync_tpl = if b.sync.master {
-                        let pkts = c.in_pkts;
+                        let pkts = u32::from(c.in_pkts);
                         if b.sync.may_send(&c, pkts) {
-                            self.sync_conn(key, &mut c, pkts, frame.mark());
+                            self.sync_conn(key, &mut c, pkts, frame.mark(), cx.now);
                         }
                         c.template.as_deref().copied()
                     } else {

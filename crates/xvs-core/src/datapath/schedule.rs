@@ -85,6 +85,7 @@ impl Engine {
                 controlled: 1,
                 in_pkts: 0,
                 sync_state: 0,
+                sync_end: 0,
             }
             .bound();
             match self.conns.admit(None, tkey, tpl, now, |_| {}) {
@@ -177,6 +178,7 @@ impl Engine {
             controlled: 0,
             in_pkts: 1,
             sync_state: 0,
+            sync_end: 0,
         }
         .bound();
         let secure = self.defence.secure_flag();
@@ -206,7 +208,7 @@ impl Engine {
             account(c, t, Direction::Input, p.ip_len, w);
         };
         if b.sync.master {
-            self.sync_conn(key.view(), &mut c, 1, frame.mark());
+            self.sync_conn(key.view(), &mut c, 1, frame.mark(), now);
         }
         if one_packet {
             // Not inserted: every datagram is scheduled on its own.

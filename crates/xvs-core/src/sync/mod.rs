@@ -38,8 +38,10 @@ pub struct SyncSettings {
     pub threshold: AtomicU32,
     /// `sync_threshold`, second value (`sync_period`): resent every this many packets.
     pub period: AtomicU32,
-    /// `sync_retries` (0..=3; with no refresh period it changes nothing).
+    /// `sync_retries` (0..=3): resends of an unchanged expiry with a refresh period.
     pub retries: AtomicU32,
+    /// `sync_refresh_period`, seconds (0: off).
+    pub refresh_period: AtomicU32,
     /// `sync_persist_mode`: connections controlled by a template are not sent.
     pub persist_mode: AtomicBool,
     /// `sync_version` (0 or 1).
@@ -65,6 +67,7 @@ impl Default for SyncSettings {
             threshold: AtomicU32::new(3),
             period: AtomicU32::new(50),
             retries: AtomicU32::new(0),
+            refresh_period: AtomicU32::new(0),
             persist_mode: AtomicBool::new(false),
             version: AtomicU32::new(1),
             ports: AtomicU32::new(1),
@@ -251,12 +254,16 @@ pub fn record(k: KeyRef<'_>, c: &Conn, fwmark: u32) -> SyncConn {
 }
 
 /// Whether connection `c`, at its `pkts`-th incoming packet, is to be sent now (mainline's
-/// `ip_vs_sync_conn_needed` with `sync_refresh_period` 0, the only value xvs takes): TCP only
-/// in the states that matter, at once on a change into a closing one; otherwise at the
-/// threshold and every period after it (a template at each of its packets while the period is
-/// set). Records the state sent in the connection.
-pub fn needed(c: &mut Conn, proto: u8, pkts: u32, s: &SyncSettings) -> bool {
+/// `ip_vs_sync_conn_needed`): TCP only in the states that matter, at once on a change into a
+/// closing one; otherwise at the threshold and every period after it (a template at each of
+/// its packets while the period is set); with `sync_refresh_period`, only when the expiry it
+/// would announce moved by at least min(refresh period, max(timeout / 2, 10 s)) since the last
+/// send, or as one of `sync_retries` retries at least refresh / 8 after it. Records the send
+/// in the connection (`sync_state`, `sync_end`).
+pub fn needed(c: &mut Conn, proto: u8, pkts: u32, now: Time, s: &SyncSettings) -> bool {
     let template = c.flags & CONN_F_TEMPLATE != 0;
+    let now_s = (now.0 / 1000) as u32;
+    let n = end_of(now_s.wrapping_add(c.timeout));
     if !template {
         if s.persist_mode.load(Relaxed) && c.template.is_some() {
             return false;
@@ -274,8 +281,28 @@ pub fn needed(c: &mut Conn, proto: u8, pkts: u32, s: &SyncSettings) -> bool {
             }
             if c.state != c.sync_state && c.state != TcpState::Established as u8 {
                 c.sync_state = c.state;
+                c.sync_end = n;
                 return true;
             }
+        }
+    }
+    let orig = c.sync_end;
+    let mut n = n;
+    let refresh = s.refresh_period.load(Relaxed);
+    // 0: never sent (a send that announced exactly second 0 of the circle is sent again once).
+    if refresh > 0 && orig != 0 {
+        let min_diff = (c.timeout / 2).max(10);
+        if secs_between(orig, n).unsigned_abs() < refresh.min(min_diff) {
+            let retries = orig & 3;
+            if u32::from(retries) >= s.retries.load(Relaxed) {
+                return false;
+            }
+            // The last send was `timeout` before the expiry it announced.
+            let last_sent = end_of((orig >> 2).wrapping_sub(c.timeout as u16) as u32);
+            if secs_between(last_sent, end_of(now_s)) < (refresh / 8) as i32 {
+                return false;
+            }
+            n |= retries + 1;
         }
     }
     let period = s.period.load(Relaxed);
@@ -284,11 +311,28 @@ pub fn needed(c: &mut Conn, proto: u8, pkts: u32, s: &SyncSettings) -> bool {
         if !template && pkts % period != threshold {
             return false;
         }
-    } else if pkts != threshold {
+    } else if refresh == 0 && pkts != threshold {
         return false;
     }
     c.sync_state = c.state;
+    c.sync_end = n;
     true
+}
+
+/// Seconds `secs` as kept in `Conn::sync_end`: modulo 16,384, no retry.
+fn end_of(secs: u32) -> u16 {
+    ((secs & 0x3fff) as u16) << 2
+}
+
+/// The seconds from `a` to `b` (two `sync_end` values), taken as the nearer way round the
+/// 16,384-second circle: right for differences within ±8,192 s (2 h 16 min).
+fn secs_between(a: u16, b: u16) -> i32 {
+    let d = i32::from((b >> 2).wrapping_sub(a >> 2) & 0x3fff);
+    if d >= 0x2000 {
+        d - 0x4000
+    } else {
+        d
+    }
 }
 
 /// Why a received record did not enter the table.
@@ -372,7 +416,7 @@ impl Engine {
             c.flags = (fl & upd) | (c.flags & !upd) | CONN_F_SYNC;
             c.state = state;
             c.sync_state = state;
-            c.in_pkts = threshold;
+            c.in_pkts = threshold.min(u32::from(u16::MAX)) as u16;
             c.rearm(now, timeout);
             Found::Updated
         });
@@ -398,8 +442,9 @@ impl Engine {
             expires: now.plus_secs(timeout),
             template: None,
             controlled: 0,
-            in_pkts: threshold,
+            in_pkts: threshold.min(u32::from(u16::MAX)) as u16,
             sync_state: state,
+            sync_end: 0,
         }
         .bound();
         match self.conns.admit(None, key, c, now, |_| {}) {
@@ -421,11 +466,11 @@ impl Engine {
     /// Consider connection `c` (key `k`) for sending at its `pkts`-th packet; queue its record
     /// when due. Called under the entry's lock, only while the master runs.
     #[cold]
-    pub(crate) fn sync_conn(&self, k: KeyRef<'_>, c: &mut Conn, pkts: u32, mark: u32) {
+    pub(crate) fn sync_conn(&self, k: KeyRef<'_>, c: &mut Conn, pkts: u32, mark: u32, now: Time) {
         if c.flags & crate::conn::CONN_F_ONE_PACKET != 0 {
             return;
         }
-        if needed(c, k.proto, pkts, &self.sync.settings) {
+        if needed(c, k.proto, pkts, now, &self.sync.settings) {
             self.sync.push(record(k, c, mark));
         }
     }
@@ -437,7 +482,7 @@ impl Engine {
         let s = &self.sync;
         self.conns.with_conn(tk, now, |t| {
             t.in_pkts = t.in_pkts.wrapping_add(1);
-            if needed(t, tk.proto, t.in_pkts, &s.settings) {
+            if needed(t, tk.proto, u32::from(t.in_pkts), now, &s.settings) {
                 s.push(record(tk.view(), t, mark));
             }
         });

@@ -26,11 +26,14 @@ fn conn(state: TcpState) -> Conn {
         controlled: 0,
         in_pkts: 0,
         sync_state: 0,
+        sync_end: 0,
     }
 }
 
 fn sent_at(c: &mut Conn, proto: u8, s: &SyncSettings, upto: u32) -> Vec<u32> {
-    (1..=upto).filter(|&p| needed(c, proto, p, s)).collect()
+    (1..=upto)
+        .filter(|&p| needed(c, proto, p, Time(5_000_000), s))
+        .collect()
 }
 
 #[test]
@@ -50,12 +53,15 @@ fn established_tcp_is_sent_at_the_threshold_and_every_period() {
 fn a_change_into_a_closing_state_is_sent_at_once_and_once() {
     let s = SyncSettings::default();
     let mut c = conn(TcpState::Established);
-    assert!(needed(&mut c, 6, 3, &s));
+    assert!(needed(&mut c, 6, 3, Time(5_000_000), &s));
     c.state = TcpState::FinWait as u8;
-    assert!(needed(&mut c, 6, 10, &s), "the change");
-    assert!(!needed(&mut c, 6, 11, &s), "not again in the same state");
+    assert!(needed(&mut c, 6, 10, Time(5_000_000), &s), "the change");
+    assert!(
+        !needed(&mut c, 6, 11, Time(5_000_000), &s),
+        "not again in the same state"
+    );
     c.state = TcpState::TimeWait as u8;
-    assert!(needed(&mut c, 6, 12, &s));
+    assert!(needed(&mut c, 6, 12, Time(5_000_000), &s));
 }
 
 #[test]
@@ -128,11 +134,44 @@ fn the_fast_check_skips_only_what_would_not_be_sent() {
                 c.sync_state = last;
                 if !m.may_send(&c, pkts) {
                     assert!(
-                        !needed(&mut c, 6, pkts, &s.settings),
+                        !needed(&mut c, 6, pkts, Time(5_000_000), &s.settings),
                         "state {state} last {last} pkts {pkts}"
                     );
                 }
             }
         }
     }
+}
+
+/// `sync_refresh_period`: a connection is sent again only once the expiry it would announce
+/// moved enough, or as one of `sync_retries` retries refresh / 8 after its last send.
+#[test]
+fn the_refresh_period_holds_back_resends_of_an_unchanged_expiry() {
+    let s = SyncSettings::default();
+    s.refresh_period.store(16, Relaxed);
+    let mut c = conn(TcpState::Established);
+    let at = |c: &mut Conn, pkts: u32, secs: u64| needed(c, 6, pkts, Time(secs * 1000), &s);
+    assert!(at(&mut c, 3, 100), "the first send");
+    assert!(
+        !at(&mut c, 53, 101),
+        "the expiry moved 1 s: below min(16, 450)"
+    );
+    assert!(!at(&mut c, 103, 115), "15 s");
+    assert!(at(&mut c, 153, 117), "17 s since the last send");
+    assert!(!at(&mut c, 203, 120));
+    // With retries: resent while the expiry stands still, at least refresh / 8 = 2 s apart,
+    // at most twice.
+    s.retries.store(2, Relaxed);
+    let mut c = conn(TcpState::Established);
+    assert!(at(&mut c, 3, 1_000));
+    assert!(!at(&mut c, 53, 1_001), "1 s after: too soon for a retry");
+    assert!(at(&mut c, 103, 1_003), "the first retry");
+    assert!(at(&mut c, 153, 1_006), "the second");
+    assert!(!at(&mut c, 203, 1_009), "no third");
+    // The 16,384-second circle of `sync_end`: a send across its turn still counts the move.
+    let mut c = conn(TcpState::Established);
+    s.retries.store(0, Relaxed);
+    assert!(at(&mut c, 3, 16_384 - 905));
+    assert!(!at(&mut c, 53, 16_384 - 895), "10 s later, across the turn");
+    assert!(at(&mut c, 103, 16_384 - 880));
 }
