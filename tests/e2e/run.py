@@ -933,6 +933,11 @@ def failover(v6=False):
         wire_check(rig, name, pcap, vip, reals, v6)
         check(f"{name}: the backup has the master's connections, flagged as synced",
               synced.get("rx_applied", 0) >= n and synced.get("entries_synced", 0) >= n, synced)
+        r = subprocess.run([ARGS.xvsadm, "--xvs-conn-sync"], capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, XVS_CONTROL=sock_b))
+        origins = [l.split()[-2] for l in r.stdout.splitlines()[1:] if l.strip()]
+        check(f"{name}: --xvs-conn-sync shows them with origin SYNC",
+              r.stdout.startswith("Pro FromIP   FPrt ToIP") and origins.count("SYNC") >= n, r.stdout[:400])
         t0 = time.time()
         rig.xvsd.kill()
         rig.xvsd.wait()

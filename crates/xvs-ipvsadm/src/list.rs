@@ -406,6 +406,44 @@ pub struct ConnRow {
     pub virt: (IpAddr, u16),
     /// Real server address and port.
     pub dest: (IpAddr, u16),
+    /// Entered from a sync message (the SYNC flag).
+    pub synced: bool,
+}
+
+/// The kernel's `/proc/net/ip_vs_conn_sync` (mainline v6.12, `ip_vs_conn.c`,
+/// `ip_vs_conn_sync_seq_show`): every entry with its origin, `LOCAL` or `SYNC`; addresses in
+/// hexadecimal (IPv4) or full IPv6 form, ports in hexadecimal.
+pub fn conn_sync_table(rows: &[ConnRow]) -> String {
+    fn addr(a: &IpAddr) -> String {
+        match a {
+            IpAddr::V4(v) => format!("{:08X}", u32::from(*v)),
+            IpAddr::V6(v) => v
+                .segments()
+                .iter()
+                .map(|s| format!("{s:04x}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+        }
+    }
+    let mut out =
+        String::from("Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Origin Expires\n");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<3} {} {:04X} {} {:04X} {} {:04X} {:<11} {:<6} {:>7}",
+            r.proto,
+            addr(&r.client.0),
+            r.client.1,
+            addr(&r.virt.0),
+            r.virt.1,
+            addr(&r.dest.0),
+            r.dest.1,
+            r.state,
+            if r.synced { "SYNC" } else { "LOCAL" },
+            r.expires
+        );
+    }
+    out
 }
 
 /// `-L -c [--persistent-conn]`.
@@ -444,4 +482,41 @@ pub fn list_connections(rows: &[ConnRow], o: &ListOptions, names: &dyn Names) ->
         );
     }
     out
+}
+
+#[cfg(test)]
+mod conn_sync_tests {
+    use super::*;
+
+    #[test]
+    fn the_conn_sync_view_is_the_kernels() {
+        let rows = [
+            ConnRow {
+                proto: "TCP",
+                expires: 899,
+                state: "ESTABLISHED",
+                client: ("10.9.0.2".parse().unwrap(), 40000),
+                virt: ("10.0.0.1".parse().unwrap(), 80),
+                dest: ("10.9.0.11".parse().unwrap(), 80),
+                synced: true,
+            },
+            ConnRow {
+                proto: "UDP",
+                expires: 12,
+                state: "UDP",
+                client: ("fd09::2".parse().unwrap(), 5000),
+                virt: ("fd00::1".parse().unwrap(), 53),
+                dest: ("fd09::12".parse().unwrap(), 53),
+                synced: false,
+            },
+        ];
+        assert_eq!(
+            conn_sync_table(&rows),
+            "Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Origin Expires\n\
+             TCP 0A090002 9C40 0A000001 0050 0A09000B 0050 ESTABLISHED SYNC       899\n\
+             UDP fd09:0000:0000:0000:0000:0000:0000:0002 1388 \
+             fd00:0000:0000:0000:0000:0000:0000:0001 0035 \
+             fd09:0000:0000:0000:0000:0000:0000:0012 0035 UDP         LOCAL       12\n"
+        );
+    }
 }

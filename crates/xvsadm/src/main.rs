@@ -5,7 +5,9 @@
 //! `xvsadm --xvs-stats` (not an ipvsadm command) prints the data plane's counters: the XDP
 //! program's, each worker's, each socket's `XDP_STATISTICS`, the engine's drop reasons, the
 //! table's evictions and the DoS defences'. `xvsadm --sysctl [NAME[=VALUE]]` lists, reads or
-//! sets the IPVS sysctls xvs implements (`net.ipv4.vs.*`).
+//! sets the IPVS sysctls xvs implements (`net.ipv4.vs.*`). `xvsadm --xvs-conn-sync` prints the
+//! connections with their origin (`LOCAL`, or `SYNC` for entries a sync backup entered), as the
+//! kernel's `/proc/net/ip_vs_conn_sync` does.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -28,7 +30,7 @@ fn main() -> ExitCode {
     let prog = "xvsadm";
     let path = std::env::var("XVS_CONTROL").unwrap_or_else(|_| DEFAULT_CONTROL.to_string());
     // xvs's own commands, outside ipvsadm's syntax: the data plane's counters, the sysctls.
-    if (args.len() == 1 && args[0] == "--xvs-stats")
+    if (args.len() == 1 && (args[0] == "--xvs-stats" || args[0] == "--xvs-conn-sync"))
         || (args.first().is_some_and(|a| a == "--sysctl") && args.len() <= 2)
     {
         return send(

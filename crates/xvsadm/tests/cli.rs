@@ -327,7 +327,8 @@ fn error_paths_with_messages_and_statuses() {
     assert!(help.contains("alternate persistence engine may be sip,\n"));
     assert!(help.contains("  --sched-flags  -b flags             scheduler flags (comma-separated)\nDaemon Options:\n"));
     assert!(help.contains("syncid for connection sync (default=255)"));
-    assert!(help.ends_with("list, read or set an IPVS sysctl (net.ipv4.vs.name)\n"));
+    assert!(help.contains("list, read or set an IPVS sysctl (net.ipv4.vs.name)\n"));
+    assert!(help.ends_with("the kernel's /proc/net/ip_vs_conn_sync\n"));
     // No daemon: ipvsadm's initialisation failure, exit 2.
     let o = Command::new(env!("CARGO_BIN_EXE_xvsadm"))
         .args(["-L", "-n"])

@@ -172,6 +172,7 @@ impl Control {
                 client: (k.caddr, k.cport),
                 virt: (k.vaddr, k.vport),
                 dest: (c.dest.addr, c.dport),
+                synced: c.flags & xvs_core::conn::CONN_F_SYNC != 0,
             });
         });
         rows
@@ -381,6 +382,13 @@ impl Control {
     pub fn handle(&self, args: &[String], stdin: &str, uid: u32) -> Response {
         if args.len() == 1 && args[0] == "--xvs-stats" {
             return self.xvs_stats();
+        }
+        if args.len() == 1 && args[0] == "--xvs-conn-sync" {
+            return Response {
+                status: 0,
+                stdout: xvs_ipvsadm::list::conn_sync_table(&self.connections()),
+                stderr: String::new(),
+            };
         }
         if args.first().is_some_and(|a| a == "--sysctl") && args.len() <= 2 {
             return self.sysctl(args.get(1).map(String::as_str), uid);
