@@ -51,7 +51,7 @@ pub enum BpfError {
         err: io::Error,
     },
     /// Attaching failed because a program is already attached.
-    #[error("interface {ifname} already has an XDP program attached (another xvsd, or another tool): detach it first (ip link set dev {ifname} xdp off) or stop that xvsd")]
+    #[error("interface {ifname} already has an XDP program attached (another xvsd, one left by --keep-attached, or another tool): stop that xvsd, run xvsd --detach --interface {ifname} (a program left by --keep-attached), or detach it (ip link set dev {ifname} xdp off)")]
     Busy {
         /// Interface.
         ifname: String,
