@@ -463,6 +463,17 @@ fn tunnel_gue_and_gre() {
         0
     );
 
+    // --tun-remcsum: mainline adds the remote checksum option only to a packet whose checksum is
+    // left to offload (CHECKSUM_PARTIAL), which a forwarded packet's never is, and checksums the
+    // outer UDP (`ip_vs_tunnel_xmit`, `ipvs_gue_encap`): the same bytes as --tun-csum.
+    let mut rem = gue;
+    rem.tunnel.csum = crate::types::TunnelCsum::RemCsum;
+    let (_, with_csum) = lb.run(&input, 0);
+    let lb = Lb::new(tcp_key("10.0.0.1", 80), "rr", &[rem]);
+    let (_, out) = lb.run(&input, 0);
+    assert_eq!(out, with_csum);
+    assert_eq!(out[udp + 8], 0, "GUE version 0, no option");
+
     let mut gre = dest("192.168.1.3", 80, ForwardMethod::Tunnel);
     gre.tunnel = TunnelConfig {
         kind: TunnelType::Gre,
