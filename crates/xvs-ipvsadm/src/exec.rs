@@ -187,14 +187,26 @@ pub fn is_write(prog: &str, args: &[String]) -> bool {
     parse_command(prog, args).is_ok_and(|c| is_change(&c))
 }
 
-/// Defaults the kernel applies to a sync daemon's unset values (reference §5.1).
+/// Defaults the kernel applies to a sync daemon's unset values, and its clamp of
+/// `--sync-maxlen` (reference §5.1; mainline v6.12, `ip_vs_sync.c`, `start_sync_thread`). An
+/// unset backup `sync_maxlen` depends on the interface's MTU: xvsd fills it in when it starts
+/// the daemon.
 fn daemon_defaults(mut d: DaemonConfig) -> DaemonConfig {
     let v6 = matches!(d.group, Some(IpAddr::V6(_)));
     d.group.get_or_insert(IpAddr::V4([224, 0, 0, 81].into()));
     d.port.get_or_insert(8848);
     d.ttl.get_or_insert(1);
-    d.maxlen
-        .get_or_insert(if v6 { 1500 - 48 } else { 1500 - 28 });
+    let hdr: u16 = if v6 { 48 } else { 28 };
+    let min = if d.role == DaemonRole::Backup {
+        1024
+    } else {
+        1
+    };
+    d.maxlen = match (d.maxlen, d.role) {
+        (Some(m), _) => Some(m.clamp(min, u16::MAX - hdr)),
+        (None, DaemonRole::Master) => Some(1500 - hdr),
+        (None, DaemonRole::Backup) => None,
+    };
     d
 }
 

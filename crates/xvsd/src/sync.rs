@@ -385,7 +385,20 @@ impl SyncDaemons {
                 DaemonRole::Backup => &self.engine.sync.settings.backup,
             };
             flag.store(false, Relaxed);
-            let Some(cfg) = want else { continue };
+            let Some(mut cfg) = want else { continue };
+            if cfg.maxlen.is_none() {
+                // A backup's default: the interface's MTU, clamped to 1500..65535, less the
+                // headers (`start_sync_thread`).
+                let mtu = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", cfg.mcast_ifn))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                    .unwrap_or(1500);
+                let hdr = if group_of(&cfg).is_ipv6() { 48 } else { 28 };
+                cfg.maxlen = Some((mtu.clamp(1500, 65535) - hdr) as u16);
+                if let Some(d) = daemons.iter_mut().find(|d| d.role == role) {
+                    d.maxlen = cfg.maxlen;
+                }
+            }
             match self.start(&cfg) {
                 Ok(r) => {
                     flag.store(true, Relaxed);
