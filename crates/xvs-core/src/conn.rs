@@ -1148,10 +1148,15 @@ impl ConnTable {
     /// Visit every entry (for `-L -c`); one shard is locked at a time.
     pub fn for_each(&self, mut f: impl FnMut(&ConnKey, &Conn)) {
         for i in 0..self.shards.len() {
-            let shard = self.lock(i);
-            for Entry(k, c) in shard.entries.iter() {
-                f(k, c);
-            }
+            self.for_each_in_shard(i, &mut f);
+        }
+    }
+
+    /// Visit the entries of shard `i` (of [`ConnTable::shard_count`]) under its lock.
+    pub fn for_each_in_shard(&self, i: usize, mut f: impl FnMut(&ConnKey, &Conn)) {
+        let shard = self.lock(i);
+        for Entry(k, c) in shard.entries.iter() {
+            f(k, c);
         }
     }
 

@@ -349,16 +349,28 @@ fn handoff_path(args: &DaemonArgs) -> Option<PathBuf> {
 /// Write the connection table (sync records, see `xvs_core::sync::encode_table`) to `path`,
 /// atomically.
 fn leave_handoff(path: &Path, engine: &Engine) {
-    let bytes = xvs_core::sync::encode_table(engine);
+    use std::io::Write;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    let r = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let mut written = 0usize;
+    let r = std::fs::File::create(&tmp).and_then(|f| {
+        let mut w = std::io::BufWriter::new(f);
+        let mut err = Ok(());
+        xvs_core::sync::encode_table(engine, |m| {
+            if err.is_ok() {
+                err = w.write_all(m);
+                written += m.len();
+            }
+        });
+        err?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    });
     match r {
         Ok(()) => tracing::info!(
-            "left {} connections for the next xvsd in {} ({} bytes)",
+            "left {} connections for the next xvsd in {} ({written} bytes)",
             engine.conns.len(),
             path.display(),
-            bytes.len()
         ),
         Err(e) => tracing::error!("writing {}: {e}", path.display()),
     }
@@ -367,15 +379,36 @@ fn leave_handoff(path: &Path, engine: &Engine) {
 /// Enter the table the previous xvsd left at `path`, then remove the file (a table is taken
 /// over once).
 fn take_handoff(path: &Path, engine: &Engine, tables: &Tables) {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => {
             tracing::error!("reading {}: {e}", path.display());
             return;
         }
     };
-    let l = xvs_core::sync::load_table(engine, tables, &bytes, Time(0));
+    // Message by message: a table of millions is never all in memory.
+    let mut r = std::io::BufReader::new(file);
+    let mut l = xvs_core::sync::Loaded::default();
+    let mut msg = Vec::new();
+    loop {
+        let mut len = [0u8; 2];
+        match r.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => {
+                tracing::error!("reading {}: {e}", path.display());
+                break;
+            }
+        }
+        msg.resize(usize::from(u16::from_be_bytes(len)), 0);
+        if r.read_exact(&mut msg).is_err() {
+            l.bad_messages += 1;
+            break;
+        }
+        xvs_core::sync::load_message(engine, tables, &msg, Time(0), &mut l);
+    }
     tracing::info!(
         "took over {} connections from {} ({} refused, {} damaged messages)",
         l.applied,

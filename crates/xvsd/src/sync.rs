@@ -172,11 +172,10 @@ const DUMP_BURST: usize = 16;
 /// The pause between two bursts of a full dump, so that the peer's socket keeps up.
 const DUMP_PAUSE: Duration = Duration::from_millis(1);
 
-/// Send the whole table over `socks` (by [`port_of`]), in messages of `maxlen`.
+/// Send the whole table over `socks` (by [`port_of`]), in messages of `maxlen`, a shard at a
+/// time: each shard's records are copied out under its lock, then sent (no lock is held
+/// while a datagram goes, and the copy is one shard's, not the table's).
 fn send_dump(engine: &Engine, cfg: &DaemonConfig, version: u8, maxlen: usize, socks: &[Socket]) {
-    // Copied out first: no shard stays locked while a datagram is sent.
-    let mut records = Vec::with_capacity(engine.conns.len());
-    xvs_core::sync::dump(engine, |r| records.push(r));
     let s = &engine.sync.counters;
     let mut writers: Vec<MessageWriter> = socks
         .iter()
@@ -203,17 +202,26 @@ fn send_dump(engine: &Engine, cfg: &DaemonConfig, version: u8, maxlen: usize, so
             std::thread::sleep(DUMP_PAUSE);
         }
     };
-    for r in &records {
-        let i = port_of(r, socks.len());
-        if !writers[i].push(r) {
-            flush(i, &mut writers[i]);
-            writers[i].push(r);
+    let mut records = Vec::new();
+    let mut total = 0;
+    for shard in 0..engine.conns.shard_count() {
+        records.clear();
+        engine.conns.for_each_in_shard(shard, |k, c| {
+            records.push(xvs_core::sync::record(k.view(), c, 0))
+        });
+        total += records.len();
+        for r in &records {
+            let i = port_of(r, socks.len());
+            if !writers[i].push(r) {
+                flush(i, &mut writers[i]);
+                writers[i].push(r);
+            }
         }
     }
     for (i, w) in writers.iter_mut().enumerate() {
         flush(i, w);
     }
-    tracing::info!("sync: sent a full dump of {} entries", records.len());
+    tracing::info!("sync: sent a full dump of {total} entries");
 }
 
 /// Whether a dump request of `asked` is for a daemon of `syncid` (0 on either side: any).

@@ -1832,7 +1832,8 @@ fn a_table_dump_carries_every_entry_to_the_next_engine() {
         reals.push(real);
     }
     old.run(&tcp6("fd09::5", 7, "fd00::1", 80, Flags::Syn, b""), 0);
-    let bytes = crate::sync::encode_table(&old.engine);
+    let mut bytes = Vec::new();
+    crate::sync::encode_table(&old.engine, |m| bytes.extend_from_slice(m));
     let l = crate::sync::load_table(&new.engine, &new.tables, &bytes, Time(1_000));
     assert_eq!((l.applied, l.refused, l.bad_messages), (301, 0, 0));
     for (i, real) in reals.iter().enumerate() {

@@ -497,26 +497,28 @@ pub fn dump(engine: &Engine, mut out: impl FnMut(SyncConn)) {
 /// Largest message of a table dump.
 const DUMP_MESSAGE: usize = 60_000;
 
-/// The whole table as version 1 sync messages, each behind its length (2 bytes, big-endian):
-/// what a restarting xvsd hands to the next one.
-pub fn encode_table(engine: &Engine) -> Vec<u8> {
-    let mut out = Vec::new();
+/// The whole table as version 1 sync messages, each behind its length (2 bytes, big-endian),
+/// handed to `out` one message at a time (the caller writes them where it wants, a table of
+/// millions is never all in memory): what a restarting xvsd hands to the next one.
+pub fn encode_table(engine: &Engine, mut out: impl FnMut(&[u8])) {
     let mut w = MessageWriter::new(1, 0, DUMP_MESSAGE);
-    let flush = |w: &mut MessageWriter, out: &mut Vec<u8>| {
+    let mut framed = Vec::with_capacity(DUMP_MESSAGE + 2);
+    let mut flush = |w: &mut MessageWriter| {
         if !w.is_empty() {
-            out.extend_from_slice(&(w.bytes().len() as u16).to_be_bytes());
-            out.extend_from_slice(w.bytes());
+            framed.clear();
+            framed.extend_from_slice(&(w.bytes().len() as u16).to_be_bytes());
+            framed.extend_from_slice(w.bytes());
+            out(&framed);
             w.reset(0);
         }
     };
     dump(engine, |r| {
         if !w.push(&r) {
-            flush(&mut w, &mut out);
+            flush(&mut w);
             w.push(&r);
         }
     });
-    flush(&mut w, &mut out);
-    out
+    flush(&mut w);
 }
 
 /// What loading a table dump did.
@@ -541,19 +543,25 @@ pub fn load_table(engine: &Engine, t: &Tables, mut bytes: &[u8], now: Time) -> L
             break;
         };
         bytes = &bytes[2 + n..];
-        match decode(m, 0) {
-            Ok(m) => {
-                for r in m.records {
-                    match r.map(|r| engine.apply_sync(t, &r, now)) {
-                        Ok(Ok(())) => l.applied += 1,
-                        _ => l.refused += 1,
-                    }
-                }
-            }
-            Err(_) => l.bad_messages += 1,
-        }
+        load_message(engine, t, m, now, &mut l);
     }
     l
+}
+
+/// Enter the records of one message of a dump (its length already taken off), counting in
+/// `l`: for a caller that reads a dump message by message.
+pub fn load_message(engine: &Engine, t: &Tables, m: &[u8], now: Time, l: &mut Loaded) {
+    match decode(m, 0) {
+        Ok(m) => {
+            for r in m.records {
+                match r.map(|r| engine.apply_sync(t, &r, now)) {
+                    Ok(Ok(())) => l.applied += 1,
+                    _ => l.refused += 1,
+                }
+            }
+        }
+        Err(_) => l.bad_messages += 1,
+    }
 }
 
 #[cfg(test)]
