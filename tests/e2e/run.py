@@ -762,12 +762,14 @@ def restart(mode="dr"):
         rig.close()
 
 
-KEEPALIVED = """global_defs {{
+KEEPALIVED_GLOBAL = """global_defs {{
     router_id {rid}
     vrrp_garp_master_delay 1
     vrrp_garp_master_repeat 3
 }}
-vrrp_instance xvs {{
+"""
+
+KEEPALIVED = KEEPALIVED_GLOBAL + """vrrp_instance xvs {{
     state {state}
     interface {ifname}
     virtual_router_id 51
@@ -798,10 +800,15 @@ def add_balancer(rig, role, ifname, addr):
 
 def start_keepalived(rig, role, ifname, state, prio, vip):
     """keepalived, VRRP only, owning `vip` on `ifname` of namespace `role`."""
+    return run_keepalived(rig, role, KEEPALIVED.format(rid=f"xvs_{role}", state=state, ifname=ifname, prio=prio,
+                                                       vip=vip, plen=128 if ":" in vip else 32))
+
+
+def run_keepalived(rig, role, config):
+    """keepalived (VRRP only) in namespace `role` with `config`; its log in keepalived-ROLE.log."""
     conf = os.path.join(rig.tmp, f"keepalived-{role}.conf")
     with open(conf, "w") as f:
-        f.write(KEEPALIVED.format(rid=f"xvs_{role}", state=state, ifname=ifname, prio=prio, vip=vip,
-                                  plen=128 if ":" in vip else 32))
+        f.write(config)
     return rig.spawn(role, ["keepalived", "--dont-fork", "--log-console", "--vrrp", "--use-file", conf,
                             "--pid", os.path.join(rig.tmp, f"ka-{role}.pid"),
                             "--vrrp_pid", os.path.join(rig.tmp, f"ka-vrrp-{role}.pid")], f"keepalived-{role}.log")
@@ -973,12 +980,7 @@ def failover(v6=False):
         rig.close()
 
 
-KEEPALIVED_NAT = """global_defs {{
-    router_id {rid}
-    vrrp_garp_master_delay 1
-    vrrp_garp_master_repeat 3
-}}
-vrrp_sync_group xvs {{
+KEEPALIVED_NAT = KEEPALIVED_GLOBAL + """vrrp_sync_group xvs {{
     group {{
         front
         back
@@ -1060,15 +1062,9 @@ def nat_failover(v6=False):
         backs = {"l": f"xs{i}", "s": f"xy{i}"}
         kas = {}
         for role, state, prio in (("l", "MASTER", 200), ("s", "BACKUP", 100)):
-            conf = os.path.join(rig.tmp, f"keepalived-{role}.conf")
-            with open(conf, "w") as f:
-                f.write(KEEPALIVED_NAT.format(rid=f"xvs_{role}", state=state, prio=prio, front=fronts[role],
-                                              back=backs[role], vip=vip, gw=gw, vlen=128 if v6 else 32,
-                                              glen=64 if v6 else 24))
-            kas[role] = rig.spawn(role, ["keepalived", "--dont-fork", "--log-console", "--vrrp", "--use-file", conf,
-                                         "--pid", os.path.join(rig.tmp, f"ka-{role}.pid"),
-                                         "--vrrp_pid", os.path.join(rig.tmp, f"ka-vrrp-{role}.pid")],
-                                  f"keepalived-{role}.log")
+            kas[role] = run_keepalived(rig, role, KEEPALIVED_NAT.format(
+                rid=f"xvs_{role}", state=state, prio=prio, front=fronts[role], back=backs[role], vip=vip, gw=gw,
+                vlen=128 if v6 else 32, glen=64 if v6 else 24))
         rules = rules_for("nat", vip, reals)
         daemons = "--start-daemon master --mcast-interface {0} --syncid 9\n" \
                   "--start-daemon backup --mcast-interface {0} --syncid 9\n"
