@@ -1122,6 +1122,52 @@ def nat_failover(v6=False):
         rig.close()
 
 
+def fwmark(v6=False):
+    """The classic LVS grouping: a fwmark service (`-f 1 -p`) for ports 80 and 443 of a VIP, the
+    mark set by xvs's mark rules in iptables-save syntax (AF_XDP frames carry no netfilter
+    mark): a client's HTTP and HTTPS connections go to the same real server; the rules are
+    listed back and replaced live."""
+    name = f"dr-v{6 if v6 else 4}-fwmark"
+    if ARGS.filter and ARGS.filter not in name:
+        return
+    vip, reals = addrs("dr", v6)
+    rig = Rig("dr")
+    try:
+        start_servers(rig, "dr", v6)
+        plen = 128 if v6 else 32
+        marks = os.path.join(rig.tmp, "marks")
+        with open(marks, "w") as f:
+            f.write("*mangle\n:PREROUTING ACCEPT [0:0]\n"
+                    f"-A PREROUTING -d {vip}/{plen} -p tcp -m multiport --dports 80,443 "
+                    "-j MARK --set-xmark 0x1/0xffffffff\nCOMMIT\n")
+        six = " -6" if v6 else ""
+        rules = f"-A -f 1{six} -s rr -p 60\n" + "".join(f"-a -f 1{six} -r {hp(r, 0)} -g\n" for r in reals)
+        if not check(f"{name}: xvsd starts with --fwmark-rules", rig.start_xvsd(rules, ["--fwmark-rules", marks]),
+                     rig.log("xvsd.log")):
+            return
+        host = f"[{vip}]" if v6 else vip
+        web = [curl(rig, f"http://{host}:{port}/name")[1].decode().strip() for port in (80, 443, 80, 443)]
+        check(f"{name}: HTTP and HTTPS of one client reach one real server (-f 1 -p)",
+              len(set(web)) == 1 and web[0] in ("rs1", "rs2", "rs3"), web)
+        st, out, _ = rig.adm("-L -n --stats")
+        check(f"{name}: the fwmark service counts the connections", st == 0 and "FWM  1" in out, out)
+        st, out, _ = rig.adm("--xvs-fwmark-rules")
+        check(f"{name}: the rules are listed back", "-A PREROUTING -d " in out and "--dports 80,443" in out, out)
+        # Replaced live: only port 80 marked; 443 is then nobody's service.
+        r = subprocess.run([ARGS.xvsadm, "--xvs-fwmark-rules", "-R"], input=
+                           f"-A PREROUTING -d {vip}/{plen} -p tcp --dport 80 -j MARK --set-mark 1\n",
+                           capture_output=True, text=True, timeout=30, env=dict(os.environ, XVS_CONTROL=rig.sock()))
+        rc80, _ = curl(rig, f"http://{host}:80/name", timeout=5)
+        rc443, _ = curl(rig, f"http://{host}:443/name", timeout=3)
+        check(f"{name}: rules replaced live take effect", r.returncode == 0 and rc80 == 0 and rc443 != 0,
+              (r.returncode, r.stderr, rc80, rc443))
+        check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
+    except Exception:
+        check(f"{name}: no exception", False, traceback.format_exc())
+    finally:
+        rig.close()
+
+
 def main():
     if os.geteuid() != 0:
         print("tests/e2e/run.py: must run as root (network namespaces, XDP); failing, not skipping", file=sys.stderr)
@@ -1150,6 +1196,8 @@ def main():
     failover(v6=True)
     nat_failover()
     nat_failover(v6=True)
+    fwmark()
+    fwmark(v6=True)
     passed = sum(1 for _, ok in RESULTS if ok)
     failed = len(RESULTS) - passed
     print(f"{passed} passed, {failed} failed")

@@ -5,6 +5,7 @@ GET /name            -> this server's name
 GET /blob?size=N     -> N bytes of a deterministic stream (sha256 checkable by the client)
 POST /upload         -> "name sha256hex length" of the request body
 UDP 53               -> "name:" + datagram
+(HTTP on port 443 too, plain, for the fwmark tests.)
 
 Usage: server.py NAME  (binds [::] dual-stack). Runs until killed.
 """
@@ -73,4 +74,6 @@ def udp_echo():
 
 
 threading.Thread(target=udp_echo, daemon=True).start()
+# Port 443 as well (plain HTTP): the fwmark tests group 80 and 443 of a VIP into one service.
+threading.Thread(target=Server(("::", 443), Handler).serve_forever, daemon=True).start()
 Server(("::", 80), Handler).serve_forever()

@@ -67,6 +67,8 @@ pub struct Director {
     totals: Arc<Stats>,
     /// Keys the maps of snapshots and schedulers whose keys clients choose.
     seed: HashSeed,
+    /// The firewall-mark rules.
+    marks: Arc<crate::marks::MarkRules>,
 }
 
 impl Default for Director {
@@ -101,7 +103,18 @@ impl Director {
             timeouts: Timeouts::default(),
             settings: Settings::default(),
             totals: Arc::new(Stats::default()),
+            marks: Arc::default(),
         }
+    }
+
+    /// The firewall-mark rules (`crate::marks`).
+    pub fn marks(&self) -> &crate::marks::MarkRules {
+        &self.marks
+    }
+
+    /// Replace the firewall-mark rules.
+    pub fn set_marks(&mut self, rules: crate::marks::MarkRules) {
+        self.marks = Arc::new(rules);
     }
 
     /// Services in configuration order.
@@ -364,13 +377,15 @@ impl Director {
 
     /// Publish: an immutable snapshot for the data path.
     pub fn snapshot(&self) -> Tables {
-        Tables::build(
+        let mut t = Tables::build(
             self.services.clone(),
             self.timeouts,
             self.settings,
             self.totals.clone(),
             &self.seed,
-        )
+        );
+        t.marks = self.marks.clone();
+        t
     }
 }
 

@@ -15,6 +15,7 @@ pub mod director;
 pub mod hash;
 pub mod hops;
 mod index;
+pub mod marks;
 pub mod proto;
 pub mod routes;
 pub mod sched;

@@ -200,6 +200,8 @@ pub struct Tables {
     pub settings: Settings,
     /// Totals over all services.
     pub totals: Arc<Stats>,
+    /// The firewall-mark rules (`crate::marks`).
+    pub marks: Arc<crate::marks::MarkRules>,
 }
 
 impl Tables {
@@ -220,6 +222,7 @@ impl Tables {
             timeouts,
             settings,
             totals,
+            marks: Arc::default(),
         };
         for s in &services {
             match s.cfg.key {
@@ -304,7 +307,7 @@ impl Tables {
     pub fn steering(&self) -> Steering {
         let mut st = Steering::default();
         for s in &self.services {
-            // Firewall marks are the kernel's: XDP cannot match them (docs/differences.md).
+            // A fwmark service's traffic is steered by the mark rules' destinations (below).
             if let ServiceKey::Addr { proto, addr, port } = s.cfg.key {
                 st.services.push((addr, proto, port));
             }
@@ -315,7 +318,10 @@ impl Tables {
             .chain(&self.nat_sources_any_port)
             .map(|e| (e.addr, e.proto, e.port))
             .collect();
+        // Traffic the mark rules may give a fwmark service's mark.
+        st.services.extend(self.marks.steering());
         st.services.sort();
+        st.services.dedup();
         st.nat_sources.sort();
         st
     }

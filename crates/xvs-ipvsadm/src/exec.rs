@@ -167,6 +167,8 @@ xvs:
 xvs's own commands (outside ipvsadm's syntax):
   {prog} --xvs-stats                  the data plane's counters, evictions and DoS defences
   {prog} --sysctl [name[=value]]      list, read or set an IPVS sysctl (net.ipv4.vs.name)
+  {prog} --xvs-fwmark-rules [-R]      list the firewall-mark rules (iptables-save syntax), or
+                                      replace them with those on standard input
   {prog} --xvs-conn-sync              the connections with their origin (LOCAL or SYNC), as
                                       the kernel's /proc/net/ip_vs_conn_sync
 ",

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod control;
 pub mod exec;
 pub mod list;
+pub mod marks;
 pub mod parse;
 pub mod save;
 pub mod state;

@@ -302,6 +302,8 @@ impl<H: Handler, R: Rings> Worker<H, R> {
         }
         let end = i.min(descs.len());
         firsts[n] = end;
+        // The ingress interface, for the firewall-mark rules' `-i`.
+        let ifindex = self.qs.ifindex(port);
         let mut frames: [Frame<'_>; BATCH] = std::array::from_fn(|_| Frame::new(&mut [], 0, 0));
         // The data offset of each single-buffer frame in its chunk.
         let mut offsets = [0usize; BATCH];
@@ -318,13 +320,15 @@ impl<H: Handler, R: Rings> Worker<H, R> {
                 // until `dispatch` puts them in a ring or on the free list, after their frame
                 // is done with (each frame is used only up to its own dispatch).
                 let (buf, off) = unsafe { self.qs.buffer(&mut chain[0]) };
-                frames[k] = Frame::new(buf, off, len);
+                frames[k] = Frame::new(buf, off, len).with_ifindex(ifindex);
                 offsets[k] = off;
                 continue;
             }
             self.counters.multi_buffer.fetch_add(1, Relaxed);
             match self.gather(chain, slot) {
-                Some(len) => frames[k] = Frame::new(slot, GATHER_HEADROOM, len),
+                Some(len) => {
+                    frames[k] = Frame::new(slot, GATHER_HEADROOM, len).with_ifindex(ifindex)
+                }
                 None => {
                     // An empty frame: the engine drops it as malformed; counted here as well.
                     self.counters.oversize.fetch_add(1, Relaxed);

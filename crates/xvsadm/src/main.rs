@@ -7,7 +7,8 @@
 //! table's evictions and the DoS defences'. `xvsadm --sysctl [NAME[=VALUE]]` lists, reads or
 //! sets the IPVS sysctls xvs implements (`net.ipv4.vs.*`). `xvsadm --xvs-conn-sync` prints the
 //! connections with their origin (`LOCAL`, or `SYNC` for entries a sync backup entered), as the
-//! kernel's `/proc/net/ip_vs_conn_sync` does.
+//! kernel's `/proc/net/ip_vs_conn_sync` does. `xvsadm --xvs-fwmark-rules [-R]` lists the
+//! firewall-mark rules or replaces them with the `iptables-save` text on standard input.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -30,6 +31,17 @@ fn main() -> ExitCode {
     let prog = "xvsadm";
     let path = std::env::var("XVS_CONTROL").unwrap_or_else(|_| DEFAULT_CONTROL.to_string());
     // xvs's own commands, outside ipvsadm's syntax: the data plane's counters, the sysctls.
+    if args.first().is_some_and(|a| a == "--xvs-fwmark-rules") && args.len() <= 2 {
+        // `-R`: the new rules on standard input, as `-R` takes ipvsadm's.
+        let mut stdin = String::new();
+        if args.get(1).is_some_and(|a| a == "-R") {
+            if let Err(e) = std::io::stdin().read_to_string(&mut stdin) {
+                eprintln!("xvsadm: reading standard input: {e}");
+                return exit(1);
+            }
+        }
+        return send(&path, Request { args, stdin });
+    }
     if (args.len() == 1 && (args[0] == "--xvs-stats" || args[0] == "--xvs-conn-sync"))
         || (args.first().is_some_and(|a| a == "--sysctl") && args.len() <= 2)
     {

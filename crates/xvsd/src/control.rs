@@ -255,6 +255,47 @@ impl Control {
         }
     }
 
+    /// `xvsadm --xvs-fwmark-rules [-R]`: list the firewall-mark rules, or (root) replace them
+    /// with the iptables-save text on standard input.
+    fn fwmark_rules(&self, arg: Option<&str>, stdin: &str, uid: u32) -> Response {
+        let reply = |status, stdout: String, stderr: String| Response {
+            status,
+            stdout,
+            stderr,
+        };
+        match arg {
+            None => {
+                let st = self.lock();
+                reply(
+                    0,
+                    xvs_ipvsadm::marks::to_text(st.director.marks()),
+                    String::new(),
+                )
+            }
+            Some("-R") if uid != 0 => reply(
+                255,
+                String::new(),
+                "Permission denied (you must be root)\n".into(),
+            ),
+            Some("-R") => match xvs_ipvsadm::marks::parse(stdin, &crate::daemon::ifindex_of) {
+                Ok((rules, notes)) => {
+                    let _writer = self.restoring.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut st = self.lock();
+                    st.director.set_marks(rules);
+                    self.publish(&st);
+                    let notes: String = notes.iter().map(|n| format!("{n}\n")).collect();
+                    reply(0, String::new(), notes)
+                }
+                Err(e) => reply(1, String::new(), format!("{e}\n")),
+            },
+            Some(a) => reply(
+                2,
+                String::new(),
+                format!("--xvs-fwmark-rules: unknown argument `{a}'\n"),
+            ),
+        }
+    }
+
     /// `xvsadm --sysctl [NAME[=VALUE]]`: list, read or (root) set the IPVS sysctls.
     fn sysctl(&self, arg: Option<&str>, uid: u32) -> Response {
         let mut st = self.lock();
@@ -382,6 +423,9 @@ impl Control {
     pub fn handle(&self, args: &[String], stdin: &str, uid: u32) -> Response {
         if args.len() == 1 && args[0] == "--xvs-stats" {
             return self.xvs_stats();
+        }
+        if args.first().is_some_and(|a| a == "--xvs-fwmark-rules") && args.len() <= 2 {
+            return self.fwmark_rules(args.get(1).map(String::as_str), stdin, uid);
         }
         if args.len() == 1 && args[0] == "--xvs-conn-sync" {
             return Response {

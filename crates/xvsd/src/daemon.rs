@@ -60,6 +60,12 @@ pub struct DaemonArgs {
     /// Save the whole configuration here after every change and load it at start.
     #[arg(long)]
     pub state: Option<PathBuf>,
+    /// Firewall-mark rules in iptables-save syntax (`-t mangle -A PREROUTING ... -j MARK`, the
+    /// subset LVS set-ups use), for fwmark services (`-f`): AF_XDP frames carry no netfilter
+    /// mark. Repeatable (e.g. an iptables-save and an ip6tables-save file); replaced live by
+    /// `xvsadm --xvs-fwmark-rules -R`.
+    #[arg(long = "fwmark-rules", value_name = "FILE")]
+    pub fwmark_rules: Vec<PathBuf>,
     /// Leave the XDP program attached when xvsd stops or dies: it then drops the services'
     /// packets until the next xvsd (which replaces it) runs, instead of passing them to the
     /// kernel, which resets their connections. `xvsd --detach --interface IF` takes it off.
@@ -506,6 +512,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
     let engine = Arc::new(engine);
     let mut st = load_config(args, &engine, map_seed)?;
     apply_sysctls(args, &engine, &mut st.director)?;
+    load_marks(args, &mut st.director)?;
     if let Some(path) = &args.state {
         // The state file exists, sealed, and matches what was loaded; a state directory that
         // cannot be written stops the start before anything else (no change could be saved).
@@ -876,6 +883,33 @@ fn default_capacity() -> usize {
 }
 
 /// `--sysctl-file`, then each `--sysctl`.
+/// The firewall-mark rules of the `--fwmark-rules` files, in order.
+fn load_marks(args: &DaemonArgs, director: &mut xvs_core::Director) -> Result<(), StartError> {
+    let mut all = xvs_core::marks::MarkRules::default();
+    for path in &args.fwmark_rules {
+        let text = std::fs::read_to_string(path).map_err(|source| StartError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let (rules, notes) = xvs_ipvsadm::marks::parse(&text, &ifindex_of)
+            .map_err(|e| StartError::Argument(format!("{}: {e}", path.display())))?;
+        for n in notes {
+            tracing::info!("{}: {n}", path.display());
+        }
+        all.rules.extend(rules.rules);
+    }
+    if !all.is_empty() {
+        tracing::info!("{} firewall-mark rule(s)", all.rules.len());
+    }
+    director.set_marks(all);
+    Ok(())
+}
+
+/// An interface's index by name (for the mark rules' `-i`).
+pub fn ifindex_of(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
 fn apply_sysctls(
     args: &DaemonArgs,
     engine: &Engine,

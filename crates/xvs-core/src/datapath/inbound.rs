@@ -57,6 +57,17 @@ pub(super) fn is_martian_source(src: &IpAddr, dst: &IpAddr) -> bool {
         }
 }
 
+/// A frame's firewall mark: its own, or, without one, the mark rules' (what netfilter's
+/// PREROUTING gives the kernel's IPVS).
+#[inline]
+pub(super) fn mark_of(t: &Tables, frame: &Frame<'_>, p: &Packet) -> u32 {
+    if frame.mark() == 0 && !t.marks.is_empty() {
+        t.marks.classify(frame.ifindex(), p)
+    } else {
+        frame.mark()
+    }
+}
+
 pub(super) fn fwmark_addr(af_v6: bool, mark: u32) -> IpAddr {
     if af_v6 {
         let b = mark.to_be_bytes();
@@ -271,7 +282,7 @@ impl Engine {
                     let sync_tpl = if b.sync.master {
                         let pkts = u32::from(c.in_pkts);
                         if b.sync.may_send(&c, pkts) {
-                            self.sync_conn(key, &mut c, pkts, frame.mark(), cx.now);
+                            self.sync_conn(key, &mut c, pkts, mark_of(t, frame, p), cx.now);
                         }
                         c.template.as_deref().copied()
                     } else {
@@ -282,7 +293,7 @@ impl Engine {
                         self.conns.assure_template(&tk);
                     }
                     if let Some(tk) = sync_tpl {
-                        self.sync_template(&tk, frame.mark(), cx.now);
+                        self.sync_template(&tk, mark_of(t, frame, p), cx.now);
                     }
                     return v;
                 }
@@ -301,7 +312,7 @@ impl Engine {
             // this box): the kernel's business, as in IPVS.
             return put(out, Verdict::Pass);
         }
-        match t.lookup(proto, p.daddr, p.dport, frame.mark()) {
+        match t.lookup(proto, p.daddr, p.dport, mark_of(t, frame, p)) {
             Some(svc) => {
                 let nc = NewConn {
                     proto,

@@ -1,7 +1,7 @@
 //! New connections: persistence templates, the scheduler's pick, the insertion; no destination
 //! answers port unreachable.
 
-use super::inbound::{account, fwmark_addr, is_martian_source, transition, Hit};
+use super::inbound::{account, fwmark_addr, is_martian_source, mark_of, transition, Hit};
 use super::{put, Batch, DropReason, Engine, NewConn, Settled, Step, Verdict};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -208,7 +208,7 @@ impl Engine {
             account(c, t, Direction::Input, p.ip_len, w);
         };
         if b.sync.master {
-            self.sync_conn(key.view(), &mut c, 1, frame.mark(), now);
+            self.sync_conn(key.view(), &mut c, 1, mark_of(t, frame, p), now);
         }
         if one_packet {
             // Not inserted: every datagram is scheduled on its own.

@@ -47,6 +47,7 @@ pub struct Frame<'a> {
     start: usize,
     len: usize,
     mark: u32,
+    ifindex: u32,
 }
 
 impl<'a> Frame<'a> {
@@ -59,7 +60,20 @@ impl<'a> Frame<'a> {
             start,
             len,
             mark: 0,
+            ifindex: 0,
         }
+    }
+
+    /// The same frame as received on interface `ifindex` (for the mark rules' `-i`).
+    pub fn with_ifindex(mut self, ifindex: u32) -> Frame<'a> {
+        self.ifindex = ifindex;
+        self
+    }
+
+    /// The interface the frame was received on (0 = unknown).
+    #[inline]
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
     /// The same frame carrying a firewall mark (for fwmark services); 0 = none.
