@@ -112,6 +112,7 @@ seeds = {
                    b"-A -f 1 -s mh -b mh-fallback\n-a -f 1 -r 10.1.0.2 -g\n--set 900 120 300\n",
         "edit": b"-E -t 10.0.0.1:80 -s lc\n-A -t 10.0.0.1:80 -s rr\n-e -t 10.0.0.1:80 -r 10.1.0.1:80 -w 0\n-d -t 10.0.0.1:80 -r 10.1.0.1:80\n-D -t 10.0.0.1:80\n-Z\n-C\n",
         "daemon": b"--start-daemon master --mcast-interface eth0 --syncid 7\n--start-daemon backup --mcast-interface eth1 --mcast-group 224.0.0.81 --mcast-port 8848 --mcast-ttl 2 --sync-maxlen 1472\n",
+        "marks": b"*mangle\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -i eth0 -s 10.9.0.0/16 -d 10.0.0.1/32 -p tcp -m multiport --dports 80,443,8000:8010 -j MARK --set-xmark 0x1/0xffffffff\n-A PREROUTING -d fd00::1/128 -p udp --dport 53 -j MARK --set-mark 2/0xff\nCOMMIT\n",
         "errors": b"-A -t 10.0.0.1 -s nosuch\n-a -t 10.0.0.1:80 -r\n-A -t [::1]:80 -s rr -p -1\n--help\n",
     },
     "state": {},

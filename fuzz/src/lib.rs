@@ -188,6 +188,13 @@ pub fn ipvsadm(data: &[u8]) {
         saved,
         "a saved state loads as another"
     );
+    // The same text as firewall-mark rules: refused or read; rules written back read the same.
+    let ifindex = |name: &str| (name == "eth0").then_some(2);
+    if let Ok((rules, _)) = xvs_ipvsadm::marks::parse(&text, &ifindex) {
+        let written = xvs_ipvsadm::marks::to_text(&rules);
+        let (back, _) = xvs_ipvsadm::marks::parse(&written, &ifindex).expect("written rules read");
+        assert_eq!(back, rules, "mark rules written back read as others");
+    }
 }
 
 /// Control-socket messages: a frame header, a request and a response payload; what decodes
