@@ -1142,8 +1142,9 @@ def fwmark(v6=False):
                     "-j MARK --set-xmark 0x1/0xffffffff\nCOMMIT\n")
         six = " -6" if v6 else ""
         rules = f"-A -f 1{six} -s rr -p 60\n" + "".join(f"-a -f 1{six} -r {hp(r, 0)} -g\n" for r in reals)
-        if not check(f"{name}: xvsd starts with --fwmark-rules", rig.start_xvsd(rules, ["--fwmark-rules", marks]),
-                     rig.log("xvsd.log")):
+        state = os.path.join(rig.tmp, "state")
+        if not check(f"{name}: xvsd starts with --fwmark-rules",
+                     rig.start_xvsd(rules, ["--fwmark-rules", marks, "--state", state]), rig.log("xvsd.log")):
             return
         host = f"[{vip}]" if v6 else vip
         web = [curl(rig, f"http://{host}:{port}/name")[1].decode().strip() for port in (80, 443, 80, 443)]
@@ -1162,6 +1163,11 @@ def fwmark(v6=False):
         check(f"{name}: rules replaced live take effect", r.returncode == 0 and rc80 == 0 and rc443 != 0,
               (r.returncode, r.stderr, rc80, rc443))
         check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
+        # The replaced rules are in the state file: a restart without --fwmark-rules has them.
+        rig.start_xvsd(rules, ["--state", state])
+        st, out, _ = rig.adm("--xvs-fwmark-rules")
+        check(f"{name}: the live rules survive a restart (--state)",
+              "--dports 80 " in out and "443" not in out, out)
     except Exception:
         check(f"{name}: no exception", False, traceback.format_exc())
     finally:

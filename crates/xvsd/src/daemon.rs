@@ -184,6 +184,7 @@ fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<Ctl
     // Line by line, so that a line refused for any reason stops the start with its file and
     // line: nothing is dropped, and the state file is never rewritten without it.
     let restore = ["-R".to_string()];
+    let mut mark_lines = String::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -194,6 +195,12 @@ fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<Ctl
             text: line.trim().to_string(),
             message,
         };
+        // The firewall-mark rules the state file keeps (not ipvsadm's syntax).
+        if let Some(rule) = line.trim().strip_prefix(crate::state::MARK_LINE) {
+            mark_lines.push_str(rule);
+            mark_lines.push('\n');
+            continue;
+        }
         // The sysctls the state file keeps (not ipvsadm's syntax).
         if let Some(kv) = line.trim().strip_prefix(crate::sysctl::STATE_LINE) {
             let (k, v) = kv
@@ -206,6 +213,11 @@ fn load_config(args: &DaemonArgs, engine: &Engine, seed: HashSeed) -> Result<Ctl
         if out.status != 0 || !out.stderr.is_empty() {
             return Err(refused(out.stderr.trim_end().to_string()));
         }
+    }
+    if !mark_lines.is_empty() {
+        let (rules, _) = xvs_ipvsadm::marks::parse(&mark_lines, &ifindex_of)
+            .map_err(|e| StartError::Argument(format!("{}: {e}", path.display())))?;
+        st.director.set_marks(rules);
     }
     tracing::info!(
         "loaded {} ({} services)",
@@ -883,8 +895,12 @@ fn default_capacity() -> usize {
 }
 
 /// `--sysctl-file`, then each `--sysctl`.
-/// The firewall-mark rules of the `--fwmark-rules` files, in order.
+/// The firewall-mark rules of the `--fwmark-rules` files, in order (when given, they replace
+/// those of the state file).
 fn load_marks(args: &DaemonArgs, director: &mut xvs_core::Director) -> Result<(), StartError> {
+    if args.fwmark_rules.is_empty() {
+        return Ok(());
+    }
     let mut all = xvs_core::marks::MarkRules::default();
     for path in &args.fwmark_rules {
         let text = std::fs::read_to_string(path).map_err(|source| StartError::Read {

@@ -22,8 +22,19 @@ pub fn text(
 ) -> String {
     let mut t = xvs_ipvsadm::exec::state_text(director, daemons);
     t.push_str(&crate::sysctl::state_lines(engine, director));
+    // The firewall-mark rules, one `iptables-save` rule line each.
+    for line in xvs_ipvsadm::marks::to_text(director.marks()).lines() {
+        if line.starts_with("-A ") {
+            t.push_str(MARK_LINE);
+            t.push_str(line);
+            t.push('\n');
+        }
+    }
     t
 }
+
+/// How a firewall-mark rule's line of the state file starts (not ipvsadm's syntax).
+pub const MARK_LINE: &str = "--fwmark-rule ";
 
 /// The copy a save replaced.
 pub fn previous(path: &Path) -> PathBuf {
