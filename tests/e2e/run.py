@@ -903,8 +903,10 @@ def failover(v6=False):
         rules = rules_for("dr", vip, reals)
         # Both nodes run both daemons, as LVS pairs do: the active one's master feeds the other's
         # backup, whichever is active.
-        daemons = "--start-daemon master --mcast-interface {0} --syncid 7\n" \
-                  "--start-daemon backup --mcast-interface {0} --syncid 7\n"
+        # Over IPv6 the daemons talk on an IPv6 group (ipvsadm wants it given).
+        group = " --mcast-group ff02::81" if v6 else ""
+        daemons = "--start-daemon master --mcast-interface {0} --syncid 7" + group + "\n" \
+                  "--start-daemon backup --mcast-interface {0} --syncid 7" + group + "\n"
         if not check(f"{name}: xvsd starts with the sync daemons",
                      rig.start_xvsd(rules + daemons.format(a_if), ["--keep-attached"]), rig.log("xvsd.log")):
             return
