@@ -487,13 +487,18 @@ def transfers_done(procs, want, digest, timeout):
     return bad
 
 
-def xvs_stats(rig):
-    """--xvs-stats as {"line label": {name: value}} (the engine, table, defence and xdp lines)."""
-    st, out, err = rig.adm("--xvs-stats")
+def xvs_stats(rig, sock=None):
+    """--xvs-stats (of the rig's xvsd, or of the one serving `sock`) as {"line label": {name:
+    value}} (the engine, table, defence, xdp and sync lines)."""
+    if sock is None:
+        st, out, err = rig.adm("--xvs-stats")
+    else:
+        out = subprocess.run([ARGS.xvsadm, "--xvs-stats"], capture_output=True, text=True, timeout=30,
+                             env=dict(os.environ, XVS_CONTROL=sock)).stdout
     stats = {}
     for line in out.splitlines():
         label, _, rest = line.partition(":")
-        if label in ("engine", "table", "defence", "xdp"):
+        if label in ("engine", "table", "defence", "xdp", "sync"):
             stats[label] = {k: int(v) for k, v in (w.split("=", 1) for w in rest.split())}
     stats["drop"] = {l.split()[1].split("=")[0]: int(l.split("=")[1]) for l in out.splitlines()
                      if l.startswith("drop ")}
@@ -661,16 +666,10 @@ def standby():
         check(f"{name}: clients are served through the active balancer, the download intact",
               all(n in ("rs1", "rs2", "rs3") for n in names) and rc == 0
               and hashlib.sha256(data).hexdigest() == hashlib.sha256(blob(size)).hexdigest(), (names, rc))
-        r = subprocess.run([ARGS.xvsadm, "--xvs-stats"], capture_output=True, text=True, timeout=30,
-                           env=dict(os.environ, XVS_CONTROL=sock))
-        st = {}
-        for line in r.stdout.splitlines():
-            label, _, rest = line.partition(":")
-            if label in ("engine", "xdp"):
-                st[label] = {k: int(v) for k, v in (w.split("=", 1) for w in rest.split())}
+        st = xvs_stats(rig, sock)
         check(f"{name}: the standby forwards none of the frames flooded to it, and counts them",
               st.get("engine", {}).get("forwarded", -1) == 0 and st.get("xdp", {}).get("other_host", 0) > 100,
-              r.stdout)
+              st)
         check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
 
     on_rig(name, "dr", False, "xvsd starts", body)
@@ -823,12 +822,7 @@ def client_addr(v6):
 
 
 def sync_stats(rig, sock):
-    r = subprocess.run([ARGS.xvsadm, "--xvs-stats"], capture_output=True, text=True, timeout=30,
-                       env=dict(os.environ, XVS_CONTROL=sock))
-    for line in r.stdout.splitlines():
-        if line.startswith("sync:"):
-            return {k: int(v) for k, v in (w.split("=", 1) for w in line[5:].split())}
-    return {}
+    return xvs_stats(rig, sock).get("sync", {})
 
 
 def wire_check(rig, name, pcap, vip, reals, v6=False):

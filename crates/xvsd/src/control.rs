@@ -281,21 +281,15 @@ impl Control {
                 Ok((rules, notes)) => {
                     let _writer = self.restoring.lock().unwrap_or_else(|e| e.into_inner());
                     let mut st = self.lock();
-                    let before = st.director.marks().clone();
+                    let before = self.backup(&st);
                     st.director.set_marks(rules);
-                    // Kept in the state file like every change; one that cannot be saved is undone.
-                    if let Err(e) = self.save(&st) {
-                        st.director.set_marks(before);
-                        tracing::error!("{e}; the change is undone");
-                        return reply(
-                            1,
-                            String::new(),
-                            format!("xvsd: {e}: the change is not applied\n"),
-                        );
-                    }
-                    self.publish(&st);
-                    let notes: String = notes.iter().map(|n| format!("{n}\n")).collect();
-                    reply(0, String::new(), notes)
+                    // Saved and published like every change (undone when it cannot be saved).
+                    let mut out = Output {
+                        stderr: notes.iter().map(|n| format!("{n}\n")).collect(),
+                        ..Default::default()
+                    };
+                    self.commit(&mut st, before, &mut out);
+                    reply(out.status, out.stdout, out.stderr)
                 }
                 Err(e) => reply(1, String::new(), format!("{e}\n")),
             },

@@ -128,7 +128,7 @@ pub struct DaemonArgs {
     pub prefetch_from: usize,
 }
 
-fn sysfs(ifname: &str, what: &str) -> Result<String, StartError> {
+pub(crate) fn sysfs(ifname: &str, what: &str) -> Result<String, StartError> {
     std::fs::read_to_string(format!("/sys/class/net/{ifname}/{what}"))
         .map(|s| s.trim().to_string())
         .map_err(|e| StartError::Interface {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use xvs_core::sync::{decode, MessageWriter, SyncConn};
+use xvs_core::sync::{decode, MessageWriter, SyncConn, SyncCounters};
 use xvs_core::{Engine, Tables, Time};
 use xvs_ipvsadm::parse::{DaemonConfig, DaemonRole};
 
@@ -167,6 +167,22 @@ fn port_of(r: &SyncConn, n: usize) -> usize {
     ((h ^ u32::from(r.cport)).wrapping_mul(0x9e37_79b1) >> 16) as usize & (n - 1)
 }
 
+/// Send `w`'s message on `sock`, count it (or its loss), and empty `w` for `syncid`.
+fn send_message(sock: &Socket, w: &mut MessageWriter, c: &SyncCounters, syncid: u8) {
+    match sock.send(w.bytes()) {
+        Ok(n) => {
+            c.sent_msgs.fetch_add(1, Relaxed);
+            c.sent_conns.fetch_add(w.count() as u64, Relaxed);
+            c.sent_bytes.fetch_add(n as u64, Relaxed);
+        }
+        Err(e) => {
+            c.send_dropped.fetch_add(1, Relaxed);
+            tracing::debug!("sync: sending a message: {e}");
+        }
+    }
+    w.reset(syncid);
+}
+
 /// Messages of a full dump sent between two pauses of [`DUMP_PAUSE`].
 const DUMP_BURST: usize = 16;
 /// The pause between two bursts of a full dump, so that the peer's socket keeps up.
@@ -186,17 +202,7 @@ fn send_dump(engine: &Engine, cfg: &DaemonConfig, version: u8, maxlen: usize, so
         if w.is_empty() {
             return;
         }
-        match socks[i].send(w.bytes()) {
-            Ok(n) => {
-                s.sent_msgs.fetch_add(1, Relaxed);
-                s.sent_conns.fetch_add(w.count() as u64, Relaxed);
-                s.sent_bytes.fetch_add(n as u64, Relaxed);
-            }
-            Err(_) => {
-                s.send_dropped.fetch_add(1, Relaxed);
-            }
-        }
-        w.reset(cfg.syncid);
+        send_message(&socks[i], w, s, cfg.syncid);
         sent += 1;
         if sent % DUMP_BURST == 0 {
             std::thread::sleep(DUMP_PAUSE);
@@ -243,20 +249,8 @@ fn master(
         .iter()
         .map(|_| (MessageWriter::new(version, cfg.syncid, maxlen), None))
         .collect();
-    let send = |sock: &Socket, w: &mut MessageWriter| {
-        match sock.send(w.bytes()) {
-            Ok(n) => {
-                s.counters.sent_msgs.fetch_add(1, Relaxed);
-                s.counters.sent_conns.fetch_add(w.count() as u64, Relaxed);
-                s.counters.sent_bytes.fetch_add(n as u64, Relaxed);
-            }
-            Err(e) => {
-                s.counters.send_dropped.fetch_add(1, Relaxed);
-                tracing::debug!("sync: sending a message: {e}");
-            }
-        }
-        w.reset(cfg.syncid);
-    };
+    let send =
+        |sock: &Socket, w: &mut MessageWriter| send_message(sock, w, &s.counters, cfg.syncid);
     let mut req = [0u8; 64];
     while !stop.load(Relaxed) {
         while let Ok(n) = io::Read::read(&mut &requests, &mut req) {
@@ -397,9 +391,9 @@ impl SyncDaemons {
             if cfg.maxlen.is_none() {
                 // A backup's default: the interface's MTU, clamped to 1500..65535, less the
                 // headers (`start_sync_thread`).
-                let mtu = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", cfg.mcast_ifn))
+                let mtu = crate::daemon::sysfs(&cfg.mcast_ifn, "mtu")
                     .ok()
-                    .and_then(|s| s.trim().parse::<u32>().ok())
+                    .and_then(|s| s.parse::<u32>().ok())
                     .unwrap_or(1500);
                 let hdr = if group_of(&cfg).is_ipv6() { 48 } else { 28 };
                 cfg.maxlen = Some((mtu.clamp(1500, 65535) - hdr) as u16);

@@ -583,6 +583,24 @@ fn too_big_with_df_gets_frag_needed_with_tunnel_mtu() {
     assert_checksums(&out);
 }
 
+/// An ICMPv4 destination-unreachable error (`why`) from `src` to `dst`, sent by `from`'s MAC,
+/// quoting the IP packet of the frame `quoted`.
+fn icmp4_unreachable(
+    from: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    why: etherparse::icmpv4::DestUnreachableHeader,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2(from, LB_MAC)
+        .ipv4(src, dst, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(why))
+        .write(&mut icmp, &quoted[ETH_LEN..])
+        .unwrap();
+    icmp
+}
+
 /// A NAT balancer with the connection 10.9.0.5:40000 → VIP:80, and a frag-needed error from a
 /// router near the client about the VIP's reply (quoted VIP:80 → client), addressed to `dst`.
 fn nat_lb_and_frag_needed(dst: [u8; 4]) -> (Lb, Vec<u8>) {
@@ -592,15 +610,11 @@ fn nat_lb_and_frag_needed(dst: [u8; 4]) -> (Lb, Vec<u8>) {
         0,
     );
     let quoted = tcp4("10.0.0.1", 80, "10.9.0.5", 40000, Flags::Ack, 64, b"");
-    let mut icmp = Vec::new();
-    PacketBuilder::ethernet2(GW_MAC, LB_MAC)
-        .ipv4([10, 8, 0, 1], dst, 64)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
-        ))
-        .write(&mut icmp, &quoted[ETH_LEN..])
-        .unwrap();
-    (lb, icmp)
+    let why = etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 };
+    (
+        lb,
+        icmp4_unreachable(GW_MAC, [10, 8, 0, 1], dst, why, &quoted),
+    )
 }
 
 #[test]
@@ -942,14 +956,14 @@ fn icmp_from_nat_real_server_reaches_client_rewritten() {
     );
     // The real server reports port unreachable about the packet it received: client → RS:8080.
     let quoted = tcp4("10.9.0.5", 40000, "192.168.1.2", 8080, Flags::Ack, 63, b"");
-    let mut icmp = Vec::new();
-    PacketBuilder::ethernet2(rs_mac(2), LB_MAC)
-        .ipv4([192, 168, 1, 2], [10, 9, 0, 5], 64)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-            etherparse::icmpv4::DestUnreachableHeader::Port,
-        ))
-        .write(&mut icmp, &quoted[ETH_LEN..])
-        .unwrap();
+    let port = etherparse::icmpv4::DestUnreachableHeader::Port;
+    let icmp = icmp4_unreachable(
+        rs_mac(2),
+        [192, 168, 1, 2],
+        [10, 9, 0, 5],
+        port.clone(),
+        &quoted,
+    );
     let (v, out) = lb.run(&icmp, 5);
     assert_eq!(v, REPLY_TO_CLIENT);
     let p = parse(&out).unwrap();
@@ -969,14 +983,7 @@ fn icmp_from_nat_real_server_reaches_client_rewritten() {
     assert_eq!(checksum(&out[q.ip..q.l4]), 0);
     // An ICMP error about no connection is not ours.
     let stray = tcp4("10.9.0.6", 1, "192.168.1.2", 8080, Flags::Ack, 63, b"");
-    let mut icmp2 = Vec::new();
-    PacketBuilder::ethernet2(rs_mac(2), LB_MAC)
-        .ipv4([192, 168, 1, 2], [10, 9, 0, 6], 64)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
-            etherparse::icmpv4::DestUnreachableHeader::Port,
-        ))
-        .write(&mut icmp2, &stray[ETH_LEN..])
-        .unwrap();
+    let icmp2 = icmp4_unreachable(rs_mac(2), [192, 168, 1, 2], [10, 9, 0, 6], port, &stray);
     assert_eq!(lb.run(&icmp2, 6).0, Verdict::Pass);
 }
 
