@@ -26,6 +26,28 @@ veth_pair() { # veth_pair NAME_A NS_A NAME_B NS_B [QUEUES]
     ns "$4" ip link set "$3" up
 }
 
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PASS_OBJ=$ROOT/target/xdp-pass.bpf.o
+
+xdp_pass_obj() { # compile scripts/xdp-pass.bpf.c once (clang and libbpf's headers, as the build)
+    [ "$PASS_OBJ" -nt "$ROOT/scripts/xdp-pass.bpf.c" ] && return 0
+    mkdir -p "$ROOT/target"
+    local inc
+    inc=$(ls -d "$ROOT"/target/*/build/libbpf-sys-*/out/include 2>/dev/null | head -1)
+    [ -n "$inc" ] || inc=/usr/include
+    clang -O2 -target bpf -I"$inc" -I/usr/include/"$(uname -m)"-linux-gnu \
+        -c "$ROOT/scripts/xdp-pass.bpf.c" -o "$PASS_OBJ.$$" && mv "$PASS_OBJ.$$" "$PASS_OBJ"
+}
+
+napi_peer() { # napi_peer NS IF: the far end of a balancer's veth takes XDP frames (see the .c)
+    xdp_pass_obj
+    ns "$1" ip -force link set dev "$2" xdp obj "$PASS_OBJ" sec xdp
+    # And waits when the balancer's receive ring is full instead of dropping, as a NIC's
+    # transmit ring does (a veth whose peer runs NAPI has a ring of 256 frames; with a qdisc
+    # the sender is held back, without one the frame is lost).
+    ns "$1" tc qdisc replace dev "$2" root pfifo limit 1000
+}
+
 nooffload() { # turn off TX checksum offload and segmentation on a sender's veth
     ns "$1" ethtool -K "$2" tx off tso off gso off >/dev/null 2>&1 || true
 }
@@ -70,6 +92,8 @@ up() {
             nooffload "$P-r$n" "xr$n$id"
         done
         nooffload "$P-c" "xc$id"
+        napi_peer "$P-c" "xc$id"
+        napi_peer "$P-w" "xw$id"
         echo "RIG_ID=$id RIG_MODE=nat RIG_LB_IFS='xl$id xs$id'"
     else
         # One segment: client, balancer and servers on the bridge.
@@ -92,6 +116,7 @@ up() {
             ns "$P-r$n" sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2
             ns "$P-r$n" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
         done
+        napi_peer "$P-w" "xm$id"
         echo "RIG_ID=$id RIG_MODE=$mode RIG_LB_IFS='xl$id'"
     fi
 }

@@ -85,6 +85,22 @@ def iperf(rig, streams, direction, seconds):
         return None, str(e)
 
 
+# The far ends of the balancer's veths (scripts/rig.sh `napi_peer`): an XDP program there lets
+# them take the frames xvsd's fast path sends from XDP. The kernel's path runs without it, as
+# its best (NAPI on the far end costs the kernel's forwarding about a third in this rig).
+PEERS = {"dr": [("w", "xm")], "nat": [("c", "xc"), ("w", "xw")]}
+
+
+def peers_xdp(rig, method, on):
+    for role, name in PEERS[method]:
+        dev = f"{name}{rig.id}"
+        if on:
+            obj = os.path.join(ROOT, "target", "xdp-pass.bpf.o")
+            rig.run(role, ["ip", "-force", "link", "set", "dev", dev, "xdp", "obj", obj, "sec", "xdp"], check_rc=True)
+        else:
+            rig.run(role, ["ip", "link", "set", "dev", dev, "xdp", "off"], check_rc=True)
+
+
 class Path:
     """One way through the balancer namespace: started, measured, stopped."""
 
@@ -95,6 +111,7 @@ class Path:
     def start(self):
         rig, real = self.rig, SERVER[self.method]
         if self.name == "kernel":
+            peers_xdp(rig, self.method, False)
             rig.run("l", ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
                           f"net.ipv4.conf.{rig.lb_ifs[0]}.send_redirects=0"], check_rc=True)
             rps(rig, rig.lb_ifs, 2 if os.cpu_count() >= 2 else 1)
@@ -106,6 +123,7 @@ class Path:
             else:
                 rig.run("l", ["ip", "route", "add", "10.0.0.1/32", "via", real], check_rc=True)
             return
+        peers_xdp(rig, self.method, True)
         flag = "-m" if self.method == "nat" else "-g"
         rules = os.path.join(self.tmp, "rules")
         with open(rules, "w") as f:
@@ -115,6 +133,8 @@ class Path:
             args += ["--cores", "1"]
         if self.name == "xvsd-busy-poll":
             args.append("--busy-poll")
+        if self.name == "xvsd-no-fast-path":
+            args += ["--fast-path", "off"]
         for i in rig.lb_ifs:
             args += ["--interface", i]
         self.proc = rig.spawn("l", args, f"{self.name}.log")

@@ -53,6 +53,12 @@ pub const CONN_F_TEMPLATE: u16 = 0x1000;
 pub const CONN_F_ONE_PACKET: u16 = 0x2000;
 /// Connection flag: entered from a sync message.
 pub const CONN_F_SYNC: u16 = 0x0020;
+/// xvs's own: the client → server direction is offloaded to the XDP fast path.
+pub const CONN_F_OFFLOAD_IN: u16 = 0x4000;
+/// xvs's own: the server → client direction (NAT replies) is offloaded.
+pub const CONN_F_OFFLOAD_OUT: u16 = 0x8000;
+/// The flags that are xvs's own and never leave it (sync records).
+pub const CONN_F_XVS_ONLY: u16 = CONN_F_OFFLOAD_IN | CONN_F_OFFLOAD_OUT;
 
 /// Template state: not yet assured.
 pub const TPL_S_NONE: u8 = 0;

@@ -16,6 +16,7 @@ pub mod hash;
 pub mod hops;
 mod index;
 pub mod marks;
+pub mod offload;
 pub mod proto;
 pub mod routes;
 pub mod sched;

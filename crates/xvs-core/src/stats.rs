@@ -176,6 +176,16 @@ impl Stats {
         self.add(c, INBYTES, bytes as u64);
     }
 
+    pub(crate) fn count_in_n(&self, c: Counting, packets: u64, bytes: u64) {
+        self.add(c, INPKTS, packets);
+        self.add(c, INBYTES, bytes);
+    }
+
+    pub(crate) fn count_out_n(&self, c: Counting, packets: u64, bytes: u64) {
+        self.add(c, OUTPKTS, packets);
+        self.add(c, OUTBYTES, bytes);
+    }
+
     pub(crate) fn count_out(&self, c: Counting, bytes: usize) {
         self.add(c, OUTPKTS, 1);
         self.add(c, OUTBYTES, bytes as u64);

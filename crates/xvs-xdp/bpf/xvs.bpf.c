@@ -20,6 +20,15 @@
  * A unicast frame not addressed to the receiving interface's MAC (nor to a MAC the operator
  * added, such as a VRRP virtual MAC) is passed untouched and counted: on a segment that floods
  * unicast, it is meant for another host, and the kernel drops it as such (PACKET_OTHERHOST).
+ *
+ * Fast path: a TCP segment without SYN, FIN or RST whose exact addresses and ports are in
+ * `fast` (an established connection xvsd has offloaded, one entry per direction) is rewritten
+ * here as xvsd would rewrite it (MACs, the NAT address and port, TTL, checksums by the
+ * precomputed differences) and sent from the egress interface without leaving the kernel
+ * (XDP_TX or a redirect), counted in the entry. A SYN, FIN or RST, or an entry of an older
+ * configuration generation, marks the entry dead (xvsd collects its counters and removes it)
+ * and takes the slow path through xvsd; so does a segment too big for the egress MTU or with
+ * TTL 1, for xvsd's ICMP error.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -131,8 +140,62 @@ enum {
 	CNT_REDIRECTED = 1,
 	CNT_NO_SOCKET = 2,
 	CNT_OTHER_HOST = 3,
-	CNT_MAX = 4,
+	CNT_FAST = 4,
+	CNT_MAX = 5,
 };
+
+/* A direction of an offloaded connection, as its segments arrive (IPv4 in the first 4 bytes
+ * of each address, zero padded). */
+struct fast_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 family; /* 4 or 6 */
+	__u8 pad[3];
+};
+
+enum {
+	FAST_ROUTE = 0, /* MACs and TTL only (direct routing) */
+	FAST_DNAT = 1,  /* and the destination address and port (NAT, client to server) */
+	FAST_SNAT = 2,  /* and the source address and port (NAT, server to client) */
+};
+
+struct fast_val {
+	__u8 eth[12];      /* new destination and source MACs */
+	__u8 addr[16];     /* the NAT address (IPv4 in the first 4 bytes) */
+	__be16 port;       /* the NAT port */
+	__u8 op;           /* FAST_* */
+	__u8 pad1;
+	__u32 ifindex;     /* egress interface */
+	__u32 gen;         /* configuration generation it was made in */
+	__u16 max_ip_len;  /* the egress MTU */
+	__u16 ip_delta;    /* ones' complement difference for the IPv4 header checksum */
+	__u16 l4_delta;    /* and for the TCP checksum */
+	__u16 pad2;
+	__u32 dead;        /* set here: xvsd collects and removes the entry */
+	__u32 pad3;
+	__u64 packets;
+	__u64 bytes;       /* IP bytes, as xvsd counts */
+	__u64 last_ns;     /* last segment, bpf_ktime_get_ns() */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct fast_key);
+	__type(value, struct fast_val);
+} fast SEC(".maps");
+
+/* The configuration generation (entry 0): xvsd bumps it when a change may end or redirect
+ * offloaded connections, which makes every older entry dead. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} fast_gen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -253,6 +316,85 @@ static __always_inline int is_nat_source(struct steer_key *k)
 	return r;
 }
 
+/* ~(~csum + delta), folded: a checksum updated by a precomputed ones' complement difference
+ * (RFC 1624, eqn. 3). */
+static __always_inline __u16 csum_adjust(__u16 csum, __u16 delta)
+{
+	__u32 s = (__u32)(__u16)~csum + delta;
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return ~s;
+}
+
+/* The fast path for a TCP segment (see the head of this file): an XDP verdict, or -1 for
+ * the slow path. `ip` is the IPv4 or IPv6 header, `th` the TCP header, checked in bounds. */
+static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, void *ip,
+				     struct tcphdr *th, int v6)
+{
+	struct fast_key k = {};
+	__u16 ip_len;
+	if (v6) {
+		struct ipv6hdr *ip6 = ip;
+		__builtin_memcpy(k.saddr, &ip6->saddr, 16);
+		__builtin_memcpy(k.daddr, &ip6->daddr, 16);
+		k.family = 6;
+		ip_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+	} else {
+		struct iphdr *ip4 = ip;
+		__builtin_memcpy(k.saddr, &ip4->saddr, 4);
+		__builtin_memcpy(k.daddr, &ip4->daddr, 4);
+		k.family = 4;
+		ip_len = bpf_ntohs(ip4->tot_len);
+	}
+	k.sport = th->source;
+	k.dport = th->dest;
+	struct fast_val *v = bpf_map_lookup_elem(&fast, &k);
+	if (!v)
+		return -1;
+	__u32 zero = 0;
+	__u32 *gen = bpf_map_lookup_elem(&fast_gen, &zero);
+	if (th->syn || th->fin || th->rst || !gen || v->gen != *gen) {
+		v->dead = 1;
+		return -1;
+	}
+	if (v->dead || ip_len > v->max_ip_len)
+		return -1;
+	if (v6) {
+		struct ipv6hdr *ip6 = ip;
+		if (ip6->hop_limit <= 1)
+			return -1;
+		if (v->op == FAST_DNAT)
+			__builtin_memcpy(&ip6->daddr, v->addr, 16);
+		else if (v->op == FAST_SNAT)
+			__builtin_memcpy(&ip6->saddr, v->addr, 16);
+		ip6->hop_limit--;
+	} else {
+		struct iphdr *ip4 = ip;
+		if (ip4->ttl <= 1)
+			return -1;
+		if (v->op == FAST_DNAT)
+			__builtin_memcpy(&ip4->daddr, v->addr, 4);
+		else if (v->op == FAST_SNAT)
+			__builtin_memcpy(&ip4->saddr, v->addr, 4);
+		ip4->ttl--;
+		ip4->check = csum_adjust(ip4->check, v->ip_delta);
+	}
+	if (v->op == FAST_DNAT)
+		th->dest = v->port;
+	else if (v->op == FAST_SNAT)
+		th->source = v->port;
+	if (v->op != FAST_ROUTE)
+		th->check = csum_adjust(th->check, v->l4_delta);
+	__builtin_memcpy(eth, v->eth, 12);
+	__sync_fetch_and_add(&v->packets, 1);
+	__sync_fetch_and_add(&v->bytes, ip_len);
+	v->last_ns = bpf_ktime_get_ns();
+	count(CNT_FAST);
+	if (v->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(v->ifindex, 0);
+}
+
 /* "xdp.frags": frames larger than one buffer (jumbo MTUs) arrive as multi-buffer XDP frames;
  * the headers this program reads are always in the first buffer. */
 SEC("xdp.frags")
@@ -289,6 +431,14 @@ int xvs_steer(struct xdp_md *ctx)
 		 * to xvs, which counts and drops them. */
 		if (ip->frag_off & bpf_htons(0x1fff))
 			return pass();
+		if (proto == IPPROTO_TCP && !(ip->frag_off & bpf_htons(0x2000))) {
+			struct tcphdr *th = l4;
+			if ((void *)(th + 1) <= end) {
+				int r = fast_path(ctx, eth, ip, th, 0);
+				if (r >= 0)
+					return r;
+			}
+		}
 		if (proto == IPPROTO_ICMP) {
 			__u8 *type = l4;
 			if ((void *)(type + 1) > end)
@@ -309,6 +459,14 @@ int xvs_steer(struct xdp_md *ctx)
 		__builtin_memcpy(src.addr, &ip6->saddr, 16);
 		dst.family = src.family = 6;
 		l4 = ip6 + 1;
+		if (proto == IPPROTO_TCP) {
+			struct tcphdr *th = l4;
+			if ((void *)(th + 1) <= end) {
+				int r = fast_path(ctx, eth, ip6, th, 1);
+				if (r >= 0)
+					return r;
+			}
+		}
 		if (proto == IPPROTO_ICMPV6) {
 			__u8 *type = l4;
 			if ((void *)(type + 1) > end)

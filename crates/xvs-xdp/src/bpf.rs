@@ -17,6 +17,8 @@ use libbpf_sys as bpf;
 use xvs_core::service::Steering;
 use xvs_core::Protocol;
 
+use crate::fast::{FastKey, FastVal};
+
 /// The compiled steering program (`bpf/xvs.bpf.c`), built by `build.rs`.
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xvs.bpf.o"));
 /// The benchmark sink (`bpf/xvs_sink.bpf.c`): counts and drops every frame.
@@ -187,6 +189,8 @@ pub struct XdpCounters {
     pub no_socket: u64,
     /// Unicast frames for another host's MAC, passed to the kernel, which drops them.
     pub other_host: u64,
+    /// Segments of offloaded connections forwarded by the fast path.
+    pub fast: u64,
 }
 
 /// A socket's admission bucket and counters (`struct admit_state` of the program).
@@ -375,6 +379,8 @@ pub struct XdpProgram {
     admit_rates: RawFd,
     admit_state: RawFd,
     counters: RawFd,
+    fast: RawFd,
+    fast_gen: RawFd,
 }
 
 // Safety: the libbpf object is only touched through &mut self (attach, drop) or through map
@@ -398,6 +404,8 @@ impl XdpProgram {
             admit_rates: inner.map_fd("admit_rates")?,
             admit_state: inner.map_fd("admit_state")?,
             counters: inner.map_fd("counters")?,
+            fast: inner.map_fd("fast")?,
+            fast_gen: inner.map_fd("fast_gen")?,
             inner,
         })
     }
@@ -583,7 +591,38 @@ impl XdpProgram {
             redirected: Loaded::percpu_sum(self.counters, 1)?,
             no_socket: Loaded::percpu_sum(self.counters, 2)?,
             other_host: Loaded::percpu_sum(self.counters, 3)?,
+            fast: Loaded::percpu_sum(self.counters, 4)?,
         })
+    }
+
+    /// Install or replace a fast-path entry.
+    pub(crate) fn fast_put(&self, key: &FastKey, val: &FastVal) -> Result<(), BpfError> {
+        self.update(self.fast, key, val, "bpf_map_update_elem(fast)")
+    }
+
+    /// A fast-path entry as the program has it now; None when there is none.
+    pub(crate) fn fast_get(&self, key: &FastKey) -> Option<FastVal> {
+        let mut v = FastVal::default();
+        // Safety: key and v have the sizes and layouts of the map's key and value types.
+        let rc = unsafe {
+            bpf::bpf_map_lookup_elem(
+                self.fast,
+                (key as *const FastKey).cast(),
+                (&mut v as *mut FastVal).cast(),
+            )
+        };
+        (rc == 0).then_some(v)
+    }
+
+    /// Remove a fast-path entry.
+    pub(crate) fn fast_remove(&self, key: &FastKey) {
+        // Safety: key has the size and layout of the map's key type.
+        unsafe { bpf::bpf_map_delete_elem(self.fast, (key as *const FastKey).cast()) };
+    }
+
+    /// Set the configuration generation fast-path entries must carry.
+    pub(crate) fn set_fast_gen(&self, gen: u32) -> Result<(), BpfError> {
+        self.update(self.fast_gen, &0u32, &gen, "bpf_map_update_elem(fast_gen)")
     }
 }
 

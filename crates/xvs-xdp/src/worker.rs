@@ -83,6 +83,10 @@ pub struct EngineHandler {
     /// This worker's own traffic counters (one writer, no locked instructions) and next-hop
     /// cache.
     worker: WorkerState,
+    /// Where offers of established connections go (None: no fast path).
+    fast: Option<Arc<crate::fast::FastPath>>,
+    /// The fast path's generation read at this batch's start.
+    gen: u32,
 }
 
 impl std::fmt::Debug for EngineHandler {
@@ -105,12 +109,25 @@ impl EngineHandler {
             routes,
             current,
             worker: WorkerState::new(),
+            fast: None,
+            gen: 0,
         }
+    }
+
+    /// Hand the connections the data path offers to `fast` (see [`crate::fast`]).
+    pub fn with_fast_path(mut self, fast: Arc<crate::fast::FastPath>) -> Self {
+        self.fast = Some(fast);
+        self
     }
 }
 
 impl Handler for EngineHandler {
     fn begin(&mut self) {
+        // The fast path's generation is read before the tables: an offer made from tables
+        // older than a change carries the generation the change ended.
+        if let Some(f) = &self.fast {
+            self.gen = f.generation();
+        }
         // A published change is picked up at the next batch; the Arc is only replaced (and the
         // old one released) when it actually changed.
         let now = self.tables.load();
@@ -135,6 +152,11 @@ impl Handler for EngineHandler {
             &mut self.worker,
             crate::prefetch,
         );
+        if let Some(f) = &self.fast {
+            for o in self.worker.take_offloads() {
+                f.offer(self.gen, o);
+            }
+        }
     }
 
     fn housekeeping(&mut self, now: Time) {

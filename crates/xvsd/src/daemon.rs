@@ -110,6 +110,12 @@ pub struct DaemonArgs {
     /// ring (the excess is dropped in XDP and counted); off: no limit.
     #[arg(long, value_enum, default_value = "on")]
     pub admission: OnOff,
+    /// Forward the segments of established TCP connections (direct routing and NAT) in the
+    /// XDP program, without a copy to xvsd; SYN, FIN and RST still come to xvsd. Every egress
+    /// must take XDP frames: a NIC whose driver has `ndo_xdp_xmit`, or a veth whose peer runs
+    /// NAPI (an XDP program or GRO on it). off: every segment crosses xvsd.
+    #[arg(long, value_enum, default_value = "on")]
+    pub fast_path: OnOff,
     /// Connection table capacity (entries); default: as many as a 16th of the memory available
     /// at start holds, a power of two between 2^16 and 2^26.
     #[arg(long)]
@@ -561,14 +567,28 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
     } else {
         Some(data_plane(args)?)
     };
+    let fast = match &dp {
+        Some(dp) if args.fast_path == OnOff::On => {
+            let f = xvs_xdp::fast::FastPath::new(dp.prog.clone())?;
+            engine.set_offload(true);
+            Some(Arc::new(f))
+        }
+        _ => None,
+    };
     let on_publish: Box<dyn Fn(&Tables) + Send + Sync> = match &dp {
         Some(dp) => {
             let (prog, routes, locals) = (dp.prog.clone(), dp.routes.clone(), dp.locals.clone());
+            let fast = fast.clone();
             Box::new(move |t: &Tables| {
                 if let Err(e) = prog.sync(&t.steering(), &locals) {
                     tracing::error!("updating the XDP program's maps: {e}");
                 }
                 routes.want(reals(t));
+                // A change may end or redirect offloaded connections: they come back through
+                // the tables just published.
+                if let Some(f) = &fast {
+                    f.invalidate();
+                }
             })
         }
         None => Box::new(|_: &Tables| {}),
@@ -603,8 +623,8 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
             .collect();
         let socks = Arc::new(socks);
         let wc = worker_counters.clone();
-        let (p2, s2) = (prog.clone(), socks.clone());
-        ctl.data_stats = Box::new(move || data_stats(&p2, &s2, &wc));
+        let (p2, s2, f2) = (prog.clone(), socks.clone(), fast.clone());
+        ctl.data_stats = Box::new(move || data_stats(&p2, &s2, &wc, f2.as_deref()));
         if args.admission == OnOff::On {
             let governors = std::sync::Mutex::new(vec![AdmitGovernor::default(); socks.len()]);
             ctl.admission = Box::new(move |secs| {
@@ -645,6 +665,24 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
                 .spawn(move || routes.run(&stop))
                 .map_err(StartError::os("starting the resolver thread"))?
         };
+        let fast_thread = match &fast {
+            Some(f) => {
+                let (f, engine, tables, routes, stop) = (
+                    f.clone(),
+                    engine.clone(),
+                    tables.clone(),
+                    dp.routes.clone(),
+                    stop.clone(),
+                );
+                Some(
+                    std::thread::Builder::new()
+                        .name("xvs-fast".into())
+                        .spawn(move || f.run(&engine, &tables, &*routes, epoch, &stop))
+                        .map_err(StartError::os("starting the fast-path thread"))?,
+                )
+            }
+            None => None,
+        };
         let injector = match xvs_xdp::inject::Injector::open("xvs-pass") {
             Ok(i) => Some(Arc::new(i)),
             Err(e) => {
@@ -657,7 +695,10 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
             let c = worker_counters[i].clone();
             counters.push(c.clone());
             let routes: Arc<dyn xvs_core::Routes + Send + Sync> = dp.routes.clone();
-            let handler = EngineHandler::new(engine.clone(), tables.clone(), routes);
+            let mut handler = EngineHandler::new(engine.clone(), tables.clone(), routes);
+            if let Some(f) = &fast {
+                handler = handler.with_fast_path(f.clone());
+            }
             let mut w = Worker {
                 qs,
                 handler,
@@ -696,6 +737,10 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
         let control = spawn_control(ctl.clone(), listener, stop.clone())?;
         wait(&ctl, &stop, &hup);
         for h in handles.drain(..) {
+            let _ = h.join();
+        }
+        // Its last collection gives the connections what the fast path forwarded.
+        if let Some(h) = fast_thread {
             let _ = h.join();
         }
         // The workers are gone: the table is final. It goes to the next xvsd.
@@ -764,20 +809,41 @@ fn admission_step(prog: &XdpProgram, socks: &[Sock], governors: &mut [AdmitGover
 }
 
 /// The text of `xvsadm --xvs-stats` for the data plane.
-fn data_stats(prog: &XdpProgram, socks: &[Sock], workers: &[Arc<WorkerCounters>]) -> String {
+fn data_stats(
+    prog: &XdpProgram,
+    socks: &[Sock],
+    workers: &[Arc<WorkerCounters>],
+    fast: Option<&xvs_xdp::fast::FastPath>,
+) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     match prog.counters() {
         Ok(x) => {
             let _ = writeln!(
                 out,
-                "xdp: passed={} redirected={} no_socket={} other_host={}",
-                x.passed, x.redirected, x.no_socket, x.other_host
+                "xdp: passed={} redirected={} no_socket={} other_host={} fast={}",
+                x.passed, x.redirected, x.no_socket, x.other_host, x.fast
             );
         }
         Err(e) => {
             let _ = writeln!(out, "xdp: counters unavailable: {e}");
         }
+    }
+    if let Some(f) = fast {
+        let c = &f.counters;
+        let _ = writeln!(
+            out,
+            "fast_path: active={} offered={} installed={} failed={} queue_full={} removed={} packets={} bytes={} generations={}",
+            c.active.load(Relaxed),
+            c.offered.load(Relaxed),
+            c.installed.load(Relaxed),
+            c.failed.load(Relaxed),
+            c.queue_full.load(Relaxed),
+            c.removed.load(Relaxed),
+            c.packets.load(Relaxed),
+            c.bytes.load(Relaxed),
+            c.generations.load(Relaxed)
+        );
     }
     for (i, w) in workers.iter().enumerate() {
         let _ = writeln!(

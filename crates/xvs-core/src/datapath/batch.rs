@@ -53,12 +53,13 @@ impl Engine {
         worker: &mut WorkerState,
         prefetch: impl Fn(usize),
     ) {
-        let (step, hops, parsed) = worker.start(routes, now);
+        let (step, hops, parsed, offloads) = worker.start(routes, now);
         let b = &mut Batch {
             t: tables,
             hops,
             step,
             sync: self.sync.mode(),
+            offloads: self.offload.load(Relaxed).then_some(offloads),
         };
         let mut tally = Tally::default();
         for (fs, vs) in frames

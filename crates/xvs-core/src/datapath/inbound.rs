@@ -1,12 +1,14 @@
 //! A frame's way in: parse, classify (a connection's packet, a NAT reply, an ICMP error, a new
 //! connection), the connection's state transition and its accounting.
 
+use super::offer::offer;
 use super::{put, Batch, DropReason, Engine, FirstLookup, NewConn, Settled, Verdict};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::conn::{Conn, ConnKey, KeyRef, CONN_F_INACTIVE, CONN_F_NOOUTPUT};
 use crate::dest::ConnForward;
+use crate::offload;
 use crate::proto::{tcp_next_state, tcp_state_active, Direction, TcpFlags, TcpState, Timeouts};
 use crate::service::Tables;
 use crate::stats::Counting;
@@ -279,6 +281,27 @@ impl Engine {
                 InResult::Hit(tpl) => {
                     // Forwarded under the shard's lock, reading the destination where it is.
                     let v = self.forward_in(&mut b.hops, frame, p, Hit::of(&c), out);
+                    if let Some(q) = b.offloads.as_deref_mut() {
+                        if c.flags & offload::flag(Direction::Input) == 0 {
+                            let (to, new) = (c.dest.addr, (c.dest.addr, c.dport));
+                            let mark = mark_of(t, frame, p);
+                            let k = key.to_key();
+                            let (hops, sync) = (&mut b.hops, &b.sync);
+                            offer(
+                                q,
+                                hops,
+                                sync,
+                                &k,
+                                &mut c,
+                                Direction::Input,
+                                p,
+                                &to,
+                                new,
+                                out,
+                                mark,
+                            );
+                        }
+                    }
                     let sync_tpl = if b.sync.master {
                         let pkts = u32::from(c.in_pkts);
                         if b.sync.may_send(&c, pkts) {

@@ -26,12 +26,13 @@
 //! that do so say "in place (store forwarding)".
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use crate::conn::{ClientHash, ConnKey, ConnTable};
 use crate::defence::{Defence, DropEntryCounters, SetError};
 use crate::hops::HopCache;
+use crate::offload::Offload;
 pub use crate::routes::Routes;
 use crate::service::{Service, Tables};
 use crate::stats::{Counting, WorkerSlot};
@@ -41,6 +42,7 @@ use crate::wire::{Frame, IcmpError, NextHop, Packet, ParseError};
 mod batch;
 mod icmp;
 mod inbound;
+mod offer;
 mod schedule;
 mod xmit;
 
@@ -53,7 +55,13 @@ pub struct WorkerState {
     /// The prefetching path's frames parsed ahead, a slot for each frame of a group (kept, so
     /// a batch allocates nothing).
     parsed: Box<[Parsed]>,
+    /// Connections' directions the data path found ready for the fast path, for the worker to
+    /// install (see [`crate::offload`]); at most [`OFFLOAD_QUEUE`].
+    offloads: Vec<Offload>,
 }
+
+/// Offloads a worker collects before it installs them; more wait for a later segment.
+pub const OFFLOAD_QUEUE: usize = 256;
 
 impl Default for WorkerState {
     fn default() -> Self {
@@ -69,7 +77,13 @@ impl WorkerState {
             slot: WorkerSlot::claim(),
             hops: HopCache::new(),
             parsed: vec![(Err(ParseError::NotIp), None); PREFETCH_GROUP].into_boxed_slice(),
+            offloads: Vec::with_capacity(OFFLOAD_QUEUE),
         }
+    }
+
+    /// The offloads found since the last call (see [`Engine::set_offload`]), taken out.
+    pub fn take_offloads(&mut self) -> std::vec::Drain<'_, Offload> {
+        self.offloads.drain(..)
     }
 
     /// Its next-hop cache.
@@ -83,7 +97,7 @@ impl WorkerState {
         &'a mut self,
         routes: &'a dyn Routes,
         now: Time,
-    ) -> (Step, Hops<'a>, &'a mut [Parsed]) {
+    ) -> (Step, Hops<'a>, &'a mut [Parsed], &'a mut Vec<Offload>) {
         self.hops.sync(routes);
         (
             Step {
@@ -95,6 +109,7 @@ impl WorkerState {
                 cache: &mut self.hops,
             },
             &mut self.parsed,
+            &mut self.offloads,
         )
     }
 }
@@ -251,6 +266,8 @@ pub struct Engine {
     prefetch_from: AtomicUsize,
     /// Connection synchronisation: settings, the master's queue, counters.
     pub sync: crate::sync::Sync,
+    /// Whether established connections are offered to the fast path.
+    offload: AtomicBool,
 }
 
 /// What every frame of a batch is processed with: the published tables, the worker's next
@@ -261,6 +278,8 @@ struct Batch<'a> {
     step: Step,
     /// The sync daemons' roles, read once a batch.
     sync: crate::sync::Mode,
+    /// Where offloads go while the fast path is on.
+    offloads: Option<&'a mut Vec<Offload>>,
 }
 
 /// A new connection's facts, as the classification found them: its protocol, key, the hash of
@@ -360,7 +379,14 @@ impl Engine {
             drop_entry: Mutex::new((seed | 1, DropEntryCounters::default())),
             prefetch_from: AtomicUsize::new(PREFETCH_FROM),
             sync: crate::sync::Sync::default(),
+            offload: AtomicBool::new(false),
         }
+    }
+
+    /// Offer established TCP connections (direct routing and NAT) to the XDP fast path: the
+    /// workers' [`WorkerState::take_offloads`] then gives each direction once.
+    pub fn set_offload(&self, on: bool) {
+        self.offload.store(on, Relaxed);
     }
 
     /// The defences' once-a-second work (`defense_work_handler`): their levels from the
@@ -414,6 +440,7 @@ impl Engine {
         let b = &mut Batch {
             t,
             sync: self.sync.mode(),
+            offloads: None,
             hops: Hops {
                 routes,
                 cache: &mut cache,

@@ -2,10 +2,12 @@
 //! with the MTU and TTL checks before it.
 
 use super::inbound::{account, transition, Hit};
+use super::offer::offer;
 use super::{put, Batch, DropReason, Engine, Hops, Settled, Step, Verdict};
 use std::net::IpAddr;
 
 use crate::conn::{ClientHash, ReplyKey};
+use crate::offload;
 use crate::proto::Direction;
 use crate::types::{ForwardMethod, Protocol};
 use crate::wire::{
@@ -25,7 +27,8 @@ impl Engine {
         h: Option<ClientHash>,
         out: &mut Verdict,
     ) -> Option<Settled> {
-        let (t, cx, hops) = (b.t, b.step, &mut b.hops);
+        let (t, cx, hops, sync) = (b.t, b.step, &mut b.hops, &b.sync);
+        let offloads = &mut b.offloads;
         let Step { now, w } = cx;
         let proto = Protocol::from_number(p.proto)?;
         let rk = ReplyKey {
@@ -50,6 +53,25 @@ impl Engine {
             // copied out through a result, it was read back in words that straddle the
             // stores that wrote it (see `Hit`).
             let o = self.forward_reply(hops, frame, p, &key.vaddr, key.vport, out);
+            if let Some(q) = offloads.as_deref_mut() {
+                if c.flags & offload::flag(Direction::Output) == 0 {
+                    let new = (key.vaddr, key.vport);
+                    // (Only the client's direction makes sync records: no mark here.)
+                    offer(
+                        q,
+                        hops,
+                        sync,
+                        key,
+                        c,
+                        Direction::Output,
+                        p,
+                        &p.daddr,
+                        new,
+                        out,
+                        0,
+                    );
+                }
+            }
             (o, assure.then(|| c.template.clone()).flatten())
         })?;
         if let Some(tk) = tpl {

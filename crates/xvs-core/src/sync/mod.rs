@@ -135,6 +135,11 @@ pub struct Mode {
 }
 
 impl Mode {
+    /// `sync_period` (0 while no master runs).
+    pub fn period(&self) -> u32 {
+        self.period
+    }
+
     /// Whether the `pkts`-th packet of connection `c` may be due for sending: false for the
     /// packets of a connection between two sends (nearly all), which then skip [`needed`] and
     /// its call. A change into ESTABLISHED is sent by the packet count like the packets after
@@ -240,7 +245,8 @@ fn fwd_bits(m: ForwardMethod) -> u32 {
 pub fn record(k: KeyRef<'_>, c: &Conn, fwmark: u32) -> SyncConn {
     SyncConn {
         proto: k.proto,
-        flags: u32::from(c.flags) & !wire::flags::FWD_MASK | fwd_bits(c.fwd.method),
+        flags: u32::from(c.flags & !crate::conn::CONN_F_XVS_ONLY) & !wire::flags::FWD_MASK
+            | fwd_bits(c.fwd.method),
         state: u16::from(c.state),
         caddr: *k.caddr,
         cport: k.cport,

@@ -517,6 +517,26 @@ fn replace_words<const N: usize>(frame: &mut [u8], at: usize, new: [u8; N]) -> u
     acc
 }
 
+/// The ones' complement sum of `!old + new` over the big-endian words of two addresses of one
+/// family: what replacing `old` by `new` adds to a checksum that covers it (unfolded).
+pub fn words_delta(old: &IpAddr, new: &IpAddr) -> u32 {
+    let (o, n) = (addr_bytes(old), addr_bytes(new));
+    let len = o.1.min(n.1);
+    o.0[..len]
+        .chunks_exact(2)
+        .zip(n.0[..len].chunks_exact(2))
+        .map(|(a, b)| {
+            u32::from(!u16::from_be_bytes([a[0], a[1]]))
+                + u32::from(u16::from_be_bytes([b[0], b[1]]))
+        })
+        .sum()
+}
+
+/// A ones' complement sum folded into 16 bits.
+pub fn fold16(acc: u32) -> u16 {
+    fold(acc)
+}
+
 /// A checksum `hc` updated by a change whose [`replace_words`] sum is `delta`.
 fn csum_update(hc: u16, delta: u32) -> u16 {
     !fold(u32::from(!hc) + delta)

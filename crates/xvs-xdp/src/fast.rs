@@ -1,0 +1,346 @@
+//! The fast path's entries in the XDP program (`fast` in `bpf/xvs.bpf.c`): installed from the
+//! workers' offloads, collected and removed by one thread.
+//!
+//! Workers queue what the data path offers ([`FastPath::offer`], lock-free, never blocking a
+//! worker); the fast-path thread ([`FastPath::run`]) installs it, and once a second reads every
+//! entry: what it forwarded goes to the connection and the statistics
+//! ([`Engine::offloaded`]), and an entry whose connection is gone, which the program marked
+//! dead (a SYN, FIN or RST came; a configuration generation passed) or whose generation is old
+//! is removed, as is one whose next hop changed (interface, MAC or MTU). A published
+//! configuration starts a new generation ([`FastPath::invalidate`]): every older entry stops
+//! at its next segment, which goes to xvsd and, when the connection still forwards the same
+//! way, offloads it again.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam_queue::ArrayQueue;
+use xvs_core::offload::{FastCounts, Offload};
+use xvs_core::{Engine, Routes, Tables, Time};
+
+use crate::bpf::XdpProgram;
+
+/// A direction of a connection as its segments arrive (`struct fast_key`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub(crate) struct FastKey {
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport_be: u16,
+    dport_be: u16,
+    family: u8,
+    pad: [u8; 3],
+}
+
+/// An entry (`struct fast_val`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FastVal {
+    eth: [u8; 12],
+    addr: [u8; 16],
+    port_be: u16,
+    op: u8,
+    pad1: u8,
+    ifindex: u32,
+    gen: u32,
+    max_ip_len: u16,
+    ip_delta: u16,
+    l4_delta: u16,
+    pad2: u16,
+    dead: u32,
+    pad3: u32,
+    packets: u64,
+    bytes: u64,
+    last_ns: u64,
+}
+
+fn addr16(a: &IpAddr) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    match a {
+        IpAddr::V4(v) => b[..4].copy_from_slice(&v.octets()),
+        IpAddr::V6(v) => b = v.octets(),
+    }
+    b
+}
+
+/// A ones' complement difference of big-endian words as the program adds it: to a checksum
+/// loaded as a native-endian word (RFC 1071: the sum in either byte order is the other's
+/// bytes swapped).
+fn native(delta: u16) -> u16 {
+    u16::from_be_bytes(delta.to_ne_bytes())
+}
+
+impl FastKey {
+    fn of(o: &Offload) -> FastKey {
+        FastKey {
+            saddr: addr16(&o.saddr),
+            daddr: addr16(&o.daddr),
+            sport_be: o.sport.to_be(),
+            dport_be: o.dport.to_be(),
+            family: if o.saddr.is_ipv6() { 6 } else { 4 },
+            pad: [0; 3],
+        }
+    }
+}
+
+impl FastVal {
+    fn of(o: &Offload, gen: u32) -> FastVal {
+        FastVal {
+            eth: o.eth,
+            addr: addr16(&o.addr),
+            port_be: o.port.to_be(),
+            op: o.op as u8,
+            ifindex: o.ifindex,
+            gen,
+            max_ip_len: o.max_ip_len,
+            ip_delta: native(o.ip_delta),
+            l4_delta: native(o.l4_delta),
+            ..FastVal::default()
+        }
+    }
+}
+
+/// Counters of the fast path, for `--xvs-stats`.
+#[derive(Debug, Default)]
+pub struct FastCounters {
+    /// Directions of connections the workers offered.
+    pub offered: AtomicU64,
+    /// Offers lost because the queue to the fast-path thread was full.
+    pub queue_full: AtomicU64,
+    /// Entries installed.
+    pub installed: AtomicU64,
+    /// Installs the kernel refused (the map full, no memory).
+    pub failed: AtomicU64,
+    /// Entries removed (connection ended or gone, new generation).
+    pub removed: AtomicU64,
+    /// Entries in the program now.
+    pub active: AtomicU64,
+    /// Segments and IP bytes the entries forwarded, as collected.
+    pub packets: AtomicU64,
+    /// IP bytes.
+    pub bytes: AtomicU64,
+    /// Generations started (configurations published).
+    pub generations: AtomicU64,
+}
+
+/// Offers waiting for the fast-path thread; more are dropped and counted (their connections
+/// stay on the slow path).
+const QUEUE: usize = 65_536;
+
+/// How often the thread installs what is queued.
+const INSTALL_PERIOD: Duration = Duration::from_millis(20);
+/// How often it collects every entry's counts.
+const COLLECT_PERIOD: Duration = Duration::from_secs(1);
+
+/// The fast path of one XDP program.
+#[derive(Debug)]
+pub struct FastPath {
+    prog: Arc<XdpProgram>,
+    queue: ArrayQueue<(u32, Offload)>,
+    gen: AtomicU32,
+    /// Counters.
+    pub counters: FastCounters,
+}
+
+/// An installed entry as the thread remembers it: the offload, its generation and what has
+/// been collected of its counts.
+struct Installed {
+    o: Offload,
+    gen: u32,
+    packets: u64,
+    bytes: u64,
+}
+
+/// The monotonic clock in ns, as `bpf_ktime_get_ns` reads it.
+fn ktime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // Safety: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether the next hop of `o`'s egress is no longer the one it was made with (another
+/// interface, MAC or MTU): the entry ends, and the connection's next segment through xvsd
+/// offloads it with the new one.
+fn hop_moved(routes: &dyn Routes, o: &Offload) -> bool {
+    let to = match o.dir {
+        xvs_core::proto::Direction::Input => o.addr,
+        xvs_core::proto::Direction::Output => o.daddr,
+    };
+    routes.next_hop(to).is_none_or(|h| {
+        h.ifindex != o.ifindex
+            || h.dst_mac[..] != o.eth[..6]
+            || h.src_mac[..] != o.eth[6..]
+            || h.mtu != o.max_ip_len
+    })
+}
+
+/// What `v` forwarded since `e` was collected, its last segment on the engine's clock.
+fn counts(v: &FastVal, e: &Installed, now: Time) -> FastCounts {
+    FastCounts {
+        packets: v.packets.saturating_sub(e.packets),
+        bytes: v.bytes.saturating_sub(e.bytes),
+        last: (v.last_ns != 0).then(|| {
+            let ago_ms = ktime_ns().saturating_sub(v.last_ns) / 1_000_000;
+            Time(now.0.saturating_sub(ago_ms))
+        }),
+    }
+}
+
+impl FastPath {
+    /// The fast path of `prog`, generation 1.
+    pub fn new(prog: Arc<XdpProgram>) -> Result<FastPath, crate::bpf::BpfError> {
+        prog.set_fast_gen(1)?;
+        Ok(FastPath {
+            prog,
+            queue: ArrayQueue::new(QUEUE),
+            gen: AtomicU32::new(1),
+            counters: FastCounters::default(),
+        })
+    }
+
+    /// The generation now; a worker reads it before it loads the tables its offers come from.
+    pub fn generation(&self) -> u32 {
+        self.gen.load(Relaxed)
+    }
+
+    /// Queue a worker's offer made in generation `gen`.
+    pub fn offer(&self, gen: u32, o: Offload) {
+        self.counters.offered.fetch_add(1, Relaxed);
+        if self.queue.push((gen, o)).is_err() {
+            self.counters.queue_full.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Start a new generation: every entry made before stops at its next segment. Call it
+    /// after publishing the tables that make the change.
+    pub fn invalidate(&self) {
+        let g = self.gen.fetch_add(1, Relaxed).wrapping_add(1);
+        if let Err(e) = self.prog.set_fast_gen(g) {
+            tracing::error!("fast path: {e}");
+        }
+        self.counters.generations.fetch_add(1, Relaxed);
+    }
+
+    /// Install, collect and remove until `stop`; entries whose next hop in `routes` moved
+    /// end. `epoch` is the engine clock's zero. Removes every entry when it stops.
+    pub fn run(
+        &self,
+        engine: &Engine,
+        tables: &ArcSwap<Tables>,
+        routes: &dyn Routes,
+        epoch: Instant,
+        stop: &AtomicBool,
+    ) {
+        let mut entries: HashMap<FastKey, Installed> = HashMap::new();
+        let mut last_collect = Instant::now();
+        while !stop.load(Relaxed) {
+            std::thread::sleep(INSTALL_PERIOD);
+            let t = tables.load();
+            let now = Time(epoch.elapsed().as_millis() as u64);
+            while let Some((gen, o)) = self.queue.pop() {
+                let key = FastKey::of(&o);
+                if let Some(old) = entries.remove(&key) {
+                    // Replaced: what the old entry forwarded goes to its connection, whose
+                    // flag stays when it is the same connection offered again.
+                    let n = self.counts_since(&key, &old, now);
+                    let same = old.o.conn == o.conn && old.o.dir == o.dir;
+                    engine.offloaded(&t, &old.o, n, !same, now);
+                }
+                match self.prog.fast_put(&key, &FastVal::of(&o, gen)) {
+                    Ok(()) => {
+                        self.counters.installed.fetch_add(1, Relaxed);
+                        entries.insert(
+                            key,
+                            Installed {
+                                o,
+                                gen,
+                                packets: 0,
+                                bytes: 0,
+                            },
+                        );
+                    }
+                    Err(_) => {
+                        self.counters.failed.fetch_add(1, Relaxed);
+                        // The connection may offer itself again at a later segment.
+                        engine.offloaded(&t, &o, FastCounts::default(), true, now);
+                    }
+                }
+            }
+            if last_collect.elapsed() >= COLLECT_PERIOD {
+                last_collect = Instant::now();
+                let gen = self.generation();
+                let keys: Vec<FastKey> = entries.keys().copied().collect();
+                for key in keys {
+                    let e = entries.remove(&key).expect("listed");
+                    let stale = e.gen != gen || hop_moved(routes, &e.o);
+                    if let Some(e) = self.collect(engine, &t, &key, e, stale, now, true) {
+                        entries.insert(key, e);
+                    }
+                }
+            }
+            self.counters.active.store(entries.len() as u64, Relaxed);
+        }
+        let t = tables.load();
+        let now = Time(epoch.elapsed().as_millis() as u64);
+        for (key, e) in entries.drain() {
+            self.collect(engine, &t, &key, e, true, now, false);
+        }
+        self.counters.active.store(0, Relaxed);
+    }
+
+    /// What the entry at `key` forwarded since `e` was last collected.
+    fn counts_since(&self, key: &FastKey, e: &Installed, now: Time) -> FastCounts {
+        let n = self
+            .prog
+            .fast_get(key)
+            .map_or_else(FastCounts::default, |v| counts(&v, e, now));
+        self.counters.packets.fetch_add(n.packets, Relaxed);
+        self.counters.bytes.fetch_add(n.bytes, Relaxed);
+        n
+    }
+
+    /// Give the connection what entry `e` forwarded since the last time; remove the entry when
+    /// `end`, when the program marked it dead, or when the connection is gone. The entry when
+    /// it stays.
+    #[allow(clippy::too_many_arguments)] // The thread's state, passed as it has it.
+    fn collect(
+        &self,
+        engine: &Engine,
+        t: &Tables,
+        key: &FastKey,
+        mut e: Installed,
+        end: bool,
+        now: Time,
+        keep: bool,
+    ) -> Option<Installed> {
+        let v = self.prog.fast_get(key);
+        let n = match &v {
+            Some(v) => counts(v, &e, now),
+            None => FastCounts::default(),
+        };
+        let end = end || !keep || v.is_none_or(|v| v.dead != 0);
+        if let Some(v) = &v {
+            e.packets = v.packets;
+            e.bytes = v.bytes;
+        }
+        self.counters.packets.fetch_add(n.packets, Relaxed);
+        self.counters.bytes.fetch_add(n.bytes, Relaxed);
+        let alive = engine.offloaded(t, &e.o, n, end, now);
+        if end || !alive {
+            if v.is_some() {
+                self.prog.fast_remove(key);
+            }
+            self.counters.removed.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(e)
+    }
+}
