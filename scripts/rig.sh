@@ -41,7 +41,7 @@ xdp_pass_obj() { # compile scripts/xdp-pass.bpf.c once (clang and libbpf's heade
 
 napi_peer() { # napi_peer NS IF: the far end of a balancer's veth takes XDP frames (see the .c)
     xdp_pass_obj
-    ns "$1" ip -force link set dev "$2" xdp obj "$PASS_OBJ" sec xdp
+    ns "$1" ip -force link set dev "$2" xdp obj "$PASS_OBJ" sec xdp.frags
     # And waits when the balancer's receive ring is full instead of dropping, as a NIC's
     # transmit ring does (a veth whose peer runs NAPI has a ring of 256 frames; with a qdisc
     # the sender is held back, without one the frame is lost).

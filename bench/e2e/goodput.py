@@ -96,7 +96,7 @@ def peers_xdp(rig, method, on):
         dev = f"{name}{rig.id}"
         if on:
             obj = os.path.join(ROOT, "target", "xdp-pass.bpf.o")
-            rig.run(role, ["ip", "-force", "link", "set", "dev", dev, "xdp", "obj", obj, "sec", "xdp"], check_rc=True)
+            rig.run(role, ["ip", "-force", "link", "set", "dev", dev, "xdp", "obj", obj, "sec", "xdp.frags"], check_rc=True)
         else:
             rig.run(role, ["ip", "link", "set", "dev", dev, "xdp", "off"], check_rc=True)
 

@@ -447,7 +447,19 @@ def bulk(mode, busy=False, mtu=None):
                  *UPLOAD_HDR, url(vip, "/upload")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
         bad = transfers_done(procs, want, digest, 90)
         check(f"{name}: four downloads and four uploads at once, all intact", not bad, bad)
+        # The fast path's counts reach the statistics within its collection period (1 s).
+        time.sleep(1.5)
         stats = xvs_stats(rig)
+        fast = stats.get("fast_path", {})
+        if mode == "tun":
+            check(f"{name}: tunnels stay on the slow path", fast.get("installed", -1) == 0, fast)
+        else:
+            # Five uploads of `size` cross the balancer client to server: the service counts
+            # them, most of them forwarded by the fast path.
+            svc = stats_line(rig)
+            check(f"{name}: the fast path carried most of it, and the statistics count it all",
+                  fast.get("bytes", 0) > 2 * size and svc is not None and svc[3] >= 5 * size,
+                  f"{fast} {svc}")
         if mtu:
             st, out, _ = rig.adm("--xvs-stats")
             worker = dict(w.split("=", 1) for l in out.splitlines() if l.startswith("worker ")
@@ -498,11 +510,65 @@ def xvs_stats(rig, sock=None):
     stats = {}
     for line in out.splitlines():
         label, _, rest = line.partition(":")
-        if label in ("engine", "table", "defence", "xdp", "sync"):
+        if label in ("engine", "table", "defence", "xdp", "sync", "fast_path"):
             stats[label] = {k: int(v) for k, v in (w.split("=", 1) for w in rest.split())}
     stats["drop"] = {l.split()[1].split("=")[0]: int(l.split("=")[1]) for l in out.splitlines()
                      if l.startswith("drop ")}
     return stats
+
+
+def stats_line(rig):
+    """The first service's line of `-L -n --stats --exact`: (conns, inpkts, outpkts, inbytes,
+    outbytes), or None."""
+    st, out, _ = rig.adm("-L -n --stats --exact")
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) == 7 and f[0] in ("TCP", "UDP"):
+            return tuple(int(x) for x in f[2:])
+    return None
+
+
+def fast_path():
+    """The fast path under an operator's hands (NAT, IPv4): a long download is offloaded; its
+    connection's timer keeps being re-armed and its bytes counted while the XDP program
+    forwards it; deleting its real server stops it at once, as IPVS drops the packets of a
+    connection whose destination is gone."""
+    name = "nat-v4-fast-path"
+
+    def body(rig, vip, reals):
+        out = os.path.join(rig.tmp, "slow.bin")
+        size = 3_000_000
+        p = subprocess.Popen(["ip", "netns", "exec", rig.ns("c"), "curl", "-s", "-S", "-m", "40",
+                              "--limit-rate", "200k", "-o", out, url(vip, f"/blob?size={size}")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        rig.procs.append(p)
+        time.sleep(3)
+        fast = xvs_stats(rig).get("fast_path", {})
+        check(f"{name}: the download's connection is offloaded, both directions",
+              fast.get("active", 0) == 2 and fast.get("packets", 0) > 0, fast)
+        s1 = stats_line(rig)
+        time.sleep(6)
+        s2 = stats_line(rig)
+        check(f"{name}: its bytes keep being counted (-L --stats) while the fast path forwards them",
+              s1 and s2 and s2[4] - s1[4] > 600_000, (s1, s2))
+        st, conns, _ = rig.adm("-L -n -c")
+        est = [l for l in conns.splitlines() if "ESTABLISHED" in l]
+        # 9 s after it started, a timer never re-armed would show at most 14:51.
+        check(f"{name}: its timer is re-armed from the fast path's last segment (-L -c shows 14:5x)",
+              len(est) == 1 and est[0].split()[1] >= "14:58", conns)
+        rs = next((r for r in reals if f"{r}:80" in conns), None)
+        rig.adm(f"-d -t {vip}:80 -r {rs}:80")
+        time.sleep(1)
+        n1 = os.path.getsize(out)
+        time.sleep(2)
+        n2 = os.path.getsize(out)
+        check(f"{name}: deleting its real server stops it (as IPVS, expire_nodest_conn 0)",
+              n2 == n1 and n2 < size and xvs_stats(rig)["drop"].get("dest_unavailable", 0) > 0,
+              (n1, n2, rs, xvs_stats(rig)["drop"]))
+        p.kill()
+        check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
+
+    on_rig(name, "nat", False, "xvsd starts", body)
 
 
 def rss_bytes(pid):
@@ -793,6 +859,7 @@ def add_balancer(rig, role, ifname, addr):
     subprocess.run(["ip", "link", "set", peer, "netns", rig.ns("w")], check=True)
     rig.run("w", ["ip", "link", "set", peer, "master", "br0"], check_rc=True)
     rig.run("w", ["ip", "link", "set", peer, "up"], check_rc=True)
+    napi_peer(rig, "w", peer)
     for cmd in (["ip", "link", "set", ifname, "up"], ["ip", "addr", "add", f"{addr}/24", "dev", ifname]):
         rig.run(role, cmd, check_rc=True)
 
@@ -1005,6 +1072,16 @@ vrrp_instance back {{
 """
 
 
+def napi_peer(rig, role, dev):
+    """The far end `dev` of a balancer's veth takes the frames xvsd's fast path sends from
+    XDP, and holds its sender back when the balancer's ring is full (scripts/rig.sh
+    `napi_peer`)."""
+    obj = os.path.join(ROOT, "target", "xdp-pass.bpf.o")
+    rig.run(role, ["ip", "-force", "link", "set", "dev", dev, "xdp", "obj", obj, "sec", "xdp.frags"],
+            check_rc=True)
+    rig.run(role, ["tc", "qdisc", "replace", "dev", dev, "root", "pfifo", "limit", "1000"], check_rc=True)
+
+
 def veth_into(rig, a, a_role, b, bridge, addr=None):
     """A veth `a` in namespace `a_role` whose peer `b` joins `bridge` of the switch namespace."""
     subprocess.run(["ip", "link", "add", a, "type", "veth", "peer", "name", b], check=True)
@@ -1012,6 +1089,7 @@ def veth_into(rig, a, a_role, b, bridge, addr=None):
     subprocess.run(["ip", "link", "set", b, "netns", rig.ns("w")], check=True)
     rig.run("w", ["ip", "link", "set", b, "master", bridge], check_rc=True)
     rig.run("w", ["ip", "link", "set", b, "up"], check_rc=True)
+    napi_peer(rig, "w", b)
     rig.run(a_role, ["ip", "link", "set", a, "up"], check_rc=True)
     rig.run(a_role, ["ethtool", "-K", a, "tx", "off", "tso", "off", "gso", "off"])
     if addr:
@@ -1190,6 +1268,7 @@ def main():
         bulk(mode)
         bulk(mode, busy=True)
         bulk(mode, mtu=9000)
+    fast_path()
     flood()
     standby()
     restart()

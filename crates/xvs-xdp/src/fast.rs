@@ -125,6 +125,8 @@ pub struct FastCounters {
     pub bytes: AtomicU64,
     /// Generations started (configurations published).
     pub generations: AtomicU64,
+    /// Egress interfaces the fast path stopped using because they refused its frames.
+    pub refused_egress: AtomicU64,
 }
 
 /// Offers waiting for the fast-path thread; more are dropped and counted (their connections
@@ -164,6 +166,76 @@ fn ktime_ns() -> u64 {
     // Safety: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The egress interfaces' XDP transmit errors, watched for frames the fast path sends that
+/// the interface cannot take. A NIC takes XDP frames or refuses the program; a veth takes them
+/// only while its peer runs NAPI and otherwise drops each one, counted in its driver statistics
+/// `*_xdp_tx_errors` (XDP_TX) and `*_xdp_xmit_errors` (redirects; mainline's `veth_xdp_xmit`).
+/// An interface whose count grows while entries send from it is refused.
+#[derive(Default)]
+struct Egress {
+    /// Interfaces: their names and XDP transmit errors at the last look.
+    seen: HashMap<u32, (String, u64)>,
+    refused: std::collections::HashSet<u32>,
+}
+
+impl Egress {
+    fn name(&self, ifindex: u32) -> String {
+        self.seen
+            .get(&ifindex)
+            .map_or_else(|| ifindex.to_string(), |(n, _)| n.clone())
+    }
+
+    /// The interfaces of `used` newly found refusing.
+    fn refusing(&mut self, used: &std::collections::HashSet<u32>) -> Vec<u32> {
+        let mut out = Vec::new();
+        for &ifindex in used {
+            if self.refused.contains(&ifindex) {
+                continue;
+            }
+            let Some(name) = self
+                .seen
+                .get(&ifindex)
+                .map(|(n, _)| n.clone())
+                .or_else(|| if_name(ifindex))
+            else {
+                continue;
+            };
+            let Some(errors) = xdp_tx_errors(&name) else {
+                continue;
+            };
+            let before = self.seen.insert(ifindex, (name, errors)).map(|(_, e)| e);
+            if before.is_some_and(|b| errors > b) {
+                self.refused.insert(ifindex);
+                out.push(ifindex);
+            }
+        }
+        out
+    }
+}
+
+fn if_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // Safety: buf has IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0)?;
+    String::from_utf8(buf[..len].to_vec()).ok()
+}
+
+/// The sum of an interface's XDP transmit error counters; None when it has none (a driver
+/// without them).
+fn xdp_tx_errors(name: &str) -> Option<u64> {
+    let stats = crate::ethtool::stats(name).ok()?;
+    let errors: Vec<u64> = stats
+        .iter()
+        .filter(|(n, _)| n.ends_with("xdp_tx_errors") || n.ends_with("xdp_xmit_errors"))
+        .map(|(_, v)| *v)
+        .collect();
+    (!errors.is_empty()).then(|| errors.iter().sum())
 }
 
 /// Whether the next hop of `o`'s egress is no longer the one it was made with (another
@@ -240,12 +312,17 @@ impl FastPath {
         stop: &AtomicBool,
     ) {
         let mut entries: HashMap<FastKey, Installed> = HashMap::new();
+        let mut egress = Egress::default();
         let mut last_collect = Instant::now();
         while !stop.load(Relaxed) {
             std::thread::sleep(INSTALL_PERIOD);
             let t = tables.load();
             let now = Time(epoch.elapsed().as_millis() as u64);
             while let Some((gen, o)) = self.queue.pop() {
+                if egress.refused.contains(&o.ifindex) {
+                    // Left flagged: the connection stays on the slow path, offering nothing.
+                    continue;
+                }
                 let key = FastKey::of(&o);
                 if let Some(old) = entries.remove(&key) {
                     // Replaced: what the old entry forwarded goes to its connection, whose
@@ -277,10 +354,21 @@ impl FastPath {
             if last_collect.elapsed() >= COLLECT_PERIOD {
                 last_collect = Instant::now();
                 let gen = self.generation();
+                let used: std::collections::HashSet<u32> =
+                    entries.values().map(|e| e.o.ifindex).collect();
+                for ifindex in egress.refusing(&used) {
+                    self.counters.refused_egress.fetch_add(1, Relaxed);
+                    tracing::warn!(
+                        "fast path: interface {} drops the frames XDP sends it (a veth whose peer runs no NAPI: attach an XDP program to the peer, as scripts/xdp-pass.bpf.c); its connections stay on the slow path",
+                        egress.name(ifindex)
+                    );
+                }
                 let keys: Vec<FastKey> = entries.keys().copied().collect();
                 for key in keys {
                     let e = entries.remove(&key).expect("listed");
-                    let stale = e.gen != gen || hop_moved(routes, &e.o);
+                    let stale = e.gen != gen
+                        || hop_moved(routes, &e.o)
+                        || egress.refused.contains(&e.o.ifindex);
                     if let Some(e) = self.collect(engine, &t, &key, e, stale, now, true) {
                         entries.insert(key, e);
                     }

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod bpf;
+pub mod ethtool;
 pub mod fast;
 pub mod inject;
 pub mod nexthop;

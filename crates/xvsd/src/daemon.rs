@@ -113,7 +113,8 @@ pub struct DaemonArgs {
     /// Forward the segments of established TCP connections (direct routing and NAT) in the
     /// XDP program, without a copy to xvsd; SYN, FIN and RST still come to xvsd. Every egress
     /// must take XDP frames: a NIC whose driver has `ndo_xdp_xmit`, or a veth whose peer runs
-    /// NAPI (an XDP program or GRO on it). off: every segment crosses xvsd.
+    /// NAPI (an XDP program attached to the peer); an egress that drops them is found and left
+    /// to the slow path. off: every segment crosses xvsd.
     #[arg(long, value_enum, default_value = "on")]
     pub fast_path: OnOff,
     /// Connection table capacity (entries); default: as many as a 16th of the memory available
@@ -833,7 +834,7 @@ fn data_stats(
         let c = &f.counters;
         let _ = writeln!(
             out,
-            "fast_path: active={} offered={} installed={} failed={} queue_full={} removed={} packets={} bytes={} generations={}",
+            "fast_path: active={} offered={} installed={} failed={} queue_full={} removed={} packets={} bytes={} generations={} refused_egress={}",
             c.active.load(Relaxed),
             c.offered.load(Relaxed),
             c.installed.load(Relaxed),
@@ -842,7 +843,8 @@ fn data_stats(
             c.removed.load(Relaxed),
             c.packets.load(Relaxed),
             c.bytes.load(Relaxed),
-            c.generations.load(Relaxed)
+            c.generations.load(Relaxed),
+            c.refused_egress.load(Relaxed)
         );
     }
     for (i, w) in workers.iter().enumerate() {

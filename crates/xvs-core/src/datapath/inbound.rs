@@ -281,6 +281,16 @@ impl Engine {
                 InResult::Hit(tpl) => {
                     // Forwarded under the shard's lock, reading the destination where it is.
                     let v = self.forward_in(&mut b.hops, frame, p, Hit::of(&c), out);
+                    let sync_tpl = if b.sync.master {
+                        let pkts = u32::from(c.in_pkts);
+                        if b.sync.may_send(&c, pkts) {
+                            self.sync_conn(key, &mut c, pkts, mark_of(t, frame, p), cx.now);
+                        }
+                        c.template.as_deref().copied()
+                    } else {
+                        None
+                    };
+                    // After the sync decision: on a master, the backups know the state first.
                     if let Some(q) = b.offloads.as_deref_mut() {
                         if c.flags & offload::flag(Direction::Input) == 0 {
                             let (to, new) = (c.dest.addr, (c.dest.addr, c.dport));
@@ -302,15 +312,6 @@ impl Engine {
                             );
                         }
                     }
-                    let sync_tpl = if b.sync.master {
-                        let pkts = u32::from(c.in_pkts);
-                        if b.sync.may_send(&c, pkts) {
-                            self.sync_conn(key, &mut c, pkts, mark_of(t, frame, p), cx.now);
-                        }
-                        c.template.as_deref().copied()
-                    } else {
-                        None
-                    };
                     drop(c);
                     if let Some(tk) = tpl {
                         self.conns.assure_template(&tk);

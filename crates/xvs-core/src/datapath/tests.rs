@@ -2008,3 +2008,262 @@ fn templates_and_fwmark_connections_cross_to_the_backup() {
         forwarded_to("192.168.1.3", 443)
     );
 }
+
+/// The XDP program's fast path (`fast_path` in `bpf/xvs.bpf.c`) applied to `frame` by `o`,
+/// in Rust: the MACs, the NAT side, the TTL, both checksums by the precomputed differences.
+fn fast_apply(o: &crate::offload::Offload, frame: &mut [u8]) {
+    use crate::offload::FastOp;
+    fn adjust(frame: &mut [u8], at: usize, delta: u16) {
+        let c = u16::from_be_bytes([frame[at], frame[at + 1]]);
+        let mut s = u32::from(!c) + u32::from(delta);
+        s = (s & 0xffff) + (s >> 16);
+        s = (s & 0xffff) + (s >> 16);
+        frame[at..at + 2].copy_from_slice(&(!(s as u16)).to_be_bytes());
+    }
+    let v6 = frame[12..14] == [0x86, 0xdd];
+    let (src, dst, l4, alen) = if v6 {
+        (ETH_LEN + 8, ETH_LEN + 24, ETH_LEN + 40, 16)
+    } else {
+        (
+            ETH_LEN + 12,
+            ETH_LEN + 16,
+            ETH_LEN + usize::from(frame[ETH_LEN] & 0xf) * 4,
+            4,
+        )
+    };
+    let a = match o.addr {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    match o.op {
+        FastOp::Route => {}
+        FastOp::Dnat => {
+            frame[dst..dst + alen].copy_from_slice(&a);
+            frame[l4 + 2..l4 + 4].copy_from_slice(&o.port.to_be_bytes());
+        }
+        FastOp::Snat => {
+            frame[src..src + alen].copy_from_slice(&a);
+            frame[l4..l4 + 2].copy_from_slice(&o.port.to_be_bytes());
+        }
+    }
+    if v6 {
+        frame[ETH_LEN + 7] -= 1;
+    } else {
+        frame[ETH_LEN + 8] -= 1;
+        adjust(frame, ETH_LEN + 10, o.ip_delta);
+    }
+    if o.op != FastOp::Route {
+        adjust(frame, l4 + 16, o.l4_delta);
+    }
+    frame[..12].copy_from_slice(&o.eth);
+}
+
+/// Run `frame` as a batch of `w` and take the offloads it made.
+fn offers(lb: &Lb, w: &mut WorkerState, frame: &[u8], now: u64) -> Vec<crate::offload::Offload> {
+    lb.run_as(w, frame, now);
+    w.take_offloads().collect()
+}
+
+/// A segment after an offload: the fast path's rewrite is, byte for byte, the slow path's.
+fn same_as_slow_path(lb: &Lb, o: &crate::offload::Offload, seg: &[u8]) {
+    let mut fast = seg.to_vec();
+    fast_apply(o, &mut fast);
+    let (v, slow) = lb.run(seg, 50);
+    assert!(matches!(v, Verdict::Forward { .. }));
+    assert_eq!(fast, slow);
+    assert_checksums(&fast);
+}
+
+#[test]
+fn direct_routing_offloads_once_established_and_the_fast_rewrite_is_the_slow_one() {
+    for (rs, client, vip) in [
+        ("10.9.0.11", "10.9.0.5", "10.0.0.1"),
+        ("fd09::11", "fd09::5", "fd00::1"),
+    ] {
+        let lb = Lb::one(rs, ForwardMethod::Route);
+        lb.engine.set_offload(true);
+        let mut w = WorkerState::new();
+        let seg = |flags, ttl, payload: &[u8]| {
+            if rs.contains(':') {
+                let ip = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(
+                    octets6(client),
+                    octets6(vip),
+                    ttl,
+                );
+                tcp_on(ip, 40000, 80, flags, payload)
+            } else {
+                tcp4(client, 40000, vip, 80, flags, ttl, payload)
+            }
+        };
+        assert!(offers(&lb, &mut w, &seg(Flags::Syn, 64, b""), 0).is_empty());
+        let o = offers(&lb, &mut w, &seg(Flags::Ack, 64, b""), 10);
+        assert_eq!(o.len(), 1, "the segment that establishes it offers it");
+        let o = &o[0];
+        assert_eq!(o.op, crate::offload::FastOp::Route);
+        assert_eq!(
+            (o.saddr, o.daddr, o.sport, o.dport),
+            (ip(client), ip(vip), 40000, 80)
+        );
+        assert_eq!(o.ifindex, 7);
+        // Offered once: the next segments through xvsd offer nothing.
+        assert!(offers(&lb, &mut w, &seg(Flags::Ack, 64, b"x"), 20).is_empty());
+        for ttl in [2, 37, 64, 255] {
+            same_as_slow_path(&lb, o, &seg(Flags::Ack, ttl, b"some data"));
+        }
+    }
+}
+
+#[test]
+fn nat_offloads_both_directions_and_the_fast_rewrites_are_the_slow_ones() {
+    use crate::offload::FastOp;
+    for (rs, client, vip) in [
+        ("192.168.1.2", "10.9.0.5", "10.0.0.1"),
+        ("fd01::2", "fd09::5", "fd00::1"),
+    ] {
+        let v6 = rs.contains(':');
+        let lb = Lb::new(
+            tcp_key(vip, 80),
+            "rr",
+            &[dest(rs, 8080, ForwardMethod::Masq)],
+        );
+        lb.engine.set_offload(true);
+        let mut w = WorkerState::new();
+        let seg = |src: &str, sport, dst: &str, dport, flags, ttl, payload: &[u8]| {
+            let e = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+            let ip = if v6 {
+                e.ipv6(octets6(src), octets6(dst), ttl)
+            } else {
+                e.ipv4(octets4(src), octets4(dst), ttl)
+            };
+            tcp_on(ip, sport, dport, flags, payload)
+        };
+        let c2s = |flags, ttl, p: &[u8]| seg(client, 40000, vip, 80, flags, ttl, p);
+        let s2c = |flags, ttl, p: &[u8]| seg(rs, 8080, client, 40000, flags, ttl, p);
+        assert!(offers(&lb, &mut w, &c2s(Flags::Syn, 64, b""), 0).is_empty());
+        assert!(offers(&lb, &mut w, &s2c(Flags::SynAck, 64, b""), 1).is_empty());
+        let inn = offers(&lb, &mut w, &c2s(Flags::Ack, 64, b"GET"), 2);
+        assert_eq!(inn.len(), 1);
+        assert_eq!(inn[0].op, FastOp::Dnat);
+        assert_eq!((inn[0].addr, inn[0].port), (ip(rs), 8080));
+        let out = offers(&lb, &mut w, &s2c(Flags::Ack, 64, b"200 OK"), 3);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].op, FastOp::Snat);
+        assert_eq!((out[0].addr, out[0].port), (ip(vip), 80));
+        assert_eq!((out[0].saddr, out[0].sport), (ip(rs), 8080));
+        for ttl in [2, 64, 200] {
+            same_as_slow_path(&lb, &inn[0], &c2s(Flags::Ack, ttl, b"more request"));
+            same_as_slow_path(&lb, &out[0], &s2c(Flags::Ack, ttl, b"more response"));
+        }
+    }
+}
+
+#[test]
+fn what_is_never_offloaded() {
+    // A FIN, UDP, tunnels, and a connection the sync backups do not know yet.
+    let lb = nat_lb();
+    lb.engine.set_offload(true);
+    let mut w = WorkerState::new();
+    let c2s = |flags, p: &[u8]| tcp4("10.9.0.5", 40000, "10.0.0.1", 80, flags, 64, p);
+    let s2c = |flags| tcp4("192.168.1.2", 8080, "10.9.0.5", 40000, flags, 64, b"");
+    offers(&lb, &mut w, &c2s(Flags::Syn, b""), 0);
+    offers(&lb, &mut w, &s2c(Flags::SynAck), 1);
+    assert!(
+        offers(&lb, &mut w, &c2s(Flags::Fin, b""), 2).is_empty(),
+        "FIN"
+    );
+    assert!(
+        offers(&lb, &mut w, &c2s(Flags::Ack, b""), 3).is_empty(),
+        "closing"
+    );
+
+    let lb = Lb::new(
+        udp_key("10.0.0.1", 53),
+        "rr",
+        &[dest("192.168.1.2", 53, ForwardMethod::Masq)],
+    );
+    lb.engine.set_offload(true);
+    for t in 0..3 {
+        assert!(offers(
+            &lb,
+            &mut w,
+            &udp4("10.9.0.5", 4000, "10.0.0.1", 53, b"q"),
+            t
+        )
+        .is_empty());
+    }
+
+    let lb = Lb::one("10.9.0.11", ForwardMethod::Tunnel);
+    lb.engine.set_offload(true);
+    offers(
+        &lb,
+        &mut w,
+        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Syn, 64, b""),
+        0,
+    );
+    let o = offers(
+        &lb,
+        &mut w,
+        &tcp4("10.9.0.5", 40000, "10.0.0.1", 80, Flags::Ack, 64, b""),
+        1,
+    );
+    assert!(o.is_empty(), "tunnels stay on the slow path");
+
+    // Sync master: offered only once the backups were sent the ESTABLISHED state (at the
+    // threshold's third packet).
+    let lb = Lb::one("10.9.0.11", ForwardMethod::Route);
+    lb.engine.set_offload(true);
+    lb.engine
+        .sync
+        .settings
+        .master
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let seg = |flags| tcp4("10.9.0.5", 40000, "10.0.0.1", 80, flags, 64, b"");
+    assert!(offers(&lb, &mut w, &seg(Flags::Syn), 0).is_empty());
+    assert!(
+        offers(&lb, &mut w, &seg(Flags::Ack), 1).is_empty(),
+        "established, not synced"
+    );
+    assert_eq!(
+        offers(&lb, &mut w, &seg(Flags::Ack), 2).len(),
+        1,
+        "synced at packet 3"
+    );
+}
+
+#[test]
+fn what_the_fast_path_forwarded_reaches_the_connection_and_the_statistics() {
+    use crate::offload::FastCounts;
+    let lb = Lb::one("10.9.0.11", ForwardMethod::Route);
+    lb.engine.set_offload(true);
+    let mut w = WorkerState::new();
+    let seg = |flags| tcp4("10.9.0.5", 40000, "10.0.0.1", 80, flags, 64, b"");
+    offers(&lb, &mut w, &seg(Flags::Syn), 0);
+    let o = offers(&lb, &mut w, &seg(Flags::Ack), 1000).remove(0);
+    let before = lb.tables.services[0].live.stats.counters();
+    let n = FastCounts {
+        packets: 1000,
+        bytes: 1_500_000,
+        last: Some(Time(600_000)),
+    };
+    assert!(lb.engine.offloaded(&lb.tables, &o, n, false, Time(600_500)));
+    let after = lb.tables.services[0].live.stats.counters();
+    assert_eq!(after.inpkts - before.inpkts, 1000);
+    assert_eq!(after.inbytes - before.inbytes, 1_500_000);
+    let c = lb
+        .engine
+        .conns
+        .with_conn(&o.conn, Time(600_500), |c| c.clone())
+        .unwrap();
+    // Re-armed from the last segment: ESTABLISHED's 15 minutes from 600 s.
+    assert_eq!(c.expires, Time(600_000).plus_secs(900));
+    assert_eq!(u32::from(c.in_pkts), 2 + 1000);
+    assert_ne!(c.flags & crate::conn::CONN_F_OFFLOAD_IN, 0);
+    // Ended: the flag is cleared and the next segment through xvsd offers it again.
+    assert!(lb
+        .engine
+        .offloaded(&lb.tables, &o, FastCounts::default(), true, Time(600_600)));
+    assert_eq!(offers(&lb, &mut w, &seg(Flags::Ack), 600_700).len(), 1);
+    // Gone: false.
+    lb.engine.conns.remove(&o.conn);
+    assert!(!lb.engine.offloaded(&lb.tables, &o, n, false, Time(600_800)));
+}
