@@ -223,7 +223,12 @@ impl<H: Handler, R: Rings> Worker<H, R> {
             }
             if received > 0 {
                 last_rx = instant;
-            } else if self.busy_poll || instant - last_rx < self.spin {
+            } else if self.busy_poll {
+                // Never sleeps, but lets whatever else is runnable on this core go first: the
+                // kernel's receive processing (NAPI threads, which run the fast path) may share
+                // it.
+                std::thread::yield_now();
+            } else if instant - last_rx < self.spin {
                 std::hint::spin_loop();
             } else {
                 // Idle: sleep until a socket has frames (bounded, to see `stop`).
