@@ -133,8 +133,6 @@ pub struct FastCounters {
 /// stay on the slow path).
 const QUEUE: usize = 65_536;
 
-/// How often the thread installs what is queued.
-const INSTALL_PERIOD: Duration = Duration::from_millis(20);
 /// How often it collects every entry's counts.
 const COLLECT_PERIOD: Duration = Duration::from_secs(1);
 
@@ -143,6 +141,8 @@ const COLLECT_PERIOD: Duration = Duration::from_secs(1);
 pub struct FastPath {
     prog: Arc<XdpProgram>,
     queue: ArrayQueue<(u32, Offload)>,
+    /// The fast-path thread, woken by each offer (it sleeps up to a collection period).
+    thread: std::sync::OnceLock<std::thread::Thread>,
     gen: AtomicU32,
     /// Counters.
     pub counters: FastCounters,
@@ -273,6 +273,7 @@ impl FastPath {
         Ok(FastPath {
             prog,
             queue: ArrayQueue::new(QUEUE),
+            thread: std::sync::OnceLock::new(),
             gen: AtomicU32::new(1),
             counters: FastCounters::default(),
         })
@@ -288,6 +289,8 @@ impl FastPath {
         self.counters.offered.fetch_add(1, Relaxed);
         if self.queue.push((gen, o)).is_err() {
             self.counters.queue_full.fetch_add(1, Relaxed);
+        } else if let Some(t) = self.thread.get() {
+            t.unpark();
         }
     }
 
@@ -314,8 +317,10 @@ impl FastPath {
         let mut entries: HashMap<FastKey, Installed> = HashMap::new();
         let mut egress = Egress::default();
         let mut last_collect = Instant::now();
+        let _ = self.thread.set(std::thread::current());
         while !stop.load(Relaxed) {
-            std::thread::sleep(INSTALL_PERIOD);
+            // Woken by an offer; else at the next collection (an idle xvsd wakes once a second).
+            std::thread::park_timeout(COLLECT_PERIOD.saturating_sub(last_collect.elapsed()));
             let t = tables.load();
             let now = Time(epoch.elapsed().as_millis() as u64);
             while let Some((gen, o)) = self.queue.pop() {

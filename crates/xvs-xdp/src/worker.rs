@@ -187,6 +187,22 @@ pub struct Worker<H: Handler, R: Rings = QueueSet> {
     pub spin: Duration,
 }
 
+/// Run the calling thread under `SCHED_IDLE`: a busy-polling worker spins on whatever time its
+/// core has left, and the kernel's receive processing there (NAPI threads and softirqs, which
+/// carry the fast path and fill the worker's rings) always goes first. On a core of its own
+/// nothing changes. A refusal is logged and the worker spins at its usual priority.
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // Safety: pid 0 is the calling thread; param is a valid sched_param.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        tracing::warn!(
+            "busy polling at the normal priority (SCHED_IDLE refused: {})",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// A worker's buffers for one loop, allocated once.
 struct Scratch<D> {
     rx: Vec<D>,
@@ -209,6 +225,9 @@ impl<D: Copy + Default> Scratch<D> {
 impl<H: Handler, R: Rings> Worker<H, R> {
     /// Run until `stop` is set.
     pub fn run(&mut self) {
+        if self.busy_poll {
+            idle_priority();
+        }
         let mut s = Scratch::new(self.qs.ports());
         let mut last_house = Instant::now();
         let mut last_rx = last_house;
@@ -224,10 +243,7 @@ impl<H: Handler, R: Rings> Worker<H, R> {
             if received > 0 {
                 last_rx = instant;
             } else if self.busy_poll {
-                // Never sleeps, but lets whatever else is runnable on this core go first: the
-                // kernel's receive processing (NAPI threads, which run the fast path) may share
-                // it.
-                std::thread::yield_now();
+                std::hint::spin_loop();
             } else if instant - last_rx < self.spin {
                 std::hint::spin_loop();
             } else {
