@@ -242,9 +242,7 @@ impl<H: Handler, R: Rings> Worker<H, R> {
             }
             if received > 0 {
                 last_rx = instant;
-            } else if self.busy_poll {
-                std::hint::spin_loop();
-            } else if instant - last_rx < self.spin {
+            } else if self.busy_poll || instant - last_rx < self.spin {
                 std::hint::spin_loop();
             } else {
                 // Idle: sleep until a socket has frames (bounded, to see `stop`).
