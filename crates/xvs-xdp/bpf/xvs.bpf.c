@@ -327,10 +327,13 @@ static __always_inline __u16 csum_adjust(__u16 csum, __u16 delta)
 }
 
 /* The fast path for a TCP segment (see the head of this file): an XDP verdict, or -1 for
- * the slow path. `ip` is the IPv4 or IPv6 header, `th` the TCP header, checked in bounds. */
+ * the slow path. `ip` is the IPv4 or IPv6 header (checked in bounds), `l4` the TCP header. */
 static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, void *ip,
-				     struct tcphdr *th, int v6)
+				     void *l4, void *end, int v6)
 {
+	struct tcphdr *th = l4;
+	if ((void *)(th + 1) > end)
+		return -1;
 	struct fast_key k = {};
 	__u16 ip_len;
 	if (v6) {
@@ -432,12 +435,9 @@ int xvs_steer(struct xdp_md *ctx)
 		if (ip->frag_off & bpf_htons(0x1fff))
 			return pass();
 		if (proto == IPPROTO_TCP && !(ip->frag_off & bpf_htons(0x2000))) {
-			struct tcphdr *th = l4;
-			if ((void *)(th + 1) <= end) {
-				int r = fast_path(ctx, eth, ip, th, 0);
-				if (r >= 0)
-					return r;
-			}
+			int r = fast_path(ctx, eth, ip, l4, end, 0);
+			if (r >= 0)
+				return r;
 		}
 		if (proto == IPPROTO_ICMP) {
 			__u8 *type = l4;
@@ -460,12 +460,9 @@ int xvs_steer(struct xdp_md *ctx)
 		dst.family = src.family = 6;
 		l4 = ip6 + 1;
 		if (proto == IPPROTO_TCP) {
-			struct tcphdr *th = l4;
-			if ((void *)(th + 1) <= end) {
-				int r = fast_path(ctx, eth, ip6, th, 1);
-				if (r >= 0)
-					return r;
-			}
+			int r = fast_path(ctx, eth, ip6, l4, end, 1);
+			if (r >= 0)
+				return r;
 		}
 		if (proto == IPPROTO_ICMPV6) {
 			__u8 *type = l4;

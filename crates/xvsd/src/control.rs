@@ -183,22 +183,24 @@ impl Control {
         use std::fmt::Write as _;
         let mut out = (self.data_stats)();
         let c = &self.engine.counters;
-        let _ = writeln!(
-            out,
-            "engine: forwarded={} icmp_sent={} passed={} no_dest={} connections={} capacity={} full={} expired={}",
-            c.forwarded.load(Relaxed),
-            c.icmp_sent.load(Relaxed),
-            c.passed.load(Relaxed),
-            c.no_dest.load(Relaxed),
-            self.engine.conns.len(),
-            self.engine.conns.capacity(),
-            self.engine.conns.counters.full.load(Relaxed),
-            self.engine.conns.counters.expired.load(Relaxed),
+        let t = &self.engine.conns.counters;
+        counter_line(
+            &mut out,
+            "engine",
+            &[
+                ("forwarded", c.forwarded.load(Relaxed)),
+                ("icmp_sent", c.icmp_sent.load(Relaxed)),
+                ("passed", c.passed.load(Relaxed)),
+                ("no_dest", c.no_dest.load(Relaxed)),
+                ("connections", self.engine.conns.len() as u64),
+                ("capacity", self.engine.conns.capacity() as u64),
+                ("full", t.full.load(Relaxed)),
+                ("expired", t.expired.load(Relaxed)),
+            ],
         );
         for (name, n) in c.drop_counts() {
             let _ = writeln!(out, "drop {name}={n}");
         }
-        let t = &self.engine.conns.counters;
         let _ = write!(out, "table:");
         for e in Eviction::ALL {
             let _ = write!(out, " {}={}", e.name(), t.evicted[e as usize].load(Relaxed));
@@ -727,4 +729,17 @@ fn client(ctl: &Control, mut stream: UnixStream, uid: u32) {
             return;
         }
     }
+}
+
+/// One line of `--xvs-stats`: `label: name=value ...`.
+pub(crate) fn counter_line(out: &mut String, label: &str, fields: &[(&str, u64)]) {
+    out.push_str(label);
+    out.push(':');
+    for (name, value) in fields {
+        out.push(' ');
+        out.push_str(name);
+        out.push('=');
+        out.push_str(&value.to_string());
+    }
+    out.push('\n');
 }

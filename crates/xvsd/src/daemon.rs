@@ -832,36 +832,40 @@ fn data_stats(
     }
     if let Some(f) = fast {
         let c = &f.counters;
-        let _ = writeln!(
-            out,
-            "fast_path: active={} offered={} installed={} failed={} queue_full={} removed={} packets={} bytes={} generations={} refused_egress={}",
-            c.active.load(Relaxed),
-            c.offered.load(Relaxed),
-            c.installed.load(Relaxed),
-            c.failed.load(Relaxed),
-            c.queue_full.load(Relaxed),
-            c.removed.load(Relaxed),
-            c.packets.load(Relaxed),
-            c.bytes.load(Relaxed),
-            c.generations.load(Relaxed),
-            c.refused_egress.load(Relaxed)
+        crate::control::counter_line(
+            &mut out,
+            "fast_path",
+            &[
+                ("active", c.active.load(Relaxed)),
+                ("offered", c.offered.load(Relaxed)),
+                ("installed", c.installed.load(Relaxed)),
+                ("failed", c.failed.load(Relaxed)),
+                ("queue_full", c.queue_full.load(Relaxed)),
+                ("removed", c.removed.load(Relaxed)),
+                ("packets", c.packets.load(Relaxed)),
+                ("bytes", c.bytes.load(Relaxed)),
+                ("generations", c.generations.load(Relaxed)),
+                ("refused_egress", c.refused_egress.load(Relaxed)),
+            ],
         );
     }
     for (i, w) in workers.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "worker {i}: rx={} rx_batches={} tx={} tx_ring_full={} no_egress={} passed_to_kernel={} pass_dropped={} engine_drops={} multi_buffer={} oversize={} no_frame={}",
-            w.rx.load(Relaxed),
-            w.rx_batches.load(Relaxed),
-            w.tx.load(Relaxed),
-            w.tx_ring_full.load(Relaxed),
-            w.no_egress.load(Relaxed),
-            w.passed_to_kernel.load(Relaxed),
-            w.pass_dropped.load(Relaxed),
-            w.engine_drops.load(Relaxed),
-            w.multi_buffer.load(Relaxed),
-            w.oversize.load(Relaxed),
-            w.no_frame.load(Relaxed)
+        crate::control::counter_line(
+            &mut out,
+            &format!("worker {i}"),
+            &[
+                ("rx", w.rx.load(Relaxed)),
+                ("rx_batches", w.rx_batches.load(Relaxed)),
+                ("tx", w.tx.load(Relaxed)),
+                ("tx_ring_full", w.tx_ring_full.load(Relaxed)),
+                ("no_egress", w.no_egress.load(Relaxed)),
+                ("passed_to_kernel", w.passed_to_kernel.load(Relaxed)),
+                ("pass_dropped", w.pass_dropped.load(Relaxed)),
+                ("engine_drops", w.engine_drops.load(Relaxed)),
+                ("multi_buffer", w.multi_buffer.load(Relaxed)),
+                ("oversize", w.oversize.load(Relaxed)),
+                ("no_frame", w.no_frame.load(Relaxed)),
+            ],
         );
     }
     for sock in socks {
