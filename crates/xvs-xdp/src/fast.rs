@@ -143,6 +143,8 @@ pub struct FastPath {
     queue: ArrayQueue<(u32, Offload)>,
     /// The fast-path thread, woken by each offer (it sleeps up to a collection period).
     thread: std::sync::OnceLock<std::thread::Thread>,
+    /// Leave the entries in the program when the thread stops.
+    keep: AtomicBool,
     gen: AtomicU32,
     /// Counters.
     pub counters: FastCounters,
@@ -274,9 +276,23 @@ impl FastPath {
             prog,
             queue: ArrayQueue::new(QUEUE),
             thread: std::sync::OnceLock::new(),
+            keep: AtomicBool::new(false),
             gen: AtomicU32::new(1),
             counters: FastCounters::default(),
         })
+    }
+
+    /// Wake the thread (to see its stop flag at once).
+    pub fn wake(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
+
+    /// Leave the entries in the program when the thread stops: with a program that outlives
+    /// xvsd (`--keep-attached`), established connections keep flowing until the next xvsd.
+    pub fn keep_entries(&self, keep: bool) {
+        self.keep.store(keep, Relaxed);
     }
 
     /// The generation now; a worker reads it before it loads the tables its offers come from.
@@ -305,7 +321,8 @@ impl FastPath {
     }
 
     /// Install, collect and remove until `stop`; entries whose next hop in `routes` moved
-    /// end. `epoch` is the engine clock's zero. Removes every entry when it stops.
+    /// end. `epoch` is the engine clock's zero. Removes every entry when it stops, unless
+    /// told to keep them ([`FastPath::keep_entries`]).
     pub fn run(
         &self,
         engine: &Engine,
@@ -384,7 +401,15 @@ impl FastPath {
         let t = tables.load();
         let now = Time(epoch.elapsed().as_millis() as u64);
         for (key, e) in entries.drain() {
-            self.collect(engine, &t, &key, e, true, now, false);
+            if self.keep.load(Relaxed) {
+                // The program stays attached: its entries keep forwarding their connections
+                // until the next xvsd replaces it. What they forwarded so far goes to the table
+                // that xvsd hands over.
+                let n = self.counts_since(&key, &e, now);
+                engine.offloaded(&t, &e.o, n, false, now);
+            } else {
+                self.collect(engine, &t, &key, e, true, now, false);
+            }
         }
         self.counters.active.store(0, Relaxed);
     }

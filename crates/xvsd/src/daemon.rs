@@ -571,6 +571,7 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
     let fast = match &dp {
         Some(dp) if args.fast_path == OnOff::On => {
             let f = xvs_xdp::fast::FastPath::new(dp.prog.clone())?;
+            f.keep_entries(args.keep_attached);
             engine.set_offload(true);
             Some(Arc::new(f))
         }
@@ -742,6 +743,9 @@ pub fn run(args: &DaemonArgs) -> Result<(), StartError> {
         }
         // Its last collection gives the connections what the fast path forwarded.
         if let Some(h) = fast_thread {
+            if let Some(f) = &fast {
+                f.wake();
+            }
             let _ = h.join();
         }
         // The workers are gone: the table is final. It goes to the next xvsd.
