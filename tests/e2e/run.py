@@ -327,6 +327,11 @@ def scenario(mode, v6):
               drops.get("no_route", -1) == 0, drops)
         # 5 MB each way, checksummed.
         both_ways(rig, name, vip, 5_000_000)
+        if mode != "tun":
+            time.sleep(1.2)
+            fast = xvs_stats(rig).get("fast_path", {})
+            check(f"{name}: the transfers' connections went through the fast path",
+                  fast.get("installed", 0) >= 2 and fast.get("packets", 0) > 1000, fast)
         # UDP request/reply.
         replies = [udp(rig, vip, b"ping%d" % i) for i in range(4)]
         check(f"{name}: UDP request/reply", replies == ["rs2:ping0", "rs1:ping1", "rs2:ping2", "rs1:ping3"], replies)
