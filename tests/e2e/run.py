@@ -327,11 +327,10 @@ def scenario(mode, v6):
               drops.get("no_route", -1) == 0, drops)
         # 5 MB each way, checksummed.
         both_ways(rig, name, vip, 5_000_000)
-        if mode != "tun":
-            time.sleep(1.2)
-            fast = xvs_stats(rig).get("fast_path", {})
-            check(f"{name}: the transfers' connections went through the fast path",
-                  fast.get("installed", 0) >= 2 and fast.get("packets", 0) > 1000, fast)
+        time.sleep(1.2)
+        fast = xvs_stats(rig).get("fast_path", {})
+        check(f"{name}: the transfers' connections went through the fast path",
+              fast.get("installed", 0) >= 2 and fast.get("packets", 0) > 1000, fast)
         # UDP request/reply.
         replies = [udp(rig, vip, b"ping%d" % i) for i in range(4)]
         check(f"{name}: UDP request/reply", replies == ["rs2:ping0", "rs1:ping1", "rs2:ping2", "rs1:ping3"], replies)
@@ -459,9 +458,7 @@ def bulk(mode, busy=False, mtu=None, fast=True):
         time.sleep(1.5)
         stats = xvs_stats(rig)
         fast = stats.get("fast_path", {})
-        if mode == "tun":
-            check(f"{name}: tunnels stay on the slow path", fast.get("installed", -1) == 0, fast)
-        elif not args.count("--fast-path"):
+        if not args.count("--fast-path"):
             # Five uploads of `size` cross the balancer client to server: the service counts
             # them, most of them forwarded by the fast path.
             svc = stats_line(rig)
@@ -560,11 +557,14 @@ def fast_path():
         fast = xvs_stats(rig).get("fast_path", {})
         check(f"{name}: the download's connection is offloaded, both directions",
               fast.get("active", 0) == 2 and fast.get("packets", 0) > 0, fast)
-        s1 = stats_line(rig)
         time.sleep(6)
+        got = os.path.getsize(out)
+        time.sleep(1.2)
         s2 = stats_line(rig)
-        check(f"{name}: its bytes keep being counted (-L --stats) while the fast path forwards them",
-              s1 and s2 and s2[4] - s1[4] > 1_000_000, (s1, s2))
+        # What the client has read crossed the balancer (server to client) before: the service
+        # counts at least as many bytes out, nearly all of them forwarded by the fast path.
+        check(f"{name}: the service counts the bytes the fast path forwarded (-L --stats)",
+              s2 is not None and s2[4] >= got > 1_000_000 and fast.get("packets", 0) > 0, (got, s2, fast))
         st, conns, _ = rig.adm("-L -n -c")
         est = [l for l in conns.splitlines() if "ESTABLISHED" in l]
         # 9 s after it started, a timer never re-armed would show at most 14:51.

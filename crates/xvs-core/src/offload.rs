@@ -30,6 +30,8 @@ pub enum FastOp {
     Dnat = 1,
     /// The source address and port (NAT, real server to client).
     Snat = 2,
+    /// An outer IP header in front (IPIP tunnel: IPv4 or IPv6 outside, either inside).
+    Ipip = 3,
 }
 
 /// One direction of a connection as the XDP program forwards it.
@@ -45,8 +47,10 @@ pub struct Offload {
     pub dport: u16,
     /// The rewrite.
     pub op: FastOp,
-    /// The new address (NAT; else the destination, unused).
+    /// The new address (NAT), or the outer destination (IPIP; else unused).
     pub addr: IpAddr,
+    /// The outer source (IPIP; else the same as `addr`, unused).
+    pub src: IpAddr,
     /// The new port (NAT).
     pub port: u16,
     /// The new destination and source MACs.
@@ -74,7 +78,9 @@ const TTL_DELTA: u32 = 0xfeff;
 
 impl Offload {
     /// The fast path's description of a segment `p` that the slow path forwarded with the
-    /// MACs `eth` on `ifindex` with `mtu`; `op`'s new address and port are `addr` and `port`.
+    /// MACs `eth` on `ifindex` with `mtu` (for IPIP, the inner packet's room); `op`'s new
+    /// address and port are `addr` and `port` (IPIP: the outer destination; see
+    /// [`Offload::with_source`]).
     #[allow(clippy::too_many_arguments)] // The parts of one rewrite, each named.
     pub(crate) fn new(
         p: &crate::wire::Packet,
@@ -89,14 +95,14 @@ impl Offload {
         mark: u32,
     ) -> Offload {
         let (old_addr, old_port) = match op {
-            FastOp::Route => (addr, port),
+            FastOp::Route | FastOp::Ipip => (addr, port),
             FastOp::Dnat => (p.daddr, p.dport),
             FastOp::Snat => (p.saddr, p.sport),
         };
         let addr_delta = words_delta(&old_addr, &addr);
         let port_delta = u32::from(!old_port) + u32::from(port);
         let (ip_delta, l4_delta) = match op {
-            FastOp::Route => (fold16(TTL_DELTA), 0),
+            FastOp::Route | FastOp::Ipip => (fold16(TTL_DELTA), 0),
             _ => (
                 fold16(TTL_DELTA + if p.v6 { 0 } else { addr_delta }),
                 fold16(addr_delta + port_delta),
@@ -109,6 +115,7 @@ impl Offload {
             dport: p.dport,
             op,
             addr,
+            src: addr,
             port,
             eth,
             ifindex,
@@ -119,6 +126,14 @@ impl Offload {
             dir,
             mark,
         }
+    }
+}
+
+impl Offload {
+    /// The same with `src` as the outer source (IPIP).
+    pub(crate) fn with_source(mut self, src: IpAddr) -> Offload {
+        self.src = src;
+        self
     }
 }
 

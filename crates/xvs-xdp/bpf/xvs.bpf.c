@@ -24,7 +24,8 @@
  * Fast path: a TCP segment without SYN, FIN or RST whose exact addresses and ports are in
  * `fast` (an established connection xvsd has offloaded, one entry per direction) is rewritten
  * here as xvsd would rewrite it (MACs, the NAT address and port, TTL, checksums by the
- * precomputed differences) and sent from the egress interface without leaving the kernel
+ * precomputed differences, or an IPIP outer header) and sent from the egress interface
+ * without leaving the kernel
  * (XDP_TX or a redirect), counted in the entry. A SYN, FIN or RST, or an entry of an older
  * configuration generation, marks the entry dead (xvsd collects its counters and removes it)
  * and takes the slow path through xvsd; so does a segment too big for the egress MTU or with
@@ -159,6 +160,7 @@ enum {
 	FAST_ROUTE = 0, /* MACs and TTL only (direct routing) */
 	FAST_DNAT = 1,  /* and the destination address and port (NAT, client to server) */
 	FAST_SNAT = 2,  /* and the source address and port (NAT, server to client) */
+	FAST_IPIP = 3,  /* and an outer IP header in front (IPIP tunnel) */
 };
 
 struct fast_val {
@@ -178,6 +180,9 @@ struct fast_val {
 	__u64 packets;
 	__u64 bytes;       /* IP bytes, as xvsd counts */
 	__u64 last_ns;     /* last segment, bpf_ktime_get_ns() */
+	__u8 src[16];      /* IPIP: the outer source (`addr` is the outer destination) */
+	__u8 outer_v6;     /* IPIP: the outer header is IPv6 */
+	__u8 pad4[7];
 };
 
 struct {
@@ -326,6 +331,132 @@ static __always_inline __u16 csum_adjust(__u16 csum, __u16 delta)
 	return ~s;
 }
 
+static __always_inline void count_fast(struct fast_val *v, __u16 ip_len)
+{
+	__sync_fetch_and_add(&v->packets, 1);
+	__sync_fetch_and_add(&v->bytes, ip_len);
+	v->last_ns = bpf_ktime_get_ns();
+	count(CNT_FAST);
+}
+
+static __always_inline int fast_send(struct xdp_md *ctx, struct fast_val *v)
+{
+	if (v->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(v->ifindex, 0);
+}
+
+/* ECN on encapsulation (RFC 6040, normal mode): ECT copied, CE outside becomes ECT(0). */
+static __always_inline __u8 outer_tos(__u8 tos)
+{
+	__u8 ecn = tos & 3;
+	return (tos & ~3) | (ecn == 3 ? 2 : ecn);
+}
+
+/* IPIP: the inner packet's TTL decremented (and its checksum), then the outer header in
+ * front of it, as xvsd's `encapsulate` writes it (ID 0 under DF, else the inner ID; TOS and
+ * TTL from the inner packet). -1 (the slow path) only before the frame is touched. */
+static __always_inline int fast_ipip(struct xdp_md *ctx, struct fast_val *v, int v6,
+				     __u16 ip_len)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u8 tos, ttl;
+	__be16 id = 0, frag = 0;
+	if (v6) {
+		struct ipv6hdr *in6 = data + sizeof(struct ethhdr);
+		if ((void *)(in6 + 1) > end)
+			return -1;
+		tos = (in6->priority << 4) | (in6->flow_lbl[0] >> 4);
+		ttl = in6->hop_limit - 1;
+		frag = bpf_htons(0x4000);
+	} else {
+		struct iphdr *in4 = data + sizeof(struct ethhdr);
+		if ((void *)(in4 + 1) > end)
+			return -1;
+		tos = in4->tos;
+		ttl = in4->ttl - 1;
+		if (in4->frag_off & bpf_htons(0x4000))
+			frag = bpf_htons(0x4000);
+		else
+			id = in4->id;
+	}
+	/* From here on the packet's pointers are the verifier's no more (a helper that moves the
+	 * packet's bounds invalidates them, failed or not): no way back to the slow path. Room at
+	 * the head is XDP's 256 bytes of headroom, so the move fails only on a broken driver. */
+	int over = v->outer_v6 ? (int)sizeof(struct ipv6hdr) : (int)sizeof(struct iphdr);
+	if (bpf_xdp_adjust_head(ctx, -over))
+		return XDP_ABORTED;
+	/* Ethernet padding after the IP packet goes (xvsd's `truncate`). */
+	int extra = (int)bpf_xdp_get_buff_len(ctx) - (int)sizeof(struct ethhdr) - over - ip_len;
+	if (extra > 0 && bpf_xdp_adjust_tail(ctx, -extra))
+		return XDP_ABORTED;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u8 proto = v6 ? IPPROTO_IPV6 : IPPROTO_IPIP;
+	void *inner;
+	if (v->outer_v6) {
+		struct ipv6hdr *o6 = (void *)(eth + 1);
+		if ((void *)(o6 + 1) > end)
+			return XDP_ABORTED;
+		inner = o6 + 1;
+		__u8 t = outer_tos(tos);
+		o6->version = 6;
+		o6->priority = t >> 4;
+		o6->flow_lbl[0] = (t & 0xf) << 4;
+		o6->flow_lbl[1] = 0;
+		o6->flow_lbl[2] = 0;
+		o6->payload_len = bpf_htons(ip_len);
+		o6->nexthdr = proto;
+		o6->hop_limit = ttl;
+		__builtin_memcpy(&o6->saddr, v->src, 16);
+		__builtin_memcpy(&o6->daddr, v->addr, 16);
+		eth->h_proto = bpf_htons(ETH_P_IPV6);
+	} else {
+		struct iphdr *o4 = (void *)(eth + 1);
+		if ((void *)(o4 + 1) > end)
+			return XDP_ABORTED;
+		inner = o4 + 1;
+		o4->version = 4;
+		o4->ihl = 5;
+		o4->tos = outer_tos(tos);
+		o4->tot_len = bpf_htons(ip_len + sizeof(struct iphdr));
+		o4->id = id;
+		o4->frag_off = frag;
+		o4->ttl = ttl;
+		o4->protocol = proto;
+		o4->check = 0;
+		__builtin_memcpy(&o4->saddr, v->src, 4);
+		__builtin_memcpy(&o4->daddr, v->addr, 4);
+		__u32 sum = 0;
+		__u16 *w = (__u16 *)o4;
+#pragma unroll
+		for (int i = 0; i < 10; i++)
+			sum += w[i];
+		sum = (sum & 0xffff) + (sum >> 16);
+		sum = (sum & 0xffff) + (sum >> 16);
+		o4->check = ~sum;
+		eth->h_proto = bpf_htons(ETH_P_IP);
+	}
+	if (v6) {
+		struct ipv6hdr *in6 = inner;
+		if ((void *)(in6 + 1) > end)
+			return XDP_ABORTED;
+		in6->hop_limit = ttl;
+	} else {
+		struct iphdr *in4 = inner;
+		if ((void *)(in4 + 1) > end)
+			return XDP_ABORTED;
+		in4->ttl = ttl;
+		in4->check = csum_adjust(in4->check, v->ip_delta);
+	}
+	__builtin_memcpy(eth, v->eth, 12);
+	count_fast(v, ip_len);
+	int r = fast_send(ctx, v);
+	return r < 0 ? XDP_ABORTED : r;
+}
+
 /* The fast path for a TCP segment (see the head of this file): an XDP verdict, or -1 for
  * the slow path. `ip` is the IPv4 or IPv6 header (checked in bounds), `l4` the TCP header. */
 static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, void *ip,
@@ -362,6 +493,12 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, voi
 	}
 	if (v->dead || ip_len > v->max_ip_len)
 		return -1;
+	if (v->op == FAST_IPIP) {
+		__u8 ttl = v6 ? ((struct ipv6hdr *)ip)->hop_limit : ((struct iphdr *)ip)->ttl;
+		if (ttl <= 1)
+			return -1;
+		return fast_ipip(ctx, v, v6, ip_len);
+	}
 	if (v6) {
 		struct ipv6hdr *ip6 = ip;
 		if (ip6->hop_limit <= 1)
@@ -389,13 +526,8 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, voi
 	if (v->op != FAST_ROUTE)
 		th->check = csum_adjust(th->check, v->l4_delta);
 	__builtin_memcpy(eth, v->eth, 12);
-	__sync_fetch_and_add(&v->packets, 1);
-	__sync_fetch_and_add(&v->bytes, ip_len);
-	v->last_ns = bpf_ktime_get_ns();
-	count(CNT_FAST);
-	if (v->ifindex == ctx->ingress_ifindex)
-		return XDP_TX;
-	return bpf_redirect(v->ifindex, 0);
+	count_fast(v, ip_len);
+	return fast_send(ctx, v);
 }
 
 /* "xdp.frags": frames larger than one buffer (jumbo MTUs) arrive as multi-buffer XDP frames;

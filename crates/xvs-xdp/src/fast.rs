@@ -56,6 +56,9 @@ pub(crate) struct FastVal {
     packets: u64,
     bytes: u64,
     last_ns: u64,
+    src: [u8; 16],
+    outer_v6: u8,
+    pad4: [u8; 7],
 }
 
 fn addr16(a: &IpAddr) -> [u8; 16] {
@@ -99,6 +102,8 @@ impl FastVal {
             max_ip_len: o.max_ip_len,
             ip_delta: native(o.ip_delta),
             l4_delta: native(o.l4_delta),
+            src: addr16(&o.src),
+            outer_v6: u8::from(o.src.is_ipv6()),
             ..FastVal::default()
         }
     }
@@ -248,11 +253,17 @@ fn hop_moved(routes: &dyn Routes, o: &Offload) -> bool {
         xvs_core::proto::Direction::Input => o.addr,
         xvs_core::proto::Direction::Output => o.daddr,
     };
+    // An IPIP entry's room is the MTU less the outer header.
+    let over = match o.op {
+        xvs_core::offload::FastOp::Ipip if o.src.is_ipv6() => 40,
+        xvs_core::offload::FastOp::Ipip => 20,
+        _ => 0,
+    };
     routes.next_hop(to).is_none_or(|h| {
         h.ifindex != o.ifindex
             || h.dst_mac[..] != o.eth[..6]
             || h.src_mac[..] != o.eth[6..]
-            || h.mtu != o.max_ip_len
+            || h.mtu.saturating_sub(over) != o.max_ip_len
     })
 }
 

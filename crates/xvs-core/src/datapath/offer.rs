@@ -8,7 +8,8 @@ use crate::conn::{Conn, ConnKey};
 use crate::offload::{eligible, flag, FastOp, Offload};
 use crate::proto::Direction;
 use crate::sync::Mode;
-use crate::types::ForwardMethod;
+use crate::types::{ForwardMethod, TunnelType};
+use crate::wire::tunnel_overhead;
 use crate::wire::Packet;
 
 /// What a forwarded segment tells the fast path: the direction `dir` of connection `key`
@@ -46,6 +47,10 @@ pub(super) fn offer(
         (ForwardMethod::Route, Direction::Input) => FastOp::Route,
         (ForwardMethod::Masq, Direction::Input) => FastOp::Dnat,
         (ForwardMethod::Masq, Direction::Output) => FastOp::Snat,
+        // IPIP only: GUE and GRE keep to the slow path.
+        (ForwardMethod::Tunnel, Direction::Input) if c.fwd.tunnel.kind == TunnelType::Ipip => {
+            FastOp::Ipip
+        }
         _ => return,
     };
     let Verdict::Forward { ifindex, .. } = *out else {
@@ -57,7 +62,22 @@ pub(super) fn offer(
     let mut eth = [0u8; 12];
     eth[..6].copy_from_slice(&hop.dst_mac);
     eth[6..].copy_from_slice(&hop.src_mac);
-    let o = Offload::new(p, eth, op, new.0, new.1, ifindex, hop.mtu, *key, dir, mark);
-    q.push(o);
+    let mut mtu = hop.mtu;
+    let mut src = None;
+    if op == FastOp::Ipip {
+        // The inner packet's room, as the slow path's check (`forward_in`).
+        let over = tunnel_overhead(to.is_ipv6(), &c.fwd.tunnel) as u16;
+        mtu = mtu.saturating_sub(over);
+        let min = if p.v6 { 1280 } else { 68 };
+        match hop.src_ip {
+            Some(s) if s.is_ipv6() == to.is_ipv6() && mtu >= min => src = Some(s),
+            _ => return,
+        }
+    }
+    let o = Offload::new(p, eth, op, new.0, new.1, ifindex, mtu, *key, dir, mark);
+    q.push(match src {
+        Some(s) => o.with_source(s),
+        None => o,
+    });
     c.flags |= flag(dir);
 }
