@@ -2119,6 +2119,17 @@ fn fast_apply(o: &crate::offload::Offload, frame: &mut Vec<u8>) {
     frame[..12].copy_from_slice(&o.eth);
 }
 
+/// A TCP segment from `client`:40000 to `vip`:80 (IPv4 or IPv6 by the addresses).
+fn client_segment(client: &str, vip: &str, flags: Flags, ttl: u8, payload: &[u8]) -> Vec<u8> {
+    if client.contains(':') {
+        let ip =
+            PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(octets6(client), octets6(vip), ttl);
+        tcp_on(ip, 40000, 80, flags, payload)
+    } else {
+        tcp4(client, 40000, vip, 80, flags, ttl, payload)
+    }
+}
+
 /// Run `frame` as a batch of `w` and take the offloads it made.
 fn offers(lb: &Lb, w: &mut WorkerState, frame: &[u8], now: u64) -> Vec<crate::offload::Offload> {
     lb.run_as(w, frame, now);
@@ -2144,18 +2155,7 @@ fn direct_routing_offloads_once_established_and_the_fast_rewrite_is_the_slow_one
         let lb = Lb::one(rs, ForwardMethod::Route);
         lb.engine.set_offload(true);
         let mut w = WorkerState::new();
-        let seg = |flags, ttl, payload: &[u8]| {
-            if rs.contains(':') {
-                let ip = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(
-                    octets6(client),
-                    octets6(vip),
-                    ttl,
-                );
-                tcp_on(ip, 40000, 80, flags, payload)
-            } else {
-                tcp4(client, 40000, vip, 80, flags, ttl, payload)
-            }
-        };
+        let seg = |flags, ttl, payload: &[u8]| client_segment(client, vip, flags, ttl, payload);
         assert!(offers(&lb, &mut w, &seg(Flags::Syn, 64, b""), 0).is_empty());
         let o = offers(&lb, &mut w, &seg(Flags::Ack, 64, b""), 10);
         assert_eq!(o.len(), 1, "the segment that establishes it offers it");
@@ -2343,16 +2343,7 @@ fn ipip_offloads_and_the_fast_encapsulation_is_the_slow_one() {
         lb.engine.set_offload(true);
         let mut w = WorkerState::new();
         let seg = |flags, ttl, tos: u8, payload: &[u8]| {
-            let mut v = if rs.contains(':') {
-                let ip = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(
-                    octets6(client),
-                    octets6(vip),
-                    ttl,
-                );
-                tcp_on(ip, 40000, 80, flags, payload)
-            } else {
-                tcp4(client, 40000, vip, 80, flags, ttl, payload)
-            };
+            let mut v = client_segment(client, vip, flags, ttl, payload);
             if !rs.contains(':') && tos != 0 {
                 // A TOS with ECN bits (3: CE), the IPv4 checksum made again.
                 v[ETH_LEN + 1] = tos;
