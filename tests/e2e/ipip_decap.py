@@ -2,8 +2,9 @@
 """Tunnel endpoint for a real server in a namespace whose kernel has no ipip/ip6tnl module.
 
 Receives IPIP (IPv4-in-IPv4, protocol 4), IPv6-in-IPv4 (41), IPv6-in-IPv6 and IPv4-in-IPv6 on
-raw sockets, checks the outer header strictly, and writes the inner packet into a TUN device so
-the server's own stack answers (directly to the client, as with LVS-TUN).
+raw sockets, GRE over IPv4 (47) on a raw socket and GUE over IPv4 on a UDP socket (--gue-port),
+checks the outer headers strictly, and writes the inner packet into a TUN device so the
+server's own stack answers (directly to the client, as with LVS-TUN).
 
 Outer checks (IPv4 outer; IPv6 outer gets what a raw IPv6 socket exposes):
   version 4, IHL 5, protocol 4 or 41, header checksum valid, source = --lb, destination = this
@@ -35,6 +36,7 @@ ap.add_argument("--rs", required=True)
 ap.add_argument("--lb6", required=True)
 ap.add_argument("--rs6", required=True)
 ap.add_argument("--stats", required=True)
+ap.add_argument("--gue-port", type=int, default=6080)
 args = ap.parse_args()
 
 tun = os.open("/dev/net/tun", os.O_RDWR)
@@ -105,6 +107,26 @@ def outer4(pkt):
     return inner
 
 
+def inner_of(header, proto_field, what):
+    """The inner packet after a GRE or GUE header, checked: no flags or options, the inner
+    version as the header says (GRE: an EtherType, GUE: an IP protocol)."""
+    problems = []
+    inner = header[4:]
+    v = inner[0] >> 4 if inner else 0
+    if what == "GRE":
+        if header[0:2] != b"\0\0":
+            problems.append(f"GRE flags {header[0:2].hex()}")
+        want = {4: 0x0800, 6: 0x86DD}.get(v)
+        if struct.unpack("!H", header[2:4])[0] != want:
+            problems.append(f"GRE protocol {header[2:4].hex()} for inner version {v}")
+    else:
+        if header[0] != 0 or header[2:4] != b"\0\0":
+            problems.append(f"GUE header {header[:4].hex()}")
+        if header[1] != {4: 4, 6: 41}.get(v):
+            problems.append(f"GUE protocol {header[1]} for inner version {v}")
+    return inner, problems
+
+
 socks = []
 for fam, proto in ((socket.AF_INET, 4), (socket.AF_INET, 41), (socket.AF_INET6, 41), (socket.AF_INET6, 4)):
     s = socket.socket(fam, socket.SOCK_RAW, proto)
@@ -112,13 +134,33 @@ for fam, proto in ((socket.AF_INET, 4), (socket.AF_INET, 41), (socket.AF_INET6, 
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVHOPLIMIT, 1)
     socks.append((s, fam, proto))
+gre = socket.socket(socket.AF_INET, socket.SOCK_RAW, 47)
+socks.append((gre, socket.AF_INET, 47))
+gue = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+gue.bind((args.rs, args.gue_port))
+socks.append((gue, socket.AF_INET, 17))
 
 while True:
     ready, _, _ = select.select([s for s, _, _ in socks], [], [])
     for s, fam, proto in socks:
         if s not in ready:
             continue
-        if fam == socket.AF_INET:
+        if proto == 47:
+            pkt = s.recv(65535)
+            problems = []
+            if checksum(pkt[:20]) != 0 or pkt[9] != 47:
+                problems.append("outer IPv4 header")
+            if socket.inet_ntoa(pkt[12:16]) != args.lb or socket.inet_ntoa(pkt[16:20]) != args.rs:
+                problems.append("outer addresses")
+            inner, more = inner_of(pkt[20:], None, "GRE")
+            record(problems + more, "GRE")
+        elif proto == 17:
+            payload, addr = s.recvfrom(65535)
+            inner, problems = inner_of(payload, None, "GUE")
+            if addr[0] != args.lb:
+                problems.append(f"source {addr[0]} != {args.lb}")
+            record(problems, "GUE")
+        elif fam == socket.AF_INET:
             pkt = s.recv(65535)
             inner = outer4(pkt)
         else:

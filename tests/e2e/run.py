@@ -590,6 +590,32 @@ def fast_path():
     on_rig(name, "nat", False, "xvsd starts", body)
 
 
+def tunnel_kinds():
+    """GUE and GRE tunnels (IPv4 outside; the real servers' endpoint decapsulates both): 5 MB
+    each way intact, the connections through the fast path, the endpoints' strict checks
+    passed."""
+    name = "tun-v4-gue-gre"
+
+    def body(rig, vip, reals):
+        for kind, flags in (("GUE", "--tun-type gue --tun-port 6080"), ("GRE", "--tun-type gre")):
+            for r in reals:
+                st, _, err = rig.adm(f"-e -t {vip}:80 -r {r}:80 -i {flags}")
+                check(f"{name}: {kind}: the real server takes the tunnel type", st == 0, err)
+            before = xvs_stats(rig).get("fast_path", {}).get("installed", 0)
+            both_ways(rig, f"{name}: {kind}", vip, 5_000_000)
+            time.sleep(1.2)
+            fast = xvs_stats(rig).get("fast_path", {})
+            check(f"{name}: {kind}: the transfers' connections went through the fast path",
+                  fast.get("installed", 0) >= before + 2, fast)
+        stats = [open(os.path.join(rig.tmp, f"decap{n}.stats")).read().split()
+                 for n in (1, 2, 3) if os.path.exists(os.path.join(rig.tmp, f"decap{n}.stats"))]
+        check(f"{name}: the endpoints found no bad outer header",
+              stats and all(s[3] == "0" for s in stats) and sum(int(s[1]) for s in stats) > 0, stats)
+        check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
+
+    on_rig(name, "tun", False, "xvsd starts", body)
+
+
 def rss_bytes(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -1291,6 +1317,7 @@ def main():
         bulk(mode, fast=False)
         bulk(mode, mtu=9000, fast=False)
     fast_path()
+    tunnel_kinds()
     flood()
     standby()
     restart()

@@ -30,8 +30,9 @@ pub enum FastOp {
     Dnat = 1,
     /// The source address and port (NAT, real server to client).
     Snat = 2,
-    /// An outer IP header in front (IPIP tunnel: IPv4 or IPv6 outside, either inside).
-    Ipip = 3,
+    /// An outer IP header and the tunnel's header in front (IPIP, GUE, GRE: IPv4 or IPv6
+    /// outside, either inside; see [`crate::wire::tunnel_header`]).
+    Tunnel = 3,
 }
 
 /// One direction of a connection as the XDP program forwards it.
@@ -49,8 +50,10 @@ pub struct Offload {
     pub op: FastOp,
     /// The new address (NAT), or the outer destination (IPIP; else unused).
     pub addr: IpAddr,
-    /// The outer source (IPIP; else the same as `addr`, unused).
+    /// The outer source (tunnels; else the same as `addr`, unused).
     pub src: IpAddr,
+    /// The tunnel's header after the outer IP header (tunnels; else empty).
+    pub tunnel: crate::wire::TunnelHeader,
     /// The new port (NAT).
     pub port: u16,
     /// The new destination and source MACs.
@@ -78,9 +81,9 @@ const TTL_DELTA: u32 = 0xfeff;
 
 impl Offload {
     /// The fast path's description of a segment `p` that the slow path forwarded with the
-    /// MACs `eth` on `ifindex` with `mtu` (for IPIP, the inner packet's room); `op`'s new
-    /// address and port are `addr` and `port` (IPIP: the outer destination; see
-    /// [`Offload::with_source`]).
+    /// MACs `eth` on `ifindex` with `mtu` (for a tunnel, the inner packet's room); `op`'s new
+    /// address and port are `addr` and `port` (a tunnel: the outer destination; see
+    /// [`Offload::with_tunnel`]).
     #[allow(clippy::too_many_arguments)] // The parts of one rewrite, each named.
     pub(crate) fn new(
         p: &crate::wire::Packet,
@@ -95,14 +98,14 @@ impl Offload {
         mark: u32,
     ) -> Offload {
         let (old_addr, old_port) = match op {
-            FastOp::Route | FastOp::Ipip => (addr, port),
+            FastOp::Route | FastOp::Tunnel => (addr, port),
             FastOp::Dnat => (p.daddr, p.dport),
             FastOp::Snat => (p.saddr, p.sport),
         };
         let addr_delta = words_delta(&old_addr, &addr);
         let port_delta = u32::from(!old_port) + u32::from(port);
         let (ip_delta, l4_delta) = match op {
-            FastOp::Route | FastOp::Ipip => (fold16(TTL_DELTA), 0),
+            FastOp::Route | FastOp::Tunnel => (fold16(TTL_DELTA), 0),
             _ => (
                 fold16(TTL_DELTA + if p.v6 { 0 } else { addr_delta }),
                 fold16(addr_delta + port_delta),
@@ -116,6 +119,11 @@ impl Offload {
             op,
             addr,
             src: addr,
+            tunnel: crate::wire::TunnelHeader {
+                bytes: [0; 12],
+                len: 0,
+                proto: 0,
+            },
             port,
             eth,
             ifindex,
@@ -130,9 +138,10 @@ impl Offload {
 }
 
 impl Offload {
-    /// The same with `src` as the outer source (IPIP).
-    pub(crate) fn with_source(mut self, src: IpAddr) -> Offload {
+    /// The same with `src` as the outer source and `tunnel` as the tunnel's header.
+    pub(crate) fn with_tunnel(mut self, src: IpAddr, tunnel: crate::wire::TunnelHeader) -> Offload {
         self.src = src;
+        self.tunnel = tunnel;
         self
     }
 }

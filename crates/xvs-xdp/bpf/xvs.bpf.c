@@ -24,7 +24,7 @@
  * Fast path: a TCP segment without SYN, FIN or RST whose exact addresses and ports are in
  * `fast` (an established connection xvsd has offloaded, one entry per direction) is rewritten
  * here as xvsd would rewrite it (MACs, the NAT address and port, TTL, checksums by the
- * precomputed differences, or an IPIP outer header) and sent from the egress interface
+ * precomputed differences, or a tunnel's outer headers) and sent from the egress interface
  * without leaving the kernel
  * (XDP_TX or a redirect), counted in the entry. A SYN, FIN or RST, or an entry of an older
  * configuration generation, marks the entry dead (xvsd collects its counters and removes it)
@@ -160,7 +160,7 @@ enum {
 	FAST_ROUTE = 0, /* MACs and TTL only (direct routing) */
 	FAST_DNAT = 1,  /* and the destination address and port (NAT, client to server) */
 	FAST_SNAT = 2,  /* and the source address and port (NAT, server to client) */
-	FAST_IPIP = 3,  /* and an outer IP header in front (IPIP tunnel) */
+	FAST_TUNNEL = 3, /* and the outer IP and tunnel headers in front (IPIP, GUE, GRE) */
 };
 
 struct fast_val {
@@ -180,9 +180,13 @@ struct fast_val {
 	__u64 packets;
 	__u64 bytes;       /* IP bytes, as xvsd counts */
 	__u64 last_ns;     /* last segment, bpf_ktime_get_ns() */
-	__u8 src[16];      /* IPIP: the outer source (`addr` is the outer destination) */
-	__u8 outer_v6;     /* IPIP: the outer header is IPv6 */
-	__u8 pad4[7];
+	__u8 src[16];      /* tunnels: the outer source (`addr` is the outer destination) */
+	__u8 outer_v6;     /* tunnels: the outer header is IPv6 */
+	__u8 tun_len;      /* tunnels: bytes of `tun` (0 IPIP, 4 GRE, 12 GUE) */
+	__u8 tun_proto;    /* tunnels: the outer header's protocol */
+	__u8 pad4[5];
+	__u8 tun[12];      /* tunnels: the tunnel header (GUE: its UDP length counts 12) */
+	__u8 pad5[4];
 };
 
 struct {
@@ -353,11 +357,12 @@ static __always_inline __u8 outer_tos(__u8 tos)
 	return (tos & ~3) | (ecn == 3 ? 2 : ecn);
 }
 
-/* IPIP: the inner packet's TTL decremented (and its checksum), then the outer header in
- * front of it, as xvsd's `encapsulate` writes it (ID 0 under DF, else the inner ID; TOS and
- * TTL from the inner packet). -1 (the slow path) only before the frame is touched. */
-static __always_inline int fast_ipip(struct xdp_md *ctx, struct fast_val *v, int v6,
-				     __u16 ip_len)
+/* Tunnels: the inner packet's TTL decremented (and its checksum), then the outer header and
+ * the tunnel's in front of it, as xvsd's `encapsulate` writes them (ID 0 under DF, else the
+ * inner ID; TOS and TTL from the inner packet; a GUE header's UDP length grown by the inner
+ * packet's). -1 (the slow path) only before the frame is touched. */
+static __always_inline int fast_tunnel(struct xdp_md *ctx, struct fast_val *v, int v6,
+				       __u16 ip_len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -384,7 +389,10 @@ static __always_inline int fast_ipip(struct xdp_md *ctx, struct fast_val *v, int
 	/* From here on the packet's pointers are the verifier's no more (a helper that moves the
 	 * packet's bounds invalidates them, failed or not): no way back to the slow path. Room at
 	 * the head is XDP's 256 bytes of headroom, so the move fails only on a broken driver. */
-	int over = v->outer_v6 ? (int)sizeof(struct ipv6hdr) : (int)sizeof(struct iphdr);
+	int tlen = v->tun_len;
+	if (tlen != 0 && tlen != 4 && tlen != 12)
+		return -1;
+	int over = (v->outer_v6 ? (int)sizeof(struct ipv6hdr) : (int)sizeof(struct iphdr)) + tlen;
 	if (bpf_xdp_adjust_head(ctx, -over))
 		return XDP_ABORTED;
 	/* Ethernet padding after the IP packet goes (xvsd's `truncate`). */
@@ -394,20 +402,20 @@ static __always_inline int fast_ipip(struct xdp_md *ctx, struct fast_val *v, int
 	data = (void *)(long)ctx->data;
 	end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	__u8 proto = v6 ? IPPROTO_IPV6 : IPPROTO_IPIP;
-	void *inner;
+	__u8 proto = v->tun_proto;
+	void *th;
 	if (v->outer_v6) {
 		struct ipv6hdr *o6 = (void *)(eth + 1);
 		if ((void *)(o6 + 1) > end)
 			return XDP_ABORTED;
-		inner = o6 + 1;
+		th = o6 + 1;
 		__u8 t = outer_tos(tos);
 		o6->version = 6;
 		o6->priority = t >> 4;
 		o6->flow_lbl[0] = (t & 0xf) << 4;
 		o6->flow_lbl[1] = 0;
 		o6->flow_lbl[2] = 0;
-		o6->payload_len = bpf_htons(ip_len);
+		o6->payload_len = bpf_htons(ip_len + tlen);
 		o6->nexthdr = proto;
 		o6->hop_limit = ttl;
 		__builtin_memcpy(&o6->saddr, v->src, 16);
@@ -417,11 +425,11 @@ static __always_inline int fast_ipip(struct xdp_md *ctx, struct fast_val *v, int
 		struct iphdr *o4 = (void *)(eth + 1);
 		if ((void *)(o4 + 1) > end)
 			return XDP_ABORTED;
-		inner = o4 + 1;
+		th = o4 + 1;
 		o4->version = 4;
 		o4->ihl = 5;
 		o4->tos = outer_tos(tos);
-		o4->tot_len = bpf_htons(ip_len + sizeof(struct iphdr));
+		o4->tot_len = bpf_htons(ip_len + sizeof(struct iphdr) + tlen);
 		o4->id = id;
 		o4->frag_off = frag;
 		o4->ttl = ttl;
@@ -438,6 +446,20 @@ static __always_inline int fast_ipip(struct xdp_md *ctx, struct fast_val *v, int
 		sum = (sum & 0xffff) + (sum >> 16);
 		o4->check = ~sum;
 		eth->h_proto = bpf_htons(ETH_P_IP);
+	}
+	void *inner = th;
+	if (tlen == 4) {
+		if (th + 4 > end)
+			return XDP_ABORTED;
+		__builtin_memcpy(th, v->tun, 4);
+		inner = th + 4;
+	} else if (tlen == 12) {
+		struct udphdr *u = th;
+		if (th + 12 > end)
+			return XDP_ABORTED;
+		__builtin_memcpy(th, v->tun, 12);
+		u->len = bpf_htons(12 + ip_len);
+		inner = th + 12;
 	}
 	if (v6) {
 		struct ipv6hdr *in6 = inner;
@@ -493,11 +515,11 @@ static __always_inline int fast_path(struct xdp_md *ctx, struct ethhdr *eth, voi
 	}
 	if (v->dead || ip_len > v->max_ip_len)
 		return -1;
-	if (v->op == FAST_IPIP) {
+	if (v->op == FAST_TUNNEL) {
 		__u8 ttl = v6 ? ((struct ipv6hdr *)ip)->hop_limit : ((struct iphdr *)ip)->ttl;
 		if (ttl <= 1)
 			return -1;
-		return fast_ipip(ctx, v, v6, ip_len);
+		return fast_tunnel(ctx, v, v6, ip_len);
 	}
 	if (v6) {
 		struct ipv6hdr *ip6 = ip;

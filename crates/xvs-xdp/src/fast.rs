@@ -58,7 +58,11 @@ pub(crate) struct FastVal {
     last_ns: u64,
     src: [u8; 16],
     outer_v6: u8,
-    pad4: [u8; 7],
+    tun_len: u8,
+    tun_proto: u8,
+    pad4: [u8; 5],
+    tun: [u8; 12],
+    pad5: [u8; 4],
 }
 
 fn addr16(a: &IpAddr) -> [u8; 16] {
@@ -104,6 +108,9 @@ impl FastVal {
             l4_delta: native(o.l4_delta),
             src: addr16(&o.src),
             outer_v6: u8::from(o.src.is_ipv6()),
+            tun_len: o.tunnel.len,
+            tun_proto: o.tunnel.proto,
+            tun: o.tunnel.bytes,
             ..FastVal::default()
         }
     }
@@ -253,10 +260,10 @@ fn hop_moved(routes: &dyn Routes, o: &Offload) -> bool {
         xvs_core::proto::Direction::Input => o.addr,
         xvs_core::proto::Direction::Output => o.daddr,
     };
-    // An IPIP entry's room is the MTU less the outer header.
+    // A tunnel entry's room is the MTU less the outer headers.
     let over = match o.op {
-        xvs_core::offload::FastOp::Ipip if o.src.is_ipv6() => 40,
-        xvs_core::offload::FastOp::Ipip => 20,
+        xvs_core::offload::FastOp::Tunnel if o.src.is_ipv6() => 40 + u16::from(o.tunnel.len),
+        xvs_core::offload::FastOp::Tunnel => 20 + u16::from(o.tunnel.len),
         _ => 0,
     };
     routes.next_hop(to).is_none_or(|h| {

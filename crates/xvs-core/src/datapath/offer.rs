@@ -8,9 +8,9 @@ use crate::conn::{Conn, ConnKey};
 use crate::offload::{eligible, flag, FastOp, Offload};
 use crate::proto::Direction;
 use crate::sync::Mode;
-use crate::types::{ForwardMethod, TunnelType};
-use crate::wire::tunnel_overhead;
+use crate::types::ForwardMethod;
 use crate::wire::Packet;
+use crate::wire::{tunnel_header, tunnel_overhead};
 
 /// What a forwarded segment tells the fast path: the direction `dir` of connection `key`
 /// (entry `c`), whose segment `p` went to `to` as `out`; `new` is the NAT side's new address
@@ -47,10 +47,7 @@ pub(super) fn offer(
         (ForwardMethod::Route, Direction::Input) => FastOp::Route,
         (ForwardMethod::Masq, Direction::Input) => FastOp::Dnat,
         (ForwardMethod::Masq, Direction::Output) => FastOp::Snat,
-        // IPIP only: GUE and GRE keep to the slow path.
-        (ForwardMethod::Tunnel, Direction::Input) if c.fwd.tunnel.kind == TunnelType::Ipip => {
-            FastOp::Ipip
-        }
+        (ForwardMethod::Tunnel, Direction::Input) => FastOp::Tunnel,
         _ => return,
     };
     let Verdict::Forward { ifindex, .. } = *out else {
@@ -63,20 +60,24 @@ pub(super) fn offer(
     eth[..6].copy_from_slice(&hop.dst_mac);
     eth[6..].copy_from_slice(&hop.src_mac);
     let mut mtu = hop.mtu;
-    let mut src = None;
-    if op == FastOp::Ipip {
+    let mut tunnel = None;
+    if op == FastOp::Tunnel {
         // The inner packet's room, as the slow path's check (`forward_in`).
         let over = tunnel_overhead(to.is_ipv6(), &c.fwd.tunnel) as u16;
         mtu = mtu.saturating_sub(over);
         let min = if p.v6 { 1280 } else { 68 };
-        match hop.src_ip {
-            Some(s) if s.is_ipv6() == to.is_ipv6() && mtu >= min => src = Some(s),
+        // (A header that needs a checksum over the payload stays on the slow path.)
+        let header = tunnel_header(&c.fwd.tunnel, p, to.is_ipv6());
+        match (hop.src_ip, header) {
+            (Some(s), Some(h)) if s.is_ipv6() == to.is_ipv6() && mtu >= min => {
+                tunnel = Some((s, h))
+            }
             _ => return,
         }
     }
     let o = Offload::new(p, eth, op, new.0, new.1, ifindex, mtu, *key, dir, mark);
-    q.push(match src {
-        Some(s) => o.with_source(s),
+    q.push(match tunnel {
+        Some((s, h)) => o.with_tunnel(s, h),
         None => o,
     });
     c.flags |= flag(dir);

@@ -2009,9 +2009,9 @@ fn templates_and_fwmark_connections_cross_to_the_backup() {
     );
 }
 
-/// The XDP program's IPIP encapsulation (`fast_ipip`), in Rust: the inner TTL and checksum,
-/// then the outer header built from the inner one's fields.
-fn fast_ipip(o: &crate::offload::Offload, frame: &[u8]) -> Vec<u8> {
+/// The XDP program's encapsulation (`fast_tunnel`), in Rust: the inner TTL and checksum, then
+/// the outer header built from the inner one's fields and the tunnel's header.
+fn fast_tunnel(o: &crate::offload::Offload, frame: &[u8]) -> Vec<u8> {
     let v6 = frame[12..14] == [0x86, 0xdd];
     let ip_len = if v6 {
         usize::from(u16::from_be_bytes([frame[ETH_LEN + 4], frame[ETH_LEN + 5]])) + 40
@@ -2037,13 +2037,18 @@ fn fast_ipip(o: &crate::offload::Offload, frame: &[u8]) -> Vec<u8> {
         )
     };
     let t = (tos & !3) | if tos & 3 == 3 { 2 } else { tos & 3 };
-    let proto = if v6 { 41 } else { 4 };
+    let proto = o.tunnel.proto;
+    let tlen = usize::from(o.tunnel.len);
+    let mut th = o.tunnel.bytes[..tlen].to_vec();
+    if tlen == 12 {
+        th[4..6].copy_from_slice(&((12 + ip_len) as u16).to_be_bytes());
+    }
     let mut out = o.eth.to_vec();
     match (o.src, o.addr) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             out.extend_from_slice(&[0x08, 0x00]);
             let mut h = vec![0x45, t];
-            h.extend_from_slice(&((ip_len + 20) as u16).to_be_bytes());
+            h.extend_from_slice(&((ip_len + 20 + tlen) as u16).to_be_bytes());
             h.extend_from_slice(if df { &[0, 0] } else { &id });
             h.extend_from_slice(&[if df { 0x40 } else { 0 }, 0, ttl, proto, 0, 0]);
             h.extend_from_slice(&s.octets());
@@ -2055,13 +2060,14 @@ fn fast_ipip(o: &crate::offload::Offload, frame: &[u8]) -> Vec<u8> {
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             out.extend_from_slice(&[0x86, 0xdd]);
             out.extend_from_slice(&[0x60 | (t >> 4), (t & 0xf) << 4, 0, 0]);
-            out.extend_from_slice(&(ip_len as u16).to_be_bytes());
+            out.extend_from_slice(&((ip_len + tlen) as u16).to_be_bytes());
             out.extend_from_slice(&[proto, ttl]);
             out.extend_from_slice(&s.octets());
             out.extend_from_slice(&d.octets());
         }
         _ => panic!("mixed outer addresses"),
     }
+    out.extend_from_slice(&th);
     out.extend_from_slice(&inner);
     out
 }
@@ -2070,8 +2076,8 @@ fn fast_ipip(o: &crate::offload::Offload, frame: &[u8]) -> Vec<u8> {
 /// in Rust: the MACs, the NAT side, the TTL, both checksums by the precomputed differences.
 fn fast_apply(o: &crate::offload::Offload, frame: &mut Vec<u8>) {
     use crate::offload::FastOp;
-    if o.op == FastOp::Ipip {
-        *frame = fast_ipip(o, frame);
+    if o.op == FastOp::Tunnel {
+        *frame = fast_tunnel(o, frame);
         return;
     }
     fn adjust(frame: &mut [u8], at: usize, delta: u16) {
@@ -2097,7 +2103,7 @@ fn fast_apply(o: &crate::offload::Offload, frame: &mut Vec<u8>) {
         IpAddr::V6(a) => a.octets().to_vec(),
     };
     match o.op {
-        FastOp::Route | FastOp::Ipip => {}
+        FastOp::Route | FastOp::Tunnel => {}
         FastOp::Dnat => {
             frame[dst..dst + alen].copy_from_slice(&a);
             frame[l4 + 2..l4 + 4].copy_from_slice(&o.port.to_be_bytes());
@@ -2258,7 +2264,7 @@ fn what_is_never_offloaded() {
         tunnel: TunnelConfig {
             kind: TunnelType::Gue,
             port: 6080,
-            csum: crate::types::TunnelCsum::NoCsum,
+            csum: crate::types::TunnelCsum::Csum,
         },
         ..dest("10.9.0.11", 80, ForwardMethod::Tunnel)
     };
@@ -2334,12 +2340,33 @@ fn what_the_fast_path_forwarded_reaches_the_connection_and_the_statistics() {
 }
 
 #[test]
-fn ipip_offloads_and_the_fast_encapsulation_is_the_slow_one() {
-    for (rs, client, vip) in [
-        ("10.9.0.11", "10.9.0.5", "10.0.0.1"),
-        ("fd09::11", "fd09::5", "fd00::1"),
+fn tunnels_offload_and_the_fast_encapsulation_is_the_slow_one() {
+    let gue = TunnelConfig {
+        kind: TunnelType::Gue,
+        port: 6080,
+        csum: crate::types::TunnelCsum::NoCsum,
+    };
+    let gre = TunnelConfig {
+        kind: TunnelType::Gre,
+        port: 0,
+        csum: crate::types::TunnelCsum::NoCsum,
+    };
+    for (rs, client, vip, tunnel) in [
+        ("10.9.0.11", "10.9.0.5", "10.0.0.1", None),
+        ("fd09::11", "fd09::5", "fd00::1", None),
+        ("10.9.0.11", "10.9.0.5", "10.0.0.1", Some(gue)),
+        ("10.9.0.11", "10.9.0.5", "10.0.0.1", Some(gre)),
+        ("fd09::11", "fd09::5", "fd00::1", Some(gre)),
     ] {
-        let lb = Lb::one(rs, ForwardMethod::Tunnel);
+        let mut lb = Lb::one(rs, ForwardMethod::Tunnel);
+        if let Some(t) = tunnel {
+            let d = DestConfig {
+                tunnel: t,
+                ..dest(rs, 80, ForwardMethod::Tunnel)
+            };
+            lb.dir.edit_dest(&tcp_key(vip, 80), d).unwrap();
+            lb.republish();
+        }
         lb.engine.set_offload(true);
         let mut w = WorkerState::new();
         let seg = |flags, ttl, tos: u8, payload: &[u8]| {
@@ -2357,7 +2384,7 @@ fn ipip_offloads_and_the_fast_encapsulation_is_the_slow_one() {
         let o = offers(&lb, &mut w, &seg(Flags::Ack, 64, 0, b""), 1);
         assert_eq!(o.len(), 1);
         let o = &o[0];
-        assert_eq!(o.op, crate::offload::FastOp::Ipip);
+        assert_eq!(o.op, crate::offload::FastOp::Tunnel);
         assert_eq!(o.addr, ip(rs));
         for (ttl, tos) in [(2, 0), (64, 0xb8), (200, 0x03)] {
             same_as_slow_path(&lb, o, &seg(Flags::Ack, ttl, tos, b"tunnelled data"));

@@ -731,6 +731,57 @@ fn gre_of(t: &TunnelConfig, inner_v6: bool) -> GreRepr {
     }
 }
 
+/// The tunnel header a connection's packets get between the outer IP header and the inner
+/// packet, as [`encapsulate`] writes it, for a fast path that copies it: its bytes (a GUE
+/// header's UDP length counts only its own 12 bytes, the inner packet's length is added per
+/// packet), its length (0, 4 or 12) and the outer protocol. None when the header needs a
+/// checksum over the payload (GUE with `--tun-csum`/`--tun-remcsum` or IPv6 outside, GRE with
+/// its checksum).
+pub fn tunnel_header(t: &TunnelConfig, p: &Packet, outer_v6: bool) -> Option<TunnelHeader> {
+    let mut bytes = [0u8; 12];
+    let inner_proto = if p.v6 { IPPROTO_IPV6 } else { IPPROTO_IPIP };
+    let (len, proto) = match t.kind {
+        TunnelType::Ipip => (0, inner_proto),
+        TunnelType::Gue => {
+            if t.csum != TunnelCsum::NoCsum || outer_v6 {
+                return None;
+            }
+            let g = GueRepr {
+                sport: flow_port(p),
+                dport: t.port,
+                inner_proto,
+                inner_len: 0,
+            };
+            g.emit(&mut bytes);
+            (GueRepr::LEN, IPPROTO_UDP)
+        }
+        TunnelType::Gre => {
+            let g = gre_of(t, p.v6);
+            if g.csum {
+                return None;
+            }
+            g.emit(&mut bytes);
+            (g.header_len(), IPPROTO_GRE)
+        }
+    };
+    Some(TunnelHeader {
+        bytes,
+        len: len as u8,
+        proto,
+    })
+}
+
+/// See [`tunnel_header`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelHeader {
+    /// The header (the first `len` bytes).
+    pub bytes: [u8; 12],
+    /// Its length.
+    pub len: u8,
+    /// The outer IP header's protocol.
+    pub proto: u8,
+}
+
 /// A small flow hash for the GUE source port (so the receiver can spread flows).
 fn flow_port(p: &Packet) -> u16 {
     let h = crate::hash::fold_addr(&p.saddr)
