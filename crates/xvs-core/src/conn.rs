@@ -29,7 +29,7 @@ use crate::defence::DropEntryCounters;
 use crate::dest::{Binding, ConnForward, DestState};
 use crate::hash::hash_endpoint;
 use crate::index::{self, Index, MAX_LOAD};
-use crate::proto::TcpState;
+use crate::proto::{SctpState, TcpState};
 use crate::service::ServiceLive;
 use crate::types::{ForwardMethod, Time};
 
@@ -494,8 +494,13 @@ fn eviction_rank(k: &ConnKey, c: &Conn, now: Time) -> Option<(Eviction, u64)> {
         } else {
             Eviction::Unestablished
         }
-    } else if k.proto == TCP {
-        if c.state != TcpState::Established as u8 {
+    } else if k.proto == TCP || k.proto == SCTP {
+        let established = if k.proto == TCP {
+            TcpState::Established as u8
+        } else {
+            SctpState::Established as u8
+        };
+        if c.state != established {
             Eviction::Unestablished
         } else if c.last_seen(now) + IDLE_MS <= now.0 {
             Eviction::Idle
@@ -510,6 +515,8 @@ fn eviction_rank(k: &ConnKey, c: &Conn, now: Time) -> Option<(Eviction, u64)> {
 
 /// TCP's protocol number.
 const TCP: u8 = 6;
+/// SCTP's protocol number.
+const SCTP: u8 = 132;
 
 /// Heap bytes of a connection's boxed template key (persistent services only): the key and
 /// the allocator's header.
@@ -550,6 +557,12 @@ fn drop_candidate(k: &ConnKey, c: &Conn, now: Time, counters: &mut DropEntryCoun
         match TcpState::from_u8(c.state) {
             Some(TcpState::SynRecv | TcpState::Synack) => true,
             Some(TcpState::Established) => todrop(counters),
+            _ => false,
+        }
+    } else if k.proto == SCTP {
+        match SctpState::from_u8(c.state) {
+            Some(SctpState::Init1 | SctpState::Init) => true,
+            Some(SctpState::Established) => todrop(counters),
             _ => false,
         }
     } else {

@@ -1,5 +1,5 @@
-//! Connection states, their timeouts and the TCP transition tables (`ip_vs_proto_tcp.c`,
-//! `ip_vs_proto_udp.c`).
+//! Connection states, their timeouts and the TCP and SCTP transition tables
+//! (`ip_vs_proto_tcp.c`, `ip_vs_proto_udp.c`, `ip_vs_proto_sctp.c`).
 
 /// TCP connection states in the kernel's numbering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -228,6 +228,243 @@ pub fn tcp_state_active(s: TcpState) -> bool {
     matches!(s, ES | SS | SR | SA)
 }
 
+/// SCTP association states in the kernel's numbering (`IP_VS_SCTP_S_*`), as the real server
+/// sees the association.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum SctpState {
+    /// No packet seen yet.
+    None = 0,
+    /// The client's first INIT, no INIT ACK yet (short timeout for dropped INITs).
+    Init1 = 1,
+    /// A further INIT from the client.
+    Init = 2,
+    /// The server's INIT ACK sent, waiting for the COOKIE ECHO.
+    CookieSent = 3,
+    /// The client's COOKIE ECHO sent, waiting for the COOKIE ACK.
+    CookieReplied = 4,
+    /// The server sent INIT (an association set up by the server).
+    CookieWait = 5,
+    /// The client answered the server's INIT.
+    Cookie = 6,
+    /// The server's COOKIE ECHO sent.
+    CookieEchoed = 7,
+    /// Established.
+    Established = 8,
+    /// SHUTDOWN sent by the server.
+    ShutdownSent = 9,
+    /// SHUTDOWN sent by the client.
+    ShutdownReceived = 10,
+    /// SHUTDOWN ACK sent by the server.
+    ShutdownAckSent = 11,
+    /// The INIT was answered with ABORT (short timeout).
+    Rejected = 12,
+    /// Closed.
+    Closed = 13,
+}
+
+/// Number of SCTP states.
+pub const SCTP_STATES: usize = 14;
+
+const SCTP_NAMES: [&str; SCTP_STATES] = [
+    "NONE",
+    "INIT1",
+    "INIT",
+    "C-SENT",
+    "C-REPLIED",
+    "C-WAIT",
+    "COOKIE",
+    "C-ECHOED",
+    "ESTABLISHED",
+    "S-SENT",
+    "S-RECEIVED",
+    "S-ACK-SENT",
+    "REJECTED",
+    "CLOSED",
+];
+
+impl SctpState {
+    /// From the kernel's number.
+    pub fn from_u8(v: u8) -> Option<SctpState> {
+        use SctpState::*;
+        const ALL: [SctpState; SCTP_STATES] = [
+            None,
+            Init1,
+            Init,
+            CookieSent,
+            CookieReplied,
+            CookieWait,
+            Cookie,
+            CookieEchoed,
+            Established,
+            ShutdownSent,
+            ShutdownReceived,
+            ShutdownAckSent,
+            Rejected,
+            Closed,
+        ];
+        ALL.get(usize::from(v)).copied()
+    }
+
+    /// Name as `ipvsadm -L -c` prints it (`sctp_state_name_table`).
+    pub fn name(self) -> &'static str {
+        SCTP_NAMES[self as usize]
+    }
+}
+
+/// What a packet's chunks are to the SCTP state machine (`ipvs_sctp_event_t`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum SctpEvent {
+    /// DATA, SACK, HEARTBEAT (ACK), ECNE, CWR and every chunk type the kernel does not name.
+    Data = 0,
+    /// INIT.
+    Init = 1,
+    /// INIT ACK.
+    InitAck = 2,
+    /// COOKIE ECHO.
+    CookieEcho = 3,
+    /// COOKIE ACK.
+    CookieAck = 4,
+    /// SHUTDOWN.
+    Shutdown = 5,
+    /// SHUTDOWN ACK.
+    ShutdownAck = 6,
+    /// SHUTDOWN COMPLETE.
+    ShutdownComplete = 7,
+    /// ERROR.
+    Error = 8,
+    /// ABORT.
+    Abort = 9,
+}
+
+/// SCTP chunk types (RFC 9260, section 3.2) the state machine and the scheduler look at.
+pub mod chunk {
+    /// DATA.
+    pub const DATA: u8 = 0;
+    /// INIT.
+    pub const INIT: u8 = 1;
+    /// INIT ACK.
+    pub const INIT_ACK: u8 = 2;
+    /// ABORT.
+    pub const ABORT: u8 = 6;
+    /// SHUTDOWN.
+    pub const SHUTDOWN: u8 = 7;
+    /// SHUTDOWN ACK.
+    pub const SHUTDOWN_ACK: u8 = 8;
+    /// ERROR.
+    pub const ERROR: u8 = 9;
+    /// COOKIE ECHO.
+    pub const COOKIE_ECHO: u8 = 10;
+    /// COOKIE ACK.
+    pub const COOKIE_ACK: u8 = 11;
+    /// SHUTDOWN COMPLETE.
+    pub const SHUTDOWN_COMPLETE: u8 = 14;
+}
+
+impl SctpEvent {
+    /// The event of a chunk type (`sctp_events`): the named control chunks, else DATA.
+    pub fn of_chunk(t: u8) -> SctpEvent {
+        match t {
+            chunk::INIT => SctpEvent::Init,
+            chunk::INIT_ACK => SctpEvent::InitAck,
+            chunk::ABORT => SctpEvent::Abort,
+            chunk::SHUTDOWN => SctpEvent::Shutdown,
+            chunk::SHUTDOWN_ACK => SctpEvent::ShutdownAck,
+            chunk::ERROR => SctpEvent::Error,
+            chunk::COOKIE_ECHO => SctpEvent::CookieEcho,
+            chunk::COOKIE_ACK => SctpEvent::CookieAck,
+            chunk::SHUTDOWN_COMPLETE => SctpEvent::ShutdownComplete,
+            _ => SctpEvent::Data,
+        }
+    }
+}
+
+/// The chunks of an SCTP packet that matter: the first chunk's type (the scheduler's test) and
+/// the packet's event (`set_sctp_state`: the first chunk's, except that an ABORT bundled right
+/// after a COOKIE ECHO or COOKIE ACK makes it ABORT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SctpChunks {
+    /// Type of the first chunk.
+    pub first: u8,
+    /// The state machine's event.
+    pub event: SctpEvent,
+}
+
+type SctpRow = [SctpState; SCTP_STATES];
+
+use SctpState::{
+    Closed as sCL, Cookie as sCO, CookieEchoed as sCE, CookieReplied as sCR, CookieSent as sCS,
+    CookieWait as sCW, Established as sES, Init as sIN, Init1 as sI1, Rejected as sRJ,
+    ShutdownAckSent as sSA, ShutdownReceived as sSR, ShutdownSent as sSS,
+};
+
+// Rows: the events in `SctpEvent` order. Columns: current state NO I1 IN CS CR CW CO CE ES SS SR
+// SA RJ CL. v6.12 `ip_vs_proto_sctp.c`, `sctp_states`.
+#[rustfmt::skip]
+const SCTP_INPUT: [SctpRow; 10] = [
+    [sES, sI1, sIN, sCS, sCR, sCW, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sI1, sIN, sIN, sCS, sCR, sCW, sCO, sCE, sES, sSS, sSR, sSA, sIN, sIN],
+    [sCW, sCW, sCW, sCS, sCR, sCO, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sCR, sIN, sIN, sCR, sCR, sCW, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sES, sI1, sIN, sCS, sCR, sCW, sCO, sES, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sSR, sI1, sIN, sCS, sCR, sCW, sCO, sCE, sSR, sSS, sSR, sSA, sRJ, sCL],
+    [sCL, sIN, sIN, sCS, sCR, sCW, sCO, sCE, sES, sCL, sSR, sCL, sRJ, sCL],
+    [sCL, sCL, sCL, sCS, sCR, sCW, sCO, sCE, sES, sSS, sSR, sCL, sRJ, sCL],
+    [sCL, sI1, sIN, sCS, sCR, sCW, sCO, sCL, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sCL, sCL, sCL, sCL, sCL, sRJ, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL],
+];
+#[rustfmt::skip]
+const SCTP_OUTPUT: [SctpRow; 10] = [
+    [sES, sI1, sIN, sCS, sCR, sCW, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sCW, sCW, sCW, sCW, sCW, sCW, sCW, sCW, sES, sCW, sCW, sCW, sCW, sCW],
+    [sCS, sCS, sCS, sCS, sCR, sCW, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sCE, sCE, sCE, sCE, sCE, sCE, sCE, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sES, sES, sES, sES, sES, sES, sES, sES, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sSS, sSS, sSS, sSS, sSS, sSS, sSS, sSS, sSS, sSS, sSR, sSA, sRJ, sCL],
+    [sSA, sSA, sSA, sSA, sSA, sCW, sCO, sCE, sES, sSA, sSA, sSA, sRJ, sCL],
+    [sCL, sI1, sIN, sCS, sCR, sCW, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sCL, sCL, sCL, sCL, sCL, sCW, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sCL, sRJ, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL],
+];
+#[rustfmt::skip]
+const SCTP_INPUT_ONLY: [SctpRow; 10] = [
+    [sES, sI1, sIN, sCS, sCR, sES, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sI1, sIN, sIN, sIN, sIN, sIN, sCO, sCE, sES, sSS, sSR, sSA, sIN, sIN],
+    [sCE, sCE, sCE, sCE, sCE, sCE, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sES, sES, sES, sES, sES, sES, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sES, sI1, sIN, sES, sES, sCW, sES, sES, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sSR, sI1, sIN, sCS, sCR, sCW, sCO, sCE, sSR, sSS, sSR, sSA, sRJ, sCL],
+    [sCL, sIN, sIN, sCS, sCR, sCW, sCO, sCE, sCL, sCL, sSR, sCL, sRJ, sCL],
+    [sCL, sCL, sCL, sCL, sCL, sCW, sCO, sCE, sES, sSS, sCL, sCL, sRJ, sCL],
+    [sCL, sI1, sIN, sCS, sCR, sCW, sCO, sCE, sES, sSS, sSR, sSA, sRJ, sCL],
+    [sCL, sCL, sCL, sCL, sCL, sRJ, sCL, sCL, sCL, sCL, sCL, sCL, sCL, sCL],
+];
+
+/// The next SCTP state (`set_sctp_state`); `no_output` as for [`tcp_next_state`].
+pub fn sctp_next_state(cur: SctpState, dir: Direction, no_output: bool, e: SctpEvent) -> SctpState {
+    let table = match (dir, no_output) {
+        (Direction::Output, _) => &SCTP_OUTPUT,
+        (Direction::Input, true) => &SCTP_INPUT_ONLY,
+        (Direction::Input, false) => &SCTP_INPUT,
+    };
+    table[e as usize][cur as usize]
+}
+
+/// Whether an SCTP state counts in ActiveConn: ESTABLISHED only (`set_sctp_state`).
+pub fn sctp_state_active(s: SctpState) -> bool {
+    s == sES
+}
+
+/// A connection state's name in `-L -c` for its protocol.
+pub fn state_name(proto: u8, state: u8) -> &'static str {
+    if proto == 132 {
+        SctpState::from_u8(state).map_or("ERR!", SctpState::name)
+    } else {
+        TcpState::from_u8(state).map_or("ERR!", TcpState::name)
+    }
+}
+
 /// Per-state timeouts in seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -235,6 +472,8 @@ pub struct Timeouts {
     pub tcp: [u32; TCP_STATES],
     /// The single UDP state.
     pub udp: u32,
+    /// Indexed by [`SctpState`] (`sctp_timeouts`; `--set` changes none of them).
+    pub sctp: [u32; SCTP_STATES],
 }
 
 impl Default for Timeouts {
@@ -242,6 +481,9 @@ impl Default for Timeouts {
         Timeouts {
             tcp: [2, 900, 120, 60, 120, 120, 10, 60, 30, 120, 120],
             udp: 300,
+            // NONE 2 s, INIT1 and REJECTED 4 s, ESTABLISHED 15 min, every other state the
+            // maximum RTO plus a second (61 s).
+            sctp: [2, 4, 61, 61, 61, 61, 61, 61, 900, 61, 61, 61, 4, 61],
         }
     }
 }
@@ -378,6 +620,64 @@ mod tests {
         assert_eq!(tcp_next_state(SR, Input, false, ACK, true), SR);
         assert_eq!(tcp_next_state(SR, Output, true, SYNACK, true), SA);
         assert_eq!(s, SA);
+    }
+
+    /// Rows of mainline's `sctp_states` (v6.12), spot-checked: an association set up by the
+    /// client seen both ways (NAT) and input only (DR), the server-initiated set-up, REJECTED.
+    #[test]
+    fn sctp_transitions_follow_the_kernel() {
+        use Direction::{Input, Output};
+        use SctpEvent as E;
+        use SctpState as S;
+        let run = |steps: &[(Direction, bool, E, S)]| {
+            let mut s = S::None;
+            for (n, &(dir, no_output, e, want)) in steps.iter().enumerate() {
+                s = sctp_next_state(s, dir, no_output, e);
+                assert_eq!(s, want, "step {n}");
+            }
+        };
+        run(&[
+            (Input, true, E::Init, S::Init1),
+            (Input, true, E::Init, S::Init),
+            (Output, true, E::InitAck, S::CookieSent),
+            (Input, false, E::CookieEcho, S::CookieReplied),
+            (Output, false, E::CookieAck, S::Established),
+            (Output, false, E::Shutdown, S::ShutdownSent),
+            (Input, false, E::ShutdownAck, S::Closed),
+        ]);
+        run(&[
+            (Input, true, E::Init, S::Init1),
+            (Input, true, E::CookieEcho, S::Established),
+            (Input, true, E::Data, S::Established),
+            (Input, true, E::Shutdown, S::ShutdownReceived),
+            (Input, true, E::ShutdownComplete, S::Closed),
+            (Input, true, E::Init, S::Init),
+        ]);
+        run(&[
+            (Output, false, E::Init, S::CookieWait),
+            (Input, false, E::InitAck, S::Cookie),
+            (Output, false, E::CookieEcho, S::CookieEchoed),
+            (Input, false, E::CookieAck, S::Established),
+        ]);
+        run(&[
+            (Input, true, E::Init, S::Init1),
+            (Output, false, E::Abort, S::Rejected),
+            (Input, false, E::Init, S::Init),
+        ]);
+        assert!(sctp_state_active(S::Established));
+        assert!(!sctp_state_active(S::CookieReplied) && !sctp_state_active(S::Init1));
+        let names: Vec<_> = (0..SCTP_STATES as u8)
+            .map(|n| SctpState::from_u8(n).unwrap().name())
+            .collect();
+        assert_eq!(
+            names.join(" "),
+            "NONE INIT1 INIT C-SENT C-REPLIED C-WAIT COOKIE C-ECHOED \
+            ESTABLISHED S-SENT S-RECEIVED S-ACK-SENT REJECTED CLOSED"
+        );
+        assert_eq!(SctpState::from_u8(14), None);
+        assert_eq!(state_name(132, 14), "ERR!");
+        assert_eq!(Timeouts::default().sctp[S::Established as usize], 900);
+        assert_eq!(Timeouts::default().sctp[S::Init1 as usize], 4);
     }
 
     #[test]

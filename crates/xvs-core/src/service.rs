@@ -238,8 +238,9 @@ impl Tables {
                 ServiceKey::Addr { proto, .. } => match proto {
                     Protocol::Tcp => &[Protocol::Tcp],
                     Protocol::Udp => &[Protocol::Udp],
+                    Protocol::Sctp => &[Protocol::Sctp],
                 },
-                ServiceKey::Fwmark { .. } => &[Protocol::Tcp, Protocol::Udp],
+                ServiceKey::Fwmark { .. } => &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
             };
             for d in &s.dests {
                 if d.forward().method == ForwardMethod::Masq {

@@ -30,13 +30,15 @@ impl Af {
     }
 }
 
-/// Transport protocol of a virtual service. SCTP is refused by the control plane (not supported).
+/// Transport protocol of a virtual service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     /// TCP (6).
     Tcp,
     /// UDP (17).
     Udp,
+    /// SCTP (132).
+    Sctp,
 }
 
 impl Protocol {
@@ -45,6 +47,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => 6,
             Protocol::Udp => 17,
+            Protocol::Sctp => 132,
         }
     }
 
@@ -53,6 +56,7 @@ impl Protocol {
         match n {
             6 => Some(Protocol::Tcp),
             17 => Some(Protocol::Udp),
+            132 => Some(Protocol::Sctp),
             _ => None,
         }
     }
@@ -62,6 +66,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
         }
     }
 }

@@ -463,10 +463,10 @@ pub fn list_connections(rows: &[ConnRow], o: &ListOptions, names: &dyn Names) ->
         );
     }
     for r in rows {
-        let proto = if r.proto == "UDP" {
-            Protocol::Udp
-        } else {
-            Protocol::Tcp
+        let proto = match r.proto {
+            "UDP" => Protocol::Udp,
+            "SCTP" => Protocol::Sctp,
+            _ => Protocol::Tcp,
         };
         let an = |(a, p): (IpAddr, u16)| addr_port_name(&a, p, proto, o.numeric, names);
         let expire = format!("{:02}:{:02}", r.expires / 60, r.expires % 60);

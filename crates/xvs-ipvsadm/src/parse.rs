@@ -723,12 +723,12 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
         Command(_) | Help | Version | StartDaemon | StopDaemon => {
             return fail(format!("invalid option `{}'", item.text));
         }
-        Tcp | Udp => {
+        Tcp | Udp | Sctp => {
             set_option(ce, opt::SERVICE)?;
-            ce.proto = if item.tok == Tcp {
-                Protocol::Tcp
-            } else {
-                Protocol::Udp
+            ce.proto = match item.tok {
+                Tcp => Protocol::Tcp,
+                Udp => Protocol::Udp,
+                _ => Protocol::Sctp,
             };
             let hp = parse_host_port(&arg, ce.proto).ok_or_else(|| ParseError {
                 message: "illegal virtual server address[:port] specified".into(),
@@ -743,7 +743,6 @@ fn apply(ce: &mut Entry, item: Item) -> Result<(), ParseError> {
                 ce.port = p;
             }
         }
-        Sctp => return fail("SCTP services are not supported by xvs"),
         Fwmark => {
             set_option(ce, opt::SERVICE)?;
             ce.af = Af::V4;

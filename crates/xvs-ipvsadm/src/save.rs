@@ -78,7 +78,11 @@ impl Names for BuiltinNames {
 fn svc_arg(k: &ServiceKey, numeric: bool, names: &dyn Names) -> String {
     match k {
         ServiceKey::Addr { proto, addr, port } => {
-            let flag = if *proto == Protocol::Tcp { "-t" } else { "-u" };
+            let flag = match proto {
+                Protocol::Tcp => "-t",
+                Protocol::Udp => "-u",
+                Protocol::Sctp => "--sctp-service",
+            };
             format!(
                 "{flag} {}",
                 addr_port_name(addr, *port, *proto, numeric, names)

@@ -255,7 +255,12 @@ fn error_table() {
         ("-A -t 10.0.0.1:80 -s sh -b sh-port,bogus", "invalid scheduler flag `bogus'", 2),
         ("-A -t 10.0.0.1:80 -p 60 -M 300.0.0.0", "illegal virtual server persistent mask specified", 2),
         ("-A -t [2001:db8::1]:80 -p 60 -M 129", "illegal ipv6 netmask specified", 2),
-        ("-A --sctp-service 10.0.0.1:80", "SCTP services are not supported by xvs", 2),
+        (
+            "-A --sctp-service 10.0.0.1:5060 -o",
+            "One-Packet Scheduling is only for UDP virtual services",
+            2,
+        ),
+        ("-A --sctp-service", "--sctp-service: missing argument", 255),
         ("--bogus", "--bogus: unknown option", 255),
         ("-A -t", "-t: missing argument", 255),
         ("-Lq", "-q: unknown option", 255),
@@ -355,4 +360,40 @@ fn sort_order_keeps_ipvsadm_quirk() {
             "-A -f 5 -s wlc",
         ]
     );
+}
+
+/// SCTP services: parsed, sorted after UDP (protocol 132), saved as `--sctp-service`, restored.
+#[test]
+fn sctp_services_save_and_restore() {
+    let Command::AddService(c) = p("-A --sctp-service 10.0.0.1:3868 -s rr").unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        c.key,
+        ServiceKey::Addr {
+            proto: Protocol::Sctp,
+            addr: ip("10.0.0.1"),
+            port: 3868
+        }
+    );
+    let rules = "-A --sctp-service 10.0.0.1:3868 -s rr\n\
+                 -a --sctp-service 10.0.0.1:3868 -r 10.1.0.1:3868 -m -w 1\n\
+                 -A -u 10.0.0.1:53 -s rr\n\
+                 -A --sctp-service [2001:db8::1]:3868 -s wlc\n\
+                 -a --sctp-service [2001:db8::1]:3868 -r [2001:db8::11]:3868 -g -w 1\n";
+    let mut d = Director::new();
+    let rep = restore(&mut d, "ipvsadm", rules);
+    assert!(rep.errors.is_empty() && rep.stopped.is_none(), "{rep:?}");
+    let saved = save(d.services(), true);
+    assert_eq!(
+        saved,
+        "-A -u 10.0.0.1:53 -s rr\n\
+         -A --sctp-service 10.0.0.1:3868 -s rr\n\
+         -a --sctp-service 10.0.0.1:3868 -r 10.1.0.1:3868 -m -w 1\n\
+         -A --sctp-service [2001:db8::1]:3868 -s wlc\n\
+         -a --sctp-service [2001:db8::1]:3868 -r [2001:db8::11]:3868 -g -w 1\n"
+    );
+    let mut again = Director::new();
+    restore(&mut again, "ipvsadm", &saved);
+    assert_eq!(save(again.services(), true), saved);
 }

@@ -4,16 +4,16 @@
  * xvs must see, pass everything else to the kernel.
  *
  * Redirected:
- *   - TCP/UDP to (VIP, proto, port) of a service, or to (VIP, proto, 0) of a port-0 service;
+ *   - TCP/UDP/SCTP to (VIP, proto, port) of a service, or to (VIP, proto, 0) of a port-0 service;
  *   - ICMP/ICMPv6 errors addressed to a VIP;
- *   - TCP/UDP from (real server, proto, port) of a NAT destination (or (rs, proto, 0)) that are
- *     not addressed to one of the box's own addresses.
+ *   - TCP/UDP/SCTP from (real server, proto, port) of a NAT destination (or (rs, proto, 0))
+ *     that are not addressed to one of the box's own addresses.
  * Passed: ARP, ND and all other ICMPv6 informational messages, echo requests, the box's own
  * traffic, fragments' later pieces, anything unparsable.
  * A frame that matches but finds no socket on its queue is dropped and counted (passing it
  * would make the kernel answer with a reset).
- * Packets that may open a connection (TCP SYNs, and UDP datagrams, whose first of a flow
- * cannot be told from the others) to a service pass a token bucket per socket whose rate xvsd
+ * Packets that may open a connection (TCP SYNs, SCTP INITs, and UDP datagrams, whose first of a
+ * flow cannot be told from the others) to a service pass a token bucket per socket whose rate xvsd
  * sets (0: no limit): while a flood overflows a socket's ring, xvsd lowers it, so that the ring
  * keeps room for the packets of established TCP connections and of handshakes under way; the
  * excess is dropped and counted here (clients retransmit).
@@ -49,7 +49,7 @@
 struct steer_key {
 	__u8 addr[16];
 	__u8 family;   /* 4 or 6 */
-	__u8 proto;    /* IPPROTO_TCP / IPPROTO_UDP / 0 = any (VIP for ICMP) */
+	__u8 proto;    /* IPPROTO_TCP / IPPROTO_UDP / IPPROTO_SCTP / 0 = any (VIP for ICMP) */
 	__be16 port;
 };
 
@@ -634,7 +634,7 @@ int xvs_steer(struct xdp_md *ctx)
 		return pass();
 	}
 
-	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
 		return pass();
 	__be16 *ports = l4;
 	if ((void *)(ports + 2) > end)
@@ -644,9 +644,13 @@ int xvs_steer(struct xdp_md *ctx)
 	dst.port = ports[1];
 	if (is_service(&dst)) {
 		struct tcphdr *th = l4;
-		/* (A truncated TCP header goes to xvs, which counts it as malformed.) */
+		__u8 *chunk = (__u8 *)l4 + 12;
+		/* (A truncated TCP header goes to xvs, which counts it as malformed.) An SCTP
+		 * packet opens an association with an INIT chunk first. */
 		int opening = proto == IPPROTO_UDP ||
-			      ((void *)(th + 1) <= end && th->syn && !th->ack);
+			      (proto == IPPROTO_TCP && (void *)(th + 1) <= end && th->syn &&
+			       !th->ack) ||
+			      (proto == IPPROTO_SCTP && (void *)(chunk + 1) <= end && *chunk == 1);
 		if (opening && !admit(ctx))
 			return XDP_DROP;
 		if (!opening)

@@ -31,7 +31,8 @@ pub fn args(args: &[String]) -> Vec<String> {
             let p = match name {
                 "tcp-service" => Some(Protocol::Tcp),
                 "udp-service" => Some(Protocol::Udp),
-                "sctp-service" | "real-server" => Some(proto),
+                "sctp-service" => Some(Protocol::Sctp),
+                "real-server" => Some(proto),
                 _ => None,
             };
             if let Some(p) = p {
@@ -103,6 +104,9 @@ fn protocol(args: &[String]) -> Protocol {
         if a == "--udp-service" || a.starts_with("--udp-service=") {
             return Protocol::Udp;
         }
+        if a == "--sctp-service" || a.starts_with("--sctp-service=") {
+            return Protocol::Sctp;
+        }
         if let Some(shorts) = a.strip_prefix('-').filter(|s| !s.starts_with('-')) {
             for c in shorts.chars() {
                 if c == 'u' {
@@ -165,6 +169,7 @@ fn etc_services(name: &str, proto: Protocol) -> Option<u16> {
     let want = match proto {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
     };
     let text = std::fs::read_to_string("/etc/services").ok()?;
     text.lines().find_map(|l| {

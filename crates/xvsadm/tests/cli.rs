@@ -275,9 +275,9 @@ fn error_paths_with_messages_and_statuses() {
         ("-Z -t 10.0.0.9:80", 255, "No such service\n"),
         ("--bogus", 255, "--bogus: unknown option\n"),
         (
-            "-A --sctp-service 10.0.0.1:80",
+            "-A --sctp-service 10.0.0.1:80 -o",
             2,
-            "SCTP services are not supported by xvs\n",
+            "One-Packet Scheduling is only for UDP virtual services\n",
         ),
     ];
     for (args, status, err) in cases {

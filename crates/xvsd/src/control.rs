@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use xvs_core::conn::{Eviction, CONN_F_TEMPLATE, TPL_S_ASSURED};
-use xvs_core::proto::TcpState;
 use xvs_core::{Director, Engine, Tables, Time};
 use xvs_ipvsadm::control::{decode_request, encode_response, header, Response, MAX_REQUEST};
 use xvs_ipvsadm::exec::{execute, Output, Session};
@@ -152,6 +151,7 @@ impl Control {
             let proto = match k.proto {
                 6 => "TCP",
                 17 => "UDP",
+                132 => "SCTP",
                 _ => "IP",
             };
             let state = if template {
@@ -163,7 +163,7 @@ impl Control {
             } else if k.proto == 17 {
                 "UDP"
             } else {
-                TcpState::from_u8(c.state).map_or("NONE", TcpState::name)
+                xvs_core::proto::state_name(k.proto, c.state)
             };
             rows.push(ConnRow {
                 proto,

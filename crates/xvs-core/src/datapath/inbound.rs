@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use crate::conn::{Conn, ConnKey, KeyRef, CONN_F_INACTIVE, CONN_F_NOOUTPUT};
 use crate::dest::ConnForward;
 use crate::offload;
-use crate::proto::{tcp_next_state, tcp_state_active, Direction, TcpFlags, TcpState, Timeouts};
+use crate::proto::{
+    sctp_next_state, sctp_state_active, tcp_next_state, tcp_state_active, Direction, SctpState,
+    TcpFlags, TcpState, Timeouts,
+};
 use crate::service::Tables;
 use crate::stats::Counting;
 use crate::types::{Protocol, Time};
@@ -101,18 +104,31 @@ pub(super) fn account(c: &Conn, t: &Tables, dir: Direction, len: usize, w: Count
     }
 }
 
+/// Move a connection between ActiveConn and InActConn as its new state requires.
+fn set_active(c: &mut Conn, active: bool) {
+    let inactive = c.flags & CONN_F_INACTIVE != 0;
+    if !inactive && !active {
+        c.dest.move_conn(true);
+        c.flags |= CONN_F_INACTIVE;
+    } else if inactive && active {
+        c.dest.move_conn(false);
+        c.flags &= !CONN_F_INACTIVE;
+    }
+}
+
 /// Apply a packet to a connection's state and timer (`ip_vs_set_state` + timer re-arm). Returns
-/// true when a TCP connection just became ESTABLISHED (its template becomes ASSURED).
+/// true when a TCP or SCTP connection just became ESTABLISHED (its template becomes ASSURED).
 #[inline(always)] // Once per packet.
 pub(super) fn transition(
     c: &mut Conn,
     proto: Protocol,
     dir: Direction,
-    flags: TcpFlags,
+    p: &Packet,
     t: &Timeouts,
     now: Time,
     secure: &AtomicBool,
 ) -> bool {
+    let flags = p.tcp;
     match proto {
         Protocol::Udp => {
             if dir == Direction::Output {
@@ -141,22 +157,38 @@ pub(super) fn transition(
             if new != cur {
                 // `set_tcp_state`: between ActiveConn and InActConn as the state crosses the
                 // line of `tcp_state_active`.
-                let inactive = c.flags & CONN_F_INACTIVE != 0;
-                let active = tcp_state_active(new);
-                if !inactive && !active {
-                    c.dest.move_conn(true);
-                    c.flags |= CONN_F_INACTIVE;
-                } else if inactive && active {
-                    c.dest.move_conn(false);
-                    c.flags &= !CONN_F_INACTIVE;
-                }
+                set_active(c, tcp_state_active(new));
                 established = new == TcpState::Established;
                 c.state = new as u8;
             }
             c.rearm(now, t.tcp[new as usize]);
             established && c.template.is_some()
         }
+        Protocol::Sctp => sctp_transition(c, dir, p, t, now),
     }
+}
+
+/// `set_sctp_state`: a packet without a whole chunk header changes nothing but the timer.
+#[inline(never)]
+fn sctp_transition(c: &mut Conn, dir: Direction, p: &Packet, t: &Timeouts, now: Time) -> bool {
+    let Some(ch) = p.sctp else {
+        c.rearm(now, c.timeout);
+        return false;
+    };
+    let cur = SctpState::from_u8(c.state).unwrap_or(SctpState::None);
+    let no_output = c.flags & CONN_F_NOOUTPUT != 0;
+    if dir == Direction::Output {
+        c.flags &= !CONN_F_NOOUTPUT;
+    }
+    let new = sctp_next_state(cur, dir, no_output, ch.event);
+    let mut established = false;
+    if new != cur {
+        set_active(c, sctp_state_active(new));
+        established = new == SctpState::Established;
+        c.state = new as u8;
+    }
+    c.rearm(now, t.sctp[new as usize]);
+    established && c.template.is_some()
 }
 
 /// What a client → server packet does to its connection `c` (under the shard's lock): the
@@ -175,6 +207,9 @@ pub(super) fn hit_in(
     if proto == Protocol::Tcp && p.tcp.syn() && reused_by_syn(c, t) {
         return InResult::Reschedule;
     }
+    if proto == Protocol::Sctp && reused_by_init(c, t, p) {
+        return InResult::Reschedule;
+    }
     if !c.dest.is_available() {
         return if t.settings.expire_nodest_conn {
             InResult::Reschedule
@@ -183,7 +218,7 @@ pub(super) fn hit_in(
         };
     }
     c.in_pkts = c.in_pkts.wrapping_add(1);
-    let assure = transition(c, proto, Direction::Input, p.tcp, &t.timeouts, now, secure);
+    let assure = transition(c, proto, Direction::Input, p, &t.timeouts, now, secure);
     account(c, t, Direction::Input, p.ip_len, w);
     InResult::Hit(assure.then(|| c.template.clone()).flatten())
 }
@@ -201,6 +236,18 @@ pub(super) fn reused_by_syn(c: &Conn, t: &Tables) -> bool {
         || (t.settings.conn_reuse_mode & 2 != 0
             && s == Some(TcpState::FinWait)
             && c.flags & CONN_F_NOOUTPUT != 0)
+}
+
+/// Whether an INIT for the existing SCTP connection `c` starts a new one (`conn_reuse_mode`:
+/// `is_new_conn` sees an INIT, `is_new_conn_expected` a CLOSED association).
+#[cold]
+#[inline(never)]
+fn reused_by_init(c: &Conn, t: &Tables, p: &Packet) -> bool {
+    p.sctp
+        .is_some_and(|ch| ch.first == crate::proto::chunk::INIT)
+        && c.template.is_none()
+        && t.settings.conn_reuse_mode != 0
+        && c.state == SctpState::Closed as u8
 }
 
 impl Engine {

@@ -161,11 +161,13 @@ pub enum DropReason {
     MartianSource,
     /// A new connection dropped by the `drop_packet` defence.
     DefenceDropPacket,
+    /// SCTP packet without a connection whose first chunk is not an INIT (or is an ABORT).
+    SctpNonInitNoConn,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::Fragment,
         DropReason::Ipv6Extension,
@@ -180,6 +182,7 @@ impl DropReason {
         DropReason::NoDest,
         DropReason::MartianSource,
         DropReason::DefenceDropPacket,
+        DropReason::SctpNonInitNoConn,
     ];
 
     /// A stable name for counters and logs.
@@ -199,6 +202,7 @@ impl DropReason {
             DropReason::NoDest => "no_dest",
             DropReason::MartianSource => "martian_source",
             DropReason::DefenceDropPacket => "defence_drop_packet",
+            DropReason::SctpNonInitNoConn => "sctp_non_init_no_conn",
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::conn::{
     CONN_F_TEMPLATE, TPL_S_NONE,
 };
 use crate::dest::DestState;
-use crate::proto::Direction;
+use crate::proto::{chunk, Direction};
 use crate::sched::SchedInput;
 use crate::service::{Service, Tables};
 use crate::types::{ForwardMethod, Protocol, ServiceKey, Time};
@@ -125,6 +125,20 @@ impl Engine {
         if proto == Protocol::Tcp && (p.tcp.rst() || (!t.settings.sloppy_tcp && !p.tcp.syn())) {
             return put(out, self.drop(DropReason::NonSynNoConn));
         }
+        // `sctp_conn_schedule`: an INIT first, or with `sloppy_sctp` any chunk, but never an
+        // ABORT; a packet without a whole chunk header is dropped.
+        if proto == Protocol::Sctp {
+            match p.sctp {
+                None => return put(out, self.drop(DropReason::Malformed)),
+                Some(c)
+                    if c.first == chunk::ABORT
+                        || (!t.settings.sloppy_sctp && c.first != chunk::INIT) =>
+                {
+                    return put(out, self.drop(DropReason::SctpNonInitNoConn));
+                }
+                Some(_) => {}
+            }
+        }
         if is_martian_source(&p.saddr, &p.daddr) {
             return put(out, self.drop(DropReason::MartianSource));
         }
@@ -182,15 +196,7 @@ impl Engine {
         }
         .bound();
         let secure = self.defence.secure_flag();
-        transition(
-            &mut c,
-            proto,
-            Direction::Input,
-            p.tcp,
-            &t.timeouts,
-            now,
-            secure,
-        );
+        transition(&mut c, proto, Direction::Input, p, &t.timeouts, now, secure);
         let daddr = c.dest.addr;
         let hit = Hit {
             daddr: &daddr,

@@ -2391,3 +2391,212 @@ fn tunnels_offload_and_the_fast_encapsulation_is_the_slow_one() {
         }
     }
 }
+
+// ---- SCTP ------------------------------------------------------------------------------------
+
+fn sctp_key(vip: &str, port: u16) -> ServiceKey {
+    ServiceKey::Addr {
+        proto: Protocol::Sctp,
+        addr: ip(vip),
+        port,
+    }
+}
+
+/// An IPv4 SCTP packet from `src` to `dst` with `chunks` (type, value), its CRC32c filled in.
+fn sctp4(src: &str, sport: u16, dst: &str, dport: u16, chunks: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut seg = Vec::new();
+    seg.extend_from_slice(&sport.to_be_bytes());
+    seg.extend_from_slice(&dport.to_be_bytes());
+    seg.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    seg.extend_from_slice(&[0; 4]);
+    for (t, v) in chunks {
+        seg.extend_from_slice(&[*t, 0]);
+        seg.extend_from_slice(&(4 + v.len() as u16).to_be_bytes());
+        seg.extend_from_slice(v);
+        seg.resize(seg.len().div_ceil(4) * 4, 0);
+    }
+    crate::wire::fill_sctp_checksum(&mut seg);
+    let mut f = Vec::new();
+    f.extend_from_slice(&LB_MAC);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&(20 + seg.len() as u16).to_be_bytes());
+    h[6] = 0x40; // DF
+    h[8] = 64;
+    h[9] = 132;
+    h[12..16].copy_from_slice(&octets4(src));
+    h[16..20].copy_from_slice(&octets4(dst));
+    let c = checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&h);
+    f.extend_from_slice(&seg);
+    f
+}
+
+const INIT: u8 = 1;
+const INIT_ACK: u8 = 2;
+const SACK: u8 = 3;
+const ABORT: u8 = 6;
+const SHUTDOWN: u8 = 7;
+const SHUTDOWN_ACK: u8 = 8;
+const COOKIE_ECHO: u8 = 10;
+const COOKIE_ACK: u8 = 11;
+const SHUTDOWN_COMPLETE: u8 = 14;
+
+fn sctp_state(lb: &Lb, client: (&str, u16), vip: (&str, u16)) -> Option<&'static str> {
+    let key = ConnKey {
+        proto: 132,
+        caddr: ip(client.0),
+        cport: client.1,
+        vaddr: ip(vip.0),
+        vport: vip.1,
+    };
+    let s = lb.engine.conns.with_conn(&key, Time(0), |c| c.state)?;
+    crate::proto::SctpState::from_u8(s).map(crate::proto::SctpState::name)
+}
+
+#[test]
+fn crc32c_is_castagnoli_stored_little_endian() {
+    // The CRC-32C check value (RFC 3720, B.4 family): "123456789" → 0xE3069283.
+    assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+    let f = sctp4("10.9.0.5", 40000, "10.0.0.1", 3868, &[(INIT, &[0; 16])]);
+    let seg = &f[ETH_LEN + 20..];
+    let mut zeroed = seg.to_vec();
+    zeroed[8..12].fill(0);
+    assert_eq!(seg[8..12], crc32c::crc32c(&zeroed).to_le_bytes());
+    assert_checksums(&f);
+}
+
+/// NAT to another port: every packet's CRC32c recomputed, the association's states as the
+/// kernel's `sctp_states` moves them, ActiveConn only while ESTABLISHED, and an INIT on the
+/// CLOSED association schedules a new one (`conn_reuse_mode`).
+#[test]
+fn nat_v4_sctp_association_states_and_crc() {
+    let lb = Lb::new(
+        sctp_key("10.0.0.1", 3868),
+        "rr",
+        &[
+            dest("192.168.1.1", 3869, ForwardMethod::Masq),
+            dest("192.168.1.2", 3869, ForwardMethod::Masq),
+        ],
+    );
+    let (c, v) = (("10.9.0.5", 40000), ("10.0.0.1", 3868));
+    let client = |chunks: &[(u8, &[u8])]| sctp4(c.0, c.1, v.0, v.1, chunks);
+    let server = |chunks: &[(u8, &[u8])]| sctp4("192.168.1.2", 3869, c.0, c.1, chunks);
+    let active = |lb: &Lb| (lb.sum(|d| d.active()), lb.sum(|d| d.inactive()));
+    // (from the client, the frame, the state after it, (ActiveConn, InActConn)).
+    type Step = (bool, Vec<u8>, &'static str, (u32, u32));
+    let steps: [Step; 8] = [
+        (true, client(&[(INIT, &[0; 16])]), "INIT1", (0, 1)),
+        (false, server(&[(INIT_ACK, &[0; 24])]), "C-SENT", (0, 1)),
+        (
+            true,
+            client(&[(COOKIE_ECHO, b"cookie-x")]),
+            "C-REPLIED",
+            (0, 1),
+        ),
+        (false, server(&[(COOKIE_ACK, b"")]), "ESTABLISHED", (1, 0)),
+        (
+            true,
+            client(&[(0, &[0; 16]), (SACK, &[0; 12])]),
+            "ESTABLISHED",
+            (1, 0),
+        ),
+        (true, client(&[(SHUTDOWN, &[0; 4])]), "S-RECEIVED", (0, 1)),
+        (false, server(&[(SHUTDOWN_ACK, b"")]), "S-ACK-SENT", (0, 1)),
+        (true, client(&[(SHUTDOWN_COMPLETE, b"")]), "CLOSED", (0, 1)),
+    ];
+    for (n, (from_client, frame, state, counts)) in steps.iter().enumerate() {
+        let (verdict, out) = lb.run(frame, n as u64 * 10);
+        let p = parse(&out).unwrap();
+        if *from_client {
+            assert_eq!(verdict, forwarded_to("192.168.1.2", 3869), "step {n}");
+            assert_eq!((p.daddr, p.dport), (ip("192.168.1.2"), 3869));
+        } else {
+            assert_eq!(verdict, REPLY_TO_CLIENT, "step {n}");
+            assert_eq!((p.saddr, p.sport), (ip("10.0.0.1"), 3868));
+        }
+        assert_checksums(&out);
+        assert_eq!(sctp_state(&lb, c, v), Some(*state), "step {n}");
+        assert_eq!(active(&lb), *counts, "step {n}");
+    }
+    // A new INIT on the CLOSED association is a new connection, to the next rr server.
+    let (verdict, _) = lb.run(&client(&[(INIT, &[0; 16])]), 100);
+    assert_eq!(verdict, forwarded_to("192.168.1.1", 3869));
+    assert_eq!(sctp_state(&lb, c, v), Some("INIT1"));
+    assert_eq!(lb.tables.services[0].live.stats.counters().conns, 2);
+}
+
+/// NAT without a port change leaves the CRC32c as it is (it covers no address), and direct
+/// routing's input-only table: INIT, then COOKIE ECHO establishes.
+#[test]
+fn sctp_same_port_nat_and_direct_routing() {
+    let lb = Lb::new(
+        sctp_key("10.0.0.1", 3868),
+        "rr",
+        &[dest("192.168.1.1", 3868, ForwardMethod::Masq)],
+    );
+    let init = sctp4("10.9.0.5", 40000, "10.0.0.1", 3868, &[(INIT, &[7; 16])]);
+    let (_, out) = lb.run(&init, 0);
+    assert_eq!(
+        out[ETH_LEN + 20 + 8..],
+        init[ETH_LEN + 20 + 8..],
+        "CRC and chunks untouched"
+    );
+    assert_checksums(&out);
+
+    let lb = Lb::new(
+        sctp_key("10.0.0.1", 3868),
+        "rr",
+        &[dest("192.168.1.1", 3868, ForwardMethod::Route)],
+    );
+    let (c, v) = (("10.9.0.5", 40000), ("10.0.0.1", 3868));
+    let (verdict, out) = lb.run(&init, 0);
+    assert_eq!(verdict, forwarded_to("192.168.1.1", 3868));
+    assert_eq!(out[ETH_LEN + 20..], init[ETH_LEN + 20..]);
+    assert_eq!(sctp_state(&lb, c, v), Some("INIT1"));
+    let echo = sctp4(c.0, c.1, v.0, v.1, &[(COOKIE_ECHO, b"cookie")]);
+    lb.run(&echo, 1);
+    assert_eq!(sctp_state(&lb, c, v), Some("ESTABLISHED"));
+    assert_eq!(lb.sum(|d| d.active()), 1);
+    // An ABORT bundled behind a COOKIE ECHO is the packet's event: CLOSED.
+    let abort = sctp4(
+        c.0,
+        c.1,
+        v.0,
+        v.1,
+        &[(COOKIE_ECHO, b"cookie"), (ABORT, b"")],
+    );
+    lb.run(&abort, 2);
+    assert_eq!(sctp_state(&lb, c, v), Some("CLOSED"));
+    assert_eq!(lb.sum(|d| d.inactive()), 1);
+}
+
+/// `sctp_conn_schedule`: only an INIT opens an association, or with `sloppy_sctp` any chunk
+/// but an ABORT; a packet without a chunk header is malformed.
+#[test]
+fn sctp_scheduling_needs_an_init() {
+    let mut lb = Lb::new(
+        sctp_key("10.0.0.1", 3868),
+        "rr",
+        &[dest("192.168.1.1", 3868, ForwardMethod::Route)],
+    );
+    let data = sctp4("10.9.0.5", 40000, "10.0.0.1", 3868, &[(0, &[0; 16])]);
+    let abort = sctp4("10.9.0.5", 40001, "10.0.0.1", 3868, &[(ABORT, b"")]);
+    let mut bare = sctp4("10.9.0.5", 40002, "10.0.0.1", 3868, &[]);
+    assert_eq!(bare.len(), ETH_LEN + 20 + 12);
+    crate::wire::fill_sctp_checksum(&mut bare[ETH_LEN + 20..]);
+    let r = DropReason::SctpNonInitNoConn;
+    assert_eq!(lb.run(&data, 0).0, Verdict::Drop(r));
+    assert_eq!(lb.run(&abort, 0).0, Verdict::Drop(r));
+    assert_eq!(lb.run(&bare, 0).0, Verdict::Drop(DropReason::Malformed));
+    assert_eq!(lb.engine.counters.drops(r), 2);
+    let mut s = lb.dir.settings();
+    s.sloppy_sctp = true;
+    lb.dir.set_settings(s);
+    lb.republish();
+    assert_eq!(lb.run(&data, 1).0, forwarded_to("192.168.1.1", 3868));
+    assert_eq!(lb.run(&abort, 1).0, Verdict::Drop(r));
+}

@@ -43,7 +43,7 @@ impl Engine {
                 c,
                 proto,
                 Direction::Output,
-                p.tcp,
+                p,
                 &t.timeouts,
                 now,
                 self.defence.secure_flag(),

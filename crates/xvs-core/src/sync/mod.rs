@@ -21,10 +21,10 @@ use crate::conn::{
     Conn, ConnKey, InsertError, KeyRef, CONN_F_INACTIVE, CONN_F_SYNC, CONN_F_TEMPLATE,
 };
 use crate::dest::DestState;
-use crate::proto::{TcpState, TCP_STATES};
+use crate::proto::{SctpState, TcpState, SCTP_STATES, TCP_STATES};
 use crate::service::{Service, Tables};
 use crate::types::{ForwardMethod, Protocol, Time};
-use crate::wire::IPPROTO_TCP;
+use crate::wire::{IPPROTO_SCTP, IPPROTO_TCP};
 use crate::Engine;
 
 /// Records the workers may queue for the sender.
@@ -147,7 +147,10 @@ impl Mode {
     #[inline(always)]
     pub fn may_send(&self, c: &Conn, pkts: u32) -> bool {
         const SPECIAL: u16 = CONN_F_TEMPLATE | crate::conn::CONN_F_ONE_PACKET;
-        let changed = c.state != c.sync_state && c.state != TcpState::Established as u8;
+        // (TCP's LAST_ACK has SCTP's ESTABLISHED number: a TCP change into it is never sent.)
+        let changed = c.state != c.sync_state
+            && c.state != TcpState::Established as u8
+            && c.state != SctpState::Established as u8;
         if changed || c.flags & SPECIAL != 0 || self.period == 0 {
             return true;
         }
@@ -286,6 +289,22 @@ pub fn needed(c: &mut Conn, proto: u8, pkts: u32, now: Time, s: &SyncSettings) -
                 return false;
             }
             if c.state != c.sync_state && c.state != TcpState::Established as u8 {
+                c.sync_state = c.state;
+                c.sync_end = n;
+                return true;
+            }
+        } else if proto == IPPROTO_SCTP {
+            const SENT: [SctpState; 5] = [
+                SctpState::Established,
+                SctpState::ShutdownSent,
+                SctpState::ShutdownReceived,
+                SctpState::ShutdownAckSent,
+                SctpState::Closed,
+            ];
+            if !SENT.iter().any(|st| *st as u8 == c.state) {
+                return false;
+            }
+            if c.state != c.sync_state && c.state != SctpState::Established as u8 {
                 c.sync_state = c.state;
                 c.sync_end = n;
                 return true;
@@ -465,6 +484,7 @@ impl Engine {
     fn v0_timeout(&self, t: &Tables, r: &SyncConn) -> u32 {
         match Protocol::from_number(r.proto) {
             Some(Protocol::Tcp) => t.timeouts.tcp[usize::from(r.state).min(TCP_STATES - 1)],
+            Some(Protocol::Sctp) => t.timeouts.sctp[usize::from(r.state).min(SCTP_STATES - 1)],
             _ => t.timeouts.udp,
         }
     }

@@ -15,8 +15,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::proto::TCP_STATES;
-use crate::wire::{IPPROTO_TCP, IPPROTO_UDP};
+use crate::proto::{SCTP_STATES, TCP_STATES};
+use crate::wire::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// The default multicast group (IPv4).
 pub const GROUP_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 81);
@@ -251,6 +251,7 @@ fn check(c: &SyncConn) -> Result<(), RecordError> {
     let states = match c.proto {
         IPPROTO_TCP => TCP_STATES,
         IPPROTO_UDP => 1,
+        IPPROTO_SCTP => SCTP_STATES,
         _ => return Err(RecordError::Protocol),
     };
     if usize::from(c.state) >= states {

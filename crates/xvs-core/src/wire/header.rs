@@ -105,6 +105,21 @@ pub mod tcp {
     pub const MIN_LEN: usize = 20;
 }
 
+/// SCTP common header (RFC 9260, section 3.1).
+pub mod sctp {
+    use super::Field;
+    /// Source port.
+    pub const SRC_PORT: Field = 0..2;
+    /// Destination port.
+    pub const DST_PORT: Field = 2..4;
+    /// CRC32c checksum.
+    pub const CHECKSUM: Field = 8..12;
+    /// Common header length.
+    pub const LEN: usize = 12;
+    /// Chunk header length (type, flags, length).
+    pub const CHUNK_LEN: usize = 4;
+}
+
 /// UDP (RFC 768).
 pub mod udp {
     use super::Field;

@@ -8,11 +8,13 @@ use etherparse::{
     Ethernet2HeaderSlice, Ipv4HeaderSlice, Ipv6HeaderSlice, TcpHeaderSlice, UdpHeaderSlice,
 };
 
-use crate::proto::TcpFlags;
+use crate::proto::{chunk, SctpChunks, SctpEvent, TcpFlags};
 use crate::types::{TunnelConfig, TunnelCsum, TunnelType};
 
 pub mod header;
-use header::{eth, icmp, ipv4, ipv6, tcp, udp, GreRepr, GueRepr, IcmpRepr, Ipv4Repr, Ipv6Repr};
+use header::{
+    eth, icmp, ipv4, ipv6, sctp, tcp, udp, GreRepr, GueRepr, IcmpRepr, Ipv4Repr, Ipv6Repr,
+};
 use header::{Ipv4View, Ipv6View};
 
 /// Ethernet header length.
@@ -37,6 +39,8 @@ pub const IPPROTO_IPV6: u8 = 41;
 pub const IPPROTO_GRE: u8 = 47;
 /// ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
+/// IP protocol number of SCTP.
+pub const IPPROTO_SCTP: u8 = 132;
 
 /// A frame in a buffer the caller owns: `buf[start..start + len]` is the Ethernet frame;
 /// encapsulation grows it into the room behind it or, when there is none, into the headroom
@@ -194,6 +198,8 @@ pub struct Packet {
     pub dport: u16,
     /// TCP flags.
     pub tcp: TcpFlags,
+    /// SCTP: the chunks that drive the state machine (None without a whole chunk header).
+    pub sctp: Option<SctpChunks>,
     /// TTL / hop limit.
     pub ttl: u8,
     /// IP length (header + payload), the byte count for statistics.
@@ -283,6 +289,7 @@ pub fn parse_ipv4_fast(frame: &[u8]) -> Option<Packet> {
         sport: be16(h, l4 + tcp::SRC_PORT.start),
         dport: be16(h, l4 + tcp::DST_PORT.start),
         tcp: flags,
+        sctp: None,
         ttl: ip.ttl(),
         ip_len: total,
         df: frag & ipv4::DF != 0,
@@ -379,6 +386,7 @@ fn finish(
         sport: 0,
         dport: 0,
         tcp: TcpFlags::default(),
+        sctp: None,
         ttl,
         ip_len,
         df,
@@ -399,6 +407,14 @@ fn finish(
             p.sport = u.source_port();
             p.dport = u.destination_port();
         }
+        IPPROTO_SCTP => {
+            if seg.len() < sctp::LEN {
+                return Err(ParseError::Malformed);
+            }
+            p.sport = be16(seg, sctp::SRC_PORT.start);
+            p.dport = be16(seg, sctp::DST_PORT.start);
+            p.sctp = sctp_chunks(seg);
+        }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             if seg.len() < icmp::LEN {
                 return Err(ParseError::Malformed);
@@ -408,6 +424,39 @@ fn finish(
         _ => {}
     }
     Ok(p)
+}
+
+/// The first chunk's type and the packet's event (`set_sctp_state`): an ABORT right after a
+/// COOKIE ECHO or COOKIE ACK makes the event ABORT. None when no chunk header is whole.
+fn sctp_chunks(seg: &[u8]) -> Option<SctpChunks> {
+    let first = *seg.get(sctp::LEN)?;
+    seg.get(sctp::LEN..sctp::LEN + sctp::CHUNK_LEN)?;
+    let mut event = SctpEvent::of_chunk(first);
+    if matches!(first, chunk::COOKIE_ECHO | chunk::COOKIE_ACK) {
+        let clen = usize::from(be16(seg, sctp::LEN + 2));
+        if clen >= sctp::CHUNK_LEN {
+            let next = sctp::LEN + clen.div_ceil(4) * 4;
+            if seg.get(next..next + sctp::CHUNK_LEN).map(|c| c[0]) == Some(chunk::ABORT) {
+                event = SctpEvent::Abort;
+            }
+        }
+    }
+    Some(SctpChunks { first, event })
+}
+
+/// The CRC32c of an SCTP packet (RFC 9260, appendix A), computed with its checksum field as
+/// zero; stored in the field as little-endian bytes, as the kernel's `sctp_compute_cksum`.
+pub fn sctp_checksum(seg: &[u8]) -> [u8; 4] {
+    let at = sctp::CHECKSUM;
+    let crc = crc32c::crc32c(&seg[..at.start]);
+    let crc = crc32c::crc32c_append(crc, &[0; 4]);
+    crc32c::crc32c_append(crc, &seg[at.end..]).to_le_bytes()
+}
+
+/// Recompute an SCTP packet's checksum in place.
+pub fn fill_sctp_checksum(seg: &mut [u8]) {
+    let c = sctp_checksum(seg);
+    seg[sctp::CHECKSUM].copy_from_slice(&c);
 }
 
 /// The packet an ICMP error quotes: its addresses and ports, and where they sit in the frame.
@@ -635,6 +684,11 @@ pub fn nat_rewrite(frame: &mut [u8], p: &Packet, side: NatSide, addr: IpAddr, po
     let mut l4_delta = addr_delta;
     if matches!(p.proto, IPPROTO_TCP | IPPROTO_UDP) {
         l4_delta += replace_words(frame, p.l4 + poff, port.to_be_bytes());
+    } else if p.proto == IPPROTO_SCTP && be16(frame, p.l4 + poff) != port {
+        // The CRC32c covers no address: recomputed only when the port changes
+        // (`sctp_dnat_handler`, `sctp_snat_handler`).
+        put16(frame, p.l4 + poff, port);
+        fill_sctp_checksum(&mut frame[p.l4..ETH_LEN + p.ip_len]);
     }
     if let Some(co) = l4_csum_off(p.proto) {
         let at = p.l4 + co;
@@ -673,7 +727,7 @@ pub fn nat_icmp(frame: &mut [u8], p: &Packet, q: &Quoted, side: NatSide, addr: I
     };
     frame[outer..outer + n].copy_from_slice(new);
     frame[inner..inner + n].copy_from_slice(new);
-    if matches!(q.proto, IPPROTO_TCP | IPPROTO_UDP) && frame.len() >= q.l4 + 4 {
+    if matches!(q.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) && frame.len() >= q.l4 + 4 {
         frame[q.l4 + port_at.start..q.l4 + port_at.end].copy_from_slice(&port.to_be_bytes());
     }
     if !p.v6 {
@@ -1006,6 +1060,10 @@ pub(crate) fn bad_checksum(frame: &[u8]) -> Option<&'static str> {
             l4_checksum(&p.saddr, &p.daddr, p.proto, &frame[p.l4..end]) == 0
         }
         IPPROTO_ICMP => checksum(&frame[p.l4..end]) == 0,
+        IPPROTO_SCTP => {
+            let seg = &frame[p.l4..end];
+            seg[sctp::CHECKSUM] == sctp_checksum(seg)
+        }
         _ => true,
     };
     (!ok).then_some("L4 checksum")
