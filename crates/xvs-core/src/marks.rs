@@ -126,7 +126,7 @@ impl MarkRules {
             let Some(d) = r.dst else { continue };
             let protos: &[Protocol] = match &r.proto {
                 Some(p) => std::slice::from_ref(p),
-                None => &[Protocol::Tcp, Protocol::Udp],
+                None => &[Protocol::Tcp, Protocol::Udp, Protocol::Sctp],
             };
             for addr in d.addresses() {
                 for &pr in protos {

@@ -139,14 +139,18 @@ fn rule(w: &[String], ifindex: &dyn Fn(&str) -> Option<u32>) -> Result<MarkRule,
                 r.proto = Some(match arg(i)? {
                     "tcp" | "6" => Protocol::Tcp,
                     "udp" | "17" => Protocol::Udp,
-                    "sctp" | "132" => return Err("SCTP is not supported by xvs".into()),
-                    p => return Err(format!("protocol `{p}' is not supported by xvs (tcp, udp)")),
+                    "sctp" | "132" => Protocol::Sctp,
+                    p => {
+                        return Err(format!(
+                            "protocol `{p}' is not supported by xvs (tcp, udp, sctp)"
+                        ))
+                    }
                 });
                 i += 2;
             }
             "-m" | "--match" => {
                 match arg(i)? {
-                    "tcp" | "udp" | "multiport" => {}
+                    "tcp" | "udp" | "sctp" | "multiport" => {}
                     "comment" => {
                         // `-m comment --comment TEXT`: skipped.
                         if w.get(i + 2).map(String::as_str) == Some("--comment") {
@@ -274,7 +278,11 @@ pub fn to_text(rules: &MarkRules) -> String {
             out.push_str(&format!(" -d {}", p(d)));
         }
         if let Some(pr) = r.proto {
-            let name = if pr == Protocol::Tcp { "tcp" } else { "udp" };
+            let name = match pr {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+                Protocol::Sctp => "sctp",
+            };
             out.push_str(&format!(" -p {name}"));
         }
         if !r.dports.is_empty() {
@@ -314,9 +322,12 @@ mod tests {
             :INPUT ACCEPT [0:0]\n\
             -A PREROUTING -d 10.0.0.1/32 -p tcp -m multiport --dports 80,443 -j MARK --set-xmark 0x1/0xffffffff\n\
             -A PREROUTING -i eth0 -s 10.9.0.0/255.255.0.0 -d 10.0.0.2 -p udp -m udp --dport 5000:5010 -m comment --comment \"a b\" -j MARK --set-mark 2\n\
+            -A PREROUTING -d 10.0.0.3/32 -p sctp -m sctp --dport 3868 -j MARK --set-mark 3\n\
             -A INPUT -j MARK --set-mark 9\nCOMMIT\n*filter\n-A INPUT -p tcp -j ACCEPT\nCOMMIT\n";
         let (rules, notes) = parse(text, &idx).unwrap();
-        assert_eq!(rules.rules.len(), 2);
+        assert_eq!(rules.rules.len(), 3);
+        assert_eq!(rules.rules[2].proto, Some(Protocol::Sctp));
+        assert_eq!(rules.rules[2].dports, vec![(3868, 3868)]);
         assert_eq!(notes.len(), 2, "{notes:?}");
         let r = &rules.rules[1];
         assert_eq!(r.iface, Some((2, "eth0".into())));
@@ -332,7 +343,8 @@ mod tests {
     fn what_xvs_cannot_do_is_refused_with_its_line() {
         let bad = |rule: &str| parse(&format!("*mangle\n{rule}\nCOMMIT\n"), &idx).unwrap_err();
         assert!(
-            bad("-A PREROUTING -d 10.0.0.1 -p sctp -j MARK --set-mark 1").contains("line 2: SCTP")
+            bad("-A PREROUTING -d 10.0.0.1 -p icmp -j MARK --set-mark 1")
+                .contains("line 2: protocol `icmp'")
         );
         assert!(bad("-A PREROUTING ! -d 10.0.0.1 -j MARK --set-mark 1").contains("negated"));
         assert!(bad("-A PREROUTING -d 10.0.0.1 -j CONNMARK --set-mark 1").contains("target"));

@@ -749,10 +749,23 @@ mod tests {
             flags: flags::TEMPLATE,
             ..a
         });
+        // SCTP's 14 states (`IP_VS_SCTP_S_LAST`): CLOSED (13) is one, 14 is not.
+        w.push(&SyncConn {
+            proto: IPPROTO_SCTP,
+            state: 13,
+            ..a
+        });
+        w.push(&SyncConn {
+            proto: IPPROTO_SCTP,
+            state: 14,
+            ..a
+        });
         let m = decode(w.bytes(), 0).unwrap();
         assert_eq!(m.records[0], Err(RecordError::Protocol));
         assert_eq!(m.records[1], Err(RecordError::State));
         assert!(m.records[2].is_ok() && m.records[3].is_ok());
+        assert!(m.records[4].is_ok());
+        assert_eq!(m.records[5], Err(RecordError::State));
 
         let mut m = kernel_v1();
         // The sequence option's type becomes an unknown mandatory one, then an optional one.
