@@ -39,6 +39,7 @@ impl FileNames {
                         let proto = match proto {
                             "tcp" => "tcp",
                             "udp" => "udp",
+                            "sctp" => "sctp",
                             _ => continue,
                         };
                         if let Ok(port) = port.parse::<u16>() {
@@ -60,7 +61,11 @@ impl Names for FileNames {
     }
 
     fn service(&self, port: u16, proto: Protocol) -> Option<String> {
-        let p = if proto == Protocol::Udp { "udp" } else { "tcp" };
+        let p = match proto {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        };
         self.services
             .get(&(port, p))
             .cloned()
