@@ -152,8 +152,9 @@ impl Director {
     }
 
     fn check_service(cfg: &ServiceConfig) -> Result<(), CtlError> {
-        if let Some(pe) = &cfg.pe {
-            return Err(CtlError::Unsupported(format!("persistence engine '{pe}'")));
+        // The kernel's engines: sip only (`ip_vs_pe_getbyname`, -ENOENT otherwise).
+        if cfg.pe.as_deref().is_some_and(|pe| pe != "sip") {
+            return Err(CtlError::SchedulerNotFound);
         }
         if let Netmask::V6(p) = cfg.netmask {
             if cfg.key.af() == Af::V6 && !(1..=128).contains(&p) {
@@ -441,11 +442,13 @@ mod tests {
         mixed.method = ForwardMethod::Tunnel;
         d.add_dest(&key(), mixed).unwrap();
         let mut pe = ServiceConfig::new(other);
-        pe.pe = Some("sip".into());
+        pe.pe = Some("nosuch".into());
         assert_eq!(
-            d.add_service(pe).unwrap_err().to_string(),
-            "persistence engine 'sip' is not supported by xvs"
+            d.add_service(pe.clone()).unwrap_err().to_string(),
+            "Scheduler or persistence engine not found"
         );
+        pe.pe = Some("sip".into());
+        d.add_service(pe).unwrap();
         // --tun-remcsum is taken (see `wire::encapsulate` for what it emits).
         let mut rem = DestConfig::new("192.168.0.9".parse().unwrap(), 80);
         rem.method = ForwardMethod::Tunnel;

@@ -21,6 +21,7 @@ pub mod proto;
 pub mod routes;
 pub mod sched;
 pub mod service;
+pub mod sip;
 pub mod stats;
 pub mod sync;
 pub mod types;

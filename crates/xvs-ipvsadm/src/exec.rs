@@ -162,8 +162,7 @@ Daemon Options:
   --mcast-ttl ttl                     Multicast TTL (default=1)
 
 xvs:
-  The scheduler twos (power of two choices, Linux 6.x) as well; --pe sip is refused, with a
-  message saying so.
+  The scheduler twos (power of two choices, Linux 6.x) as well.
 xvs's own commands (outside ipvsadm's syntax):
   {prog} --xvs-stats                  the data plane's counters, evictions and DoS defences
   {prog} --sysctl [name[=value]]      list, read or set an IPVS sysctl (net.ipv4.vs.name)

@@ -408,6 +408,8 @@ pub struct ConnRow {
     pub dest: (IpAddr, u16),
     /// Entered from a sync message (the SYNC flag).
     pub synced: bool,
+    /// The persistence engine's data of a template (`--pe sip`: the Call-ID).
+    pub pe_data: Option<String>,
 }
 
 /// The kernel's `/proc/net/ip_vs_conn_sync` (mainline v6.12, `ip_vs_conn.c`,
@@ -470,16 +472,35 @@ pub fn list_connections(rows: &[ConnRow], o: &ListOptions, names: &dyn Names) ->
         };
         let an = |(a, p): (IpAddr, u16)| addr_port_name(&a, p, proto, o.numeric, names);
         let expire = format!("{:02}:{:02}", r.expires / 60, r.expires % 60);
-        let _ = writeln!(
-            out,
-            "{:<3} {:<6} {:<11} {:<18} {:<18} {}",
-            r.proto,
-            expire,
-            r.state,
-            an(r.client),
-            an(r.virt),
-            an(r.dest)
-        );
+        match &r.pe_data {
+            // ipvsadm's `print_conn`: the engine's columns, for rows that have its data.
+            Some(data) if o.persistent_conn => {
+                let _ = writeln!(
+                    out,
+                    "{:<3} {:<6} {:<11} {:<18} {:<18} {:<16} {:<18} {}",
+                    r.proto,
+                    expire,
+                    r.state,
+                    an(r.client),
+                    an(r.virt),
+                    an(r.dest),
+                    "sip",
+                    data
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "{:<3} {:<6} {:<11} {:<18} {:<18} {}",
+                    r.proto,
+                    expire,
+                    r.state,
+                    an(r.client),
+                    an(r.virt),
+                    an(r.dest)
+                );
+            }
+        }
     }
     out
 }
@@ -499,6 +520,7 @@ mod conn_sync_tests {
                 virt: ("10.0.0.1".parse().unwrap(), 80),
                 dest: ("10.9.0.11".parse().unwrap(), 80),
                 synced: true,
+                pe_data: None,
             },
             ConnRow {
                 proto: "UDP",
@@ -508,6 +530,7 @@ mod conn_sync_tests {
                 virt: ("fd00::1".parse().unwrap(), 53),
                 dest: ("fd09::12".parse().unwrap(), 53),
                 synced: false,
+                pe_data: None,
             },
         ];
         assert_eq!(

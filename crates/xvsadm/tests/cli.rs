@@ -310,10 +310,19 @@ fn error_paths_with_messages_and_statuses() {
         (o.status, o.stderr.as_str()),
         (255, "Numerical result out of range\n")
     );
-    let o = adm(&d, "-A -u 10.0.0.1:5060 -p 60 --pe sip");
+    let o = adm(&d, "-A -u 10.0.0.1:5061 -p 60 --pe nosuch");
     assert_eq!(
         (o.status, o.stderr.as_str()),
-        (255, "persistence engine 'sip' is not supported by xvs\n")
+        (255, "Scheduler or persistence engine not found\n")
+    );
+    let o = adm(&d, "-A -u 10.0.0.1:5060 -p 60 --pe sip");
+    assert_eq!((o.status, o.stderr.as_str()), (0, ""));
+    let o = adm(&d, "-S -n");
+    assert!(
+        o.stdout
+            .contains("-A -u 10.0.0.1:5060 -s wlc -p 60 --pe sip\n"),
+        "{}",
+        o.stdout
     );
     // -h and -v need no daemon.
     let o = Command::new(env!("CARGO_BIN_EXE_xvsadm"))

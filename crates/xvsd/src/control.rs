@@ -146,7 +146,13 @@ impl Control {
     fn connections(&self) -> Vec<ConnRow> {
         let now = Time(self.epoch.elapsed().as_millis() as u64);
         let mut rows = Vec::new();
+        // SIP templates (the only ones with a client port): their Call-IDs, read after the
+        // walk, which holds each shard's lock (the data path locks the Call-IDs first).
+        let mut sip = Vec::new();
         self.engine.conns.for_each(|k, c| {
+            if c.flags & CONN_F_TEMPLATE != 0 && k.cport != 0 {
+                sip.push((rows.len(), *k));
+            }
             let template = c.flags & CONN_F_TEMPLATE != 0;
             let proto = match k.proto {
                 6 => "TCP",
@@ -173,8 +179,17 @@ impl Control {
                 virt: (k.vaddr, k.vport),
                 dest: (c.dest.addr, c.dport),
                 synced: c.flags & xvs_core::conn::CONN_F_SYNC != 0,
+                pe_data: None,
             });
         });
+        for (i, k) in sip {
+            rows[i].client.1 = 0;
+            rows[i].pe_data = self
+                .engine
+                .sip
+                .get(&k)
+                .map(|c| String::from_utf8_lossy(&c).into_owned());
+        }
         rows
     }
 

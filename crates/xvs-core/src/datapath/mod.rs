@@ -272,6 +272,8 @@ pub struct Engine {
     pub sync: crate::sync::Sync,
     /// Whether established connections are offered to the fast path.
     offload: AtomicBool,
+    /// The Call-IDs of SIP persistence templates (`--pe sip`).
+    pub sip: crate::sip::SipCalls,
 }
 
 /// What every frame of a batch is processed with: the published tables, the worker's next
@@ -384,6 +386,7 @@ impl Engine {
             prefetch_from: AtomicUsize::new(PREFETCH_FROM),
             sync: crate::sync::Sync::default(),
             offload: AtomicBool::new(false),
+            sip: crate::sip::SipCalls::new(seed),
         }
     }
 
@@ -397,6 +400,9 @@ impl Engine {
     /// table's free room, then, while `drop_entry` is on, a pass of random entry dropping.
     /// Returns the entries dropped.
     pub fn defence_tick(&self, now: Time) -> usize {
+        // (With it, once a minute, the SIP slots of expired templates are forgotten.)
+        self.sip
+            .tick(|k| self.conns.with_conn(k, now, |_| ()).is_some());
         if !self.defence.update(self.conns.free_pages()) {
             return 0;
         }

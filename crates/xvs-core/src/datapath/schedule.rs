@@ -17,6 +17,20 @@ use crate::service::{Service, Tables};
 use crate::types::{ForwardMethod, Protocol, ServiceKey, Time};
 use crate::wire::{Frame, IcmpError, Packet};
 
+/// Slots a new SIP call tries before it falls back to the default persistence.
+const SIP_PROBES: u32 = 64;
+
+/// The Call-ID of a UDP datagram to a service with `--pe sip` (`ip_vs_sip_fill_param`).
+fn sip_call<'a>(svc: &Service, p: &Packet, frame: &'a [u8]) -> Option<&'a [u8]> {
+    if svc.cfg.pe.as_deref() != Some("sip") || p.proto != crate::wire::IPPROTO_UDP {
+        return None;
+    }
+    let payload = frame.get(p.l4 + 8..crate::wire::ETH_LEN + p.ip_len)?;
+    (!payload.is_empty())
+        .then(|| crate::sip::call_id(payload))
+        .flatten()
+}
+
 impl Engine {
     /// The persistence template key for a packet of a persistent service (reference §4.4).
     pub(super) fn template_key(svc: &Service, p: &Packet) -> ConnKey {
@@ -47,15 +61,80 @@ impl Engine {
     }
 
     /// Pick a destination through a persistence template (`ip_vs_sched_persist`). Returns the
-    /// destination and the template key, which then controls one more connection.
+    /// destination and the template key, which then controls one more connection. `frame`:
+    /// the packet's frame, whose payload the SIP persistence engine reads.
     pub(super) fn persist(
         &self,
         t: &Tables,
         svc: &Service,
         p: &Packet,
+        frame: &[u8],
         now: Time,
     ) -> Result<Option<(Arc<DestState>, ConnKey)>, DropReason> {
         let tkey = Self::template_key(svc, p);
+        if let Some(call) = sip_call(svc, p, frame) {
+            return self.persist_sip(t, svc, p, now, tkey, call);
+        }
+        self.persist_at(t, svc, p, now, tkey)
+    }
+
+    /// [`Engine::persist`] for a SIP call (`--pe sip`): the template of the call's slot (see
+    /// [`crate::sip`]), the Call-IDs held locked meanwhile so that two new calls never take one
+    /// slot.
+    #[cold]
+    fn persist_sip(
+        &self,
+        t: &Tables,
+        svc: &Service,
+        p: &Packet,
+        now: Time,
+        base: ConnKey,
+        call: &[u8],
+    ) -> Result<Option<(Arc<DestState>, ConnKey)>, DropReason> {
+        let mut calls = self.sip.lock();
+        let Some(key) = self.sip_slot(&calls, base, call, now) else {
+            // Every slot probed is taken: the default persistence, as without a Call-ID.
+            drop(calls);
+            return self.persist_at(t, svc, p, now, base);
+        };
+        let r = self.persist_at(t, svc, p, now, key);
+        if matches!(r, Ok(Some(_))) {
+            calls.insert(key, call.into());
+        }
+        r
+    }
+
+    /// The key of `call`'s template (`base` with the call's slot as its client port): the
+    /// slot remembered for it, else the first free one from its hash; None when every slot
+    /// probed holds another call's template. `calls`: the Call-IDs, locked by the caller.
+    pub(crate) fn sip_slot(
+        &self,
+        calls: &std::collections::HashMap<ConnKey, Box<[u8]>>,
+        base: ConnKey,
+        call: &[u8],
+        now: Time,
+    ) -> Option<ConnKey> {
+        let first = self.sip.first_slot(call);
+        (0..SIP_PROBES).find_map(|probe| {
+            let slot = ((u32::from(first) - 1 + probe) % 65535) as u16 + 1;
+            let key = ConnKey {
+                cport: slot,
+                ..base
+            };
+            let ours = calls.get(&key).is_some_and(|c| **c == *call);
+            (ours || self.conns.with_conn(&key, now, |_| ()).is_none()).then_some(key)
+        })
+    }
+
+    /// Pick a destination through the template at `tkey`, creating it when there is none.
+    fn persist_at(
+        &self,
+        t: &Tables,
+        svc: &Service,
+        p: &Packet,
+        now: Time,
+        tkey: ConnKey,
+    ) -> Result<Option<(Arc<DestState>, ConnKey)>, DropReason> {
         let eqt = t.settings.expire_quiescent_template;
         for _ in 0..2 {
             let found = self.conns.use_template(&tkey, now, |tc| {
@@ -146,7 +225,7 @@ impl Engine {
             return put(out, self.drop(DropReason::DefenceDropPacket));
         }
         let (dest, tpl) = if svc.cfg.is_persistent() {
-            match self.persist(t, svc, p, now) {
+            match self.persist(t, svc, p, frame.data(), now) {
                 Ok(Some((d, k))) => (d, Some(k)),
                 Ok(None) => return put(out, self.no_dest(frame, p)),
                 Err(r) => return put(out, self.drop(r)),

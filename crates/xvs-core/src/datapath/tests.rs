@@ -1748,6 +1748,7 @@ fn received_records_update_replace_or_are_refused() {
         dport: 80,
         fwmark: 0,
         timeout: 900,
+        pe: None,
     };
     let key = ConnKey {
         proto: 6,
@@ -2599,4 +2600,127 @@ fn sctp_scheduling_needs_an_init() {
     lb.republish();
     assert_eq!(lb.run(&data, 1).0, forwarded_to("192.168.1.1", 3868));
     assert_eq!(lb.run(&abort, 1).0, Verdict::Drop(r));
+}
+
+/// `--pe sip` with one-packet scheduling (how SIP over UDP is balanced): each datagram finds
+/// its call's template by the Call-ID, whatever its source port; calls are spread by the
+/// scheduler; a datagram without a Call-ID takes the default template (port 0).
+#[test]
+fn sip_persistence_holds_each_call_to_one_server() {
+    let key = udp_key("10.0.0.1", 5060);
+    let mut dir = Director::new();
+    let mut cfg = ServiceConfig::new(key);
+    cfg.scheduler = "rr".into();
+    cfg.flags = crate::service::SVC_F_ONEPACKET | crate::service::SVC_F_PERSISTENT;
+    cfg.timeout = 60;
+    cfg.pe = Some("sip".into());
+    dir.add_service(cfg).unwrap();
+    for n in 1..=3 {
+        dir.add_dest(
+            &key,
+            dest(&format!("192.168.1.{n}"), 5060, ForwardMethod::Route),
+        )
+        .unwrap();
+    }
+    let lb = Lb {
+        tables: dir.snapshot(),
+        dir,
+        engine: Engine::new(100, 1),
+        routes: routes(),
+    };
+    let msg = |call: &str| {
+        format!("INVITE sip:bob@x SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.0.5\r\nCall-ID: {call}\r\n\r\n")
+    };
+    let send = |sport: u16, body: &str, now: u64| {
+        let v = lb
+            .run(
+                &udp4("10.9.0.5", sport, "10.0.0.1", 5060, body.as_bytes()),
+                now,
+            )
+            .0;
+        match v {
+            Verdict::Forward {
+                real: Some((a, _)), ..
+            } => a.to_string(),
+            v => panic!("{v:?}"),
+        }
+    };
+    let a = send(5060, &msg("call-a@10.9.0.5"), 0);
+    let b = send(5060, &msg("call-b@10.9.0.5"), 1);
+    let c = send(40000, &msg("call-c"), 2);
+    assert_eq!(
+        [&a, &b, &c]
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3,
+        "three calls, three servers (rr)"
+    );
+    for (n, sport) in [5060, 5061, 40001].into_iter().enumerate() {
+        assert_eq!(send(sport, &msg("call-a@10.9.0.5"), 3 + n as u64), a);
+        assert_eq!(send(sport, &msg("call-b@10.9.0.5"), 3 + n as u64), b);
+    }
+    // Three SIP templates (client port = the call's slot), their Call-IDs remembered.
+    let mut slots = Vec::new();
+    lb.engine.conns.for_each(|k, c| {
+        if c.is_template() {
+            slots.push(*k);
+        }
+    });
+    assert_eq!(slots.len(), 3);
+    assert!(slots.iter().all(|k| k.cport != 0));
+    let mut ids: Vec<_> = slots
+        .iter()
+        .map(|k| String::from_utf8(lb.engine.sip.get(k).unwrap().into_vec()).unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["call-a@10.9.0.5", "call-b@10.9.0.5", "call-c"]);
+    // A backup entered from the master's records (its own slots): the calls stay put.
+    let backup = Lb {
+        tables: lb.dir.snapshot(),
+        dir: Director::new(),
+        engine: Engine::new(100, 77),
+        routes: routes(),
+    };
+    let mut records = Vec::new();
+    crate::sync::dump(&lb.engine, |r| records.push(r));
+    let sip_records: Vec<_> = records.iter().filter(|r| r.pe.is_some()).collect();
+    assert_eq!(sip_records.len(), 3);
+    assert!(
+        sip_records.iter().all(|r| r.cport == 0),
+        "the kernel's template port"
+    );
+    for r in &records {
+        backup
+            .engine
+            .apply_sync(&backup.tables, r, Time(20))
+            .unwrap();
+    }
+    let on_backup = |call: &str| {
+        let frame = udp4("10.9.0.5", 7000, "10.0.0.1", 5060, msg(call).as_bytes());
+        match backup.run(&frame, 21).0 {
+            Verdict::Forward {
+                real: Some((a, _)), ..
+            } => a.to_string(),
+            v => panic!("{v:?}"),
+        }
+    };
+    assert_eq!(
+        (
+            on_backup("call-a@10.9.0.5"),
+            on_backup("call-b@10.9.0.5"),
+            on_backup("call-c")
+        ),
+        (a.clone(), b.clone(), c.clone())
+    );
+    // No Call-ID: the default template (client port 0), sticky as usual.
+    let d = send(5060, "OPTIONS sip:x SIP/2.0\r\n\r\n", 10);
+    assert_eq!(send(5062, "garbage", 11), d);
+    let mut plain = 0;
+    lb.engine.conns.for_each(|k, c| {
+        if c.is_template() && k.cport == 0 {
+            plain += 1;
+        }
+    });
+    assert_eq!(plain, 1);
 }

@@ -259,7 +259,18 @@ pub fn record(k: KeyRef<'_>, c: &Conn, fwmark: u32) -> SyncConn {
         dport: c.dport,
         fwmark,
         timeout: c.timeout,
+        pe: None,
     }
+}
+
+/// A SIP template's record (see [`crate::sip`]): client port 0, as the kernel's template
+/// has, and the Call-ID as the engine's data.
+fn with_call(mut r: SyncConn, call: Option<Box<[u8]>>) -> SyncConn {
+    if let Some(call) = call {
+        r.cport = 0;
+        r.pe = wire::PeData::new(&call);
+    }
+    r
 }
 
 /// Whether connection `c`, at its `pkts`-th incoming packet, is to be sent now (mainline's
@@ -402,7 +413,7 @@ impl Engine {
     /// port, with the local forwarding method, flagged SYNC. Its packet count starts at the
     /// threshold, so it is sent on when this node is master.
     pub fn apply_sync(&self, t: &Tables, r: &SyncConn, now: Time) -> Result<(), ApplyError> {
-        let key = ConnKey {
+        let mut key = ConnKey {
             proto: r.proto,
             caddr: r.caddr,
             cport: r.cport,
@@ -410,6 +421,21 @@ impl Engine {
             vport: r.vport,
         };
         let template = r.flags & CONN_F_TEMPLATE as u32 != 0;
+        // A SIP template: the slot of its Call-ID here (held locked while it is entered).
+        // (A guard, kept to the end of the function.)
+        let mut _calls = None;
+        if let (true, Some(pe)) = (template, &r.pe) {
+            let mut g = self.sip.lock();
+            key.cport = 0;
+            match self.sip_slot(&g, key, pe.bytes(), now) {
+                Some(k) => {
+                    g.insert(k, pe.bytes().into());
+                    key = k;
+                }
+                None => return Err(ApplyError::TableFull),
+            }
+            _calls = Some(g);
+        }
         let inactive = r.flags & CONN_F_INACTIVE as u32 != 0;
         let threshold = self.sync.settings.threshold.load(Relaxed);
         let timeout = if r.timeout > 0 {
@@ -506,10 +532,12 @@ impl Engine {
     #[cold]
     pub(crate) fn sync_template(&self, tk: &ConnKey, mark: u32, now: Time) {
         let s = &self.sync;
+        // (Read before the entry is locked: the data path locks the Call-IDs first.)
+        let call = (tk.cport != 0).then(|| self.sip.get(tk)).flatten();
         self.conns.with_conn(tk, now, |t| {
             t.in_pkts = t.in_pkts.wrapping_add(1);
             if needed(t, tk.proto, u32::from(t.in_pkts), now, &s.settings) {
-                s.push(record(tk.view(), t, mark));
+                s.push(with_call(record(tk.view(), t, mark), call));
             }
         });
     }
@@ -517,7 +545,19 @@ impl Engine {
 
 /// The records of every entry of the table.
 pub fn dump(engine: &Engine, mut out: impl FnMut(SyncConn)) {
-    engine.conns.for_each(|k, c| out(record(k.view(), c, 0)));
+    // SIP templates (the only ones with a client port) after the walk, with their Call-IDs.
+    let mut sip = Vec::new();
+    engine.conns.for_each(|k, c| {
+        let r = record(k.view(), c, 0);
+        if c.flags & CONN_F_TEMPLATE != 0 && k.cport != 0 {
+            sip.push((*k, r));
+        } else {
+            out(r);
+        }
+    });
+    for (k, r) in sip {
+        out(with_call(r, engine.sip.get(&k)));
+    }
 }
 
 /// Largest message of a table dump.

@@ -134,20 +134,55 @@ pub struct SyncConn {
     pub fwmark: u32,
     /// The state's full timeout, seconds (version 1; 0 from version 0).
     pub timeout: u32,
+    /// A template's persistence-engine data (version 1 options `PE_DATA` and `PE_NAME`; the
+    /// only engine is sip, whose data is the Call-ID).
+    pub pe: Option<PeData>,
 }
+
+/// Persistence-engine data of the sip engine: up to 255 bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PeData {
+    len: u8,
+    bytes: [u8; PE_DATA_MAX],
+}
+
+impl PeData {
+    /// `data` (None when empty or longer than 255 bytes).
+    pub fn new(data: &[u8]) -> Option<PeData> {
+        let len = u8::try_from(data.len()).ok().filter(|&l| l > 0)?;
+        let mut bytes = [0; PE_DATA_MAX];
+        bytes[..data.len()].copy_from_slice(data);
+        Some(PeData { len, bytes })
+    }
+
+    /// The data.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Debug for PeData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PeData({:?})", String::from_utf8_lossy(self.bytes()))
+    }
+}
+
+/// The name of the one persistence engine (`PE_NAME` option).
+const PE_SIP: &[u8] = b"sip";
 
 impl SyncConn {
     fn v6(&self) -> bool {
         self.caddr.is_ipv6()
     }
 
-    /// Bytes of its version 1 record (xvs sends no options: no sequence data, no PE).
+    /// Bytes of its version 1 record: the fixed part, and the PE options of a SIP template
+    /// (xvs sends no sequence data).
     pub fn record_len(&self) -> usize {
-        if self.v6() {
-            RECORD_V6
-        } else {
-            RECORD_V4
-        }
+        let fixed = if self.v6() { RECORD_V6 } else { RECORD_V4 };
+        fixed
+            + self
+                .pe
+                .map_or(0, |pe| 2 + pe.bytes().len() + 2 + PE_SIP.len())
     }
 }
 
@@ -346,11 +381,14 @@ fn decode_v1_record(r: &[u8]) -> Result<Result<SyncConn, RecordError>, MessageEr
         caddr,
         vaddr,
         daddr,
+        pe: None,
     };
     // Options: type, length (not 0), data.
+    let mut c = c;
     let mut p = base;
     let mut seen = 0u8;
     let mut refused = None;
+    let (mut pe_data, mut pe_name) = (None, None);
     while p < r.len() {
         if p + 2 > r.len() {
             return Err(MessageError::BadOption);
@@ -377,11 +415,22 @@ fn decode_v1_record(r: &[u8]) -> Result<Result<SyncConn, RecordError>, MessageEr
             return Err(MessageError::BadOption);
         }
         seen |= bit;
+        match bit {
+            2 => pe_data = Some(&r[p..p + len]),
+            4 => pe_name = Some(&r[p..p + len]),
+            _ => {}
+        }
         p += len;
     }
-    // PE data without a name is refused by the kernel too; with one, xvs has no such engine.
-    if seen & 2 != 0 {
-        refused.get_or_insert(RecordError::PersistenceEngine);
+    // `ip_vs_conn_fill_param_sync`: data needs the name of an engine this node has (sip).
+    if let Some(data) = pe_data {
+        // (The kernel reads the name as a C string: up to its first NUL.)
+        let name = pe_name.map(|n| n.split(|&b| b == 0).next().unwrap_or(n));
+        if name == Some(PE_SIP) {
+            c.pe = PeData::new(data);
+        } else {
+            refused.get_or_insert(RecordError::PersistenceEngine);
+        }
     }
     Ok(match refused {
         Some(e) => Err(e),
@@ -418,6 +467,7 @@ fn decode_v0(buf: &[u8]) -> Result<Message, MessageError> {
             vaddr: v4(r, 12),
             daddr: v4(r, 16),
             fwmark: 0,
+            pe: None,
             timeout: 0,
         };
         records.push(check(&c).map(|()| c));
@@ -527,6 +577,13 @@ impl MessageWriter {
                 IpAddr::V6(a) => b.extend_from_slice(&a.octets()),
             }
         }
+        // `ip_vs_sync_conn`: the engine's data, then its name.
+        if let Some(pe) = &c.pe {
+            b.extend_from_slice(&[OPT_PE_DATA, pe.len]);
+            b.extend_from_slice(pe.bytes());
+            b.extend_from_slice(&[OPT_PE_NAME, PE_SIP.len() as u8]);
+            b.extend_from_slice(PE_SIP);
+        }
         true
     }
 
@@ -571,7 +628,56 @@ mod tests {
             dport: 8080,
             fwmark: 0,
             timeout: 900,
+            pe: None,
         }
+    }
+
+    /// A SIP template's record carries the Call-ID and the engine's name as the kernel's
+    /// `ip_vs_sync_conn` writes them (data, then name), and reads back; data without the
+    /// name, or with another engine's, refuses the record.
+    #[test]
+    fn pe_data_of_sip_templates() {
+        let call = b"a84b4c76e66710@pc33.atlanta.com";
+        let t = SyncConn {
+            proto: IPPROTO_UDP,
+            flags: flags::TEMPLATE,
+            state: 0,
+            cport: 0,
+            vport: 5060,
+            dport: 5060,
+            timeout: 60,
+            pe: PeData::new(call),
+            ..conn("10.9.0.0", "10.0.0.1", "192.168.1.2")
+        };
+        let mut w = MessageWriter::new(1, 0, 1472);
+        assert!(w.push(&conn("10.9.0.5", "10.0.0.1", "192.168.1.2")));
+        assert!(w.push(&t));
+        let b = w.bytes();
+        // The second record starts on a 4-byte boundary after the first (36 bytes).
+        let r = &b[8 + RECORD_V4..];
+        let len = RECORD_V4 + 2 + call.len() + 2 + 3;
+        assert_eq!(usize::from(be16(r, 2) & SVER_MASK), len);
+        assert_eq!(
+            &r[RECORD_V4..RECORD_V4 + 2],
+            &[OPT_PE_DATA, call.len() as u8]
+        );
+        assert_eq!(&r[RECORD_V4 + 2..RECORD_V4 + 2 + call.len()], call);
+        assert_eq!(&r[len - 5..len], b"\x03\x03sip");
+        let m = decode(b, 0).unwrap();
+        assert_eq!(m.records[1], Ok(t));
+        // Data without a name; then the name of an engine this node does not have.
+        let mut no_name = b.to_vec();
+        no_name[8 + RECORD_V4 + len - 5] = 0x40 | 9; // an optional unknown option
+        assert_eq!(
+            decode(&no_name, 0).unwrap().records[1],
+            Err(RecordError::PersistenceEngine)
+        );
+        let mut other = b.to_vec();
+        other[8 + RECORD_V4 + len - 3..8 + RECORD_V4 + len].copy_from_slice(b"ftp");
+        assert_eq!(
+            decode(&other, 0).unwrap().records[1],
+            Err(RecordError::PersistenceEngine)
+        );
     }
 
     /// A version 1 datagram laid out by hand from `struct ip_vs_sync_mesg` and
