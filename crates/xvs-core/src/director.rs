@@ -361,6 +361,10 @@ impl Director {
 
     /// Run the 2-second rate estimator over every counter set.
     pub fn estimate(&self) {
+        // `run_estimation` 0 suspends the estimator; the rates keep their last values.
+        if !self.settings.run_estimation {
+            return;
+        }
         self.totals.estimate();
         for svc in &self.services {
             svc.live.stats.estimate();
@@ -371,7 +375,7 @@ impl Director {
     /// Scheduler housekeeping (lblc/lblcr collection) and trash collection.
     pub fn tick(&mut self, now: Time) {
         for svc in &self.services {
-            svc.live.scheduler().tick(now);
+            svc.live.scheduler().tick(now, &self.settings);
         }
         self.collect_trash();
     }
@@ -392,6 +396,33 @@ impl Director {
 
 #[cfg(test)]
 mod tests {
+    /// `run_estimation` 0 suspends the estimator: the rates keep their values, and move again
+    /// once it is back on.
+    #[test]
+    fn run_estimation_off_keeps_the_rates() {
+        let mut d = Director::new();
+        for _ in 0..2000 {
+            d.totals().add_in(1000);
+        }
+        d.estimate();
+        let before = d.totals().rates();
+        assert!(before.inpps > 0);
+        let mut s = d.settings();
+        s.run_estimation = false;
+        d.set_settings(s);
+        for _ in 0..10 {
+            d.estimate();
+        }
+        assert_eq!(d.totals().rates(), before);
+        s.run_estimation = true;
+        d.set_settings(s);
+        for _ in 0..2000 {
+            d.totals().add_in(1000);
+        }
+        d.estimate();
+        assert_ne!(d.totals().rates(), before);
+    }
+
     use super::*;
     use crate::types::Protocol;
 

@@ -130,7 +130,8 @@ impl AsRef<Service> for Service {
 pub struct Settings {
     /// Schedule TCP packets without SYN too (`sloppy_tcp`).
     pub sloppy_tcp: bool,
-    /// The same for SCTP (`sloppy_sctp`), kept and shown; xvs balances no SCTP yet.
+    /// Schedule SCTP packets whose first chunk is not an INIT too, but never an ABORT
+    /// (`sloppy_sctp`).
     pub sloppy_sctp: bool,
     /// Expire connections whose destination was deleted, on their next packet (`expire_nodest_conn`).
     pub expire_nodest_conn: bool,
@@ -138,6 +139,16 @@ pub struct Settings {
     pub expire_quiescent_template: bool,
     /// `conn_reuse_mode` bits: 1 = a SYN on TIME_WAIT/CLOSE reschedules, 2 = also FIN_WAIT with NOOUTPUT.
     pub conn_reuse_mode: u8,
+    /// Answer a NAT real server's packet that belongs to no connection (not a TCP RST nor an
+    /// SCTP ABORT) with ICMP port unreachable and drop it (`nat_icmp_send`).
+    pub nat_icmp_send: bool,
+    /// Idle time after which lblc's full collection drops an entry, ms (`lblc_expiration`).
+    pub lblc_expiration_ms: u64,
+    /// The same for lblcr, and the age of a server set that sheds its busiest member
+    /// (`lblcr_expiration`).
+    pub lblcr_expiration_ms: u64,
+    /// Run the rate estimator (`run_estimation`); while off, the rates keep their values.
+    pub run_estimation: bool,
 }
 
 impl Default for Settings {
@@ -148,6 +159,10 @@ impl Default for Settings {
             expire_nodest_conn: false,
             expire_quiescent_template: false,
             conn_reuse_mode: 1,
+            nat_icmp_send: false,
+            lblc_expiration_ms: 24 * 3600 * 1000,
+            lblcr_expiration_ms: 24 * 3600 * 1000,
+            run_estimation: true,
         }
     }
 }

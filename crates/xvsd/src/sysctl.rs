@@ -1,7 +1,9 @@
 //! The IPVS sysctls (`/proc/sys/net/ipv4/vs/`) by their kernel names: set at start
 //! (`xvsd --sysctl NAME=VALUE`, `xvsd --sysctl-file FILE` in sysctl.conf syntax, so an
 //! existing `sysctl.d` fragment works) and read or set live (`xvsadm --sysctl [NAME[=VALUE]]`).
-//! A mainline name xvs does not implement yet is refused with a message naming it.
+//! Every name of mainline's `vs_vars` (v6.12, `ip_vs_ctl.c`) is known: most work with the
+//! kernel's semantics; a few take only the value that describes what xvs does (`FIXED`), and
+//! the estimator threads' and the debug level are refused (`REFUSED`), each with its reason.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -10,10 +12,14 @@ use xvs_core::director::Director;
 use xvs_core::Engine;
 
 /// The sysctls of the connection settings ([`xvs_core::service::Settings`]).
-const SETTINGS: [&str; 5] = [
+const SETTINGS: [&str; 9] = [
     "conn_reuse_mode",
     "expire_nodest_conn",
     "expire_quiescent_template",
+    "lblc_expiration",
+    "lblcr_expiration",
+    "nat_icmp_send",
+    "run_estimation",
     "sloppy_sctp",
     "sloppy_tcp",
 ];
@@ -31,21 +37,56 @@ const SYNC: [&str; 9] = [
     "sync_version",
 ];
 
-/// Mainline's other names (v6.12, `ip_vs_ctl.c`'s `vs_vars`): refused.
-const NOT_YET: [&str; 13] = [
-    "cache_bypass",
-    "conntrack",
-    "debug_level",
-    "est_cpulist",
-    "est_nice",
-    "ignore_tunneled",
-    "lblc_expiration",
-    "lblcr_expiration",
-    "nat_icmp_send",
-    "pmtu_disc",
-    "run_estimation",
-    "schedule_icmp",
-    "snat_reroute",
+/// The sysctls whose one value is what xvs does: (name, value, why no other).
+const FIXED: [(&str, i32, &str); 6] = [
+    (
+        "cache_bypass",
+        0,
+        "an xvs connection always has a real server; a fwmark service with none answers port \
+         unreachable",
+    ),
+    (
+        "conntrack",
+        0,
+        "xvs forwards outside netfilter, so there are no conntrack entries to keep",
+    ),
+    (
+        "ignore_tunneled",
+        1,
+        "the packets the kernel decapsulates never reach xvs, so tunnelled traffic is never \
+         balanced again",
+    ),
+    (
+        "pmtu_disc",
+        1,
+        "xvs does not fragment: a packet too big for a tunnel gets ICMP fragmentation needed",
+    ),
+    (
+        "schedule_icmp",
+        0,
+        "an ICMP error about no connection is passed to the kernel, never scheduled",
+    ),
+    (
+        "snat_reroute",
+        1,
+        "a NAT reply is always routed by its destination after the rewrite",
+    ),
+];
+
+/// Mainline's names xvs refuses: (name, why).
+const REFUSED: [(&str, &str); 3] = [
+    (
+        "debug_level",
+        "a kernel built with CONFIG_IP_VS_DEBUG's; xvsd logs through RUST_LOG",
+    ),
+    (
+        "est_cpulist",
+        "the kernel's estimator threads'; xvs's estimator runs in xvsd's control thread",
+    ),
+    (
+        "est_nice",
+        "the kernel's estimator threads'; xvs's estimator runs in xvsd's control thread",
+    ),
 ];
 
 /// The prefix of the kernel's full names.
@@ -58,6 +99,7 @@ pub fn names() -> Vec<&'static str> {
         .chain(&SETTINGS)
         .chain(&SYNC)
         .copied()
+        .chain(FIXED.iter().map(|f| f.0))
         .collect();
     v.sort_unstable();
     v
@@ -72,10 +114,9 @@ fn short(name: &str) -> &str {
 }
 
 fn unsupported(name: &str) -> String {
-    if NOT_YET.contains(&name) {
-        format!("sysctl {PREFIX}{name}: not supported by xvs yet")
-    } else {
-        format!("sysctl {PREFIX}{name}: no such IPVS sysctl")
+    match REFUSED.iter().find(|r| r.0 == name) {
+        Some((_, why)) => format!("sysctl {PREFIX}{name}: not supported by xvs ({why})"),
+        None => format!("sysctl {PREFIX}{name}: no such IPVS sysctl"),
     }
 }
 
@@ -95,6 +136,10 @@ pub fn get(engine: &Engine, director: &Director, name: &str) -> Result<String, S
         "expire_quiescent_template" => u8::from(s.expire_quiescent_template).to_string(),
         "sloppy_tcp" => u8::from(s.sloppy_tcp).to_string(),
         "sloppy_sctp" => u8::from(s.sloppy_sctp).to_string(),
+        "nat_icmp_send" => u8::from(s.nat_icmp_send).to_string(),
+        "run_estimation" => u8::from(s.run_estimation).to_string(),
+        "lblc_expiration" => (s.lblc_expiration_ms / 1000).to_string(),
+        "lblcr_expiration" => (s.lblcr_expiration_ms / 1000).to_string(),
         "backup_only" => b(&y.backup_only),
         "sync_persist_mode" => b(&y.persist_mode),
         "sync_ports" => u(&y.ports),
@@ -104,7 +149,10 @@ pub fn get(engine: &Engine, director: &Director, name: &str) -> Result<String, S
         "sync_sock_size" => u(&y.sock_size),
         "sync_threshold" => format!("{}\t{}", u(&y.threshold), u(&y.period)),
         "sync_version" => u(&y.version),
-        _ => return Err(unsupported(n)),
+        _ => match FIXED.iter().find(|f| f.0 == n) {
+            Some(f) => f.1.to_string(),
+            None => return Err(unsupported(n)),
+        },
     })
 }
 
@@ -181,6 +229,16 @@ pub fn set(
             .map(|()| false)
             .map_err(|_| format!("sysctl {PREFIX}{n}: invalid value `{v}' (0 to 3)"));
     }
+    if let Some(&(_, only, why)) = FIXED.iter().find(|f| f.0 == n) {
+        // The kernel's booleans take any non-zero value as 1.
+        let norm = if only == 1 { i32::from(v != 0) } else { v };
+        if norm != only {
+            return Err(format!(
+                "sysctl {PREFIX}{n}: only {only} is supported by xvs ({why})"
+            ));
+        }
+        return Ok(false);
+    }
     let mut s = director.settings();
     match n {
         // The kernel keeps the bits it knows (`proc_dointvec`, read as a bit mask).
@@ -189,6 +247,19 @@ pub fn set(
         "expire_quiescent_template" => s.expire_quiescent_template = v != 0,
         "sloppy_tcp" => s.sloppy_tcp = v != 0,
         "sloppy_sctp" => s.sloppy_sctp = v != 0,
+        "nat_icmp_send" => s.nat_icmp_send = v != 0,
+        "run_estimation" => s.run_estimation = v != 0,
+        // `proc_dointvec_jiffies`: seconds, not negative.
+        "lblc_expiration" | "lblcr_expiration" => {
+            let ms = u64::try_from(v)
+                .map_err(|_| format!("sysctl {PREFIX}{n}: invalid value `{v}'"))?
+                * 1000;
+            if n == "lblc_expiration" {
+                s.lblc_expiration_ms = ms;
+            } else {
+                s.lblcr_expiration_ms = ms;
+            }
+        }
         _ => unreachable!("every name of SETTINGS is handled"),
     }
     director.set_settings(s);
@@ -271,11 +342,17 @@ mod tests {
         let mut d = Director::new();
         let text = "# IPVS\nnet.ipv4.vs.sloppy_tcp = 1\nnet/ipv4/vs/drop_packet=3\n\
                     net.ipv4.ip_forward = 1\n; comment\nnet.ipv4.vs.am_droprate = 5\n\
-                    -net.ipv4.vs.conntrack = 1\n";
+                    -net.ipv4.vs.conntrack = 1\nnet.ipv4.vs.conntrack = 0\n\
+                    net.ipv4.vs.lblcr_expiration = 3600\nnet.ipv4.vs.nat_icmp_send = 1\n";
         let notes = apply_conf(&engine, &mut d, text).unwrap();
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(notes[0].contains("ip_forward"));
-        assert!(notes[1].contains("conntrack: not supported"));
+        assert!(notes[1].contains("conntrack: only 0 is supported by xvs"));
+        assert_eq!(d.settings().lblcr_expiration_ms, 3_600_000);
+        assert!(d.settings().nat_icmp_send);
+        assert_eq!(get(&engine, &d, "lblcr_expiration"), Ok("3600".into()));
+        assert_eq!(get(&engine, &d, "lblc_expiration"), Ok("86400".into()));
+        assert_eq!(get(&engine, &d, "snat_reroute"), Ok("1".into()));
         assert!(d.settings().sloppy_tcp);
         assert_eq!(get(&engine, &d, "drop_packet"), Ok("3".into()));
         assert_eq!(get(&engine, &d, "net.ipv4.vs.am_droprate"), Ok("5".into()));
@@ -298,7 +375,17 @@ mod tests {
             "line 2: sysctl net.ipv4.vs.secure_tcp: invalid value `7' (0 to 3)"
         );
         let e = apply_conf(&engine, &mut d, "net.ipv4.vs.cache_bypass = 1").unwrap_err();
-        assert!(e.contains("cache_bypass: not supported by xvs yet"), "{e}");
+        assert!(
+            e.contains("cache_bypass: only 0 is supported by xvs ("),
+            "{e}"
+        );
+        let e = apply_conf(&engine, &mut d, "net.ipv4.vs.est_nice = 5").unwrap_err();
+        assert!(
+            e.contains("est_nice: not supported by xvs (the kernel's estimator"),
+            "{e}"
+        );
+        let e = apply_conf(&engine, &mut d, "net.ipv4.vs.lblc_expiration = -1").unwrap_err();
+        assert!(e.contains("invalid value `-1'"), "{e}");
         let e = apply_conf(&engine, &mut d, "net.ipv4.vs.nonsense = 1").unwrap_err();
         assert!(e.contains("no such IPVS sysctl"), "{e}");
         let e = apply_conf(&engine, &mut d, "net.ipv4.vs.sloppy_tcp = yes").unwrap_err();

@@ -16,7 +16,7 @@ use crate::proto::{
 use crate::service::Tables;
 use crate::stats::Counting;
 use crate::types::{Protocol, Time};
-use crate::wire::{is_icmp_error, parse, Frame, Packet, ParseError};
+use crate::wire::{is_icmp_error, parse, Frame, IcmpError, Packet, ParseError};
 
 /// Where a client packet goes: its connection's real server and forwarding method, the address
 /// borrowed where it lives (the destination's state, under the shard's lock on the established
@@ -250,6 +250,18 @@ fn reused_by_init(c: &Conn, t: &Tables, p: &Packet) -> bool {
         && c.state == SctpState::Closed as u8
 }
 
+/// A TCP RST or an SCTP packet whose first chunk is an ABORT (`is_tcp_reset`,
+/// `is_sctp_abort`): `nat_icmp_send` does not answer them.
+fn is_reset(proto: Protocol, p: &Packet) -> bool {
+    match proto {
+        Protocol::Tcp => p.tcp.rst(),
+        Protocol::Sctp => p
+            .sctp
+            .is_some_and(|c| c.first == crate::proto::chunk::ABORT),
+        Protocol::Udp => false,
+    }
+}
+
 impl Engine {
     #[inline(always)] // The per-frame step of `process`'s loop.
     pub(super) fn classify(
@@ -380,7 +392,10 @@ impl Engine {
         }
         if from_nat {
             // Not a reply of ours (e.g. a client talking to the real server directly through
-            // this box): the kernel's business, as in IPVS.
+            // this box): the kernel's business, as in IPVS; with `nat_icmp_send`, refused.
+            if t.settings.nat_icmp_send && !is_reset(proto, p) {
+                return put(out, self.icmp_reply(frame, p, IcmpError::PortUnreachable));
+            }
             return put(out, Verdict::Pass);
         }
         match t.lookup(proto, p.daddr, p.dport, mark_of(t, frame, p)) {

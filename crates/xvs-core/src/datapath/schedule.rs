@@ -143,7 +143,7 @@ impl Engine {
             if let Some((dest, _)) = found {
                 return Ok(Some((dest, tkey)));
             }
-            let Some(dest) = self.schedule(svc, p, now) else {
+            let Some(dest) = self.schedule(t, svc, p, now) else {
                 return Ok(None);
             };
             let tdport = if svc.cfg.key.port() != 0 && p.dport == svc.cfg.key.port() {
@@ -177,7 +177,13 @@ impl Engine {
         Err(DropReason::TableFull)
     }
 
-    pub(super) fn schedule(&self, svc: &Service, p: &Packet, now: Time) -> Option<Arc<DestState>> {
+    pub(super) fn schedule(
+        &self,
+        t: &Tables,
+        svc: &Service,
+        p: &Packet,
+        now: Time,
+    ) -> Option<Arc<DestState>> {
         svc.live.schedule(&SchedInput {
             flags: svc.cfg.sched_flags(),
             dests: &svc.dests,
@@ -186,6 +192,7 @@ impl Engine {
             daddr: p.daddr,
             dport: p.dport,
             now,
+            settings: &t.settings,
         })
     }
 
@@ -231,7 +238,7 @@ impl Engine {
                 Err(r) => return put(out, self.drop(r)),
             }
         } else {
-            match self.schedule(svc, p, now) {
+            match self.schedule(t, svc, p, now) {
                 Some(d) => (d, None),
                 None => return put(out, self.no_dest(frame, p)),
             }

@@ -1003,6 +1003,26 @@ fn nat_source_traffic_without_connection_is_the_kernels() {
     assert_eq!(lb.run(&reply, 0).0, Verdict::Pass);
 }
 
+/// `nat_icmp_send`: such a packet is answered with port unreachable to the real server and
+/// dropped, except a TCP RST (`ip_vs_out_hook`).
+#[test]
+fn nat_icmp_send_answers_a_real_server_s_stray_packet() {
+    let mut lb = nat_lb();
+    let mut s = lb.dir.settings();
+    s.nat_icmp_send = true;
+    lb.dir.set_settings(s);
+    lb.republish();
+    let stray = tcp4("192.168.1.2", 8080, "10.9.0.5", 40000, Flags::Ack, 64, b"x");
+    let (v, out) = lb.run(&stray, 0);
+    assert_eq!(v, Verdict::Reply(IcmpError::PortUnreachable));
+    let p = parse(&out).unwrap();
+    assert_eq!((p.daddr, p.icmp), (ip("192.168.1.2"), Some((3, 3))));
+    assert_checksums(&out);
+    let mut rst = stray.clone();
+    rst[ETH_LEN + 20 + 13] = 0x04;
+    assert_eq!(lb.run(&rst, 0).0, Verdict::Pass);
+}
+
 /// Every forwarding method × family × protocol: the client's packet leaves for its real server
 /// with valid checksums and the right addresses; for NAT the server's answer goes back from the
 /// VIP.

@@ -10,12 +10,11 @@ use crate::hash::HashSeed;
 
 use super::{locality_overloaded, weighted_least, SchedInput, Scheduler};
 use crate::dest::DestState;
+use crate::service::Settings;
 use crate::types::Time;
 
 /// Idle time after which an entry may be collected when the table is over its size (6 min).
 const ENTRY_TIMEOUT_MS: u64 = 6 * 60 * 1000;
-/// `lblc_expiration` / `lblcr_expiration` default (24 h).
-pub(crate) const EXPIRATION_MS: u64 = 24 * 3600 * 1000;
 /// Table size (1024 buckets) × 16: collection starts above this many entries.
 const MAX_ENTRIES: usize = 16 * 1024;
 /// Collection runs every 60 s; a full pass every 30 min.
@@ -70,8 +69,9 @@ impl Scheduler for Lblc {
         Some(dest)
     }
 
-    fn tick(&mut self, now: Time) {
-        self.gc.run(&mut self.table, |e| e.lastuse, now);
+    fn tick(&mut self, now: Time, settings: &Settings) {
+        let expiration = settings.lblc_expiration_ms;
+        self.gc.run(&mut self.table, |e| e.lastuse, now, expiration);
     }
 }
 
@@ -88,10 +88,11 @@ impl LocalityGc {
         table: &mut HashMap<IpAddr, V, ahash::RandomState>,
         lastuse: impl Fn(&V) -> Time,
         now: Time,
+        expiration_ms: u64,
     ) {
         if now >= self.next_full_gc {
             if self.next_full_gc != Time(0) {
-                table.retain(|_, e| lastuse(e).until(now) <= EXPIRATION_MS);
+                table.retain(|_, e| lastuse(e).until(now) <= expiration_ms);
             }
             self.next_full_gc = Time(now.0 + FULL_GC_PERIOD_MS);
         }
@@ -112,5 +113,31 @@ impl LocalityGc {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The full collection (every 30 min) drops entries idle longer than `lblc_expiration`.
+    #[test]
+    fn full_collection_follows_the_expiration() {
+        const MIN: u64 = 60 * 1000;
+        let mut gc = LocalityGc::default();
+        let mut table: HashMap<IpAddr, Time, ahash::RandomState> = HashMap::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        table.insert(a, Time(0));
+        table.insert(b, Time(50 * MIN));
+        let hour = 60 * MIN;
+        gc.run(&mut table, |e| *e, Time(0), hour);
+        gc.run(&mut table, |e| *e, Time(31 * MIN), hour);
+        assert_eq!(table.len(), 2, "a idle 31 min of an hour");
+        gc.run(&mut table, |e| *e, Time(62 * MIN), hour);
+        assert_eq!(table.keys().collect::<Vec<_>>(), [&b]);
+        // With the default (24 h), nothing idle for 2 h goes.
+        table.insert(a, Time(0));
+        gc.run(&mut table, |e| *e, Time(125 * MIN), 24 * hour);
+        assert_eq!(table.len(), 2);
     }
 }

@@ -8,9 +8,10 @@ use hashbrown::HashMap;
 
 use crate::hash::HashSeed;
 
-use super::lblc::{LocalityGc, EXPIRATION_MS};
+use super::lblc::LocalityGc;
 use super::{heavier, locality_overloaded, weighted_least, SchedInput, Scheduler};
 use crate::dest::DestState;
+use crate::service::Settings;
 use crate::types::Time;
 
 #[derive(Debug)]
@@ -95,7 +96,7 @@ impl Scheduler for Lblcr {
         if let Some(en) = self.table.get_mut(&input.daddr) {
             en.lastuse = now;
             let dest = en.min();
-            if en.set.len() > 1 && en.lastmod.until(now) > EXPIRATION_MS {
+            if en.set.len() > 1 && en.lastmod.until(now) > input.settings.lblcr_expiration_ms {
                 if let Some(m) = en.max_index() {
                     en.set.remove(m);
                     en.lastmod = now;
@@ -122,7 +123,8 @@ impl Scheduler for Lblcr {
         Some(d)
     }
 
-    fn tick(&mut self, now: Time) {
-        self.gc.run(&mut self.table, |e| e.lastuse, now);
+    fn tick(&mut self, now: Time, settings: &Settings) {
+        let expiration = settings.lblcr_expiration_ms;
+        self.gc.run(&mut self.table, |e| e.lastuse, now, expiration);
     }
 }

@@ -3,6 +3,7 @@
 //! order (newest first) and breaks ties the same way, so that for the same configuration and the
 //! same sequence of new connections it picks the same destinations.
 
+use crate::service::Settings;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -67,6 +68,8 @@ pub struct SchedInput<'a> {
     pub dport: u16,
     /// The caller's clock.
     pub now: Time,
+    /// The sysctls (the locality schedulers' `lblc_expiration`, `lblcr_expiration`).
+    pub settings: &'a Settings,
 }
 
 /// One scheduling algorithm's state for one service.
@@ -81,7 +84,7 @@ pub trait Scheduler: Send + fmt::Debug {
     fn schedule(&mut self, input: &SchedInput<'_>) -> Option<Arc<DestState>>;
 
     /// Periodic housekeeping (lblc/lblcr garbage collection).
-    fn tick(&mut self, _now: Time) {}
+    fn tick(&mut self, _now: Time, _settings: &Settings) {}
 }
 
 /// Names of every scheduler xvs implements, as `-s` accepts them.

@@ -74,6 +74,7 @@ impl Rig {
             daddr,
             dport: 80,
             now: Time(1000),
+            settings: &crate::service::Settings::default(),
         };
         match svc.live.schedule(&input) {
             Some(d) => match d.addr {
