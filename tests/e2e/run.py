@@ -618,6 +618,16 @@ def tunnel_kinds():
     on_rig(name, "tun", False, "xvsd starts", body)
 
 
+def add_live(rig, service, servers):
+    """`xvsadm -A service`, then `-a` each of `servers`: (all succeeded, their stderr)."""
+    st, _, err = rig.adm(f"-A {service}")
+    ok = st == 0
+    for r in servers:
+        st, _, e = rig.adm(f"-a {r}")
+        ok, err = ok and st == 0, err + e
+    return ok, err
+
+
 def sctp(mode, v6):
     """SCTP services (this kernel has no SCTP: the endpoints are tests/e2e/sctp_peer.py on raw
     sockets): associations set up, data both ways with every CRC32c checked at the far end,
@@ -630,11 +640,7 @@ def sctp(mode, v6):
         for n in (1, 2, 3):
             rig.spawn(f"r{n}", [sys.executable, SCTP_PEER, "server", f"rs{n}", "3868"], f"sctp{n}.log")
         svc = f"--sctp-service {hp(vip, 3868)}"
-        st, _, err = rig.adm(f"-A {svc} -s rr")
-        ok = st == 0
-        for r in reals:
-            st, _, e = rig.adm(f"-a {svc} -r {hp(r, 3868)} {flag}")
-            ok, err = ok and st == 0, err + e
+        ok, err = add_live(rig, f"{svc} -s rr", [f"{svc} -r {hp(r, 3868)} {flag}" for r in reals])
         check(f"{name}: xvsadm adds the SCTP service and its real servers", ok, err)
         lb = "fd09::1" if v6 else "10.9.0.1"
         rig.run("c", ["ping", "-c", "1", "-W", "2", lb], timeout=10)
@@ -695,11 +701,7 @@ def sip():
 
     def body(rig, vip, reals):
         svc = f"-u {vip}:5060"
-        st, _, err = rig.adm(f"-A {svc} -s rr -p 60 --pe sip")
-        ok = st == 0
-        for r in reals:
-            st, _, e = rig.adm(f"-a {svc} -r {r}:53 -m")
-            ok, err = ok and st == 0, err + e
+        ok, err = add_live(rig, f"{svc} -s rr -p 60 --pe sip", [f"{svc} -r {r}:53 -m" for r in reals])
         check(f"{name}: xvsadm adds the service with --pe sip", ok, err)
         rig.run("c", ["ping", "-c", "1", "-W", "2", "10.9.0.1"], timeout=10)
         calls = ["a84b4c76e66710@pc33.atlanta.com", "call-two@10.9.0.2", "3"]

@@ -66,9 +66,15 @@ impl Lb {
     }
 
     fn new(svc: ServiceKey, sched: &str, dests: &[DestConfig]) -> Lb {
-        let mut dir = Director::new();
         let mut cfg = ServiceConfig::new(svc);
         cfg.scheduler = sched.into();
+        Lb::with(cfg, dests, 10_000)
+    }
+
+    /// The service `cfg` with `dests`, in a table of `capacity` entries.
+    fn with(cfg: ServiceConfig, dests: &[DestConfig], capacity: usize) -> Lb {
+        let mut dir = Director::new();
+        let svc = cfg.key;
         dir.add_service(cfg).unwrap();
         for d in dests {
             dir.add_dest(&svc, *d).unwrap();
@@ -76,7 +82,7 @@ impl Lb {
         let tables = dir.snapshot();
         Lb {
             dir,
-            engine: Engine::new(10_000, 1),
+            engine: Engine::new(capacity, 1),
             tables,
             routes: routes(),
         }
@@ -156,6 +162,11 @@ fn udp_key(vip: &str, port: u16) -> ServiceKey {
         addr: ip(vip),
         port,
     }
+}
+
+/// Real servers 192.168.1.1 to .3 on `port`, by direct routing.
+fn three_reals(port: u16) -> [DestConfig; 3] {
+    [1, 2, 3].map(|n| dest(&format!("192.168.1.{n}"), port, ForwardMethod::Route))
 }
 
 fn dest(addr: &str, port: u16, method: ForwardMethod) -> DestConfig {
@@ -674,27 +685,12 @@ fn arp_and_foreign_traffic_pass() {
 
 #[test]
 fn persistence_keeps_a_client_on_one_server() {
-    let key = tcp_key("10.0.0.1", 80);
-    let mut dir = Director::new();
-    let mut cfg = ServiceConfig::new(key);
+    let mut cfg = ServiceConfig::new(tcp_key("10.0.0.1", 80));
     cfg.scheduler = "rr".into();
     cfg.flags = crate::service::SVC_F_PERSISTENT;
     cfg.timeout = 300;
     cfg.netmask = crate::types::Netmask::V4("255.255.255.0".parse().unwrap());
-    dir.add_service(cfg).unwrap();
-    for n in 1..=3 {
-        dir.add_dest(
-            &key,
-            dest(&format!("192.168.1.{n}"), 80, ForwardMethod::Route),
-        )
-        .unwrap();
-    }
-    let lb = Lb {
-        tables: dir.snapshot(),
-        dir,
-        engine: Engine::new(1000, 1),
-        routes: routes(),
-    };
+    let lb = Lb::with(cfg, &three_reals(80), 1000);
     let real = |src: &str, port: u16| match lb
         .run(&tcp4(src, port, "10.0.0.1", 80, Flags::Syn, 64, b""), 0)
         .0
@@ -795,22 +791,10 @@ fn syn_on_time_wait_reschedules() {
 
 #[test]
 fn one_packet_scheduling_schedules_every_datagram() {
-    let key = udp_key("10.0.0.1", 53);
-    let mut dir = Director::new();
-    let mut cfg = ServiceConfig::new(key);
+    let mut cfg = ServiceConfig::new(udp_key("10.0.0.1", 53));
     cfg.scheduler = "rr".into();
     cfg.flags = crate::service::SVC_F_ONEPACKET;
-    dir.add_service(cfg).unwrap();
-    dir.add_dest(&key, dest("192.168.1.1", 53, ForwardMethod::Route))
-        .unwrap();
-    dir.add_dest(&key, dest("192.168.1.2", 53, ForwardMethod::Route))
-        .unwrap();
-    let lb = Lb {
-        tables: dir.snapshot(),
-        dir,
-        engine: Engine::new(100, 1),
-        routes: routes(),
-    };
+    let lb = Lb::with(cfg, &three_reals(53)[..2], 100);
     let pkt = udp4("10.9.0.5", 5000, "10.0.0.1", 53, b"q");
     let a = lb.run(&pkt, 0).0;
     let b = lb.run(&pkt, 1).0;
@@ -2627,27 +2611,12 @@ fn sctp_scheduling_needs_an_init() {
 /// scheduler; a datagram without a Call-ID takes the default template (port 0).
 #[test]
 fn sip_persistence_holds_each_call_to_one_server() {
-    let key = udp_key("10.0.0.1", 5060);
-    let mut dir = Director::new();
-    let mut cfg = ServiceConfig::new(key);
+    let mut cfg = ServiceConfig::new(udp_key("10.0.0.1", 5060));
     cfg.scheduler = "rr".into();
     cfg.flags = crate::service::SVC_F_ONEPACKET | crate::service::SVC_F_PERSISTENT;
     cfg.timeout = 60;
     cfg.pe = Some("sip".into());
-    dir.add_service(cfg).unwrap();
-    for n in 1..=3 {
-        dir.add_dest(
-            &key,
-            dest(&format!("192.168.1.{n}"), 5060, ForwardMethod::Route),
-        )
-        .unwrap();
-    }
-    let lb = Lb {
-        tables: dir.snapshot(),
-        dir,
-        engine: Engine::new(100, 1),
-        routes: routes(),
-    };
+    let lb = Lb::with(cfg, &three_reals(5060), 100);
     let msg = |call: &str| {
         format!("INVITE sip:bob@x SIP/2.0\r\nVia: SIP/2.0/UDP 10.9.0.5\r\nCall-ID: {call}\r\n\r\n")
     };
