@@ -46,6 +46,25 @@ def udp(src, dst, sport, dport, data, v6=False):
     return l4(src, dst, 17, seg, v6)
 
 
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c ^= b
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    return c ^ 0xFFFFFFFF
+
+
+def sctp(sport, dport, chunks):
+    """An SCTP packet of (type, value) chunks, its CRC32c filled in."""
+    body = b""
+    for t, v in chunks:
+        c = struct.pack("!BBH", t, 0, 4 + len(v)) + v
+        body += c + b"\0" * (-len(c) % 4)
+    hdr = struct.pack("!HHII", sport, dport, 0x12345678, 0)
+    return hdr[:8] + struct.pack("<I", crc32c(hdr + body)) + body
+
+
 def eth(payload, v6=False, src=CLIENT_MAC):
     return LB + src + struct.pack("!H", 0x86DD if v6 else 0x0800) + payload
 
@@ -104,6 +123,14 @@ seeds = {
         "icmp-error": records(t4(C, "10.0.0.2", 40009, 80, SYN),
                               eth(ip4("192.168.10.1", C, 1, (lambda q: struct.pack("!BBHHH", 3, 4, 0, 0, 1400) + q)(
                                   ip4(C, "192.168.10.1", 6, tcp(C, "192.168.10.1", 40009, 8080, SYN))[:28])))),
+        "sctp": records(eth(ip4(C, "10.0.0.6", 132, sctp(40010, 3868, [(1, b"\0" * 16)]))),
+                        eth(ip4("192.168.10.1", C, 132, sctp(3869, 40010, [(2, b"\0" * 24)]))),
+                        eth(ip4(C, "10.0.0.6", 132, sctp(40010, 3868, [(10, b"cookie"), (6, b"")]))),
+                        eth(ip4(C, "10.0.0.6", 132, sctp(40011, 3868, [(0, b"\0" * 16)]))),
+                        eth(ip4(C, "10.0.0.6", 132, sctp(40012, 3868, [])))),
+        "sip": records(u4(C, "10.0.0.7", 5060, 5060, b"INVITE sip:a@b SIP/2.0\r\nCall-ID: c1@h\r\n\r\n"),
+                       u4(C, "10.0.0.7", 5061, 5060, b"BYE sip:a@b SIP/2.0\ni :\n c1@h\n"),
+                       u4(C, "10.0.0.7", 5062, 5060, b"X\r\nCall-ID: " + b"a" * 300 + b"\r\n")),
         "garbage": records(b"\x02\x00\x00\x00\x00\x01" + b"\x00" * 8, b"\xff" * 60, b""),
     },
     "ipvsadm": {
@@ -168,6 +195,11 @@ seeds["sync"] = {
           + bytes([10, 9, 0, 5, 10, 0, 0, 1, 10, 9, 0, 11]) + struct.pack("!HH", 0x83, 1),
     "dump": (lambda m: struct.pack("!H", len(m)) + m)(
         sync_msg(0, sync_v4(6, 0x83, 1, "10.9.0.5", 40003, "10.0.0.1", 80, "10.9.0.12", 80))),
+    # A SIP template (PE data, then the engine's name) and an SCTP association.
+    "pe-sip-and-sctp": sync_msg(0, sync_v4(17, 0x1000, 0, "10.9.0.0", 0, "10.0.0.7", 5060, "10.9.0.18", 5060,
+                                           timeout=60, opts=bytes([2, 4]) + b"c1@h" + bytes([3, 3]) + b"sip"),
+                                sync_v4(132, 0x3, 8, "10.9.0.5", 40013, "10.0.0.6", 3868, "10.9.0.17",
+                                        3868)),
     "unknown-option": sync_msg(0, sync_v4(6, 0x83, 1, "10.9.0.5", 40004, "10.0.0.1", 80, "10.9.0.11", 80,
                                           opts=bytes([9, 2, 0, 0]))),
 }

@@ -17,7 +17,7 @@ use xvs_ipvsadm::exec::{execute, state_text, Session};
 use xvs_ipvsadm::list::Numeric;
 
 /// The services the frames target: every forwarding method in both families, persistence,
-/// UDP, a fwmark service and several schedulers.
+/// UDP, SCTP, the SIP persistence engine, a fwmark service and several schedulers.
 pub const RULES: &str = "\
 -A -t 10.0.0.1:80 -s rr
 -a -t 10.0.0.1:80 -r 10.9.0.11:80 -g
@@ -41,6 +41,12 @@ pub const RULES: &str = "\
 -a -u [fd00::1]:53 -r [fd09::12]:53 -i
 -A -f 7 -s rr
 -a -f 7 -r 10.9.0.16:0 -g
+-A --sctp-service 10.0.0.6:3868 -s rr
+-a --sctp-service 10.0.0.6:3868 -r 192.168.10.1:3869 -m
+-a --sctp-service 10.0.0.6:3868 -r 10.9.0.17:3868 -g
+-A -u 10.0.0.7:5060 -s rr -p 60 --pe sip
+-a -u 10.0.0.7:5060 -r 10.9.0.18:5060 -g
+-a -u 10.0.0.7:5060 -r 10.9.0.19:5060 -g
 ";
 
 /// The balancer's MAC address in the frames.
