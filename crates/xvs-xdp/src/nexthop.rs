@@ -115,8 +115,37 @@ pub struct KernelRoutes {
     /// Moves on after every store to `cache`, so workers empty their own caches of it.
     version: AtomicU64,
     wanted: Mutex<HashSet<IpAddr>>,
+    /// Wakes the resolver when `wanted` gains an address (None: it looks every 20 ms).
+    wake: Option<Wake>,
     statics: HashMap<IpAddr, [u8; 6]>,
     links: HashMap<u32, LinkInfo>,
+}
+
+/// An eventfd: the data path's "an address is wanted", the resolver's wake-up.
+#[derive(Debug)]
+struct Wake(std::fs::File);
+
+impl Wake {
+    fn new() -> io::Result<Wake> {
+        use std::os::fd::FromRawFd;
+        // Safety: eventfd takes no pointers; it returns a new descriptor or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Safety: `fd` was just created and nothing else owns it.
+        Ok(Wake(unsafe { std::fs::File::from_raw_fd(fd) }))
+    }
+
+    fn notify(&self) {
+        use std::io::Write;
+        let _ = (&self.0).write(&1u64.to_ne_bytes());
+    }
+
+    fn clear(&self) {
+        use std::io::Read;
+        let _ = (&self.0).read(&mut [0u8; 8]);
+    }
 }
 
 impl Routes for KernelRoutes {
@@ -131,8 +160,10 @@ impl Routes for KernelRoutes {
         // Bounded: a flood of packets to ever new addresses (replies to spoofed clients) must
         // not grow it, nor the resolver's work, without limit.
         if let Ok(mut w) = self.wanted.try_lock() {
-            if w.len() < MAX_WANTED {
-                w.insert(dst);
+            if w.len() < MAX_WANTED && w.insert(dst) {
+                if let Some(k) = &self.wake {
+                    k.notify();
+                }
             }
         }
         None
@@ -385,18 +416,32 @@ impl NeighEvents {
         Ok(NeighEvents { sock })
     }
 
-    /// Wait at most `timeout` for neighbour changes; returns the usable entries heard.
-    fn wait(&self, timeout: Duration) -> Vec<((u32, IpAddr), [u8; 6])> {
+    /// Wait at most `timeout` for neighbour changes or a wake-up; returns the usable entries
+    /// heard.
+    fn wait(&self, timeout: Duration, wake: Option<&Wake>) -> Vec<((u32, IpAddr), [u8; 6])> {
         use std::os::fd::AsRawFd;
-        let mut pfd = libc::pollfd {
-            fd: self.sock.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // Safety: one valid pollfd for the socket this value owns, for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+        let mut pfd = [
+            libc::pollfd {
+                fd: self.sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake.map_or(-1, |w| w.0.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Safety: two valid pollfds (a negative fd is ignored) for descriptors that outlive
+        // the call.
+        let n = unsafe { libc::poll(pfd.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int) };
         let mut out = Vec::new();
-        if n <= 0 {
+        if pfd[1].revents != 0 {
+            if let Some(w) = wake {
+                w.clear();
+            }
+        }
+        if n <= 0 || pfd[0].revents == 0 {
             return out;
         }
         // Bounded: a neighbour table in upheaval must not keep the resolver from its work.
@@ -457,6 +502,9 @@ impl KernelRoutes {
             tables: ArcSwap::from_pointee(Tables::default()),
             version: AtomicU64::new(next_routes_version()),
             wanted: Mutex::new(HashSet::new()),
+            wake: Wake::new()
+                .map_err(|e| tracing::warn!("resolver wake-ups unavailable ({e}); it polls"))
+                .ok(),
             statics,
             links,
         })
@@ -594,6 +642,7 @@ impl KernelRoutes {
             .ok();
         let mut last_full = Instant::now() - Duration::from_secs(10);
         let mut last_probe: HashMap<IpAddr, Instant> = HashMap::new();
+        let mut unresolved_left = false;
         while !stop.load(Relaxed) {
             let wanted: HashSet<IpAddr> = match self.wanted.lock() {
                 Ok(mut w) => w.drain().collect(),
@@ -619,6 +668,7 @@ impl KernelRoutes {
                         last_probe.insert(*nh, Instant::now());
                     }
                 }
+                unresolved_left = !unresolved.is_empty();
                 if let Ok(mut w) = self.wanted.lock() {
                     w.extend(unresolved);
                 }
@@ -626,14 +676,28 @@ impl KernelRoutes {
                     last_full = Instant::now();
                 }
             }
-            match &events {
-                Some(ev) => {
-                    let heard = ev.wait(Duration::from_millis(20));
+            match (&events, &self.wake) {
+                // Woken by the neighbour events and the data path's wants: otherwise asleep
+                // until the next refresh, or the next probe of an address still unresolved.
+                (Some(ev), Some(wake)) => {
+                    let refresh_in = Duration::from_secs(1).saturating_sub(last_full.elapsed());
+                    let wait = if unresolved_left {
+                        refresh_in.min(Duration::from_millis(200))
+                    } else {
+                        refresh_in
+                    };
+                    let heard = ev.wait(wait.max(Duration::from_millis(1)), Some(wake));
                     if !heard.is_empty() {
                         self.learn(heard);
                     }
                 }
-                None => std::thread::sleep(Duration::from_millis(20)),
+                (Some(ev), None) => {
+                    let heard = ev.wait(Duration::from_millis(20), None);
+                    if !heard.is_empty() {
+                        self.learn(heard);
+                    }
+                }
+                (None, _) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
         Ok(())

@@ -40,6 +40,10 @@ pub trait Rings {
     fn kick(&mut self, port: usize);
     /// Sleep until a port has frames, at most `timeout_ms`.
     fn wait(&mut self, timeout_ms: i32);
+    /// Whether a port's tx ring still holds frames the kernel has not taken.
+    fn tx_pending(&mut self) -> bool {
+        false
+    }
 
     /// The descriptor's options (`XDP_PKT_CONTD`).
     fn options(d: &Self::Desc) -> u32;
@@ -134,6 +138,12 @@ impl Rings for QueueSet {
         if p.tx.nb_free_exact() < crate::xsk::RING_SIZE {
             let _ = p.tx.wakeup();
         }
+    }
+
+    fn tx_pending(&mut self) -> bool {
+        self.ports
+            .iter_mut()
+            .any(|p| p.tx.nb_free_exact() < crate::xsk::RING_SIZE)
     }
 
     fn wait(&mut self, timeout_ms: i32) {

@@ -67,7 +67,7 @@ pub trait Handler: Send {
             *v = self.handle(f, now);
         }
     }
-    /// Periodic work (about every 10 ms).
+    /// Periodic work: one step every [`HOUSEKEEPING`] (steps missed while asleep are caught up).
     fn housekeeping(&mut self, _now: Time) {}
 }
 
@@ -164,6 +164,13 @@ impl Handler for EngineHandler {
     }
 }
 
+/// The housekeeping period (one connection-table shard's expiry step).
+pub const HOUSEKEEPING: Duration = Duration::from_millis(10);
+
+/// The longest an idle worker sleeps: how soon it sees `stop`. Each wake-up of an idle worker
+/// costs tens of microseconds of CPU, so it stays rare.
+const IDLE_WAIT_MS: i32 = 250;
+
 /// Everything a worker needs: its rings (the AF_XDP sockets of one queue, [`QueueSet`], or
 /// an in-memory model in the tests) and what to do with the frames.
 #[derive(Debug)]
@@ -236,17 +243,27 @@ impl<H: Handler, R: Rings> Worker<H, R> {
             let instant = Instant::now();
             let now = Time((instant - self.epoch).as_millis() as u64);
             let received = self.poll_once(&mut s, now);
-            if instant - last_house >= Duration::from_millis(10) {
+            let since = instant - last_house;
+            if since >= HOUSEKEEPING {
+                // After a long sleep, the steps missed (at most a second's): the table's
+                // expiry keeps its pace however rarely the worker wakes.
+                let steps = (since.as_millis() / HOUSEKEEPING.as_millis()).min(100);
                 last_house = instant;
-                self.handler.housekeeping(now);
+                for _ in 0..steps {
+                    self.handler.housekeeping(now);
+                }
             }
             if received > 0 {
                 last_rx = instant;
             } else if self.busy_poll || instant - last_rx < self.spin {
                 std::hint::spin_loop();
+            } else if self.qs.tx_pending() {
+                // Frames the kernel has not sent yet (copy mode sends a bounded number per
+                // wake-up): back soon to wake it again.
+                self.qs.wait(1);
             } else {
                 // Idle: sleep until a socket has frames (bounded, to see `stop`).
-                self.qs.wait(10);
+                self.qs.wait(IDLE_WAIT_MS);
             }
         }
     }

@@ -621,7 +621,14 @@ pub fn serve(ctl: Arc<Control>, listener: UnixListener, stop: Arc<AtomicBool>) {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50))
+                // Until a client connects (at most a quarter of a second, to see `stop`): an
+                // idle daemon wakes rarely.
+                use std::os::fd::AsFd;
+                let mut fds = [nix::poll::PollFd::new(
+                    listener.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(250u16));
             }
             Err(e) => {
                 tracing::warn!("control: accept: {e}");
