@@ -691,6 +691,29 @@ for n, call in enumerate(calls):
 """
 
 
+SIP_CALLEE = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(15)
+s.bind(("0.0.0.0", 6000))
+msg, src = s.recvfrom(2000)
+print(src[0], src[1], msg.split(b"\r\n")[0].decode(), flush=True)
+s.sendto(b"SIP/2.0 200 OK\r\nCall-ID: bye-1@rs1\r\n\r\n", src)
+"""
+
+SIP_SERVER_REQUEST = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.bind(("0.0.0.0", 5061))
+s.sendto(b"BYE sip:alice@10.9.0.2 SIP/2.0\r\nCall-ID: bye-1@rs1\r\n\r\n", ("10.9.0.2", 6000))
+try:
+    print(s.recvfrom(2000)[0].split(b"\r\n")[0].decode(), flush=True)
+except socket.timeout:
+    print("no answer", flush=True)
+"""
+
+
 def sip():
     """`--pe sip`: every datagram of a call reaches the call's real server whatever its source
     port (each port a connection of its own, scheduled through the call's template), calls are
@@ -722,6 +745,18 @@ def sip():
               and all(r[3].endswith(":0") and r[-2] == "sip" for r in rows), out + err)
         st, out, err = rig.adm("-S -n")
         check(f"{name}: -S keeps --pe sip", st == 0 and f"-A {svc} -s rr -p 60 --pe sip" in out, out + err)
+        # A real server's own request to a client (`ip_vs_sip_conn_out`): it leaves from the
+        # virtual service, and the client's answer comes back to that server.
+        out_svc = f"-u {vip}:5061"
+        ok, err = add_live(rig, f"{out_svc} -s rr -p 60 --pe sip", [f"{out_svc} -r {reals[0]}:5061 -m"])
+        callee = rig.spawn("c", [sys.executable, "-c", SIP_CALLEE], "callee.log")
+        time.sleep(0.5)
+        r = rig.run("r1", [sys.executable, "-c", SIP_SERVER_REQUEST], timeout=20)
+        callee.wait(timeout=20)
+        heard = rig.log("callee.log").split()
+        check(f"{name}: a real server's own request leaves from the VIP and its answer returns",
+              ok and heard[:3] == [vip, "5061", "BYE"] and r.stdout.decode().startswith("SIP/2.0 200 OK"),
+              (err, heard, r.stdout, r.stderr))
         check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
 
     on_rig(name, "nat", False, "xvsd starts", body)

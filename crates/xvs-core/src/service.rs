@@ -217,6 +217,9 @@ pub struct Tables {
     pub totals: Arc<Stats>,
     /// The firewall-mark rules (`crate::marks`).
     pub marks: Arc<crate::marks::MarkRules>,
+    /// UDP address services with the SIP persistence engine and NAT real servers, whose
+    /// servers' own requests make connections (`ip_vs_sip_conn_out`).
+    pub(crate) sip_out: Vec<Arc<Service>>,
 }
 
 impl Tables {
@@ -238,8 +241,23 @@ impl Tables {
             settings,
             totals,
             marks: Arc::default(),
+            sip_out: Vec::new(),
         };
         for s in &services {
+            if s.cfg.pe.as_deref() == Some("sip")
+                && matches!(
+                    s.cfg.key,
+                    ServiceKey::Addr {
+                        proto: Protocol::Udp,
+                        ..
+                    }
+                )
+                && s.dests
+                    .iter()
+                    .any(|d| d.forward().method == ForwardMethod::Masq)
+            {
+                t.sip_out.push(s.clone());
+            }
             match s.cfg.key {
                 ServiceKey::Addr { proto, addr, port } => {
                     t.by_addr

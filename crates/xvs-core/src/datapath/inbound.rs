@@ -393,6 +393,10 @@ impl Engine {
         if from_nat {
             // Not a reply of ours (e.g. a client talking to the real server directly through
             // this box): the kernel's business, as in IPVS; with `nat_icmp_send`, refused.
+            // A SIP server's own request makes a connection of its service.
+            if let Some(s) = self.sip_conn_out(b, frame, p, out) {
+                return s;
+            }
             if t.settings.nat_icmp_send && !is_reset(proto, p) {
                 return put(out, self.icmp_reply(frame, p, IcmpError::PortUnreachable));
             }

@@ -319,6 +319,142 @@ impl Engine {
         self.forward_in(hops, frame, p, hit, out)
     }
 
+    /// A NAT real server's own UDP request to a client, of a service with `--pe sip`, that
+    /// belongs to no connection (`ip_vs_sip_conn_out`, `ip_vs_new_conn_out`): for a persistent
+    /// service the call's template (its Call-ID required, pointing to this server), then a
+    /// connection (client = the packet's destination, virtual = the service), and the packet
+    /// leaves as a reply would. None: not such a packet (it goes on as before).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn sip_conn_out(
+        &self,
+        b: &mut Batch<'_>,
+        frame: &mut Frame<'_>,
+        p: &Packet,
+        out: &mut Verdict,
+    ) -> Option<Settled> {
+        let (t, Step { now, w }) = (b.t, b.step);
+        if t.sip_out.is_empty() || p.proto != crate::wire::IPPROTO_UDP || p.sport == 0 {
+            return None;
+        }
+        // `__ip_vs_rs_conn_out`: the NAT real server of the packet's source address and port.
+        let (svc, dest) = t.sip_out.iter().find_map(|s| {
+            s.dests
+                .iter()
+                .find(|d| {
+                    d.addr == p.saddr
+                        && d.port == p.sport
+                        && d.forward().method == ForwardMethod::Masq
+                })
+                .map(|d| (s, d))
+        })?;
+        let ServiceKey::Addr {
+            addr: vaddr,
+            port: vport,
+            ..
+        } = svc.cfg.key
+        else {
+            return None;
+        };
+        if vport == 0 {
+            return None;
+        }
+        let mut tpl = None;
+        if svc.cfg.is_persistent() {
+            let call = sip_call(svc, p, frame.data())?;
+            let base = ConnKey {
+                proto: p.proto,
+                caddr: svc.cfg.netmask.apply(p.daddr),
+                cport: 0,
+                vaddr,
+                vport,
+            };
+            let mut calls = self.sip.lock();
+            let key = self.sip_slot(&calls, base, call, now)?;
+            // `ip_vs_check_template`: the call's template if it points to this server (one
+            // pointing elsewhere is dropped), else a new one.
+            let same = |tc: &Conn| Arc::ptr_eq(&tc.dest, dest) && tc.dest.is_available();
+            if self.conns.use_template(&key, now, same).is_none() {
+                let tc = Conn {
+                    dport: p.sport,
+                    dest: dest.clone(),
+                    svc: svc.live.clone(),
+                    fwd: dest.forward(),
+                    state: TPL_S_NONE,
+                    flags: CONN_F_TEMPLATE,
+                    timeout: svc.cfg.timeout,
+                    expires: now.plus_secs(svc.cfg.timeout),
+                    template: None,
+                    controlled: 1,
+                    in_pkts: 0,
+                    sync_state: 0,
+                    sync_end: 0,
+                }
+                .bound();
+                if self.conns.admit(None, key, tc, now, |_| {}).is_err() {
+                    return None;
+                }
+            }
+            calls.insert(key, call.into());
+            tpl = Some(key);
+        }
+        let one_packet = svc.cfg.is_one_packet();
+        let mut c = Conn {
+            dport: p.sport,
+            dest: dest.clone(),
+            svc: svc.live.clone(),
+            fwd: dest.forward(),
+            state: 0,
+            flags: CONN_F_INACTIVE | if one_packet { CONN_F_ONE_PACKET } else { 0 },
+            timeout: t.timeouts.udp,
+            expires: now.plus_secs(t.timeouts.udp),
+            template: tpl.map(Box::new),
+            controlled: 0,
+            in_pkts: 0,
+            sync_state: 0,
+            sync_end: 0,
+        }
+        .bound();
+        let secure = self.defence.secure_flag();
+        let assure = transition(
+            &mut c,
+            Protocol::Udp,
+            Direction::Output,
+            p,
+            &t.timeouts,
+            now,
+            secure,
+        );
+        let count = |c: &Conn| {
+            if c.dest.is_available() {
+                c.dest.stats.count_conn(w);
+                c.svc.stats.count_conn(w);
+                t.totals.count_conn(w);
+            }
+            account(c, t, Direction::Output, p.ip_len, w);
+        };
+        let key = ConnKey {
+            proto: p.proto,
+            caddr: p.daddr,
+            cport: p.dport,
+            vaddr,
+            vport,
+        };
+        if one_packet {
+            count(&c);
+            c.release();
+            self.conns.release_template(tpl);
+        } else if let Err((_, c)) = self.conns.admit(None, key, c, now, count) {
+            // Full, or entered meanwhile: this packet still leaves as the reply it is.
+            account(&c, t, Direction::Output, p.ip_len, w);
+            self.conns.release_template(tpl);
+        }
+        if let (true, Some(k)) = (assure, tpl) {
+            self.conns.assure_template(&k);
+        }
+        Some(self.forward_reply(&mut b.hops, frame, p, &vaddr, vport, out))
+    }
+
     pub(super) fn no_dest(&self, frame: &mut Frame<'_>, p: &Packet) -> Verdict {
         self.counters.no_dest.fetch_add(1, Relaxed);
         self.icmp_reply(frame, p, IcmpError::PortUnreachable)

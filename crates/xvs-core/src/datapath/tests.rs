@@ -2713,3 +2713,35 @@ fn sip_persistence_holds_each_call_to_one_server() {
     });
     assert_eq!(plain, 1);
 }
+
+/// `ip_vs_sip_conn_out`: a NAT real server's own request (a BYE to a client) makes a
+/// connection of its `--pe sip` service and the call's template: it leaves from the virtual
+/// service, the client's answer reaches that server, and so does the call's next message from
+/// another port. Without a Call-ID a persistent service makes nothing (the kernel's business).
+#[test]
+fn a_sip_server_s_own_request_makes_its_connection() {
+    let mut cfg = ServiceConfig::new(udp_key("10.0.0.1", 5060));
+    cfg.scheduler = "rr".into();
+    cfg.flags = crate::service::SVC_F_PERSISTENT;
+    cfg.timeout = 60;
+    cfg.pe = Some("sip".into());
+    let reals = [1, 2].map(|n| dest(&format!("192.168.1.{n}"), 5060, ForwardMethod::Masq));
+    let lb = Lb::with(cfg, &reals, 100);
+    let bye = b"BYE sip:alice@10.9.0.5 SIP/2.0\r\nCall-ID: out-1@rs2\r\n\r\n";
+    let (v, out) = lb.run(&udp4("192.168.1.2", 5060, "10.9.0.5", 5070, bye), 0);
+    assert_eq!(v, REPLY_TO_CLIENT);
+    let p = parse(&out).unwrap();
+    assert_eq!((p.saddr, p.sport), (ip("10.0.0.1"), 5060));
+    assert_checksums(&out);
+    let ok = b"SIP/2.0 200 OK\r\nCall-ID: out-1@rs2\r\n\r\n";
+    let (v, _) = lb.run(&udp4("10.9.0.5", 5070, "10.0.0.1", 5060, ok), 1);
+    assert_eq!(v, forwarded_to("192.168.1.2", 5060));
+    // The call's next message from another port of the client: the template, not rr.
+    let (v, _) = lb.run(&udp4("10.9.0.5", 5090, "10.0.0.1", 5060, ok), 2);
+    assert_eq!(v, forwarded_to("192.168.1.2", 5060));
+    let c = lb.tables.services[0].live.stats.counters();
+    assert_eq!((c.conns, c.outpkts), (2, 1));
+    // No Call-ID: nothing is made, the packet is the kernel's.
+    let stray = udp4("192.168.1.1", 5060, "10.9.0.6", 5070, b"hello");
+    assert_eq!(lb.run(&stray, 3).0, Verdict::Pass);
+}
