@@ -17,6 +17,27 @@ use crate::service::{Service, Tables};
 use crate::types::{ForwardMethod, Protocol, ServiceKey, Time};
 use crate::wire::{Frame, IcmpError, Packet};
 
+/// A new persistence template of `svc` to `dest` (real-server port `dport`), controlling the
+/// connection about to be made, bound to its destination.
+fn new_template(svc: &Service, dest: &Arc<DestState>, dport: u16, now: Time) -> Conn {
+    Conn {
+        dport,
+        dest: dest.clone(),
+        svc: svc.live.clone(),
+        fwd: dest.forward(),
+        state: TPL_S_NONE,
+        flags: CONN_F_TEMPLATE,
+        timeout: svc.cfg.timeout,
+        expires: now.plus_secs(svc.cfg.timeout),
+        template: None,
+        controlled: 1,
+        in_pkts: 0,
+        sync_state: 0,
+        sync_end: 0,
+    }
+    .bound()
+}
+
 /// Slots a new SIP call tries before it falls back to the default persistence.
 const SIP_PROBES: u32 = 64;
 
@@ -151,22 +172,7 @@ impl Engine {
             } else {
                 0
             };
-            let tpl = Conn {
-                dport: tdport,
-                dest: dest.clone(),
-                svc: svc.live.clone(),
-                fwd: dest.forward(),
-                state: TPL_S_NONE,
-                flags: CONN_F_TEMPLATE,
-                timeout: svc.cfg.timeout,
-                expires: now.plus_secs(svc.cfg.timeout),
-                template: None,
-                controlled: 1,
-                in_pkts: 0,
-                sync_state: 0,
-                sync_end: 0,
-            }
-            .bound();
+            let tpl = new_template(svc, &dest, tdport, now);
             match self.conns.admit(None, tkey, tpl, now, |_| {}) {
                 Ok(()) => return Ok(Some((dest, tkey))),
                 Err((InsertError::Full, _)) => return Err(DropReason::TableFull),
@@ -375,22 +381,7 @@ impl Engine {
             // pointing elsewhere is dropped), else a new one.
             let same = |tc: &Conn| Arc::ptr_eq(&tc.dest, dest) && tc.dest.is_available();
             if self.conns.use_template(&key, now, same).is_none() {
-                let tc = Conn {
-                    dport: p.sport,
-                    dest: dest.clone(),
-                    svc: svc.live.clone(),
-                    fwd: dest.forward(),
-                    state: TPL_S_NONE,
-                    flags: CONN_F_TEMPLATE,
-                    timeout: svc.cfg.timeout,
-                    expires: now.plus_secs(svc.cfg.timeout),
-                    template: None,
-                    controlled: 1,
-                    in_pkts: 0,
-                    sync_state: 0,
-                    sync_end: 0,
-                }
-                .bound();
+                let tc = new_template(svc, dest, p.sport, now);
                 if self.conns.admit(None, key, tc, now, |_| {}).is_err() {
                     return None;
                 }
