@@ -14,8 +14,20 @@ use crate::dest::DestState;
 use crate::proto::{chunk, Direction};
 use crate::sched::SchedInput;
 use crate::service::{Service, Tables};
+use crate::stats::Counting;
 use crate::types::{ForwardMethod, Protocol, ServiceKey, Time};
 use crate::wire::{Frame, IcmpError, Packet};
+
+/// Count a new connection (Conns of its destination, service and the totals, while the
+/// destination is available) and its first packet, of `len` bytes going `dir`.
+fn count_conn(c: &Conn, t: &Tables, dir: Direction, len: usize, w: Counting) {
+    if c.dest.is_available() {
+        c.dest.stats.count_conn(w);
+        c.svc.stats.count_conn(w);
+        t.totals.count_conn(w);
+    }
+    account(c, t, dir, len, w);
+}
 
 /// A new persistence template of `svc` to `dest` (real-server port `dport`), controlling the
 /// connection about to be made, bound to its destination.
@@ -297,14 +309,7 @@ impl Engine {
         };
         // A connection is counted (Conns, and its first packet in InPkts) once it is in the
         // table: one refused for want of room is not.
-        let count_new = |c: &Conn| {
-            if c.dest.is_available() {
-                c.dest.stats.count_conn(w);
-                c.svc.stats.count_conn(w);
-                t.totals.count_conn(w);
-            }
-            account(c, t, Direction::Input, p.ip_len, w);
-        };
+        let count_new = |c: &Conn| count_conn(c, t, Direction::Input, p.ip_len, w);
         if b.sync.master {
             self.sync_conn(key.view(), &mut c, 1, mark_of(t, frame, p), now);
         }
@@ -416,14 +421,7 @@ impl Engine {
             now,
             secure,
         );
-        let count = |c: &Conn| {
-            if c.dest.is_available() {
-                c.dest.stats.count_conn(w);
-                c.svc.stats.count_conn(w);
-                t.totals.count_conn(w);
-            }
-            account(c, t, Direction::Output, p.ip_len, w);
-        };
+        let count = |c: &Conn| count_conn(c, t, Direction::Output, p.ip_len, w);
         let key = ConnKey {
             proto: p.proto,
             caddr: p.daddr,

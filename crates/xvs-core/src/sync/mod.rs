@@ -288,34 +288,31 @@ pub fn needed(c: &mut Conn, proto: u8, pkts: u32, now: Time, s: &SyncSettings) -
         if s.persist_mode.load(Relaxed) && c.template.is_some() {
             return false;
         }
-        if proto == IPPROTO_TCP {
-            const SENT: [TcpState; 5] = [
-                TcpState::Established,
-                TcpState::FinWait,
-                TcpState::Close,
-                TcpState::CloseWait,
-                TcpState::TimeWait,
-            ];
-            if !SENT.iter().any(|st| *st as u8 == c.state) {
+        // The states sent, ESTABLISHED first: a change into any other is sent at once.
+        const TCP_SENT: [u8; 5] = [
+            TcpState::Established as u8,
+            TcpState::FinWait as u8,
+            TcpState::Close as u8,
+            TcpState::CloseWait as u8,
+            TcpState::TimeWait as u8,
+        ];
+        const SCTP_SENT: [u8; 5] = [
+            SctpState::Established as u8,
+            SctpState::ShutdownSent as u8,
+            SctpState::ShutdownReceived as u8,
+            SctpState::ShutdownAckSent as u8,
+            SctpState::Closed as u8,
+        ];
+        let sent = match proto {
+            IPPROTO_TCP => Some(&TCP_SENT),
+            IPPROTO_SCTP => Some(&SCTP_SENT),
+            _ => None,
+        };
+        if let Some(sent) = sent {
+            if !sent.contains(&c.state) {
                 return false;
             }
-            if c.state != c.sync_state && c.state != TcpState::Established as u8 {
-                c.sync_state = c.state;
-                c.sync_end = n;
-                return true;
-            }
-        } else if proto == IPPROTO_SCTP {
-            const SENT: [SctpState; 5] = [
-                SctpState::Established,
-                SctpState::ShutdownSent,
-                SctpState::ShutdownReceived,
-                SctpState::ShutdownAckSent,
-                SctpState::Closed,
-            ];
-            if !SENT.iter().any(|st| *st as u8 == c.state) {
-                return false;
-            }
-            if c.state != c.sync_state && c.state != SctpState::Established as u8 {
+            if c.state != c.sync_state && c.state != sent[0] {
                 c.sync_state = c.state;
                 c.sync_end = n;
                 return true;
