@@ -541,6 +541,13 @@ fn shard_max_bytes(per_shard: usize, grow_at: u16) -> usize {
     index + room * ENTRY + chunks * (std::mem::size_of::<Vec<Entry>>() + 16)
 }
 
+/// Milliseconds a half-open TCP connection (SYN_RECV, SYNACK) or SCTP association (INIT1,
+/// INIT) is spared by `drop_entry` after its last packet: a real client's handshake completes
+/// within a round trip, or a retransmission (TCP's first after 1 s, the next 2 s later), while
+/// a flood's half-open entries stay silent. The kernel drops them at any age, and a client
+/// whose handshake is in flight loses its connection.
+const HALF_OPEN_GRACE_MS: u64 = 3_000;
+
 /// Whether `drop_entry` drops this entry (`ip_vs_random_dropentry`'s choice).
 fn drop_candidate(k: &ConnKey, c: &Conn, now: Time, counters: &mut DropEntryCounters) -> bool {
     if c.controlled > 0 {
@@ -553,15 +560,16 @@ fn drop_candidate(k: &ConnKey, c: &Conn, now: Time, counters: &mut DropEntryCoun
     let todrop = |counters: &mut DropEntryCounters| {
         c.last_seen(now) + IDLE_MS <= now.0 && counters.todrop(u32::from(c.in_pkts))
     };
+    let half_open = || c.last_seen(now) + HALF_OPEN_GRACE_MS <= now.0;
     if k.proto == TCP {
         match TcpState::from_u8(c.state) {
-            Some(TcpState::SynRecv | TcpState::Synack) => true,
+            Some(TcpState::SynRecv | TcpState::Synack) => half_open(),
             Some(TcpState::Established) => todrop(counters),
             _ => false,
         }
     } else if k.proto == SCTP {
         match SctpState::from_u8(c.state) {
-            Some(SctpState::Init1 | SctpState::Init) => true,
+            Some(SctpState::Init1 | SctpState::Init) => half_open(),
             Some(SctpState::Established) => todrop(counters),
             _ => false,
         }
@@ -692,7 +700,8 @@ impl ConnTable {
     /// The `drop_entry` defence's once-a-second pass (`ip_vs_random_dropentry`): look at a
     /// 32nd of the entries, in runs of 32 from random places (`rng` is the caller's xorshift
     /// state), and drop, as the kernel does, templates not assured, TCP connections in
-    /// SYN_RECV or SYNACK, and, through `counters` (`todrop_entry`), established TCP and UDP
+    /// SYN_RECV or SYNACK (silent for [`HALF_OPEN_GRACE_MS`]: the one difference), and,
+    /// through `counters` (`todrop_entry`), established TCP and UDP
     /// connections without a packet for 60 s that saw 1 to 8 packets; never an entry that
     /// controls others. Returns the entries dropped.
     pub fn drop_entries(

@@ -1492,6 +1492,68 @@ fn drop_entry_removes_half_open_connections_and_keeps_busy_ones() {
     );
 }
 
+/// `drop_entry` spares a handshake in flight: a half-open connection is dropped only once it
+/// has been silent for 3 s (a real client's ACK comes within a round trip or a retransmission),
+/// so a client whose SYN has just gone through still completes its connection.
+#[test]
+fn drop_entry_spares_a_handshake_in_flight() {
+    let lb = small_lb(4096);
+    lb.engine.set_defence("drop_entry", 3).unwrap();
+    let syn = |src: &str, now: u64| {
+        lb.run(&tcp4(src, 7, "10.0.0.1", 80, Flags::Syn, 64, b""), now)
+            .0
+    };
+    let key = |src: &str| ConnKey {
+        proto: 6,
+        caddr: src.parse().unwrap(),
+        cport: 7,
+        vaddr: "10.0.0.1".parse().unwrap(),
+        vport: 80,
+    };
+    // 2,000 busy established connections (a pass looks at a 32nd of the table: enough entries
+    // for it to look at some), and 40 handshakes begun at 10 s: every pass within 3 s of their
+    // SYN keeps them all (run until it has looked at every entry).
+    for n in 0..2000u32 {
+        let src = flood_src(n);
+        syn(&src, 10_000);
+        lb.run(&tcp4(&src, 7, "10.0.0.1", 80, Flags::Ack, 64, b""), 10_000);
+    }
+    let clients: Vec<String> = (0..40).map(|n| format!("10.50.0.{n}")).collect();
+    for c in &clients {
+        assert!(matches!(syn(c, 10_000), Verdict::Forward { .. }));
+    }
+    for t in 0..1000u64 {
+        lb.engine.defence_tick(Time(10_000 + t * 2));
+    }
+    assert!(clients.iter().all(|c| lb
+        .engine
+        .conns
+        .with_conn(&key(c), Time(12_999), |_| ())
+        .is_some()));
+    assert_eq!(lb.engine.defence.counters.dropped_entries.load(Relaxed), 0);
+    // The client's ACK establishes each connection.
+    for c in &clients[..20] {
+        assert!(matches!(
+            lb.run(&tcp4(c, 7, "10.0.0.1", 80, Flags::Ack, 64, b""), 12_999)
+                .0,
+            Verdict::Forward { .. }
+        ));
+    }
+    // The handshakes never completed go once silent for 3 s; the established ones stay.
+    for t in 0..1000u64 {
+        lb.engine.defence_tick(Time(13_000 + t * 4));
+    }
+    let alive = |c: &String| {
+        lb.engine
+            .conns
+            .with_conn(&key(c), Time(17_000), |_| ())
+            .is_some()
+    };
+    assert!(clients[..20].iter().all(alive));
+    assert!(!clients[20..].iter().any(alive));
+    assert_eq!(lb.engine.defence.counters.dropped_entries.load(Relaxed), 20);
+}
+
 /// Half-open connections count in ActiveConn (`tcp_state_active_table`, mainline since 4.7):
 /// nq and sed, which weigh active connections, send the next client to the other server while
 /// the first client's handshake is incomplete (counted as inactive, it would go to the first
