@@ -13,8 +13,13 @@ receiver's TCP) runs on the transmitting CPU, so CPU 1 also carries that for bot
 Senders have TX checksum offload and segmentation off (scripts/rig.sh), so every path carries
 MTU-sized frames.
 
+The far ends of the balancer's veths receive with GRO, as a NIC's receiver does by default,
+for xvsd's paths (beside the XDP program that lets them take frames sent from XDP); the kernel
+runs twice, with GRO there ("kernel-gro") and without it ("kernel", where the far ends run no
+NAPI), and each cell's ratio is to the better of the two.
+
 Paths run in rounds, each round every cell once in a fixed order; the report gives each cell's
-median over the rounds and its ratio to the kernel's median in the same run.
+median over the rounds and its ratio to the kernel's better median in the same run.
 
 Writes target/bench-goodput.md, target/bench-goodput.csv (method,path,streams,direction,
 round,gbit_s,mtu) and target/bench-goodput-plot.csv (for xvs-plot --goodput). Root; bounded (every iperf3 run has a time limit and a timeout).
@@ -55,7 +60,14 @@ def napi_on_cpu1(rig):
     UMEM run) in kernel threads on CPU 1, beside the worker: as a NIC's interrupts would be on
     the balancer's CPU. Left alone, veth runs it on the sending CPU, which is the iperf3 one."""
     for i in rig.lb_ifs:
-        rig.run("l", ["sh", "-c", f"echo 1 > /sys/class/net/{i}/threaded"], check_rc=True)
+        # (Refused for a moment while the interface's queues are being set up: tried again.)
+        for attempt in range(20):
+            r = rig.run("l", ["sh", "-c", f"echo 1 > /sys/class/net/{i}/threaded"])
+            if r.returncode == 0:
+                break
+            if attempt == 19:
+                raise RuntimeError(f"threaded NAPI on {i}: {r.stderr.decode().strip()}")
+            time.sleep(0.1)
     time.sleep(0.3)
     names = tuple(f"napi/{i}-" for i in rig.lb_ifs)
     for pid in os.listdir("/proc"):
@@ -86,9 +98,16 @@ def iperf(rig, streams, direction, seconds):
 
 
 # The far ends of the balancer's veths (scripts/rig.sh `napi_peer`): an XDP program there lets
-# them take the frames xvsd's fast path sends from XDP. The kernel's path runs without it, as
-# its best (NAPI on the far end costs the kernel's forwarding about a third in this rig).
+# them take the frames xvsd's fast path sends from XDP. The kernel's paths run without it (NAPI
+# without GRO on the far end cost the kernel's forwarding about a third in this rig).
 PEERS = {"dr": [("w", "xm")], "nat": [("c", "xc"), ("w", "xw")]}
+
+
+def peers_gro(rig, method, on):
+    """GRO at the far ends: the receivers merge TCP segments, as a NIC's receiver does by
+    default (on a veth it also runs NAPI there)."""
+    for role, name in PEERS[method]:
+        rig.run(role, ["ethtool", "-K", f"{name}{rig.id}", "gro", "on" if on else "off"], check_rc=True)
 
 
 def peers_xdp(rig, method, on):
@@ -110,8 +129,9 @@ class Path:
 
     def start(self):
         rig, real = self.rig, SERVER[self.method]
-        if self.name == "kernel":
+        if self.name in ("kernel", "kernel-gro"):
             peers_xdp(rig, self.method, False)
+            peers_gro(rig, self.method, self.name == "kernel-gro")
             rig.run("l", ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
                           f"net.ipv4.conf.{rig.lb_ifs[0]}.send_redirects=0"], check_rc=True)
             rps(rig, rig.lb_ifs, 2 if os.cpu_count() >= 2 else 1)
@@ -123,7 +143,10 @@ class Path:
             else:
                 rig.run("l", ["ip", "route", "add", "10.0.0.1/32", "via", real], check_rc=True)
             return
+        # (The program first: a far end whose program went before GRO came on takes no frames
+        # from XDP on this kernel.)
         peers_xdp(rig, self.method, True)
+        peers_gro(rig, self.method, True)
         flag = "-m" if self.method == "nat" else "-g"
         rules = os.path.join(self.tmp, "rules")
         with open(rules, "w") as f:
@@ -148,7 +171,7 @@ class Path:
 
     def stop(self):
         rig = self.rig
-        if self.name == "kernel":
+        if self.name in ("kernel", "kernel-gro"):
             rps(rig, rig.lb_ifs, 0)
             rig.run("l", ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
             if self.method == "nat":
@@ -198,14 +221,16 @@ def report(rows, a):
            for k, v in cell.items()}
     fails = {k: sum(1 for x in v if x is None) for k, v in cell.items()}
     out = [f"iperf3 through the balancer, MTU {a.mtu}, {a.seconds} s a run, median of {a.rounds} rounds "
-           "(Gbit/s; ÷ kernel in brackets)", ""]
-    xnames = [n for n in a.paths if n != "kernel"]
-    out.append("| method | streams | direction | kernel | " + " | ".join(xnames) + " |")
-    out.append("|---|---|---|---|" + "---|" * len(xnames))
+           "(Gbit/s; ÷ the kernel's better setting in brackets)", ""]
+    knames = [n for n in a.paths if n in ("kernel", "kernel-gro")]
+    xnames = [n for n in a.paths if n not in knames]
+    out.append("| method | streams | direction | " + " | ".join(knames + xnames) + " |")
+    out.append("|---|---|---|" + "---|" * len(knames + xnames))
     fmt = lambda v: "failed" if v is None else f"{v:.2f}"
     for method in a.methods:
         for streams, direction in CELLS:
-            k = med.get((method, "kernel", streams, direction))
+            ks = [med.get((method, n, streams, direction)) for n in knames]
+            k = max((v for v in ks if v is not None), default=None)
             cols = []
             for n in xnames:
                 v = med.get((method, n, streams, direction))
@@ -214,7 +239,8 @@ def report(rows, a):
                 if f:
                     s += f", {f} run(s) failed"
                 cols.append(s)
-            out.append(f"| {method.upper()} | {streams} | {direction} | {fmt(k)} | " + " | ".join(cols) + " |")
+            out.append(f"| {method.upper()} | {streams} | {direction} | " + " | ".join([fmt(v) for v in ks] + cols)
+                       + " |")
     return "\n".join(out) + "\n"
 
 
@@ -223,7 +249,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--methods", default="nat,dr")
-    ap.add_argument("--paths", default="kernel,xvsd,xvsd-busy-poll")
+    ap.add_argument("--paths", default="kernel,kernel-gro,xvsd,xvsd-busy-poll")
     ap.add_argument("--mtu", type=int, default=1500)
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-goodput"))
     a = ap.parse_args()
