@@ -571,17 +571,29 @@ pub fn listen(path: &Path, group: Option<&str>) -> Result<UnixListener, String> 
         std::fs::remove_file(path)
             .map_err(|e| format!("removing stale {}: {e}", path.display()))?;
     }
-    let l = UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
-    let mode = if group.is_some() { 0o660 } else { 0o600 };
-    if let Some(g) = group {
-        let grp = nix::unistd::Group::from_name(g)
-            .map_err(|e| format!("looking up group {g}: {e}"))?
-            .ok_or_else(|| format!("no such group: {g}"))?;
-        nix::unistd::chown(path, None, Some(grp.gid))
-            .map_err(|e| format!("chown {}: {e}", path.display()))?;
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    // Bound, listening and given its mode under a temporary name, then linked into place: a
+    // client that sees the path can connect (bind creates the file before listen), and of two
+    // daemons started at once on one path only one gets it (link refuses an existing name).
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let l = UnixListener::bind(&tmp).map_err(|e| format!("binding {}: {e}", tmp.display()))?;
+    let placed = (|| {
+        let mode = if group.is_some() { 0o660 } else { 0o600 };
+        if let Some(g) = group {
+            let grp = nix::unistd::Group::from_name(g)
+                .map_err(|e| format!("looking up group {g}: {e}"))?
+                .ok_or_else(|| format!("no such group: {g}"))?;
+            nix::unistd::chown(&tmp, None, Some(grp.gid))
+                .map_err(|e| format!("chown {}: {e}", tmp.display()))?;
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
+        std::fs::hard_link(&tmp, path).map_err(|e| format!("binding {}: {e}", path.display()))
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    placed?;
     Ok(l)
 }
 
@@ -764,4 +776,34 @@ pub(crate) fn counter_line(out: &mut String, label: &str, fields: &[(&str, u64)]
         out.push_str(&value.to_string());
     }
     out.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The socket takes connections as soon as its path exists, with mode 0600 and no
+    /// temporary name left behind; a second daemon on a served path is refused; a stale
+    /// socket (its daemon gone) is replaced.
+    #[test]
+    fn the_control_socket_appears_ready_and_alone() {
+        let dir = std::env::temp_dir().join(format!("xvs-listen-{}", std::process::id()));
+        let path = dir.join("ctl.sock");
+        let l = listen(&path, None).unwrap();
+        assert!(UnixStream::connect(&path).is_ok());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("ctl.sock")]);
+        let e = listen(&path, None).unwrap_err();
+        assert!(e.contains("another xvsd is serving"), "{e}");
+        drop(l);
+        let l2 = listen(&path, None).unwrap();
+        assert!(UnixStream::connect(&path).is_ok());
+        drop(l2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
