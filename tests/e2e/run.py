@@ -539,6 +539,29 @@ def stats_line(rig):
     return None
 
 
+PACED_GET = r"""
+import socket, sys, time
+host, path, out, rate = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256 * 1024)
+s.settimeout(40)
+s.connect((host, 80))
+s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+t0, got = time.monotonic(), 0
+with open(out, "wb") as f:
+    while time.monotonic() - t0 < 40:
+        d = s.recv(16384)
+        if not d:
+            break
+        f.write(d)
+        f.flush()
+        got += len(d)
+        ahead = got / rate - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+"""
+
+
 def fast_path():
     """The fast path under an operator's hands (NAT, IPv4): a long download is offloaded; its
     connection's timer keeps being re-armed and its bytes counted while the XDP program
@@ -548,11 +571,13 @@ def fast_path():
 
     def body(rig, vip, reals):
         out = os.path.join(rig.tmp, "slow.bin")
-        # Read at 1 MiB/s: the network carries it for over 20 s (the client's receive buffer
-        # holds the last few MB), well past the real server's deletion at about 10 s.
+        # Read at 1 MiB/s, 16 KiB at a time through a small receive buffer, so that segments
+        # cross the balancer without a pause (curl --limit-rate reads in bursts and then sleeps
+        # for seconds): the download lasts over 20 s, well past the real server's deletion at
+        # about 10 s.
         size = 30_000_000
-        p = subprocess.Popen(["ip", "netns", "exec", rig.ns("c"), "curl", "-s", "-S", "-m", "40",
-                              "--limit-rate", "1m", "-o", out, url(vip, f"/blob?size={size}")],
+        p = subprocess.Popen(["ip", "netns", "exec", rig.ns("c"), sys.executable, "-c", PACED_GET, vip,
+                              f"/blob?size={size}", out, str(1 << 20)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         rig.procs.append(p)
         time.sleep(3)
@@ -572,6 +597,8 @@ def fast_path():
         # 9 s after it started, a timer never re-armed would show at most 14:51.
         check(f"{name}: its timer is re-armed from the fast path's last segment (-L -c shows 14:5x)",
               len(est) == 1 and est[0].split()[1] >= "14:58", conns)
+        print(f"     {name}: its timer at {est[0].split()[1] if len(est) == 1 else est}, 10 s into the download",
+              flush=True)
         rs = next((r for r in reals if f"{r}:80" in conns), None)
         rig.adm(f"-d -t {vip}:80 -r {rs}:80")
         time.sleep(1.5)
