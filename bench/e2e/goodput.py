@@ -42,6 +42,8 @@ XVSD = os.path.join(ROOT, "target", "release", "xvsd")
 PORT = 5201
 # (method, server address behind the VIP)
 SERVER = {"nat": "192.168.10.1", "dr": "10.9.0.11"}
+# The kernel's paths: its forwarding with the far ends as they come, and with GRO there.
+KERNEL = ("kernel", "kernel-gro")
 CELLS = [(streams, direction) for streams in (1, 8) for direction in ("up", "down")]
 
 
@@ -129,7 +131,7 @@ class Path:
 
     def start(self):
         rig, real = self.rig, SERVER[self.method]
-        if self.name in ("kernel", "kernel-gro"):
+        if self.name in KERNEL:
             peers_xdp(rig, self.method, False)
             peers_gro(rig, self.method, self.name == "kernel-gro")
             rig.run("l", ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
@@ -171,7 +173,7 @@ class Path:
 
     def stop(self):
         rig = self.rig
-        if self.name in ("kernel", "kernel-gro"):
+        if self.name in KERNEL:
             rps(rig, rig.lb_ifs, 0)
             rig.run("l", ["sysctl", "-qw", "net.ipv4.ip_forward=0"])
             if self.method == "nat":
@@ -222,7 +224,7 @@ def report(rows, a):
     fails = {k: sum(1 for x in v if x is None) for k, v in cell.items()}
     out = [f"iperf3 through the balancer, MTU {a.mtu}, {a.seconds} s a run, median of {a.rounds} rounds "
            "(Gbit/s; ÷ the kernel's better setting in brackets)", ""]
-    knames = [n for n in a.paths if n in ("kernel", "kernel-gro")]
+    knames = [n for n in a.paths if n in KERNEL]
     xnames = [n for n in a.paths if n not in knames]
     out.append("| method | streams | direction | " + " | ".join(knames + xnames) + " |")
     out.append("|---|---|---|" + "---|" * len(knames + xnames))

@@ -63,19 +63,17 @@ fn callid_len(d: &[u8]) -> usize {
     }
 }
 
+/// Past the line terminator at `at` (CR LF as one): the next line's first byte, or None when
+/// the data ends there.
+fn next_line(d: &[u8], at: usize) -> Option<usize> {
+    let at = at + 1 + usize::from(d[at] == b'\r' && d.get(at + 1) == Some(&b'\n'));
+    (at < d.len()).then_some(at)
+}
+
 /// `sip_follow_continuation`: from a line terminator at `at`, the first non-blank byte of a
 /// continuation line, or None when the next line is not one.
-fn follow_continuation(d: &[u8], mut at: usize) -> Option<usize> {
-    at += 1;
-    if at >= d.len() {
-        return None;
-    }
-    if d[at - 1] == b'\r' && d[at] == b'\n' {
-        at += 1;
-        if at >= d.len() {
-            return None;
-        }
-    }
+fn follow_continuation(d: &[u8], at: usize) -> Option<usize> {
+    let mut at = next_line(d, at)?;
     if d[at] != b' ' && d[at] != b'\t' {
         return None;
     }
@@ -108,16 +106,7 @@ fn get_header(d: &[u8], from: usize) -> Option<Result<(usize, usize), usize>> {
             i += 1;
             continue;
         }
-        i += 1;
-        if i >= d.len() {
-            return None;
-        }
-        if d[i - 1] == b'\r' && d[i] == b'\n' {
-            i += 1;
-            if i >= d.len() {
-                return None;
-            }
-        }
+        i = next_line(d, i)?;
         // (Where the kernel's loop `continue`s, its `dptr++` skips the line's first byte.)
         if d[i] == b' ' || d[i] == b'\t' {
             i += 1;
