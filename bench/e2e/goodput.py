@@ -21,8 +21,13 @@ NAPI), and each cell's ratio is to the better of the two.
 Paths run in rounds, each round every cell once in a fixed order; the report gives each cell's
 median over the rounds and its ratio to the kernel's better median in the same run.
 
+With both iperf3 ends on CPU 0, a cell whose CPU 0 is saturated measures the ends as much as the
+balancer; so each run also reads how busy CPU 1 (the balancer's core) was (/proc/stat), and the
+report gives a second table: CPU 1's use and the goodput per busy CPU-1 second, the balancer's
+cost of a gigabit whatever limits the cell (--busy-poll spins on CPU 1 by design: no figure).
+
 Writes target/bench-goodput.md, target/bench-goodput.csv (method,path,streams,direction,
-round,gbit_s,mtu) and target/bench-goodput-plot.csv (for xvs-plot --goodput). Root; bounded (every iperf3 run has a time limit and a timeout).
+round,gbit_s,mtu,cpu1_busy) and target/bench-goodput-plot.csv (for xvs-plot --goodput). Root; bounded (every iperf3 run has a time limit and a timeout).
 
 Usage: bench/e2e/goodput.py [--seconds 5] [--rounds 3] [--methods nat,dr] [--mtu 1500]
 """
@@ -45,6 +50,10 @@ SERVER = {"nat": "192.168.10.1", "dr": "10.9.0.11"}
 # The kernel's paths: its forwarding with the far ends as they come, and with GRO there.
 KERNEL = ("kernel", "kernel-gro")
 CELLS = [(streams, direction) for streams in (1, 8) for direction in ("up", "down")]
+# The balancer's core (every path's forwarding runs there; on one CPU it is the only one).
+BALANCER_CPU = 1 if os.cpu_count() >= 2 else 0
+# Paths that keep the balancer's core busy whatever the traffic: no cost per gigabit.
+SPINS = ("xvsd-busy-poll",)
 
 
 def pin(cpu):
@@ -82,6 +91,16 @@ def napi_on_cpu1(rig):
             continue
         if comm.startswith(names):
             subprocess.run(["taskset", "-pc", "1", pid], capture_output=True, check=True)
+
+
+def cpu_times(cpu):
+    """(busy, total) jiffies of one CPU from /proc/stat: busy is all but idle and iowait."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:9]]
+                return sum(v) - v[3] - v[4], sum(v)
+    raise RuntimeError(f"cpu{cpu} not in /proc/stat")
 
 
 def iperf(rig, streams, direction, seconds):
@@ -202,9 +221,14 @@ def run_method(method, a, rows):
                 path.start()
                 try:
                     for streams, direction in CELLS:
+                        b0, t0 = cpu_times(BALANCER_CPU)
                         g, err = iperf(rig, streams, direction, a.seconds)
-                        rows.append((method, name, streams, direction, rnd, g))
+                        b1, t1 = cpu_times(BALANCER_CPU)
+                        busy = (b1 - b0) / (t1 - t0) if t1 > t0 else None
+                        rows.append((method, name, streams, direction, rnd, g, busy))
                         shown = f"{g:.2f} Gbit/s" if g is not None else f"failed: {err}"
+                        if busy is not None:
+                            shown += f", CPU {BALANCER_CPU} {100 * busy:.0f} % busy"
                         print(f"  {method} {name:15} {streams} stream(s) {direction:4} round {rnd}: {shown}",
                               flush=True)
                 finally:
@@ -217,7 +241,7 @@ def run_method(method, a, rows):
 
 def report(rows, a):
     cell = {}
-    for method, name, streams, direction, _rnd, g in rows:
+    for method, name, streams, direction, _rnd, g, _busy in rows:
         cell.setdefault((method, name, streams, direction), []).append(g)
     med = {k: (statistics.median([x for x in v if x is not None]) if any(x is not None for x in v) else None)
            for k, v in cell.items()}
@@ -243,6 +267,41 @@ def report(rows, a):
                 cols.append(s)
             out.append(f"| {method.upper()} | {streams} | {direction} | " + " | ".join([fmt(v) for v in ks] + cols)
                        + " |")
+    return "\n".join(out) + "\n\n" + report_cpu(rows, a, knames, xnames)
+
+
+def report_cpu(rows, a, knames, xnames):
+    """CPU 1's median use per cell and path, and the goodput per busy CPU-1 second (the median
+    over the rounds of each run's Gbit/s ÷ its busy fraction), xvsd's ÷ the kernel's better."""
+    busy, per_core = {}, {}
+    for method, name, streams, direction, _rnd, g, b in rows:
+        k = (method, name, streams, direction)
+        if b is not None:
+            busy.setdefault(k, []).append(b)
+            if g is not None and b > 0 and name not in SPINS:
+                per_core.setdefault(k, []).append(g / b)
+    med = lambda d, k: statistics.median(d[k]) if d.get(k) else None
+    out = [f"CPU {BALANCER_CPU} (the balancer's core) during the same runs: median % busy, and Gbit/s per busy "
+           f"CPU-{BALANCER_CPU} second (÷ the kernel's better in brackets; busy polling spins: no figure)", ""]
+    out.append("| method | streams | direction | " + " | ".join(knames + xnames) + " |")
+    out.append("|---|---|---|" + "---|" * len(knames + xnames))
+    for method in a.methods:
+        for streams, direction in CELLS:
+            keys = [(method, n, streams, direction) for n in knames + xnames]
+            k = max((v for v in (med(per_core, key) for key in keys[:len(knames)]) if v is not None), default=None)
+            cols = []
+            for n, key in zip(knames + xnames, keys):
+                b, e = med(busy, key), med(per_core, key)
+                if b is None:
+                    cols.append("–")
+                    continue
+                s = f"{100 * b:.0f} %"
+                if e is not None:
+                    s += f", {e:.2f}"
+                    if n not in knames and k:
+                        s += f" ({e / k:.2f} x)"
+                cols.append(s)
+            out.append(f"| {method.upper()} | {streams} | {direction} | " + " | ".join(cols) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -270,7 +329,7 @@ def main():
     # For bench's xvs-plot: one bar per cell and path, median with the rounds' min–max.
     with open(a.out + "-plot.csv", "w") as f:
         cells = {}
-        for method, name, streams, direction, _rnd, g in rows:
+        for method, name, streams, direction, _rnd, g, _busy in rows:
             if g is not None:
                 cells.setdefault((method, streams, direction, name), []).append(g)
         order = {n: i for i, n in enumerate(a.paths)}
@@ -279,10 +338,12 @@ def main():
             label = f"{name} {method.upper()} {streams}x {direction}"
             f.write(f"{label},{statistics.median(v)},{min(v)},{max(v)}\n")
     with open(a.out + ".csv", "w") as f:
-        f.write("method,path,streams,direction,round,gbit_s,mtu\n")
-        for r in rows:
-            f.write(",".join("" if x is None else str(x) for x in r) + f",{a.mtu}\n")
+        f.write("method,path,streams,direction,round,gbit_s,mtu,cpu1_busy\n")
+        for *r, b in rows:
+            f.write(",".join("" if x is None else str(x) for x in r) + f",{a.mtu}," + ("" if b is None else str(b))
+                    + "\n")
     return 0
 
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
