@@ -164,8 +164,6 @@ class Path:
             else:
                 rig.run("l", ["ip", "route", "add", "10.0.0.1/32", "via", real], check_rc=True)
             return
-        # (The program first: a far end whose program went before GRO came on takes no frames
-        # from XDP on this kernel.)
         peers_xdp(rig, self.method, True)
         peers_gro(rig, self.method, True)
         flag = "-m" if self.method == "nat" else "-g"

@@ -619,6 +619,55 @@ def fast_path():
     on_rig(name, "nat", False, "xvsd starts", body)
 
 
+# The far ends of the balancer's veths (scripts/rig.sh), by method: (namespace role, name prefix).
+FAR_ENDS = {"dr": [("w", "xm")], "nat": [("c", "xc"), ("w", "xw")]}
+
+
+def fast_path_peers(mode):
+    """The fast path with the far ends of the balancer's veths set as users may leave them:
+    with GRO alone (NAPI, no XDP program) it still carries bulk TCP, sent back out of the
+    ingress by a redirect (a veth wakes its peer after XDP_TX only for a program); with
+    neither, the veths take no frames from XDP and xvsd keeps connections on the slow path
+    rather than sending them into a ring no one reads; with the program back it carries new
+    ones again."""
+    name = f"{mode}-v4-fast-path-peers"
+
+    def far_ends(rig, xdp, gro):
+        for role, prefix in FAR_ENDS[mode]:
+            dev = f"{prefix}{rig.id}"
+            if xdp:
+                napi_peer(rig, role, dev)
+            else:
+                rig.run(role, ["ip", "link", "set", "dev", dev, "xdp", "off"], check_rc=True)
+            rig.run(role, ["ethtool", "-K", dev, "gro", "on" if gro else "off"], check_rc=True)
+        # The fast path reads a veth's XDP features at most twice a collection period.
+        time.sleep(1.5)
+
+    def phase(rig, vip, what):
+        before = xvs_stats(rig).get("fast_path", {})
+        both_ways(rig, f"{name}: {what}", vip, 5_000_000)
+        time.sleep(1.5)
+        return before, xvs_stats(rig).get("fast_path", {})
+
+    def body(rig, vip, reals):
+        far_ends(rig, xdp=False, gro=True)
+        b, a = phase(rig, vip, "GRO alone at the far ends")
+        check(f"{name}: GRO alone at the far ends: the fast path carried the transfers",
+              a.get("bytes", 0) - b.get("bytes", 0) > 5_000_000 and a.get("closed_egress") == 0, (b, a))
+        far_ends(rig, xdp=False, gro=False)
+        b, a = phase(rig, vip, "no NAPI at the far ends")
+        check(f"{name}: no NAPI at the far ends: the veths are closed to XDP, the slow path carried it",
+              a.get("closed_egress", 0) >= 1 and a.get("skipped", 0) > b.get("skipped", 0)
+              and a.get("bytes") == b.get("bytes") and a.get("active") == 0, (b, a))
+        far_ends(rig, xdp=True, gro=False)
+        b, a = phase(rig, vip, "the program back at the far ends")
+        check(f"{name}: the program back: the fast path carries new connections again",
+              a.get("bytes", 0) - b.get("bytes", 0) > 5_000_000, (b, a, rig.log("xvsd.log")[-600:]))
+        check(f"{name}: xvsd stops cleanly", rig.stop_xvsd() == 0, rig.log("xvsd.log")[-500:])
+
+    on_rig(name, mode, False, "xvsd starts", body)
+
+
 def tunnel_kinds():
     """GUE and GRE tunnels (IPv4 outside; the real servers' endpoint decapsulates both): 5 MB
     each way intact, the connections through the fast path, the endpoints' strict checks
@@ -1526,6 +1575,8 @@ def main():
         bulk(mode, fast=False)
         bulk(mode, mtu=9000, fast=False)
     fast_path()
+    for mode in ("nat", "dr"):
+        fast_path_peers(mode)
     tunnel_kinds()
     for mode in ("nat", "dr", "tun"):
         for v6 in (False, True):

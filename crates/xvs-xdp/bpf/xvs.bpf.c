@@ -168,7 +168,7 @@ struct fast_val {
 	__u8 addr[16];     /* the NAT address (IPv4 in the first 4 bytes) */
 	__be16 port;       /* the NAT port */
 	__u8 op;           /* FAST_* */
-	__u8 pad1;
+	__u8 flags;        /* FAST_F_* */
 	__u32 ifindex;     /* egress interface */
 	__u32 gen;         /* configuration generation it was made in */
 	__u16 max_ip_len;  /* the egress MTU */
@@ -343,9 +343,14 @@ static __always_inline void count_fast(struct fast_val *v, __u16 ip_len)
 	count(CNT_FAST);
 }
 
+/* Send by a redirect even back out of the ingress interface: a veth wakes its peer's NAPI
+ * after XDP_TX only when the peer has an XDP program, after a redirect whatever turned the
+ * peer's NAPI on (drivers/net/veth.c, veth_xdp_flush and veth_ndo_xdp_xmit). */
+#define FAST_F_REDIRECT 1
+
 static __always_inline int fast_send(struct xdp_md *ctx, struct fast_val *v)
 {
-	if (v->ifindex == ctx->ingress_ifindex)
+	if (v->ifindex == ctx->ingress_ifindex && !(v->flags & FAST_F_REDIRECT))
 		return XDP_TX;
 	return bpf_redirect(v->ifindex, 0);
 }

@@ -1,9 +1,11 @@
-//! An interface's driver statistics (`ethtool -S`), through the `SIOCETHTOOL` ioctl.
+//! An interface's driver and its statistics (`ethtool -i`, `ethtool -S`), through the
+//! `SIOCETHTOOL` ioctl.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GDRVINFO: u32 = 0x3;
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
 const ETHTOOL_GSTATS: u32 = 0x1d;
 const ETHTOOL_GSSET_INFO: u32 = 0x37;
@@ -52,15 +54,32 @@ fn words(cmd: u32, a: u32, b: u32, extra: usize) -> Vec<u8> {
     v
 }
 
-/// Every driver statistic of `ifname`, by name.
-pub fn stats(ifname: &str) -> io::Result<Vec<(String, u64)>> {
+/// A socket to send `SIOCETHTOOL` on.
+fn socket() -> io::Result<OwnedFd> {
     // Safety: plain socket(2) call; the descriptor is owned below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // Safety: fd is a new descriptor nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The name of `ifname`'s driver ("veth", "mlx5_core", ...).
+pub fn driver(ifname: &str) -> io::Result<String> {
+    // struct ethtool_drvinfo: cmd, driver[32], then version, firmware and bus strings and
+    // counts: 196 bytes.
+    let mut info = vec![0u8; 196];
+    info[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    ethtool(&socket()?, ifname, &mut info)?;
+    let name = &info[4..36];
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
+}
+
+/// Every driver statistic of `ifname`, by name.
+pub fn stats(ifname: &str) -> io::Result<Vec<(String, u64)>> {
+    let sock = socket()?;
     // struct ethtool_sset_info: cmd, reserved, sset_mask (u64), data[1].
     let mut info = vec![0u8; 24];
     info[..4].copy_from_slice(&ETHTOOL_GSSET_INFO.to_ne_bytes());
@@ -102,5 +121,13 @@ mod tests {
         if let Ok(s) = super::stats("lo") {
             assert!(s.iter().all(|(n, _)| !n.is_empty()));
         }
+    }
+
+    #[test]
+    fn a_driver_name_or_an_error() {
+        // Loopback has no driver information; nor has a name that is no interface.
+        assert!(super::driver("lo").is_err());
+        assert!(super::driver("xvs-none0").is_err());
+        assert!(super::driver("a-name-longer-than-ifnamsiz").is_err());
     }
 }

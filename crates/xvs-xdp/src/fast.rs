@@ -11,7 +11,7 @@
 //! at its next segment, which goes to xvsd and, when the connection still forwards the same
 //! way, offloads it again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ pub(crate) struct FastVal {
     addr: [u8; 16],
     port_be: u16,
     op: u8,
-    pad1: u8,
+    flags: u8,
     ifindex: u32,
     gen: u32,
     max_ip_len: u16,
@@ -94,13 +94,18 @@ impl FastKey {
     }
 }
 
+/// `fast_val.flags`: send by a redirect even to the interface the segment came in on (not
+/// `XDP_TX`), as a veth needs (see [`Egress`]).
+const FAST_F_REDIRECT: u8 = 1;
+
 impl FastVal {
-    fn of(o: &Offload, gen: u32) -> FastVal {
+    fn of(o: &Offload, gen: u32, redirect: bool) -> FastVal {
         FastVal {
             eth: o.eth,
             addr: addr16(&o.addr),
             port_be: o.port.to_be(),
             op: o.op as u8,
+            flags: if redirect { FAST_F_REDIRECT } else { 0 },
             ifindex: o.ifindex,
             gen,
             max_ip_len: o.max_ip_len,
@@ -139,6 +144,12 @@ pub struct FastCounters {
     pub generations: AtomicU64,
     /// Egress interfaces the fast path stopped using because they refused its frames.
     pub refused_egress: AtomicU64,
+    /// Times a veth egress was found taking no frames from XDP (its peer runs no NAPI): its
+    /// entries end, its connections stay on the slow path until it takes them again.
+    pub closed_egress: AtomicU64,
+    /// Offers not installed because their egress took no frames from XDP (their connections
+    /// stay on the slow path).
+    pub skipped: AtomicU64,
 }
 
 /// Offers waiting for the fast-path thread; more are dropped and counted (their connections
@@ -182,30 +193,113 @@ fn ktime_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The egress interfaces' XDP transmit errors, watched for frames the fast path sends that
-/// the interface cannot take. A NIC takes XDP frames or refuses the program; a veth takes them
-/// only while its peer runs NAPI and otherwise drops each one, counted in its driver statistics
-/// `*_xdp_tx_errors` (XDP_TX) and `*_xdp_xmit_errors` (redirects; mainline's `veth_xdp_xmit`).
-/// An interface whose count grows while entries send from it is refused.
+/// The egress interfaces: whether they take the frames the fast path sends them.
+///
+/// A NIC takes XDP frames or refuses the program; an interface whose XDP transmit errors
+/// (`*_xdp_tx_errors`, `*_xdp_xmit_errors` in its driver statistics) grow while entries send
+/// from it is refused for good.
+///
+/// A veth takes them only while its peer runs NAPI (an XDP program there, or GRO), and loses
+/// them silently otherwise (mainline v6.12, `drivers/net/veth.c`): `veth_xdp_xmit` refuses a
+/// peer without NAPI before it counts anything, and after `XDP_TX` `veth_xdp_flush` wakes
+/// the peer's NAPI only when the peer has an XDP program, so with GRO alone the frames wait
+/// in its ring unseen. So the fast path sends to a veth by a redirect, even back out of the
+/// interface a segment came in on (a redirect wakes the peer's NAPI whatever turned it on),
+/// and uses a veth only while its XDP features (the `netdev` netlink family) say it takes
+/// redirected frames, which the kernel keeps in step with the peer (`veth_set_xdp_features`).
+/// A veth that stops taking them has its entries ended within a collection period and is
+/// used again once it takes them.
 #[derive(Default)]
 struct Egress {
     /// Interfaces: their names and XDP transmit errors at the last look.
     seen: HashMap<u32, (String, u64)>,
-    refused: std::collections::HashSet<u32>,
+    refused: HashSet<u32>,
+    /// Whether each interface is a veth (its driver), looked up once.
+    veth: HashMap<u32, bool>,
+    /// Veths that took no redirected frames at the last look.
+    closed: HashSet<u32>,
+    /// Veths looked at, and when.
+    looked: HashMap<u32, Instant>,
+    /// The `netdev` family (None until opened, or on a kernel without it: veths are then used
+    /// as they are).
+    netdev: Option<crate::netdev::Netdev>,
+    netdev_tried: bool,
 }
 
 impl Egress {
+    /// Whether `ifindex` is a veth.
+    fn is_veth(&mut self, ifindex: u32) -> bool {
+        *self.veth.entry(ifindex).or_insert_with(|| {
+            if_name(ifindex)
+                .and_then(|n| crate::ethtool::driver(&n).ok())
+                .is_some_and(|d| d == "veth")
+        })
+    }
+
+    /// Whether `ifindex` takes frames from XDP now, as far as its XDP features tell (only a
+    /// veth's change with its peer); looked up at most twice per collection period. A veth
+    /// found closed is counted and logged.
+    fn open(&mut self, ifindex: u32, counters: &FastCounters) -> bool {
+        if !self.is_veth(ifindex) {
+            return true;
+        }
+        if self
+            .looked
+            .get(&ifindex)
+            .is_some_and(|t| t.elapsed() < COLLECT_PERIOD / 2)
+        {
+            return !self.closed.contains(&ifindex);
+        }
+        self.looked.insert(ifindex, Instant::now());
+        if !self.netdev_tried {
+            self.netdev_tried = true;
+            match crate::netdev::Netdev::open() {
+                Ok(n) => self.netdev = Some(n),
+                Err(e) => tracing::warn!(
+                    "fast path: no XDP features from the kernel ({e}): a veth whose peer runs no NAPI loses the frames sent to it"
+                ),
+            }
+        }
+        let takes = match self.netdev.as_mut().map(|n| n.xdp_features(ifindex)) {
+            Some(Ok(f)) => f & crate::netdev::XDP_ACT_NDO_XMIT != 0,
+            // Gone, or no way to tell: as it is.
+            Some(Err(_)) | None => true,
+        };
+        let was = !self.closed.contains(&ifindex);
+        if takes {
+            self.closed.remove(&ifindex);
+            if !was {
+                tracing::info!(
+                    "fast path: {} takes frames from XDP again",
+                    self.name(ifindex)
+                );
+            }
+        } else if was {
+            self.closed.insert(ifindex);
+            counters.closed_egress.fetch_add(1, Relaxed);
+            tracing::warn!(
+                "fast path: {} takes no frames from XDP (a veth whose peer runs no NAPI: an XDP program or GRO on the peer turns it on); its connections stay on the slow path while it does not",
+                self.name(ifindex)
+            );
+        }
+        takes
+    }
+
     fn name(&self, ifindex: u32) -> String {
         self.seen
             .get(&ifindex)
-            .map_or_else(|| ifindex.to_string(), |(n, _)| n.clone())
+            .map(|(n, _)| n.clone())
+            .or_else(|| if_name(ifindex))
+            .unwrap_or_else(|| ifindex.to_string())
     }
 
     /// The interfaces of `used` newly found refusing.
-    fn refusing(&mut self, used: &std::collections::HashSet<u32>) -> Vec<u32> {
+    fn refusing(&mut self, used: &HashSet<u32>) -> Vec<u32> {
         let mut out = Vec::new();
         for &ifindex in used {
-            if self.refused.contains(&ifindex) {
+            // A veth's transmit errors also count frames its peer's full ring dropped, a
+            // moment's congestion; whether it takes frames at all is in its features.
+            if self.refused.contains(&ifindex) || self.veth.get(&ifindex) == Some(&true) {
                 continue;
             }
             let Some(name) = self
@@ -363,6 +457,13 @@ impl FastPath {
                     // Left flagged: the connection stays on the slow path, offering nothing.
                     continue;
                 }
+                if !egress.open(o.ifindex, &self.counters) {
+                    // Left flagged, as above (offering each segment again would wake this
+                    // thread for every one); connections made once it opens again use it.
+                    self.counters.skipped.fetch_add(1, Relaxed);
+                    continue;
+                }
+                let redirect = egress.is_veth(o.ifindex);
                 let key = FastKey::of(&o);
                 if let Some(old) = entries.remove(&key) {
                     // Replaced: what the old entry forwarded goes to its connection, whose
@@ -371,7 +472,7 @@ impl FastPath {
                     let same = old.o.conn == o.conn && old.o.dir == o.dir;
                     engine.offloaded(&t, &old.o, n, !same, now);
                 }
-                match self.prog.fast_put(&key, &FastVal::of(&o, gen)) {
+                match self.prog.fast_put(&key, &FastVal::of(&o, gen, redirect)) {
                     Ok(()) => {
                         self.counters.installed.fetch_add(1, Relaxed);
                         entries.insert(
@@ -394,12 +495,14 @@ impl FastPath {
             if last_collect.elapsed() >= COLLECT_PERIOD {
                 last_collect = Instant::now();
                 let gen = self.generation();
-                let used: std::collections::HashSet<u32> =
-                    entries.values().map(|e| e.o.ifindex).collect();
+                let used: HashSet<u32> = entries.values().map(|e| e.o.ifindex).collect();
+                for &ifindex in &used {
+                    egress.open(ifindex, &self.counters);
+                }
                 for ifindex in egress.refusing(&used) {
                     self.counters.refused_egress.fetch_add(1, Relaxed);
                     tracing::warn!(
-                        "fast path: interface {} drops the frames XDP sends it (a veth whose peer runs no NAPI: attach an XDP program to the peer, as scripts/xdp-pass.bpf.c); its connections stay on the slow path",
+                        "fast path: interface {} drops the frames XDP sends it; its connections stay on the slow path",
                         egress.name(ifindex)
                     );
                 }
@@ -408,7 +511,8 @@ impl FastPath {
                     let e = entries.remove(&key).expect("listed");
                     let stale = e.gen != gen
                         || hop_moved(routes, &e.o)
-                        || egress.refused.contains(&e.o.ifindex);
+                        || egress.refused.contains(&e.o.ifindex)
+                        || egress.closed.contains(&e.o.ifindex);
                     if let Some(e) = self.collect(engine, &t, &key, e, stale, now, true) {
                         entries.insert(key, e);
                     }

@@ -9,7 +9,9 @@ pub mod bpf;
 pub mod ethtool;
 pub mod fast;
 pub mod inject;
+pub mod netdev;
 pub mod nexthop;
+mod nl;
 #[cfg(feature = "bench")]
 pub mod pktgen;
 pub mod rings;

@@ -850,6 +850,8 @@ fn data_stats(
                 ("bytes", c.bytes.load(Relaxed)),
                 ("generations", c.generations.load(Relaxed)),
                 ("refused_egress", c.refused_egress.load(Relaxed)),
+                ("closed_egress", c.closed_egress.load(Relaxed)),
+                ("skipped", c.skipped.load(Relaxed)),
             ],
         );
     }
