@@ -207,8 +207,9 @@ fn ktime_ns() -> u64 {
 /// interface a segment came in on (a redirect wakes the peer's NAPI whatever turned it on),
 /// and uses a veth only while its XDP features (the `netdev` netlink family) say it takes
 /// redirected frames, which the kernel keeps in step with the peer (`veth_set_xdp_features`).
-/// A veth that stops taking them has its entries ended within a collection period and is
-/// used again once it takes them.
+/// A veth that stops taking them has its entries ended within a collection period; the
+/// connections offered while it is closed stay on the slow path, and those made once it takes
+/// frames again use it.
 #[derive(Default)]
 struct Egress {
     /// Interfaces: their names and XDP transmit errors at the last look.
