@@ -118,22 +118,20 @@ def iperf(rig, streams, direction, seconds):
         return None, str(e)
 
 
-# The far ends of the balancer's veths (scripts/rig.sh `napi_peer`): an XDP program there lets
-# them take the frames xvsd's fast path sends from XDP. The kernel's paths run without it (NAPI
-# without GRO on the far end cost the kernel's forwarding about a third in this rig).
-PEERS = {"dr": [("w", "xm")], "nat": [("c", "xc"), ("w", "xw")]}
+# The far ends of the balancer's veths (NsRig.far_ends): an XDP program there lets them take the
+# frames xvsd's fast path sends from XDP. The kernel's paths run without it (NAPI without GRO on
+# the far end cost the kernel's forwarding about a third in this rig).
 
 
-def peers_gro(rig, method, on):
+def peers_gro(rig, on):
     """GRO at the far ends: the receivers merge TCP segments, as a NIC's receiver does by
     default (on a veth it also runs NAPI there)."""
-    for role, name in PEERS[method]:
-        rig.run(role, ["ethtool", "-K", f"{name}{rig.id}", "gro", "on" if on else "off"], check_rc=True)
+    for role, dev in rig.far_ends():
+        rig.run(role, ["ethtool", "-K", dev, "gro", "on" if on else "off"], check_rc=True)
 
 
-def peers_xdp(rig, method, on):
-    for role, name in PEERS[method]:
-        dev = f"{name}{rig.id}"
+def peers_xdp(rig, on):
+    for role, dev in rig.far_ends():
         if on:
             obj = os.path.join(ROOT, "target", "xdp-pass.bpf.o")
             rig.run(role, ["ip", "-force", "link", "set", "dev", dev, "xdp", "obj", obj, "sec", "xdp.frags"], check_rc=True)
@@ -151,8 +149,8 @@ class Path:
     def start(self):
         rig, real = self.rig, SERVER[self.method]
         if self.name in KERNEL:
-            peers_xdp(rig, self.method, False)
-            peers_gro(rig, self.method, self.name == "kernel-gro")
+            peers_xdp(rig, False)
+            peers_gro(rig, self.name == "kernel-gro")
             rig.run("l", ["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.send_redirects=0",
                           f"net.ipv4.conf.{rig.lb_ifs[0]}.send_redirects=0"], check_rc=True)
             rps(rig, rig.lb_ifs, 2 if os.cpu_count() >= 2 else 1)
@@ -164,8 +162,8 @@ class Path:
             else:
                 rig.run("l", ["ip", "route", "add", "10.0.0.1/32", "via", real], check_rc=True)
             return
-        peers_xdp(rig, self.method, True)
-        peers_gro(rig, self.method, True)
+        peers_xdp(rig, True)
+        peers_gro(rig, True)
         flag = "-m" if self.method == "nat" else "-g"
         rules = os.path.join(self.tmp, "rules")
         with open(rules, "w") as f:

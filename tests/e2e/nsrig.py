@@ -22,6 +22,12 @@ class NsRig:
         self.procs = []
         self.tmp = tempfile.mkdtemp(prefix=f"xvs{self.id}-")
 
+    def far_ends(self):
+        """The far ends of the balancer's veths, where its frames arrive (scripts/rig.sh
+        `napi_peer`): (namespace role, interface) pairs."""
+        prefixes = [("c", "xc"), ("w", "xw")] if self.mode == "nat" else [("w", "xm")]
+        return [(role, f"{p}{self.id}") for role, p in prefixes]
+
     def ns(self, role):
         return f"xvs{self.id}-{role}"
 

@@ -619,10 +619,6 @@ def fast_path():
     on_rig(name, "nat", False, "xvsd starts", body)
 
 
-# The far ends of the balancer's veths (scripts/rig.sh), by method: (namespace role, name prefix).
-FAR_ENDS = {"dr": [("w", "xm")], "nat": [("c", "xc"), ("w", "xw")]}
-
-
 def fast_path_peers(mode):
     """The fast path with the far ends of the balancer's veths set as users may leave them:
     with GRO alone (NAPI, no XDP program) it still carries bulk TCP, sent back out of the
@@ -633,8 +629,7 @@ def fast_path_peers(mode):
     name = f"{mode}-v4-fast-path-peers"
 
     def far_ends(rig, xdp, gro):
-        for role, prefix in FAR_ENDS[mode]:
-            dev = f"{prefix}{rig.id}"
+        for role, dev in rig.far_ends():
             if xdp:
                 napi_peer(rig, role, dev)
             else:

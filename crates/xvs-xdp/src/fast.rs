@@ -221,10 +221,9 @@ struct Egress {
     closed: HashSet<u32>,
     /// Veths looked at, and when.
     looked: HashMap<u32, Instant>,
-    /// The `netdev` family (None until opened, or on a kernel without it: veths are then used
-    /// as they are).
-    netdev: Option<crate::netdev::Netdev>,
-    netdev_tried: bool,
+    /// The `netdev` family, opened at the first look at a veth (`Some(None)` on a kernel
+    /// without it: veths are then used as they are).
+    netdev: Option<Option<crate::netdev::Netdev>>,
 }
 
 impl Egress {
@@ -252,16 +251,18 @@ impl Egress {
             return !self.closed.contains(&ifindex);
         }
         self.looked.insert(ifindex, Instant::now());
-        if !self.netdev_tried {
-            self.netdev_tried = true;
-            match crate::netdev::Netdev::open() {
-                Ok(n) => self.netdev = Some(n),
-                Err(e) => tracing::warn!(
-                    "fast path: no XDP features from the kernel ({e}): a veth whose peer runs no NAPI loses the frames sent to it"
-                ),
-            }
-        }
-        let takes = match self.netdev.as_mut().map(|n| n.xdp_features(ifindex)) {
+        let netdev = self
+            .netdev
+            .get_or_insert_with(|| match crate::netdev::Netdev::open() {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!(
+                        "fast path: no XDP features from the kernel ({e}): a veth whose peer runs no NAPI loses the frames sent to it"
+                    );
+                    None
+                }
+            });
+        let takes = match netdev.as_mut().map(|n| n.xdp_features(ifindex)) {
             Some(Ok(f)) => f & crate::netdev::XDP_ACT_NDO_XMIT != 0,
             // Gone, or no way to tell: as it is.
             Some(Err(_)) | None => true,

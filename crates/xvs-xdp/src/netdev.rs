@@ -68,10 +68,10 @@ fn xdp_features_of(msg: &NetdevMsg) -> Option<u64> {
         .attrs
         .iter()
         .find(|a| a.kind() == NETDEV_A_DEV_XDP_FEATURES)?;
-    let mut v = [0u8; 8];
     if a.value_len() != 8 {
         return None;
     }
+    let mut v = [0u8; 8];
     a.emit_value(&mut v);
     Some(u64::from_ne_bytes(v))
 }
